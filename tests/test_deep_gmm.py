@@ -1,0 +1,310 @@
+"""DeepGMM: exact densities against dense TFP mixtures, bounds, E-step, sampling, gradients."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+import tfdgmm
+from tfdgmm import path_search
+
+tfd = tfp.distributions
+
+IMAGE = [4, 4, 3]  # patch 2 -> patch tensor [2, 2, 12]
+
+HC = {"type": "half_convolution", "kernel_size": 3}
+
+SMALL_CONFIGS = {
+    "shared_bd": [HC, {"type": "block_diagonal", "alternatives": 3}, HC,
+                  {"type": "block_diagonal", "alternatives": 2}],
+    "unshared_bd": [HC, {"type": "block_diagonal", "alternatives": 2, "selection": "location"},
+                    HC],
+    "diag_dense_hc": [{"type": "diagonal", "alternatives": 2}, HC,
+                      {"type": "dense", "alternatives": 2},
+                      {"type": "half_convolution", "kernel_size": 3, "alternatives": 2}],
+    "mixed": [{"type": "block_diagonal", "alternatives": 2, "selection": "location",
+               "per_location": True}, HC, {"type": "diagonal", "alternatives": 2,
+                                            "selection": "location"}],
+}
+
+
+def make(layers, prior="uniform", seed=0, **kw):
+    model = tfdgmm.DeepGMM.from_config(
+        {"image_shape": IMAGE, "patch_size": 2, "layers": layers, "path_prior": prior,
+         "exact_limit": 1 << 12, "seed": seed}, dtype=tf.float64, **kw)
+    perturb(model, seed)
+    return model
+
+
+def perturb(model, seed):
+    """Move every trainable variable off its initial value so that all terms are exercised."""
+    rng = np.random.default_rng(seed + 100)
+    for v in model.trainable_variables:
+        v.assign_add(0.3 * rng.standard_normal(v.shape))
+
+
+def data(model, n=6, seed=7):
+    return model.sample(n, seed=tf.constant([seed, 1]))
+
+
+def mvn_tril_mixture(model):
+    """The same mixture written by hand with MultivariateNormalTriL components."""
+    paths = model.enumerate_paths()
+    beta, omega = model.component_params(paths)
+    cov = tf.matmul(omega, omega, transpose_b=True)
+    return tfd.MixtureSameFamily(
+        tfd.Categorical(logits=model.path_prior.log_prob(paths)),
+        tfd.MultivariateNormalTriL(loc=beta, scale_tril=tf.linalg.cholesky(cov)))
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_CONFIGS))
+@pytest.mark.parametrize("prior", ["uniform", "factorized"])
+def test_exact_log_prob_matches_dense_mixtures(name, prior):
+    model = make(SMALL_CONFIGS[name], prior=prior)
+    if prior == "factorized":
+        for v in model.path_prior.trainable_variables:
+            v.assign(tf.random.normal(v.shape, dtype=v.dtype))
+    x = data(model)
+    lp = model.log_prob(x).numpy()
+    np.testing.assert_allclose(lp, model.as_mixture().log_prob(x).numpy(), rtol=1e-9, atol=1e-7)
+    flat = tf.reshape(x, [x.shape[0], -1])
+    # the Cholesky of Omega Omega^T squares the condition number: float64 agrees to ~1e-7
+    np.testing.assert_allclose(lp, mvn_tril_mixture(model).log_prob(flat).numpy(),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_table_prior_log_prob_and_conditionals():
+    model = make(SMALL_CONFIGS["shared_bd"], prior="table")
+    table = model.path_prior.table
+    table.assign(tf.random.normal(table.shape, dtype=table.dtype))
+    x = data(model)
+    np.testing.assert_allclose(model.log_prob(x), model.as_mixture().log_prob(x), rtol=1e-9)
+    paths = model.enumerate_paths()
+    logp = tf.nn.log_softmax(table).numpy()
+    np.testing.assert_allclose(model.path_log_prob(paths), logp, rtol=1e-12)
+    # conditional over layer 1 (3 alternatives) with the others fixed = a slice of the table
+    sizes = [k for k, _ in model.layer_specs]
+    strides = [int(np.prod(sizes[j + 1:])) for j in range(len(sizes))]
+    cond = model.path_prior.conditional_log_probs(1, paths).numpy()
+    for p in [0, 3, 5]:
+        idx = [sum((k if j == 1 else int(z[p])) * st for j, (z, st) in
+                   enumerate(zip(paths, strides))) for k in range(3)]
+        np.testing.assert_allclose(cond[p], logp[idx], rtol=1e-12)
+
+
+def test_single_path_model_is_the_closed_form_gaussian():
+    model = make([HC, {"type": "block_diagonal"}, HC, {"type": "diagonal"},
+                  {"type": "dense"}])
+    assert model.num_paths == 1
+    path = tuple(tf.zeros([1], tf.int32) for _ in model.layers)
+    beta, omega = (t.numpy()[0] for t in model.component_params(path))
+    x = data(model, n=5).numpy().reshape(5, -1)
+    # N(x; beta, Omega Omega^T) written with Omega (Sigma's condition number is cond(Omega)^2)
+    white = np.linalg.solve(omega, (x - beta).T).T
+    _, logdet_omega = np.linalg.slogdet(omega)
+    d = x.shape[1]
+    expected = (-0.5 * np.sum(white ** 2, axis=1) - logdet_omega
+                - 0.5 * d * math.log(2 * math.pi))
+    np.testing.assert_allclose(model.log_prob(x.reshape(5, *IMAGE)), expected, rtol=1e-10)
+    # all three evaluations of a single-path model agree
+    np.testing.assert_allclose(model.log_prob_lower_bound(x.reshape(5, *IMAGE)), expected,
+                               rtol=1e-10)
+    np.testing.assert_allclose(model.log_prob_upper_bound(x.reshape(5, *IMAGE)), expected,
+                               rtol=1e-10)
+
+
+def brute_force_best(model, x):
+    paths = model.enumerate_paths()
+    num = paths[0].shape[0]
+    n = x.shape[0]
+    xs = tf.repeat(x, num, axis=0)
+    ps = tuple(tf.tile(z, [n] + [1] * (z.shape.rank - 1)) for z in paths)
+    joint = tf.reshape(model.joint_log_prob(xs, ps), [n, num]).numpy()
+    return joint.max(axis=1), joint.argmax(axis=1)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_CONFIGS))
+def test_bounds_sandwich_exact_and_search_finds_best_path(name):
+    model = make(SMALL_CONFIGS[name], seed=3)
+    x = data(model, n=16, seed=11)
+    exact = model.log_prob(x).numpy()
+    path, score = model.best_path(x, restarts=2, seed=tf.constant([5, 6]))
+    lower = model.log_prob_lower_bound(x, path=path).numpy()
+    upper = model.log_prob_upper_bound(x, path=path).numpy()
+    np.testing.assert_allclose(score, lower, rtol=1e-10)
+    assert np.all(lower <= exact + 1e-9)
+    assert np.all(exact <= upper + 1e-9)
+    np.testing.assert_allclose(upper - lower, model.log_num_paths, rtol=1e-10)
+    best, _ = brute_force_best(model, x)
+    assert np.all(score <= best + 1e-8)
+    found = np.isclose(score, best, rtol=0, atol=1e-6)
+    assert found.mean() >= 0.75, (found.mean(), best - score)
+
+
+def test_passes_never_lower_the_objective():
+    model = make(SMALL_CONFIGS["mixed"], seed=4)
+    x = data(model, n=32, seed=3)
+    h0 = model._patchify.forward(x)
+    for method in ["brute_force", "linearized"]:
+        path = path_search.random_path(model, 32, tf.constant([1, 2]))
+        prev = path_search.objective(model, h0, path).numpy()
+        for p in range(3):
+            path = path_search.coordinate_ascent_pass(model, h0, path, method,
+                                                      seed=tf.constant([p, 9]))
+            cur = path_search.objective(model, h0, path).numpy()
+            assert np.all(cur >= prev - 1e-9), (method, p, (cur - prev).min())
+            prev = cur
+
+
+def test_gram_search_equals_brute_force_coordinate_ascent():
+    # per-location layer with only fixed layers above: the Gram scheme is exact
+    model = make([HC, {"type": "block_diagonal", "alternatives": 3, "selection": "location"},
+                  HC, {"type": "diagonal"}], seed=5)
+    x = data(model, n=24, seed=5)
+    h0 = model._patchify.forward(x)
+    start = path_search.random_path(model, 24, tf.constant([3, 3]))
+    gram = path_search.coordinate_ascent_pass(model, h0, start, "gram")
+    brute = path_search.coordinate_ascent_pass(model, h0, start, "brute_force")
+    for a, b in zip(gram, brute):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="single alternative"):
+        bad = make(SMALL_CONFIGS["mixed"])
+        path_search.coordinate_ascent_pass(bad, bad._patchify.forward(data(bad)),
+                                           path_search.random_path(bad, 6, tf.constant([1, 1])),
+                                           "gram")
+
+
+def test_linearized_search_close_to_brute_force():
+    model = make(SMALL_CONFIGS["mixed"], seed=6)
+    x = data(model, n=64, seed=8)
+    _, lin = model.best_path(x, restarts=2, seed=tf.constant([1, 1]),
+                             location_method="linearized")
+    _, brute = model.best_path(x, restarts=2, seed=tf.constant([1, 1]),
+                               location_method="brute_force")
+    best, _ = brute_force_best(model, x)
+    gap_lin = (best - lin.numpy()).mean()
+    gap_brute = (best - brute.numpy()).mean()
+    # the linearised search is at most a little worse than exact coordinate ascent on average
+    assert gap_lin <= gap_brute + 1.0, (gap_lin, gap_brute)
+
+
+def test_log_prob_refuses_too_many_paths_and_points_to_bounds():
+    cfg = {"image_shape": [32, 32, 3], "patch_size": 4,
+           "layers": [{"type": "half_convolution", "kernel_size": 5, "repeat": 3}] + [
+               {"type": "block_diagonal", "alternatives": 4, "selection": "location"},
+               {"type": "half_convolution", "kernel_size": 5, "repeat": 3}] * 3}
+    model = tfdgmm.DeepGMM.from_config(cfg)
+    assert model.num_paths == 4 ** (64 * 3)
+    np.testing.assert_allclose(model.log_num_paths, 64 * 3 * math.log(4))
+    assert len(model.layers) == 15  # 3 HC + 3 x (BD + 3 HC)
+    x = tf.zeros([2, 32, 32, 3])
+    with pytest.raises(ValueError, match="log_prob_lower_bound"):
+        model.log_prob(x)
+    lower = model.log_prob_lower_bound(x, restarts=1, restart_passes=1, seed=tf.constant([1, 2]))
+    assert lower.shape == [2] and np.all(np.isfinite(lower))
+
+
+def test_bad_inputs_have_clear_errors():
+    model = make(SMALL_CONFIGS["shared_bd"], validate_args=True)
+    with pytest.raises(ValueError, match="expected images"):
+        model.log_prob(tf.zeros([2, 4, 5, 3], tf.float64))
+    with pytest.raises(ValueError, match="not divisible by the patch size"):
+        tfdgmm.DeepGMM.from_config({"image_shape": [5, 4, 3], "patch_size": 2,
+                                    "layers": [{"type": "diagonal"}]})
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN"):
+        model.log_prob(tf.fill([1, *IMAGE], tf.constant(np.nan, tf.float64)))
+    with pytest.raises(ValueError, match="one choice tensor per layer"):
+        model.joint_log_prob(tf.zeros([1, *IMAGE], tf.float64), (tf.zeros([1], tf.int32),))
+    with pytest.raises(ValueError, match="unknown type"):
+        tfdgmm.DeepGMM.from_config({"image_shape": IMAGE, "patch_size": 2,
+                                    "layers": [{"type": "conv"}]})
+
+
+def test_sampling_is_reproducible_and_matches_moments():
+    model = make([{"type": "block_diagonal", "alternatives": 1}])  # one Gaussian
+    a = model.sample(3, seed=tf.constant([4, 2]))
+    b = model.sample(3, seed=tf.constant([4, 2]))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, model.sample(3, seed=tf.constant([4, 3])))
+    n = 20000
+    x = model.sample(n, seed=tf.constant([1, 1])).numpy().reshape(n, -1)
+    beta, omega = (t.numpy()[0] for t in model.component_params(
+        tuple(tf.zeros([1], tf.int32) for _ in model.layers)))
+    cov = omega @ omega.T
+    sd = np.sqrt(np.diag(cov))
+    # mean: standard error sd/sqrt(n); 5 sigma
+    assert np.all(np.abs(x.mean(0) - beta) < 5 * sd / math.sqrt(n))
+    # covariance: var of a sample covariance entry ~ (s_ii s_jj + s_ij^2)/n; 5 sigma
+    emp = np.cov(x, rowvar=False)
+    tol = 5 * np.sqrt((np.outer(sd ** 2, sd ** 2) + cov ** 2) / n)
+    assert np.all(np.abs(emp - cov) < tol)
+
+
+def test_mixture_samples_follow_path_prior():
+    model = make(SMALL_CONFIGS["shared_bd"], prior="factorized")
+    logits = model.path_prior.logits[1]
+    logits.assign(tf.constant([[0., 0., 2.]], tf.float64)[0])
+    _, path = model.sample_with_path(20000, seed=tf.constant([3, 3]))
+    freq = np.bincount(path[1].numpy(), minlength=3) / 20000
+    p = tf.nn.softmax(logits).numpy()
+    assert np.all(np.abs(freq - p) < 5 * np.sqrt(p * (1 - p) / 20000))
+
+
+def test_gradients_reach_chosen_parameters_only():
+    model = make([{"type": "block_diagonal", "alternatives": 3},
+                  {"type": "block_diagonal", "alternatives": 2, "selection": "location"},
+                  {"type": "half_convolution", "kernel_size": 3, "alternatives": 2}],
+                 prior="factorized")
+    x = data(model, n=4)
+    path = (tf.constant([0, 0, 2, 0]), tf.zeros([4, 2, 2], tf.int32),
+            tf.constant([1, 1, 1, 1]))
+    with tf.GradientTape() as tape:
+        loss = -tf.reduce_mean(model.joint_log_prob(x, path))
+    used = [{0, 2}, {0}, {1}]  # alternatives each layer's path uses
+    layer_vars = [layer.trainable_variables for layer in model.layers]
+    prior_vars = model.path_prior.trainable_variables
+    grads = tape.gradient(loss, [layer_vars, prior_vars])
+    for i, (variables, gs) in enumerate(zip(layer_vars, grads[0])):
+        assert variables, f"layer {i} has no trainable variables"
+        for v, g in zip(variables, gs):
+            g = np.zeros(v.shape) if g is None else tf.convert_to_tensor(g).numpy()
+            per_alt = np.abs(g).reshape(g.shape[0], -1).sum(1)
+            for k, s in enumerate(per_alt):
+                assert (s > 0) == (k in used[i]), (i, v.name, k, s)
+    # the factorized prior's logits of the layers with a choice get gradients
+    assert all(np.abs(g).sum() > 0 for g in grads[1])
+
+
+def test_tf_function_and_checkpoint_round_trip(tmp_path):
+    model = make(SMALL_CONFIGS["unshared_bd"])
+    x = data(model, n=5)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *IMAGE], tf.float64)])
+    def lower(x):
+        return model.best_path(x, restarts=1, seed=tf.constant([1, 2]))[1]
+
+    expected = model.log_prob(x).numpy()
+    got = lower(x).numpy()
+    assert got.shape == (5,) and np.all(got <= expected + 1e-9)
+    ckpt = tf.train.Checkpoint(model=model)
+    path = ckpt.save(str(tmp_path / "ckpt"))
+    clone = make(SMALL_CONFIGS["unshared_bd"], seed=99)
+    assert not np.allclose(clone.log_prob(x), expected)
+    tf.train.Checkpoint(model=clone).restore(path).assert_existing_objects_matched()
+    np.testing.assert_allclose(clone.log_prob(x), expected, rtol=1e-12)
+
+
+def test_tfp_citizen_properties():
+    model = make(SMALL_CONFIGS["shared_bd"])
+    assert model.event_shape == IMAGE
+    assert model.batch_shape == []
+    assert model.dtype == tf.float64
+    assert len(model.trainable_variables) > 0
+    assert model.num_paths == 6
+    x = model.sample([2, 3], seed=tf.constant([1, 1]))
+    assert x.shape == [2, 3, *IMAGE]
+    assert model.log_prob(x).shape == [2, 3]
+    assert list(itertools.chain(*[p.shape for p in model.enumerate_paths()])) == [6, 6, 6, 6]

@@ -1,0 +1,471 @@
+"""The deep GMM as a TensorFlow Probability distribution over images."""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfdgmm import path_priors
+from tfdgmm import path_search
+from tfdgmm.bijectors import Patchify
+
+tfd = tfp.distributions
+tfb = tfp.bijectors
+
+__all__ = ["DeepGMM"]
+
+_LOG_2PI = math.log(2. * math.pi)
+
+
+class DeepGMM(tfd.Distribution):
+    r"""Deep Gaussian mixture model of images with locally-connected layers.
+
+    Layers are listed **bottom-up**: layer 0 touches the data, the last layer touches the
+    standard-normal latent. Each layer is a bank of `K_i` invertible affine bijectors from
+    `tfdgmm.bijectors` acting on the patch tensor `[H/r, W/r, r*r*C]`. A *path* `p` picks one
+    alternative per layer (per patch location for layers with `selection='location'`), and
+    defines the Gaussian component
+
+    ```none
+    x = patchify^{-1}(A_{0,p} A_{1,p} ... A_{n-1,p} z + beta_p),  z ~ N(0, I),
+    p(x) = sum_p pi_p N(x | beta_p, Omega_p Omega_p^T),  Omega_p = prod_i A_{i,p}.
+    ```
+
+    With `h_0 = patchify(x)` and `h_{i+1} = layer_i.inverse(h_i, choice=z_i)`,
+
+    ```none
+    log p_p(x) = log N(h_n; 0, I) + sum_i log |det dh_{i+1}/dh_i|.
+    ```
+
+    The number of paths is exponential in depth (`4^(64*3)` for the paper's Table-3 model), so
+    paths are never materialised: `log_prob` is exact only up to `exact_limit` paths; beyond
+    that use `log_prob_lower_bound` (`max_p log pi_p p_p(x)`, found by the E-step search
+    `best_path`) and `log_prob_upper_bound` (the paper's approximate upper bound).
+
+    Args:
+      layers: list of bijectors from `tfdgmm.bijectors` (`BlockDiagonal`, `Diagonal`,
+        `HalfConvolution`, `Dense`), bottom (data side) first.
+      image_shape: `(H, W, C)`.
+      patch_size: `r`; `H` and `W` must be divisible by it.
+      path_prior: `'uniform'`, `'factorized'`, `'table'` or a `tfdgmm.path_priors.PathPrior`.
+      exact_limit: the largest path count for which `log_prob` enumerates every path.
+      validate_args: check inputs (shape, NaN) at run time.
+
+    #### Examples
+
+    ```python
+    import tfdgmm
+    model = tfdgmm.DeepGMM.from_config({
+        "image_shape": [32, 32, 3], "patch_size": 4,
+        "layers": [{"type": "half_convolution", "kernel_size": 5, "repeat": 3},
+                   {"type": "block_diagonal", "alternatives": 4,
+                    "selection": "location", "per_location": False}]})
+    x = model.sample(8, seed=[1, 2])               # [8, 32, 32, 3]
+    path, joint = model.best_path(x, seed=[3, 4])  # hard E-step
+    lower = model.log_prob_lower_bound(x, path=path)
+    ```
+
+    #### References
+
+    [1]: Aaron van den Oord and Joni Dambre. Locally-connected transformations for deep GMMs.
+         ICML Deep Learning Workshop, 2015.
+    [2]: Aaron van den Oord and Benjamin Schrauwen. Factoring variations in natural images with
+         deep Gaussian mixture models. NeurIPS, 2014.
+    """
+
+    def __init__(self, layers, image_shape, patch_size, path_prior="uniform",
+                 exact_limit=4096, validate_args=False, name="DeepGMM"):
+        parameters = dict(locals())
+        image_shape = tuple(int(s) for s in image_shape)
+        if len(image_shape) != 3:
+            raise ValueError(f"image_shape must be (H, W, C); got {image_shape}")
+        h, w, c = image_shape
+        r = int(patch_size)
+        if r < 1 or h % r or w % r:
+            raise ValueError(
+                f"image size {h}x{w} is not divisible by the patch size {r}")
+        if not layers:
+            raise ValueError("a DeepGMM needs at least one layer")
+        with tf.name_scope(name) as name:
+            self._image_shape = image_shape
+            self._patch_size = r
+            self._patch_shape = (h // r, w // r, r * r * c)
+            self._patchify = Patchify(r, validate_args=validate_args)
+            self._layers = list(layers)
+            self._exact_limit = int(exact_limit)
+            dtype = _layers_dtype(self._layers)
+            self._layer_specs = []
+            for i, layer in enumerate(self._layers):
+                k = int(layer.num_alternatives)
+                shape = self._patch_shape[:2] if (
+                    k > 1 and layer.selection == "location") else ()
+                self._layer_specs.append((k, shape))
+            self._path_prior = path_priors.make_path_prior(path_prior, self._layer_specs, dtype)
+            self._ildj_tables = None
+            super().__init__(
+                dtype=dtype,
+                reparameterization_type=tfd.NOT_REPARAMETERIZED,
+                validate_args=validate_args,
+                allow_nan_stats=True,
+                parameters=parameters,
+                name=name)
+
+    # ------------------------------------------------------------------ structure
+
+    @classmethod
+    def from_config(cls, config, **kwargs):
+        """Build from an architecture dict (see `tfdgmm.architectures`)."""
+        from tfdgmm import architectures
+        return architectures.build(config, **kwargs)
+
+    def get_config(self):
+        """The normalised architecture config (for models built with `from_config`)."""
+        from tfdgmm import architectures
+        return architectures.get_config(self)
+
+    @property
+    def layers(self):
+        return list(self._layers)
+
+    @property
+    def path_prior(self):
+        return self._path_prior
+
+    @property
+    def image_shape(self):
+        return self._image_shape
+
+    @property
+    def patch_size(self):
+        return self._patch_size
+
+    @property
+    def patch_shape(self):
+        """`(H/r, W/r, r*r*C)`, the event shape the layers act on."""
+        return self._patch_shape
+
+    @property
+    def layer_specs(self):
+        """Per layer `(num_alternatives, choice_shape)`; `choice_shape` is `()` or `(Hp, Wp)`."""
+        return list(self._layer_specs)
+
+    @property
+    def num_paths(self):
+        """Number of paths, a Python int (exact; may be astronomically large)."""
+        return path_priors.count_paths(self._layer_specs)
+
+    @property
+    def log_num_paths(self):
+        """`log(num_paths)` as a float (finite when `num_paths` is ~1e115)."""
+        return sum((math.prod(s) if s else 1) * math.log(k) for k, s in self._layer_specs)
+
+    @property
+    def exact_limit(self):
+        return self._exact_limit
+
+    @property
+    def num_dims(self):
+        return int(np.prod(self._image_shape))
+
+    def num_parameters(self):
+        """Number of trainable scalars (layers and path prior)."""
+        return int(sum(np.prod(v.shape) for v in self.trainable_variables))
+
+    def _event_shape(self):
+        return tf.TensorShape(self._image_shape)
+
+    def _event_shape_tensor(self):
+        return tf.constant(self._image_shape, tf.int32)
+
+    def _batch_shape(self):
+        return tf.TensorShape([])
+
+    def _batch_shape_tensor(self):
+        return tf.constant([], tf.int32)
+
+    # ------------------------------------------------------------------ building blocks
+
+    def _prepare(self, x):
+        """Convert `x`, check its trailing shape, flatten leading dims: `([N, H, W, C], lead)`."""
+        x = tf.convert_to_tensor(x, dtype=self.dtype, name="x")
+        if x.shape.rank is not None and x.shape.rank < 3:
+            raise ValueError(f"expected images [..., {', '.join(map(str, self._image_shape))}]"
+                             f"; got shape {x.shape}")
+        if x.shape.rank is not None and x.shape[-3:].is_fully_defined() and \
+                tuple(x.shape[-3:]) != self._image_shape:
+            raise ValueError(f"expected images of shape [..., {self._image_shape[0]}, "
+                             f"{self._image_shape[1]}, {self._image_shape[2]}]; got {x.shape}")
+        if self.validate_args:
+            x = tf.debugging.assert_all_finite(x, "DeepGMM input contains NaN or Inf")
+        lead = tf.shape(x)[:-3]
+        return tf.reshape(x, [-1, *self._image_shape]), lead
+
+    def _check_path(self, path, n=None):
+        if len(path) != len(self._layers):
+            raise ValueError(f"a path needs one choice tensor per layer ({len(self._layers)}); "
+                             f"got {len(path)}")
+        out = []
+        for i, (z, (k, shape)) in enumerate(zip(path, self._layer_specs)):
+            z = tf.cast(tf.convert_to_tensor(z), tf.int32)
+            if z.shape.rank is not None and z.shape.rank != 1 + len(shape):
+                raise ValueError(f"path entry {i} must have shape [N{''.join(', %d' % s for s in shape)}]"
+                                 f"; got {z.shape}")
+            if self.validate_args:
+                z = tf.debugging.assert_less(z, k, message=f"path entry {i}: choice >= {k}")
+                z = tf.debugging.assert_non_negative(z, message=f"path entry {i}: choice < 0")
+            out.append(z)
+        return tuple(out)
+
+    def _ildj_table(self, i):
+        """`[K, Hp, Wp]` per-alternative, per-location log|det| of layer i's inverse."""
+        return tf.convert_to_tensor(
+            self._layers[i].inverse_log_det_table(self._patch_shape), dtype=self.dtype)
+
+    def _layer_ildj(self, i, z):
+        """Layer i's ildj for choices `z` (`[N...]` or `[N..., Hp, Wp]`), shape `z.shape[:n]`."""
+        k, shape = self._layer_specs[i]
+        table = self._ildj_table(i)
+        if k == 1:
+            return tf.fill(tf.shape(z)[:tf.rank(z) - len(shape)], tf.reduce_sum(table))
+        if not shape:
+            return tf.gather(tf.reduce_sum(table, axis=[1, 2]), z)
+        onehot = tf.one_hot(z, k, dtype=self.dtype)  # [..., Hp, Wp, K]
+        return tf.reduce_sum(onehot * tf.transpose(table, [1, 2, 0]), axis=[-3, -2, -1])
+
+    def _path_ildj(self, path):
+        return tf.add_n([self._layer_ildj(i, z) for i, z in enumerate(path)])
+
+    def _base_log_prob(self, z):
+        """`log N(z; 0, I)` summed over the event `[Hp, Wp, D]`."""
+        n = float(np.prod(self._patch_shape))
+        return -0.5 * tf.reduce_sum(tf.square(z), axis=[-3, -2, -1]) - 0.5 * n * _LOG_2PI
+
+    def _choice(self, i, z, batch_shape):
+        """Broadcast layer i's choices (`[N]`/`[N, Hp, Wp]`) to `batch_shape` (starting with N)."""
+        k, shape = self._layer_specs[i]
+        if k == 1:
+            return None
+        extra = len(batch_shape) - 1
+        z = tf.reshape(z, tf.concat([tf.shape(z)[:1], _ints([1] * extra), _ints(shape)], 0))
+        return tf.broadcast_to(z, tf.concat([batch_shape, _ints(shape)], 0))
+
+    def _up(self, h, path, start, stop=None):
+        """Apply the inverses of layers `start..stop-1` with the path's choices.
+
+        `h` is `[N, *extra, Hp, Wp, D]`; choices are broadcast over `extra`.
+        """
+        stop = len(self._layers) if stop is None else stop
+        batch_shape = tf.shape(h)[:-3]
+        for i in range(start, stop):
+            h = self._layers[i].inverse(h, **_kw(self._choice(i, path[i], batch_shape)))
+        return h
+
+    def _down(self, h, path, start=None, stop=0):
+        """Apply the forwards of layers `start-1 .. stop` (top-down, generative)."""
+        start = len(self._layers) if start is None else start
+        batch_shape = tf.shape(h)[:-3]
+        for i in reversed(range(stop, start)):
+            h = self._layers[i].forward(h, **_kw(self._choice(i, path[i], batch_shape)))
+        return h
+
+    def latent(self, x, path):
+        """The latent `z = Omega_p^{-1}(x - beta_p)` of images `[N, H, W, C]` on `path`."""
+        x, _ = self._prepare(x)
+        path = self._check_path(path)
+        return self._up(self._patchify.forward(x), path, 0)
+
+    # ------------------------------------------------------------------ densities
+
+    def component_log_prob(self, x, path):
+        """`log p_p(x)`: the Gaussian log-density of component `path` (no prior), `[N]`."""
+        z = self.latent(x, path)
+        return self._base_log_prob(z) + self._path_ildj(self._check_path(path))
+
+    def path_log_prob(self, path):
+        """`log pi_p`, `[N]`."""
+        return self._path_prior.log_prob(self._check_path(path))
+
+    def joint_log_prob(self, x, path):
+        """`log pi_p + log p_p(x)`, `[N]`: the hard-EM objective."""
+        return self.component_log_prob(x, path) + self.path_log_prob(path)
+
+    def enumerate_paths(self):
+        """Every path, as a tuple of `[P]` / `[P, Hp, Wp]` int32 arrays (row-major, layer 0
+        most significant). Raises when `num_paths > exact_limit`."""
+        self._require_enumerable("enumerate_paths")
+        grids = []
+        for k, shape in self._layer_specs:
+            m = int(np.prod(shape)) if shape else 1
+            combos = np.stack(np.unravel_index(np.arange(k ** m), [k] * m), axis=-1)  # [k^m, m]
+            grids.append(combos.reshape([k ** m] + list(shape)) if shape else combos[:, 0])
+        sizes = [len(g) for g in grids]
+        idx = np.unravel_index(np.arange(int(np.prod(sizes))), sizes)
+        return tuple(tf.constant(g[j].astype(np.int32)) for g, j in zip(grids, idx))
+
+    def _require_enumerable(self, what):
+        if self.num_paths > self._exact_limit:
+            raise ValueError(
+                f"{what}: the model has {_fmt_count(self.num_paths)} paths, more than "
+                f"exact_limit={self._exact_limit}; exact enumeration is infeasible. Use "
+                "log_prob_lower_bound / log_prob_upper_bound (or raise exact_limit).")
+
+    def _log_prob(self, x):
+        self._require_enumerable("log_prob")
+        x, lead = self._prepare(x)
+        h = self._patchify.forward(x)[:, None]  # [N, P=1, Hp, Wp, D]
+        n = tf.shape(h)[0]
+        ildj = tf.zeros([n, 1], self.dtype)
+        all_paths = self.enumerate_paths()
+        for i, (layer, (k, shape)) in enumerate(zip(self._layers, self._layer_specs)):
+            table = self._ildj_table(i)
+            if k == 1:
+                h = layer.inverse(h)
+                ildj += tf.reduce_sum(table)
+                continue
+            if not shape:
+                # batch form: [N, P, 1, ...] against the bank's batch [K] -> [N, P, K, ...]
+                h = layer.inverse(h[:, :, None])
+                terms = tf.reduce_sum(table, axis=[1, 2])  # [K]
+                c = k
+            else:
+                m = int(np.prod(shape))
+                combos = np.stack(np.unravel_index(np.arange(k ** m), [k] * m), -1)
+                combos = tf.constant(combos.reshape([k ** m] + list(shape)).astype(np.int32))
+                c = k ** m
+                hb = tf.broadcast_to(h[:, :, None], tf.concat(
+                    [tf.shape(h)[:2], [c], tf.shape(h)[2:]], 0))
+                choice = tf.broadcast_to(combos, tf.concat([tf.shape(h)[:2], [c], _ints(shape)], 0))
+                h = layer.inverse(hb, choice=choice)
+                onehot = tf.one_hot(combos, k, dtype=self.dtype)
+                terms = tf.reduce_sum(onehot * tf.transpose(table, [1, 2, 0]), [1, 2, 3])
+            p = tf.shape(h)[1]
+            h = tf.reshape(h, tf.concat([[n, p * c], self._patch_shape], 0))
+            ildj = tf.reshape(ildj[:, :, None] + terms, [n, -1])
+        lp = self._base_log_prob(h) + ildj + self._path_prior.log_prob(all_paths)[None]
+        return tf.reshape(tf.reduce_logsumexp(lp, axis=1), lead)
+
+    # ------------------------------------------------------------------ E-step and bounds
+
+    def best_path(self, x, init=None, restarts=1, init_passes=1, restart_passes=2,
+                  seed=None, location_method="auto", use_prior=True):
+        """Hard E-step: the best path per image found by layer-wise coordinate ascent.
+
+        The paper's heuristic: starting from `init` (e.g. the previous E-step's paths), run
+        `init_passes` passes; then from `restarts` random starts run `restart_passes` passes
+        each; keep the best per datapoint. Each pass visits the layers bottom-up; a
+        per-sample layer tries all its alternatives at once (batched), a per-location layer
+        is optimised location by location (see `tfdgmm.path_search` for the exact Gram-matrix
+        scheme and the linearised scheme). A pass never lowers the objective.
+
+        Args:
+          x: images `[N, H, W, C]`.
+          init: a path for the batch, or None.
+          restarts: number of random starts (at least 1 when `init` is None).
+          seed: stateless seed (`int32[2]` tensor, or an int) for the random starts.
+          location_method: `'auto' | 'gram' | 'linearized' | 'brute_force'`.
+          use_prior: maximise `log pi_p + log p_p(x)` (True) or `log p_p(x)` (False).
+
+        Returns:
+          `(path, score)`: the path tuple and `log pi_p + log p_p(x)` (or `log p_p(x)` when
+          `use_prior=False`), `[N]`.
+        """
+        x, _ = self._prepare(x)
+        if init is not None:
+            init = self._check_path(init)
+        return path_search.best_path(
+            self, x, init=init, restarts=restarts, init_passes=init_passes,
+            restart_passes=restart_passes, seed=seed, location_method=location_method,
+            use_prior=use_prior)
+
+    def log_prob_lower_bound(self, x, path=None, **search_kwargs):
+        """`max_p log(pi_p p_p(x)) <= log p(x)` over the paths the search finds, `[N]`.
+
+        Pass `path` to evaluate a known path (e.g. from `best_path`) without searching.
+        """
+        if path is not None:
+            return self.joint_log_prob(x, path)
+        return self.best_path(x, **search_kwargs)[1]
+
+    def log_prob_upper_bound(self, x, path=None, **search_kwargs):
+        """The paper's approximate upper bound `max_p log p_p(x) >= log p(x)`, `[N]`.
+
+        `p(x) = sum_p pi_p p_p(x) <= max_p p_p(x)`. It is *approximate* because the search
+        may miss the best component. With a uniform prior the best component is the best
+        joint path, so this is `lower bound + log(num_paths)`.
+        """
+        if isinstance(self._path_prior, path_priors.UniformPathPrior):
+            return self.log_prob_lower_bound(x, path=path, **search_kwargs) + tf.constant(
+                self.log_num_paths, self.dtype)
+        if path is not None:
+            return self.component_log_prob(x, path)
+        return self.best_path(x, use_prior=False, **search_kwargs)[1]
+
+    # ------------------------------------------------------------------ sampling
+
+    def sample_with_path(self, n, seed=None):
+        """Draw `n` images and the paths they came from: `(x [n, H, W, C], path)`."""
+        seed = tfp.random.sanitize_seed(seed, salt="DeepGMM")
+        path_seed, z_seed = tfp.random.split_seed(seed, n=2)
+        path = self._path_prior.sample(n, path_seed)
+        z = tf.random.stateless_normal([n, *self._patch_shape], seed=z_seed, dtype=self.dtype)
+        h = self._down(z, path)
+        return self._patchify.inverse(h), path
+
+    def _sample_n(self, n, seed=None):
+        return self.sample_with_path(n, seed=seed)[0]
+
+    # ------------------------------------------------------------------ dense equivalents
+
+    def component_params(self, path):
+        """Mean `beta_p [P, D]` and factor `Omega_p [P, D, D]` (image-space flattening,
+        `x = Omega_p z + beta_p` with `z` flattened like the patch tensor) of given paths."""
+        path = self._check_path(path)
+        p = tf.shape(path[0])[0]
+        d = int(np.prod(self._patch_shape))
+        eye = tf.reshape(tf.eye(d, dtype=self.dtype), [d, *self._patch_shape])
+        basis = tf.concat([tf.zeros([1, *self._patch_shape], self.dtype), eye], 0)  # [1+D, ...]
+        h = tf.broadcast_to(basis[None], tf.concat([[p], tf.shape(basis)], 0))  # [P, 1+D, ...]
+        x = self._patchify.inverse(self._down(h, path))  # [P, 1+D, H, W, C]
+        x = tf.reshape(x, [p, d + 1, d])
+        beta = x[:, 0]
+        omega = tf.transpose(x[:, 1:] - beta[:, None], [0, 2, 1])
+        return beta, omega
+
+    def as_mixture(self):
+        """The equivalent `tfd.MixtureSameFamily` over every path (small models only).
+
+        Components are `TransformedDistribution`s of `MultivariateNormalLinearOperator(beta_p,
+        Omega_p)` reshaped to the image event; mixture weights are `pi_p`.
+        """
+        self._require_enumerable("as_mixture")
+        paths = self.enumerate_paths()
+        beta, omega = self.component_params(paths)
+        components = tfd.TransformedDistribution(
+            tfd.MultivariateNormalLinearOperator(
+                loc=beta, scale=tf.linalg.LinearOperatorFullMatrix(omega)),
+            tfb.Reshape(event_shape_out=list(self._image_shape), event_shape_in=[beta.shape[-1]]))
+        return tfd.MixtureSameFamily(
+            tfd.Categorical(logits=self._path_prior.log_prob(paths)), components,
+            validate_args=self.validate_args)
+
+
+def _ints(seq):
+    """A static int sequence as an int32 vector (also when empty)."""
+    return tf.constant(list(seq), dtype=tf.int32, shape=[len(seq)])
+
+
+def _kw(choice):
+    return {} if choice is None else {"choice": choice}
+
+
+def _layers_dtype(layers):
+    for layer in layers:
+        for v in layer.variables:
+            if v.dtype.is_floating:
+                return v.dtype
+    return tf.float32
+
+
+def _fmt_count(n):
+    return str(n) if n < 10 ** 12 else f"~{n:.3e}"

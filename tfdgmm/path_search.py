@@ -1,0 +1,292 @@
+r"""The hard E-step: searching each datapoint's best path through a deep GMM.
+
+The paper's heuristic (van den Oord & Schrauwen 2014; section 4.1 of the 2015 paper) is
+coordinate ascent over the discrete choices: one layer at a time, bottom-up, keep the other
+choices fixed and take the alternative with the highest `log pi_p + log p_p(x)`. A pass visits
+every choice variable once; the search starts from the previous paths (1 pass), then from random
+paths (2 passes each), and keeps the best path per datapoint.
+
+Everything here is vectorised over a minibatch and runs inside `tf.function`.
+
+**Per-sample layers** (shared blocks) try all `K` alternatives at once: the prefix below the layer
+is computed once, the layer is applied in its batch form, and the layers above run on
+`[N, K, ...]`. Terms that do not depend on the layer's choice (the log-determinants of the
+other layers) are left out of the comparison.
+
+**Per-location layers** (unshared blocks) have `Hp * Wp` choice variables each. Evaluating every
+(location, alternative) by running the layers above, as the paper does, costs
+`Hp * Wp * K` network evaluations per datapoint and pass. Every path is affine, so with
+`y` the layer's output and `G` the (linear part of the) map above it, `z = G y + c`, and changing
+location `l` from its current output to candidate `y_l + delta` changes the objective by exactly
+
+```none
+Delta = g_l . delta - 1/2 delta^T Q_l delta + (change of ildj and log-prior at l),
+g = -G^T z,   Q_l = (G^T G)_{ll}   (the local d x d Gram block).
+```
+
+* `'gram'` (exact; used automatically when no layer above has a choice, e.g. only
+  half-convolutions lie above): `G` is the same for all datapoints, computed once per call by
+  pushing the basis through the layers above. Locations are visited in order; after each
+  accepted change `z <- z + G_l delta`, so the result equals brute-force coordinate ascent in the
+  same order, at the cost of `O(L d^2 + L d * L d)` multiply-adds per datapoint and layer
+  instead of `L K` network evaluations.
+* `'linearized'` (choices above, so `G` depends on the datapoint): the linear term comes from one
+  vector-Jacobian product for all locations at once; the quadratic term uses the batch-mean local
+  Gram `E_n[(G_n^T G_n)_{ll}]`, estimated without bias from Gaussian probes
+  (`E[G^T v v^T G] = G^T G`, one extra VJP per probe). All single-site gains are computed in
+  parallel; candidate updates (the best change at the top `L, L/2, ..., 1` locations ranked by
+  predicted gain) are then evaluated *exactly* and the best of them and the current path is kept,
+  so a pass never lowers the objective.
+* `'brute_force'`: the paper's exact coordinate ascent, location by location; for checks.
+"""
+
+import math
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+__all__ = ["best_path", "coordinate_ascent_pass", "random_path", "LOCATION_METHODS"]
+
+LOCATION_METHODS = ("auto", "gram", "linearized", "brute_force")
+
+
+def random_path(model, n, seed):
+    """A uniformly random path for `n` datapoints from a stateless seed."""
+    seeds = tfp.random.split_seed(seed, n=max(len(model.layer_specs), 1))
+    path = []
+    for i, (k, shape) in enumerate(model.layer_specs):
+        path.append(tf.random.stateless_uniform(
+            tf.concat([[n], tf.constant(shape, tf.int32, shape=[len(shape)])], 0), seed=seeds[i], minval=0, maxval=k,
+            dtype=tf.int32))
+    return tuple(path)
+
+
+def objective(model, h0, path, use_prior=True):
+    """`log p_p(x) (+ log pi_p)` from the patch tensor `h0 = patchify(x)`."""
+    score = model._base_log_prob(model._up(h0, path, 0)) + model._path_ildj(path)
+    if use_prior:
+        score += model.path_prior.log_prob(path)
+    return score
+
+
+def best_path(model, x, init=None, restarts=1, init_passes=1, restart_passes=2, seed=None,
+              location_method="auto", use_prior=True):
+    """See `DeepGMM.best_path`. `x` is `[N, H, W, C]` in the model's dtype."""
+    if location_method not in LOCATION_METHODS:
+        raise ValueError(f"location_method must be one of {LOCATION_METHODS}; "
+                         f"got {location_method!r}")
+    if init is None and restarts < 1:
+        raise ValueError("best_path needs an initial path or at least one random restart")
+    h0 = model._patchify.forward(x)
+    n = tf.shape(h0)[0]
+    seed = tfp.random.sanitize_seed(seed, salt="best_path")
+    seeds = tfp.random.split_seed(seed, n=max(restarts, 1) + 1)
+    probe_seed = seeds[-1]
+    starts = []
+    if init is not None:
+        starts.append((tuple(init), init_passes))
+    for r in range(restarts):
+        starts.append((random_path(model, n, seeds[r]), restart_passes))
+    best, best_score = None, None
+    for path, passes in starts:
+        for _ in range(passes):
+            probe_seed, pass_seed = tfp.random.split_seed(probe_seed, n=2)
+            path = coordinate_ascent_pass(model, h0, path, location_method, use_prior,
+                                          seed=pass_seed)
+        score = objective(model, h0, path, use_prior)
+        if best is None:
+            best, best_score = path, score
+        else:
+            best = keep_better(best, best_score, path, score)
+            best_score = tf.maximum(best_score, score)
+    return best, best_score
+
+
+def keep_better(path_a, score_a, path_b, score_b):
+    """Per datapoint, path b where `score_b > score_a`, else path a."""
+    better = score_b > score_a
+    out = []
+    for a, b in zip(path_a, path_b):
+        mask = tf.reshape(better, tf.concat([tf.shape(better), tf.ones([tf.rank(a) - 1],
+                                                                      tf.int32)], 0))
+        out.append(tf.where(mask, b, a))
+    return tuple(out)
+
+
+def coordinate_ascent_pass(model, h0, path, location_method="auto", use_prior=True, seed=None):
+    """One bottom-up pass of coordinate ascent over every choice variable."""
+    path = list(path)
+    h = h0
+    for i, layer in enumerate(model.layers):
+        k, shape = model.layer_specs[i]
+        if k == 1:
+            h = layer.inverse(h)
+        elif not shape:
+            path[i], h = _sample_layer_update(model, i, h, path, use_prior)
+        else:
+            method = location_method
+            above_fixed = all(kk == 1 for kk, _ in model.layer_specs[i + 1:])
+            if method == "auto":
+                method = "gram" if above_fixed else "linearized"
+            if method == "gram" and not above_fixed:
+                raise ValueError(
+                    f"location_method='gram' needs every layer above layer {i} to have a "
+                    "single alternative (the Gram matrix is then shared by all datapoints); "
+                    "use 'linearized' or 'brute_force'")
+            update = {"gram": _gram_update, "linearized": _linearized_update,
+                      "brute_force": _brute_force_update}[method]
+            path[i], h = update(model, i, h, path, use_prior, seed=seed)
+    return tuple(path)
+
+
+def _sample_layer_update(model, i, h, path, use_prior):
+    """All K alternatives of a per-sample layer at once; returns `(choice [N], h_{i+1})`."""
+    ys = model.layers[i].inverse(h[:, None])  # [N, K, Hp, Wp, D] (batch form)
+    z = model._up(ys, path, i + 1)
+    score = model._base_log_prob(z) + tf.reduce_sum(model._ildj_table(i), axis=[1, 2])[None]
+    if use_prior:
+        score += model.path_prior.conditional_log_probs(i, path)
+    best = tf.argmax(score, axis=1, output_type=tf.int32)
+    return best, tf.gather(ys, best, axis=1, batch_dims=1)
+
+
+class _LocationProblem:
+    """Shared set-up for a per-location layer: all candidate outputs and per-location terms."""
+
+    def __init__(self, model, i, h, path, use_prior):
+        hp, wp, d = model.patch_shape
+        self.shape = (hp, wp, d)
+        self.num_locations = hp * wp
+        k = model.layer_specs[i][0]
+        self.k = k
+        ys = model.layers[i].inverse(h[:, None])  # [N, K, Hp, Wp, D]
+        n = tf.shape(ys)[0]
+        self.n = n
+        # candidates[n, l, k, :] = output at location l with alternative k
+        self.candidates = tf.transpose(tf.reshape(ys, [n, k, self.num_locations, d]), [0, 2, 1, 3])
+        self.cur = tf.reshape(path[i], [n, self.num_locations])
+        # terms of the objective that depend on this layer's choice at each location
+        terms = tf.transpose(tf.reshape(model._ildj_table(i), [k, self.num_locations]))[None]
+        if use_prior:
+            terms = terms + tf.reshape(model.path_prior.conditional_log_probs(i, path),
+                                       [n, self.num_locations, k])
+        self.terms = tf.broadcast_to(terms, [n, self.num_locations, k])  # [N, L, K]
+
+    def select(self, choice):
+        """Outputs `[N, L, d]` for choices `[N, L]`."""
+        return tf.gather(self.candidates, choice, axis=2, batch_dims=2)
+
+    def term_sum(self, choice):
+        return tf.reduce_sum(tf.gather(self.terms, choice, axis=2, batch_dims=2), axis=-1)
+
+    def image(self, y):
+        """`[..., L, d]` -> `[..., Hp, Wp, d]`."""
+        return tf.reshape(y, tf.concat([tf.shape(y)[:-2], self.shape], 0))
+
+    def done(self, choice, y):
+        hp, wp, _ = self.shape
+        return tf.reshape(choice, [self.n, hp, wp]), self.image(y)
+
+
+def _gram_update(model, i, h, path, use_prior, seed=None):
+    """Exact sequential coordinate ascent over locations with a shared Gram matrix."""
+    prob = _LocationProblem(model, i, h, path, use_prior)
+    hp, wp, d = prob.shape
+    num_loc = prob.num_locations
+    ld = num_loc * d
+    dtype = model.dtype
+    # Jacobian of the (data-independent) affine map above: rows G e_j for each basis vector.
+    basis = tf.concat([tf.zeros([1, ld], dtype), tf.eye(ld, dtype=dtype)], 0)
+    cols = tf.reshape(model._up(tf.reshape(basis, [ld + 1, hp, wp, d]), path, i + 1),
+                      [ld + 1, ld])
+    gt = tf.reshape(cols[1:] - cols[:1], [num_loc, d, ld])  # gt[l] = (G[:, block l])^T
+    gram = tf.einsum("lde,lfe->ldf", gt, gt)  # [L, d, d] local Gram blocks
+    cur = tf.unstack(prob.cur, num=num_loc, axis=1)
+    y = tf.unstack(prob.select(prob.cur), num=num_loc, axis=1)
+    z = tf.reshape(model._up(prob.image(tf.stack(y, 1)), path, i + 1), [prob.n, ld])
+    for loc in range(num_loc):
+        cand = prob.candidates[:, loc]  # [N, K, d]
+        delta = cand - y[loc][:, None]
+        g = -tf.matmul(z, gt[loc], transpose_b=True)  # [N, d]
+        gain = (tf.einsum("nkd,nd->nk", delta, g)
+                - 0.5 * tf.reduce_sum(delta * tf.einsum("nkd,de->nke", delta, gram[loc]), -1))
+        t = prob.terms[:, loc]
+        gain += t - tf.gather(t, cur[loc], axis=1, batch_dims=1)[:, None]
+        best = tf.argmax(gain, axis=1, output_type=tf.int32)
+        z += tf.matmul(tf.gather(delta, best, axis=1, batch_dims=1), gt[loc])
+        y[loc] = tf.gather(cand, best, axis=1, batch_dims=1)
+        cur[loc] = best
+    return prob.done(tf.stack(cur, 1), tf.stack(y, 1))
+
+
+def _brute_force_update(model, i, h, path, use_prior, seed=None):
+    """The paper's exact coordinate ascent: each location tries every alternative."""
+    prob = _LocationProblem(model, i, h, path, use_prior)
+    cur = prob.cur
+    y = prob.select(cur)
+    for loc in range(prob.num_locations):
+        mask = tf.one_hot(loc, prob.num_locations, dtype=model.dtype)[:, None]  # [L, 1]
+        trial = y[:, None] * (1. - mask) + prob.candidates[:, loc][:, :, None] * mask
+        z = model._up(prob.image(trial), path, i + 1)  # [N, K, ...]
+        score = model._base_log_prob(z) + prob.terms[:, loc]
+        best = tf.argmax(score, axis=1, output_type=tf.int32)
+        y = tf.gather(trial, best, axis=1, batch_dims=1)
+        cur = tf.concat([cur[:, :loc], best[:, None], cur[:, loc + 1:]], axis=1)
+    return prob.done(cur, y)
+
+
+def _linearized_update(model, i, h, path, use_prior, seed=None, iterations=2, probes=2):
+    """Parallel single-site gains from one VJP, verified exactly (never lowers the objective)."""
+    prob = _LocationProblem(model, i, h, path, use_prior)
+    n, num_loc = prob.n, prob.num_locations
+    dtype = model.dtype
+    cur = prob.cur
+    y = prob.select(cur)
+
+    # Batch-mean local Gram blocks, estimated from Gaussian probes: E[u u^T], u = G^T v.
+    seed = tfp.random.sanitize_seed(seed, salt="linearized_gram")
+    y_rep = tf.tile(y, [probes, 1, 1])
+    rep_path = tuple(tf.tile(z_, tf.concat([[probes], tf.ones([tf.rank(z_) - 1], tf.int32)], 0))
+                     for z_ in path)
+    v = tf.random.stateless_normal(tf.concat([[probes * n], model.patch_shape], 0), seed=seed,
+                                   dtype=dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(y_rep)
+        s = tf.reduce_sum(v * model._up(prob.image(y_rep), rep_path, i + 1))
+    u = tape.gradient(s, y_rep)  # [P*N, L, d]
+    gram = tf.einsum("mld,mle->lde", u, u) / tf.cast(probes * n, dtype)
+
+    sizes = sorted({max(1, num_loc >> s) for s in range(int(math.log2(num_loc)) + 1)},
+                   reverse=True)
+    for _ in range(iterations):
+        with tf.GradientTape() as tape:
+            tape.watch(y)
+            base = model._base_log_prob(model._up(prob.image(y), path, i + 1))
+        g = tape.gradient(base, y)  # [N, L, d] = -G^T z
+        current = base + prob.term_sum(cur)
+        delta = prob.candidates - y[:, :, None]  # [N, L, K, d]
+        gain = (tf.einsum("nlkd,nld->nlk", delta, g)
+                - 0.5 * tf.reduce_sum(delta * tf.einsum("nlkd,lde->nlke", delta, gram), -1))
+        gain += prob.terms - tf.gather(prob.terms, cur, axis=2, batch_dims=2)[..., None]
+        best_k = tf.argmax(gain, axis=-1, output_type=tf.int32)  # [N, L]
+        best_gain = tf.reduce_max(gain, axis=-1)
+        ranks = tf.argsort(tf.argsort(-best_gain, axis=1), axis=1)
+        trials_choice, trials_y = [], []
+        proposed_y = prob.select(best_k)
+        for m in sizes:
+            accept = (ranks < m) & (best_gain > 0)
+            trials_choice.append(tf.where(accept, best_k, cur))
+            trials_y.append(tf.where(accept[..., None], proposed_y, y))
+        trials_choice = tf.stack(trials_choice, 1)  # [N, M, L]
+        trials_y = tf.stack(trials_y, 1)  # [N, M, L, d]
+        scores = (model._base_log_prob(model._up(prob.image(trials_y), path, i + 1))
+                  + tf.reduce_sum(tf.gather(
+                      tf.broadcast_to(prob.terms[:, None], tf.concat(
+                          [tf.shape(trials_choice), [prob.k]], 0)),
+                      trials_choice, axis=3, batch_dims=3), -1))
+        pick = tf.argmax(scores, axis=1, output_type=tf.int32)
+        improved = tf.gather(scores, pick, axis=1, batch_dims=1) > current
+        cur = tf.where(improved[:, None], tf.gather(trials_choice, pick, axis=1, batch_dims=1),
+                       cur)
+        y = tf.where(improved[:, None, None], tf.gather(trials_y, pick, axis=1, batch_dims=1), y)
+    return prob.done(cur, y)
