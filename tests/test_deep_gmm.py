@@ -108,12 +108,13 @@ def test_single_path_model_is_the_closed_form_gaussian():
     d = x.shape[1]
     expected = (-0.5 * np.sum(white ** 2, axis=1) - logdet_omega
                 - 0.5 * d * math.log(2 * math.pi))
-    np.testing.assert_allclose(model.log_prob(x.reshape(5, *IMAGE)), expected, rtol=1e-10)
+    # cond(Omega) ~ 4e7 here, so float64 solves agree to ~cond * eps ~ 1e-9
+    np.testing.assert_allclose(model.log_prob(x.reshape(5, *IMAGE)), expected, rtol=1e-8)
     # all three evaluations of a single-path model agree
     np.testing.assert_allclose(model.log_prob_lower_bound(x.reshape(5, *IMAGE)), expected,
-                               rtol=1e-10)
+                               rtol=1e-8)
     np.testing.assert_allclose(model.log_prob_upper_bound(x.reshape(5, *IMAGE)), expected,
-                               rtol=1e-10)
+                               rtol=1e-8)
 
 
 def brute_force_best(model, x):

@@ -201,37 +201,54 @@ def _gram_update(model, i, h, path, use_prior, seed=None):
                       [ld + 1, ld])
     gt = tf.reshape(cols[1:] - cols[:1], [num_loc, d, ld])  # gt[l] = (G[:, block l])^T
     gram = tf.einsum("lde,lfe->ldf", gt, gt)  # [L, d, d] local Gram blocks
-    cur = tf.unstack(prob.cur, num=num_loc, axis=1)
-    y = tf.unstack(prob.select(prob.cur), num=num_loc, axis=1)
-    z = tf.reshape(model._up(prob.image(tf.stack(y, 1)), path, i + 1), [prob.n, ld])
-    for loc in range(num_loc):
-        cand = prob.candidates[:, loc]  # [N, K, d]
-        delta = cand - y[loc][:, None]
+    y = prob.select(prob.cur)  # [N, L, d]
+    z = tf.reshape(model._up(prob.image(y), path, i + 1), [prob.n, ld])
+    cands = tf.transpose(prob.candidates, [1, 0, 2, 3])  # [L, N, K, d]
+    terms = tf.transpose(prob.terms, [1, 0, 2])  # [L, N, K]
+
+    def body(loc, cur, y, z):
+        cand = cands[loc]  # [N, K, d]
+        delta = cand - tf.gather(y, loc, axis=1)[:, None]
         g = -tf.matmul(z, gt[loc], transpose_b=True)  # [N, d]
         gain = (tf.einsum("nkd,nd->nk", delta, g)
                 - 0.5 * tf.reduce_sum(delta * tf.einsum("nkd,de->nke", delta, gram[loc]), -1))
-        t = prob.terms[:, loc]
-        gain += t - tf.gather(t, cur[loc], axis=1, batch_dims=1)[:, None]
+        t = terms[loc]
+        gain += t - tf.gather(t, tf.gather(cur, loc, axis=1), axis=1, batch_dims=1)[:, None]
         best = tf.argmax(gain, axis=1, output_type=tf.int32)
         z += tf.matmul(tf.gather(delta, best, axis=1, batch_dims=1), gt[loc])
-        y[loc] = tf.gather(cand, best, axis=1, batch_dims=1)
-        cur[loc] = best
-    return prob.done(tf.stack(cur, 1), tf.stack(y, 1))
+        return loc + 1, *_set_location(loc, num_loc, cur, y, best,
+                                       tf.gather(cand, best, axis=1, batch_dims=1)), z
+
+    _, cur, y, _ = tf.while_loop(lambda loc, *_: loc < num_loc, body,
+                                 (tf.constant(0), prob.cur, y, z))
+    return prob.done(cur, y)
+
+
+def _set_location(loc, num_loc, cur, y, choice, value):
+    """`cur[:, loc] = choice`, `y[:, loc] = value` without Python indexing (while-loop body)."""
+    mask = tf.one_hot(loc, num_loc, on_value=True, off_value=False)  # [L]
+    cur = tf.where(mask[None], choice[:, None], cur)
+    y = tf.where(mask[None, :, None], value[:, None], y)
+    return cur, y
 
 
 def _brute_force_update(model, i, h, path, use_prior, seed=None):
     """The paper's exact coordinate ascent: each location tries every alternative."""
     prob = _LocationProblem(model, i, h, path, use_prior)
-    cur = prob.cur
-    y = prob.select(cur)
-    for loc in range(prob.num_locations):
-        mask = tf.one_hot(loc, prob.num_locations, dtype=model.dtype)[:, None]  # [L, 1]
-        trial = y[:, None] * (1. - mask) + prob.candidates[:, loc][:, :, None] * mask
+    num_loc = prob.num_locations
+    cands = tf.transpose(prob.candidates, [1, 0, 2, 3])  # [L, N, K, d]
+    terms = tf.transpose(prob.terms, [1, 0, 2])  # [L, N, K]
+
+    def body(loc, cur, y):
+        mask = tf.one_hot(loc, num_loc, dtype=model.dtype)[:, None]  # [L, 1]
+        trial = y[:, None] * (1. - mask) + cands[loc][:, :, None] * mask  # [N, K, L, d]
         z = model._up(prob.image(trial), path, i + 1)  # [N, K, ...]
-        score = model._base_log_prob(z) + prob.terms[:, loc]
-        best = tf.argmax(score, axis=1, output_type=tf.int32)
-        y = tf.gather(trial, best, axis=1, batch_dims=1)
-        cur = tf.concat([cur[:, :loc], best[:, None], cur[:, loc + 1:]], axis=1)
+        best = tf.argmax(model._base_log_prob(z) + terms[loc], axis=1, output_type=tf.int32)
+        return loc + 1, *_set_location(loc, num_loc, cur, y, best,
+                                       tf.gather(cands[loc], best, axis=1, batch_dims=1))
+
+    _, cur, y = tf.while_loop(lambda loc, *_: loc < num_loc, body,
+                              (tf.constant(0), prob.cur, prob.select(prob.cur)))
     return prob.done(cur, y)
 
 
