@@ -110,5 +110,14 @@ def test_bad_arguments(splits, kwargs, match):
 
 
 def test_bad_array(fake_cifar):
-    with pytest.raises(ValueError, match=r"uint8 \[N, 32, 32, 3\]"):
+    with pytest.raises(ValueError, match=r"uint8 \[N, H, W, C\]"):
         make_dataset(fake_cifar.test_images.astype(np.float32), 4)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "epoch"])
+def test_other_image_shapes(mode):
+    images = np.random.default_rng(0).integers(0, 256, (10, 4, 4, 1), dtype=np.uint8)
+    xs, idx = _collect(make_dataset(images, 4, dequantize=mode))
+    x, i = np.concatenate(xs), np.concatenate(idx)
+    assert x.shape == (10, 4, 4, 1)
+    np.testing.assert_array_equal(quantize(x), images[i])

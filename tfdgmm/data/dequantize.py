@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import numpy as np
 
-VALUES_PER_IMAGE = 32 * 32 * 3
+CIFAR10_IMAGE_SHAPE = (32, 32, 3)
 
 
-def reference_noise(seed: int, start: int, count: int) -> np.ndarray:
-    """float64 ``U[0, 1)`` noise ``[count, 32, 32, 3]`` for stream images ``start .. start+count-1``.
+def reference_noise(seed: int, start: int, count: int,
+                    image_shape=CIFAR10_IMAGE_SHAPE) -> np.ndarray:
+    """float64 ``U[0, 1)`` noise ``[count, *image_shape]`` for stream images ``start .. start+count-1``.
 
-    Equal to ``np.random.default_rng(seed).random((start + count, 32, 32, 3))[start:]``.
+    Equal to ``np.random.default_rng(seed).random((start + count, *image_shape))[start:]``
+    (PCG64 draws one 64-bit word per float64, so skipping ``start`` images is an ``advance``).
     """
     if start < 0 or count < 0:
         raise ValueError(f"start and count must be >= 0, got {start}, {count}")
+    image_shape = tuple(int(d) for d in image_shape)
     rng = np.random.default_rng(seed)
-    rng.bit_generator.advance(start * VALUES_PER_IMAGE)
-    return rng.random((count, 32, 32, 3))
+    rng.bit_generator.advance(start * int(np.prod(image_shape)))
+    return rng.random((count,) + image_shape)
 
 
 def dequantize(images: np.ndarray, noise: np.ndarray | float, dtype=np.float32) -> np.ndarray:

@@ -51,11 +51,11 @@ def make_dataset(
     noise_seed: int = 0,
     drop_remainder: bool = False,
 ) -> tf.data.Dataset:
-    """Batches of dequantized images ``float32 [B, 32, 32, 3]`` (and ``int64 [B]`` indices).
+    """Batches of dequantized images ``float32 [B, H, W, C]`` (and ``int64 [B]`` indices).
 
     Args:
-      data: a :class:`~tfdgmm.data.Split` or a uint8 array ``[N, 32, 32, 3]`` (treated as a
-        training file: stream positions ``0 .. N-1``).
+      data: a :class:`~tfdgmm.data.Split` or a uint8 array ``[N, H, W, C]`` (e.g. CIFAR-10's
+        ``[N, 32, 32, 3]``; treated as a training file: stream positions ``0 .. N-1``).
       batch_size: images per batch.
       seed: shuffling seed.
       shuffle: reshuffle every epoch (deterministically from ``seed`` and the epoch number).
@@ -76,8 +76,8 @@ def make_dataset(
         split = data
     else:
         images = np.asarray(data)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
-            raise ValueError(f"data must be a Split or uint8 [N, 32, 32, 3] images, got "
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f"data must be a Split or uint8 [N, H, W, C] images, got "
                              f"{images.dtype} {tuple(images.shape)}")
         split = Split("array", images, np.full(len(images), -1, np.int64), "array")
     n = len(split)
@@ -101,7 +101,7 @@ def make_dataset(
             x = tf.gather(store, index)
         else:
             key = fold(fold(split_noise_key, epoch), batch_number)
-            shape = tf.concat([tf.shape(index), [32, 32, 3]], axis=0)
+            shape = tf.concat([tf.shape(index), split.images.shape[1:]], axis=0)
             u = tf.random.stateless_uniform(shape, seed=key, alg="philox")
             pixels = tf.cast(tf.gather(store, index), tf.float32)
             upper = (pixels + 1.0) / 128.0 - 1.0  # the bin's upper edge, exact

@@ -32,7 +32,7 @@ class Split:
     """
 
     name: str
-    images: np.ndarray  # uint8 [N, 32, 32, 3]
+    images: np.ndarray  # uint8 [N, 32, 32, 3] (any [N, H, W, C] works below the loaders)
     labels: np.ndarray  # int64 [N] (-1 = unknown)
     source: str
     file_offset: int = 0
@@ -48,7 +48,8 @@ class Split:
     def noise(self, seed: int = 0, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Fixed (reference-layout) float64 noise for images ``start:stop`` of this split."""
         start, stop, _ = slice(start, stop).indices(len(self))
-        return reference_noise(seed, self.noise_start + start, max(stop - start, 0))
+        return reference_noise(seed, self.noise_start + start, max(stop - start, 0),
+                               self.images.shape[1:])
 
     def dequantized(self, seed: int | None = 0, dtype=np.float32, start: int = 0,
                     stop: int | None = None) -> np.ndarray:
