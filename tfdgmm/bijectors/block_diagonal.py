@@ -39,8 +39,12 @@ class BlockDiagonal(_bank.BankBijector):
   * `selection='location'` (unshared blocks): `choice` has shape
     `batch + [Hp, Wp]`, one alternative per sample and location.
 
-  `inverse` (the hot path of EM) costs one matmul per location; `forward`
-  computes `W^{-1}` once per call from the LU factors by triangular solves.
+  `inverse` (the hot path of EM) composes `W` once per call (batch
+  independent, XLA-compiled) and does one GEMM per location and alternative
+  over all its samples; `forward` (sampling) applies `P^{-1}`, `L^{-1}`,
+  `U^{-1}` to the data by triangular solves when blocks are per location
+  (same flops as a matmul, no `K * Hp * Wp` inverses), and uses the `K`
+  explicit inverses `U^{-1} L^{-1} P^T` when blocks are shared by locations.
 
   #### Examples
 
@@ -217,23 +221,46 @@ class BlockDiagonal(_bank.BankBijector):
     _bank.check_event(x, 3, [sp[0], sp[1], d], self.name, what)
     return _bank.maybe_assert_finite(x, self.validate_args, self.name, what)
 
+  def _lg_params(self, *tensors):
+    """Reshapes `[K, (Hp, Wp,) ...]` parameters to `[K, Lg, ...]`."""
+    k = self._num_alternatives
+    out = []
+    for t in tensors:
+      if t is None:
+        out.append(None)
+        continue
+      tail = t.shape[(3 if self._spatial_shape else 1):].as_list()
+      out.append(tf.reshape(t, [k, -1] + tail))
+    return out
+
   def _inverse(self, y, choice=None):
     y = self._check_input(y, "input to inverse")
     choice = self._choice(choice, y)
-    w = self.matrix()
-    bias = None
-    if self._shift is not None:
-      bias = -tf.linalg.matvec(w, tf.convert_to_tensor(self._shift))
-    return _bank.bank_matmul(y, w, bias, choice, self._selection)
+    shift = None if self._shift is None else tf.convert_to_tensor(self._shift)
+    mats_t, bias = _bank.lu_density_params(
+        tf.convert_to_tensor(self._lower_upper),
+        tf.convert_to_tensor(self._permutation), shift)
+    mats_t, bias = self._lg_params(mats_t, bias)
+    return _bank.bank_linear(y, _bank.MatmulOp(mats_t), bias, choice,
+                             self._selection)
 
   def _forward(self, x, choice=None):
     x = self._check_input(x, "input to forward")
     choice = self._choice(choice, x)
-    w_inv = _bank.lu_matrix_inverse(tf.convert_to_tensor(self._lower_upper),
-                                    tf.convert_to_tensor(self._permutation))
-    shift = (None if self._shift is None
-             else tf.convert_to_tensor(self._shift))
-    return _bank.bank_matmul(x, w_inv, shift, choice, self._selection)
+    lu = tf.convert_to_tensor(self._lower_upper)
+    perm = tf.convert_to_tensor(self._permutation)
+    shift = None if self._shift is None else tf.convert_to_tensor(self._shift)
+    if self._spatial_shape is None:
+      # K blocks only: their inverses are cheap, then plain GEMMs.
+      inv_t, shift = self._lg_params(_bank.lu_inverse_params(lu, perm), shift)
+      op = _bank.MatmulOp(inv_t)
+    else:
+      # K * Hp * Wp blocks: solving on the data costs what one GEMM costs
+      # and nothing per block, instead of K * Hp * Wp matrix inversions.
+      lower, upper, inv_perm, shift = self._lg_params(
+          *_bank.lu_sampling_params(lu, perm), shift)
+      op = _bank.LUSolveOp(lower, upper, inv_perm)
+    return _bank.bank_linear(x, op, shift, choice, self._selection)
 
   def _ildj(self, x, choice):
     _bank.check_event(x, 3, [None, None, self._block_size], self.name)
