@@ -102,6 +102,7 @@ def test_repeat_forever(splits):
     (dict(dequantize="sometimes"), "dequantize must be one of"),
     (dict(batch_size=0), "batch_size must be a positive integer"),
     (dict(repeat=0), "repeat must be"),
+    (dict(batch_size=30, drop_remainder=True), r"24 images give no batch of 30"),
 ])
 def test_bad_arguments(splits, kwargs, match):
     kwargs.setdefault("batch_size", 4)

@@ -22,7 +22,8 @@ CIFAR10_IMAGE_SHAPE = (32, 32, 3)
 
 def reference_noise(seed: int, start: int, count: int,
                     image_shape=CIFAR10_IMAGE_SHAPE) -> np.ndarray:
-    """float64 ``U[0, 1)`` noise ``[count, *image_shape]`` for stream images ``start .. start+count-1``.
+    """float64 ``U[0, 1)`` noise ``[count, *image_shape]`` for stream images ``start ..
+    start + count - 1``.
 
     Equal to ``np.random.default_rng(seed).random((start + count, *image_shape))[start:]``
     (PCG64 draws one 64-bit word per float64, so skipping ``start`` images is an ``advance``).

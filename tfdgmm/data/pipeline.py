@@ -81,6 +81,9 @@ def make_dataset(
                              f"{images.dtype} {tuple(images.shape)}")
         split = Split("array", images, np.full(len(images), -1, np.int64), "array")
     n = len(split)
+    if n == 0 or (drop_remainder and n < batch_size):
+        raise ValueError(f"{split.source} {split.name}: {n} images give no batch of "
+                         f"{batch_size}{' (drop_remainder=True)' if drop_remainder else ''}")
 
     if dequantize == "fixed":
         store = tf.constant(split.dequantized(noise_seed, np.float32))

@@ -84,7 +84,7 @@ class Splits:
     notes: tuple[str, ...] = ()
 
     def items(self):
-        """``(name, split)`` pairs of the splits that exist, in the order train, validation, test."""
+        """``(name, split)`` pairs of the splits that exist: train, validation, test."""
         return [(s.name, s) for s in (self.train, self.validation, self.test) if s is not None]
 
     def __iter__(self):
