@@ -348,22 +348,25 @@ class DeepGMM(tfd.Distribution):
     # ------------------------------------------------------------------ E-step and bounds
 
     def best_path(self, x, init=None, restarts=1, init_passes=1, restart_passes=2,
-                  seed=None, location_method="auto", use_prior=True):
+                  seed=None, location_method="auto", use_prior=True, location_options=None):
         """Hard E-step: the best path per image found by layer-wise coordinate ascent.
 
         The paper's heuristic: starting from `init` (e.g. the previous E-step's paths), run
         `init_passes` passes; then from `restarts` random starts run `restart_passes` passes
         each; keep the best per datapoint. Each pass visits the layers bottom-up; a
         per-sample layer tries all its alternatives at once (batched), a per-location layer
-        is optimised location by location (see `tfdgmm.path_search` for the exact Gram-matrix
-        scheme and the linearised scheme). A pass never lowers the objective.
+        is optimised location by location (see `tfdgmm.path_search`: an exact shared-Gram
+        scheme when no layer above has a choice, else exact steps at the locations a
+        linearisation ranks highest). A pass never lowers the objective.
 
         Args:
           x: images `[N, H, W, C]`.
           init: a path for the batch, or None.
           restarts: number of random starts (at least 1 when `init` is None).
           seed: stateless seed (`int32[2]` tensor, or an int) for the random starts.
-          location_method: `'auto' | 'gram' | 'linearized' | 'brute_force'`.
+          location_method: `'auto' | 'gram' | 'ranked' | 'linearized' | 'brute_force'`.
+          location_options: dict for the per-location scheme, e.g. `{"top": 32}` for
+            `'ranked'` (see `tfdgmm.path_search.coordinate_ascent_pass`).
           use_prior: maximise `log pi_p + log p_p(x)` (True) or `log p_p(x)` (False).
 
         Returns:
@@ -376,7 +379,7 @@ class DeepGMM(tfd.Distribution):
         return path_search.best_path(
             self, x, init=init, restarts=restarts, init_passes=init_passes,
             restart_passes=restart_passes, seed=seed, location_method=location_method,
-            use_prior=use_prior)
+            use_prior=use_prior, location_options=location_options)
 
     def log_prob_lower_bound(self, x, path=None, **search_kwargs):
         """`max_p log(pi_p p_p(x)) <= log p(x)` over the paths the search finds, `[N]`.
