@@ -41,10 +41,10 @@ class BlockDiagonal(_bank.BankBijector):
 
   `inverse` (the hot path of EM) composes `W` once per call (batch
   independent, XLA-compiled) and does one GEMM per location and alternative
-  over all its samples; `forward` (sampling) applies `P^{-1}`, `L^{-1}`,
-  `U^{-1}` to the data by triangular solves when blocks are per location
-  (same flops as a matmul, no `K * Hp * Wp` inverses), and uses the `K`
-  explicit inverses `U^{-1} L^{-1} P^T` when blocks are shared by locations.
+  over all its samples; `forward` (sampling) goes through the LU factors:
+  explicit inverses `U^{-1} L^{-1} P^T` (two triangular solves per block)
+  then GEMMs, or, for per-location blocks and fewer than `d` samples per
+  alternative, triangular solves on the data (no `K * Hp * Wp` inversions).
 
   #### Examples
 
@@ -250,17 +250,31 @@ class BlockDiagonal(_bank.BankBijector):
     lu = tf.convert_to_tensor(self._lower_upper)
     perm = tf.convert_to_tensor(self._permutation)
     shift = None if self._shift is None else tf.convert_to_tensor(self._shift)
-    if self._spatial_shape is None:
-      # K blocks only: their inverses are cheap, then plain GEMMs.
-      inv_t, shift = self._lg_params(_bank.lu_inverse_params(lu, perm), shift)
-      op = _bank.MatmulOp(inv_t)
-    else:
-      # K * Hp * Wp blocks: solving on the data costs what one GEMM costs
-      # and nothing per block, instead of K * Hp * Wp matrix inversions.
-      lower, upper, inv_perm, shift = self._lg_params(
+
+    def by_inverses():
+      inv_t, sh = self._lg_params(_bank.lu_inverse_params(lu, perm), shift)
+      return _bank.bank_linear(x, _bank.MatmulOp(inv_t), sh, choice,
+                               self._selection)
+
+    def by_solves():
+      lower, upper, inv_perm, sh = self._lg_params(
           *_bank.lu_sampling_params(lu, perm), shift)
-      op = _bank.LUSolveOp(lower, upper, inv_perm)
-    return _bank.bank_linear(x, op, shift, choice, self._selection)
+      return _bank.bank_linear(x, _bank.LUSolveOp(lower, upper, inv_perm), sh,
+                               choice, self._selection)
+
+    if self._spatial_shape is None:
+      return by_inverses()      # K blocks only: their inverses are cheap.
+    # K * Hp * Wp blocks: inverting them all costs as much as solving for
+    # d right-hand sides per block; solving on the data costs one solve per
+    # sample. Measured crossover (bench/bijectors.py machine): ~d samples
+    # per alternative; batched GEMMs beat batched solves above it.
+    n = tf.size(x) // (self._block_size * tf.shape(x)[-2] * tf.shape(x)[-3])
+    per_alt = (n // self._num_alternatives
+               if choice is not None and self._selection == "sample" else n)
+    static = tf.get_static_value(per_alt)
+    if static is not None:
+      return by_inverses() if static >= self._block_size else by_solves()
+    return tf.cond(per_alt >= self._block_size, by_inverses, by_solves)
 
   def _ildj(self, x, choice):
     _bank.check_event(x, 3, [None, None, self._block_size], self.name)
