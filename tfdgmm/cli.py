@@ -1,0 +1,487 @@
+"""The `tfdgmm` command line: train, evaluate, sample, baseline.
+
+```none
+tfdgmm train --config FILE [--data SPEC] --out DIR [--resume] [--set KEY=VALUE ...]
+tfdgmm evaluate RUN_DIR [--split validation|test|train|all] [--data SPEC] [--restarts N]
+tfdgmm sample RUN_DIR [--n 64] [--seed 0] [--out PNG]
+tfdgmm baseline [--data SPEC] [--out DIR] [--noise-seed 0]
+```
+
+A run config (YAML or JSON) has three sections:
+
+```yaml
+model:      # the architecture dict of tfdgmm.architectures (layers bottom-up)
+  image_shape: [32, 32, 3]
+  patch_size: 4
+  layers: [{type: half_convolution, kernel_size: 5}, {type: block_diagonal, alternatives: 2}]
+training:   # tfdgmm.training.EMConfig
+  em_iterations: 2
+data:       # optional: where the data comes from and how much of it
+  spec: tfds              # 'tfds', a directory or a .npz (overridden by --data)
+  train_limit: 500        # first k images of each split (small runs)
+  validation_limit: 200
+  test_limit: 200
+  validation_size: 10000  # the last k images of the training file are the validation split
+  noise_seed: 0           # fixed dequantization noise
+  dequantize: fixed       # fixed | per_iteration (noise redrawn every EM iteration)
+  evaluate_test: true     # bounds on the test split at the end
+```
+
+A run directory is self-describing: `config.yaml` (the resolved config), `command.txt`,
+`train.log`, `checkpoints/`, `best/`, `tensorboard/`, `metrics.json`, `figures/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import os
+import shlex
+import sys
+import time
+
+__all__ = ["main", "load_run_config", "train_run", "load_data", "DataLoadError"]
+
+DATA_DEFAULTS = {
+    "spec": "tfds",
+    "train_limit": None,
+    "validation_limit": None,
+    "test_limit": None,
+    "validation_size": 10_000,
+    "noise_seed": 0,
+    "dequantize": "fixed",
+    "evaluate_test": True,
+}
+_DEQUANTIZE = ("fixed", "per_iteration")
+
+
+class DataLoadError(RuntimeError):
+    """The data could not be loaded; the message says what to pass instead."""
+
+
+# ---------------------------------------------------------------------- configs
+
+def _parse_value(text):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def apply_overrides(config: dict, overrides) -> dict:
+    """`['training.em_iterations=3', 'data.train_limit=1000']` -> a modified copy."""
+    config = copy.deepcopy(config)
+    for item in overrides or ():
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE (e.g. training.em_iterations=3); "
+                             f"got {item!r}")
+        key, value = item.split("=", 1)
+        node = config
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = _parse_value(value)
+    return config
+
+
+def load_run_config(path, overrides=()) -> dict:
+    """Read a YAML/JSON run config, apply `--set` overrides, check and fill in defaults."""
+    import yaml
+
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a run config must be a mapping with 'model' and 'training'")
+    return normalize_run_config(apply_overrides(raw, overrides), where=path)
+
+
+def normalize_run_config(raw: dict, where="config") -> dict:
+    from tfdgmm import architectures
+    from tfdgmm.training import EMConfig
+
+    unknown = set(raw) - {"model", "training", "data", "description", "paper"}
+    if unknown:
+        raise ValueError(f"{where}: unknown sections {sorted(unknown)}; expected 'model', "
+                         "'training', 'data' (and optional 'description', 'paper')")
+    if "model" not in raw:
+        raise ValueError(f"{where}: missing the 'model' section (an architecture dict)")
+    out = {k: copy.deepcopy(raw[k]) for k in ("description", "paper") if k in raw}
+    out["model"] = architectures.normalize(raw["model"])
+    out["training"] = EMConfig.from_dict(raw.get("training")).to_dict()
+    data = dict(DATA_DEFAULTS)
+    extra = set(raw.get("data") or {}) - set(DATA_DEFAULTS)
+    if extra:
+        raise ValueError(f"{where}: unknown data keys {sorted(extra)}; expected some of "
+                         f"{sorted(DATA_DEFAULTS)}")
+    data.update(raw.get("data") or {})
+    if data["dequantize"] not in _DEQUANTIZE:
+        raise ValueError(f"{where}: data.dequantize must be one of {_DEQUANTIZE}")
+    out["data"] = data
+    return out
+
+
+def _dump_yaml(obj, path):
+    import yaml
+
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(obj, f, sort_keys=False, default_flow_style=None)
+    os.replace(tmp, path)
+
+
+def _dump_json(obj, path):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=_json_default)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+# ---------------------------------------------------------------------- data
+
+def load_data(data_cfg: dict, spec=None):
+    """`tfdgmm.data.load_cifar10` with the config's limits; a clear error naming `--data`."""
+    from tfdgmm.data import DataError, load_cifar10
+
+    spec = spec or data_cfg.get("spec") or "tfds"
+    try:
+        return load_cifar10(
+            spec, validation_size=int(data_cfg["validation_size"]),
+            train_limit=data_cfg.get("train_limit"),
+            validation_limit=data_cfg.get("validation_limit"),
+            test_limit=data_cfg.get("test_limit"))
+    except DataError as e:
+        hint = ("" if spec not in ("tfds",) and not str(spec).startswith("tfds:") else
+                " Pass a local copy of CIFAR-10 with --data PATH (a directory holding train.npz "
+                "+ test.npz, e.g. ../shared/data/cifar10-jpeg75, or the official batches).")
+        raise DataLoadError(f"could not load the data ({spec}): {e}{hint}") from e
+
+
+def _dequantized(split, data_cfg):
+    return split.dequantized(int(data_cfg["noise_seed"]))
+
+
+def _train_images(split, data_cfg):
+    """Fixed noise: an array. Per-iteration noise: a callable `t -> images` (stateless)."""
+    if data_cfg["dequantize"] == "fixed":
+        return _dequantized(split, data_cfg)
+    import numpy as np
+
+    from tfdgmm.data import dequantize
+
+    seed = int(data_cfg["noise_seed"])
+
+    def images(t):
+        rng = np.random.default_rng([seed, 0x17E2, int(t)])
+        return dequantize(split.images, rng.random(split.images.shape))
+
+    return images
+
+
+def _bpd_fn(num_dims):
+    from tfdgmm.units import nats_to_bits_per_dim
+
+    return functools.partial(nats_to_bits_per_dim, num_dims=num_dims)
+
+
+# ---------------------------------------------------------------------- train
+
+class _Tee:
+    """Log lines to stdout and to the run's `train.log`."""
+
+    def __init__(self, path):
+        self._path = path
+
+    def __call__(self, line):
+        print(line, flush=True)
+        with open(self._path, "a") as f:
+            f.write(line + "\n")
+
+
+def _model_summary(model):
+    import math
+
+    n = model.num_paths
+    return {
+        "num_parameters": model.num_parameters(),
+        "num_paths": str(n) if n < 10 ** 15 else f"{n:.6e}",
+        "log10_num_paths": model.log_num_paths / math.log(10),
+        "num_layers": len(model.layers),
+        "layer_alternatives": [int(k) for k, _ in model.layer_specs],
+        "path_prior": type(model.path_prior).__name__,
+    }
+
+
+def train_run(config: dict, out_dir: str, data_spec=None, resume=False, argv=None,
+              figures=True, hooks=(), log=None):
+    """Train from a normalised run config into `out_dir`; returns the metrics dict.
+
+    Steps: load the data, build the model, `EMTrainer.fit` (resumable), final bounds (train and
+    validation: one more warm-started E-step; test: a fresh search), `metrics.json`, figures.
+    """
+    import tensorflow as tf
+
+    import tfdgmm
+    from tfdgmm.training import EMConfig, EMTrainer, figures as figs
+
+    wall_start = time.monotonic()
+    os.makedirs(out_dir, exist_ok=True)
+    log = log or _Tee(os.path.join(out_dir, "train.log"))
+    config_path = os.path.join(out_dir, "config.yaml")
+    if resume and os.path.exists(config_path):
+        saved = load_run_config(config_path)
+        if config is not None and (saved["model"] != config["model"]
+                                   or saved["training"] != config["training"]):
+            raise ValueError(f"--resume: {config_path} differs from the given config in its "
+                             "model or training section; resume with the saved config (omit "
+                             "--config) or train into a new directory")
+        config = saved
+    if config is None:
+        raise ValueError("no config: pass --config FILE (or --resume a run directory)")
+    data_cfg = config["data"]
+    if data_spec:
+        data_cfg = dict(data_cfg, spec=data_spec)
+        config = dict(config, data=data_cfg)
+    _dump_yaml(config, config_path)
+    command = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv))
+    with open(os.path.join(out_dir, "command.txt"), "a") as f:
+        f.write(command + "\n")
+
+    splits = load_data(data_cfg)
+    log(f"data: {splits.describe()}")
+    train_split, val_split, test_split = splits.train, splits.validation, splits.test
+    num_dims = train_split.num_dims
+    to_bpd = _bpd_fn(num_dims)
+
+    model = tfdgmm.DeepGMM.from_config(config["model"])
+    summary = _model_summary(model)
+    log(f"model: {summary['num_layers']} layers, {summary['num_parameters']:,} parameters, "
+        f"{summary['num_paths']} paths")
+    em_cfg = EMConfig.from_dict(config["training"])
+    trainer = EMTrainer(model, em_cfg, _train_images(train_split, data_cfg),
+                        _dequantized(val_split, data_cfg), out_dir, nats_to_bpd=to_bpd,
+                        hooks=hooks, log=log)
+    train_start = time.monotonic()
+    history = trainer.fit(resume=resume)
+    train_seconds = time.monotonic() - train_start
+
+    log("final bounds: training and validation (one more E-step from the stored paths)")
+    eval_start = time.monotonic()
+    results = {"train": trainer.refine("train"), "validation": trainer.refine("validation")}
+    if test_split is not None and data_cfg.get("evaluate_test", True):
+        log(f"final bounds: test ({len(test_split)} images, fresh search with "
+            f"{em_cfg.eval_restarts} restarts)")
+        results["test"] = trainer.evaluate(_dequantized(test_split, data_cfg), label="test")
+    eval_seconds = time.monotonic() - eval_start
+    for name, r in results.items():
+        log(f"  {name:10s} LB {r['lower_bound_nats']:9.2f} nats ({r['lower_bound_bits_per_dim']:.3f}"
+            f" bits/dim)  UB* {r['upper_bound_nats']:9.2f} nats "
+            f"({r['upper_bound_bits_per_dim']:.3f} bits/dim)")
+
+    figure_paths = {}
+    if figures:
+        fig_dir = os.path.join(out_dir, "figures")
+        os.makedirs(fig_dir, exist_ok=True)
+        p = os.path.join(fig_dir, "samples.png")
+        figs.save_samples(model, p, n=64, seed=0,
+                          title=f"samples ({config.get('description') or 'deep GMM'})")
+        figure_paths["samples"] = p
+        p = os.path.join(fig_dir, "filters.png")
+        figs.save_filters(model, p)
+        figure_paths["filters"] = p
+        log(f"figures: {', '.join(figure_paths.values())}")
+
+    state = trainer.state
+    metrics = {
+        "command": command,
+        "config": config,
+        "data": {"source": splits.source, "notes": list(splits.notes),
+                 "num_images": {n: len(s) for n, s in splits.items()}, "num_dims": num_dims,
+                 "noise_seed": data_cfg["noise_seed"], "dequantize": data_cfg["dequantize"]},
+        "model": summary,
+        "splits": results,
+        "best_em_iteration": int(state.best_iteration.numpy()) + 1,
+        "em_iterations_run": trainer.em_iteration,
+        "rollbacks": int(state.rollbacks.numpy()),
+        "history": history,
+        "wall_time_seconds": {
+            "training_total": trainer.elapsed(),
+            "training_this_session": train_seconds,
+            "final_evaluation": eval_seconds,
+            "session_total": time.monotonic() - wall_start,
+        },
+        "figures": figure_paths,
+        "versions": {"tfdgmm": tfdgmm.__version__, "tensorflow": tf.__version__,
+                     "tensorflow_probability": _tfp_version()},
+        "units": "mean log-likelihood per image in nats on the data scale; bits/dim = "
+                 "-log2(bin width) - LL / (D ln 2)",
+    }
+    path = os.path.join(out_dir, "metrics.json")
+    _dump_json(metrics, path)
+    log(f"metrics: {path}")
+    return metrics
+
+
+def _tfp_version():
+    import tensorflow_probability as tfp
+
+    return tfp.__version__
+
+
+# ---------------------------------------------------------------------- other commands
+
+def _run_model(run_dir):
+    import tfdgmm
+    from tfdgmm.training import load_model_weights
+
+    config = load_run_config(os.path.join(run_dir, "config.yaml"))
+    model = tfdgmm.DeepGMM.from_config(config["model"])
+    ckpt = load_model_weights(model, run_dir)
+    return config, model, ckpt
+
+
+def evaluate_run(run_dir, split="validation", data_spec=None, restarts=None, batch_size=None,
+                 log=print):
+    """Bounds of a trained run on one or all splits, by a fresh search; writes
+    `RUN_DIR/evaluation-SPLIT.json` and returns the results."""
+    from tfdgmm.training import EMConfig, evaluate_bounds
+
+    config, model, ckpt = _run_model(run_dir)
+    em = EMConfig.from_dict(config["training"])
+    splits = load_data(config["data"], data_spec)
+    names = ["train", "validation", "test"] if split == "all" else [split]
+    out = {"checkpoint": ckpt, "data": splits.source, "splits": {}}
+    for name in names:
+        s = getattr(splits, name)
+        if s is None:
+            raise DataLoadError(f"{splits.source} has no {name} split")
+        log(f"evaluating {name} ({len(s)} images) with {ckpt}")
+        r = evaluate_bounds(
+            model, _dequantized(s, config["data"]), batch_size=batch_size or em.estep_batch_size,
+            restarts=em.eval_restarts if restarts is None else restarts,
+            location_method=em.location_method, location_options=em.location_options,
+            seed=em.seed + 104729, nats_to_bpd=_bpd_fn(s.num_dims), log=log, label=name)
+        out["splits"][name] = r
+        log(f"  {name}: LB {r['lower_bound_nats']:.2f} nats "
+            f"({r['lower_bound_bits_per_dim']:.3f} bits/dim), UB* {r['upper_bound_nats']:.2f} "
+            f"nats ({r['upper_bound_bits_per_dim']:.3f} bits/dim)")
+    _dump_json(out, os.path.join(run_dir, f"evaluation-{split}.json"))
+    return out
+
+
+def sample_run(run_dir, n=64, seed=0, out=None):
+    from tfdgmm.training import figures
+
+    _, model, ckpt = _run_model(run_dir)
+    out = out or os.path.join(run_dir, "figures", f"samples-seed{seed}.png")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    figures.save_samples(model, out, n=n, seed=seed)
+    return out
+
+
+def baseline_run(data_spec=None, out_dir=None, noise_seed=0, train_limit=None,
+                 validation_limit=None, test_limit=None, validation_size=10_000, log=print):
+    """The closed-form full-covariance Gaussian on the same data and protocol."""
+    from tfdgmm.gaussian import run_gaussian_baseline
+
+    data_cfg = dict(DATA_DEFAULTS, train_limit=train_limit, validation_limit=validation_limit,
+                    test_limit=test_limit, validation_size=validation_size,
+                    noise_seed=noise_seed)
+    splits = load_data(data_cfg, data_spec)
+    log(f"data: {splits.describe()}")
+    result = run_gaussian_baseline(splits, noise_seed=noise_seed)
+    result["data"] = splits.source
+    for name, r in result["splits"].items():
+        log(f"  {name:10s} {r['nats']:9.1f} nats  {r['bits_per_dim']:.3f} bits/dim  "
+            f"({r['num_images']} images)")
+    log(f"  ({result['seconds']:.1f} s)")
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        _dump_json(result, os.path.join(out_dir, "baseline.json"))
+    return result
+
+
+# ---------------------------------------------------------------------- argparse
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="tfdgmm", description="Deep GMMs with locally-connected transformations.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a deep GMM by hard EM")
+    t.add_argument("--config", help="run config (YAML or JSON); optional with --resume")
+    t.add_argument("--data", help="data spec: 'tfds', a directory (train.npz + test.npz, or "
+                                  "the official batches) or a .npz (overrides data.spec)")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set training.em_iterations=3")
+    t.add_argument("--no-figures", action="store_true")
+
+    e = sub.add_parser("evaluate", help="bounds of a trained run by a fresh E-step")
+    e.add_argument("run_dir")
+    e.add_argument("--split", default="validation",
+                   choices=["train", "validation", "test", "all"])
+    e.add_argument("--data", help="data spec (default: the run's)")
+    e.add_argument("--restarts", type=int, help="random restarts (default: eval_restarts)")
+    e.add_argument("--batch-size", type=int)
+
+    s = sub.add_parser("sample", help="a PNG grid of samples from a trained run")
+    s.add_argument("run_dir")
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="PNG path (default RUN_DIR/figures/samples-seedS.png)")
+
+    b = sub.add_parser("baseline", help="closed-form full-covariance Gaussian baseline")
+    b.add_argument("--data", help="data spec (default 'tfds')")
+    b.add_argument("--out", help="directory for baseline.json")
+    b.add_argument("--noise-seed", type=int, default=0)
+    b.add_argument("--train-limit", type=int)
+    b.add_argument("--validation-limit", type=int)
+    b.add_argument("--test-limit", type=int)
+    b.add_argument("--validation-size", type=int, default=10_000)
+    return p
+
+
+def main(argv=None):
+    """Entry point of the `tfdgmm` command (and `python -m tfdgmm`). Returns an exit code."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = _parser().parse_args(argv)
+    full_argv = ["tfdgmm"] + list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.command == "train":
+            config = load_run_config(args.config, args.set) if args.config else None
+            if config is None and not args.resume:
+                raise ValueError("train needs --config FILE (or --resume with an existing run)")
+            if config is None and args.set:
+                raise ValueError("--set needs --config")
+            train_run(config, args.out, data_spec=args.data, resume=args.resume,
+                      argv=full_argv, figures=not args.no_figures)
+        elif args.command == "evaluate":
+            evaluate_run(args.run_dir, args.split, args.data, args.restarts, args.batch_size)
+        elif args.command == "sample":
+            print(sample_run(args.run_dir, args.n, args.seed, args.out))
+        elif args.command == "baseline":
+            baseline_run(args.data, args.out, args.noise_seed, args.train_limit,
+                         args.validation_limit, args.test_limit, args.validation_size)
+    except (DataLoadError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"tfdgmm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

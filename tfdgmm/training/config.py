@@ -1,0 +1,183 @@
+"""`EMConfig`: every knob of hard-EM training, with the paper's protocol as defaults.
+
+The paper (section 4.1): Adam on minibatches of 100; about 50,000 updates in the first M-steps
+and 5,000-10,000 later; the learning rate lowered for the last 4,000 updates of each M-step and
+towards later M-steps; every M-step warm-starts from the previous parameters. E-step: start from
+the previous paths for 1 pass, then a random start for 2 passes, keep the better path per
+datapoint. 20 EM iterations.
+
+Learning-rate schedule (`learning_rate_at`) for update `u` of an M-step of `U` updates in EM
+iteration `t` (0-based):
+
+```none
+lr = learning_rate * max(lr_em_decay ** t, lr_min_factor)
+                   * (lr_final_factor  if u >= U - min(lr_final_updates, U // 2)  else 1)
+                   * lr_scale          (1, lowered by nan_lr_factor at every NaN rollback)
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+__all__ = ["EMConfig", "learning_rate_at", "mstep_updates"]
+
+_OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamax")
+
+
+@dataclasses.dataclass
+class EMConfig:
+    """Hard-EM training configuration (`from_dict` / `to_dict` for YAML and JSON)."""
+
+    # --- EM
+    em_iterations: int = 20
+    """Number of EM iterations (E-step, closed-form prior fit, M-step, validation)."""
+    seed: int = 0
+    """Seed of every random choice (E-step restarts, minibatch order): runs are reproducible."""
+
+    # --- M-step
+    updates_first: int = 50_000
+    """Gradient updates in each of the first `first_iterations` M-steps."""
+    updates_later: int = 7_500
+    """Gradient updates in every later M-step."""
+    first_iterations: int = 1
+    batch_size: int = 100
+    optimizer: str = "adam"
+    optimizer_kwargs: dict = dataclasses.field(default_factory=dict)
+    """Extra keyword arguments of the Keras optimizer (e.g. `beta_2`, `epsilon`)."""
+    learning_rate: float = 1e-3
+    lr_em_decay: float = 0.8
+    """Multiplicative decay of the learning rate per EM iteration ..."""
+    lr_min_factor: float = 0.1
+    """... down to at most this factor of `learning_rate`."""
+    lr_final_updates: int = 4_000
+    """The last updates of every M-step run at a lower rate (at most half of the M-step)."""
+    lr_final_factor: float = 0.1
+    jit_compile: bool = False
+    """XLA-compile the M-step's loss and gradient (slower on CPU; try it on a GPU)."""
+
+    # --- E-step
+    first_estep: str = "random"
+    """`'random'`: the first M-step trains on uniformly random paths (every alternative sees
+    data, so none dies before it has learnt anything); `'search'`: a real E-step with the
+    freshly initialised model (tends to send all data down the same alternatives)."""
+    estep_batch_size: int = 500
+    estep_init_passes: int = 1
+    estep_restarts: int = 1
+    estep_restart_passes: int = 2
+    location_method: str = "auto"
+    """Search method for per-location layers (see `tfdgmm.path_search.LOCATION_METHODS`)."""
+    location_options: dict = dataclasses.field(default_factory=dict)
+    """Options of the per-location search (e.g. `{"top": 32}` for `'ranked'`)."""
+    prior_pseudo_count: float = 1.0
+    """Pseudo-count of the closed-form path-prior fit (factorized and table priors)."""
+
+    # --- evaluation and early stopping
+    eval_restarts: int = 2
+    """Random restarts (2 passes each) when bounds are computed for data without stored
+    paths (e.g. the test split), after one pass from a random path."""
+    early_stopping_patience: int = 3
+    """Stop after this many EM iterations without a better validation lower bound (0: never)."""
+    early_stopping_min_delta: float = 0.0
+    """Improvement (nats per image) that counts as better."""
+
+    # --- robustness and visibility
+    checkpoint_interval_seconds: float = 180.0
+    """Checkpoint inside long E- and M-steps at least this often (and after every step)."""
+    keep_checkpoints: int = 2
+    progress_interval_seconds: float = 15.0
+    """A progress line (and TensorBoard scalars) at about this interval."""
+    nan_lr_factor: float = 0.5
+    """A NaN/Inf loss rolls back to the last good checkpoint and multiplies the rate by this."""
+    max_rollbacks: int = 8
+
+    def __post_init__(self):
+        self.validate()
+
+    # ------------------------------------------------------------------ (de)serialisation
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "EMConfig":
+        """Build from a plain dict; unknown keys are an error (a typo must not pass silently)."""
+        d = dict(d or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}; expected some of "
+                             f"{sorted(names)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "EMConfig":
+        return dataclasses.replace(self, **changes)
+
+    def validate(self):
+        def positive(name, allow_zero=False):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (
+                    v == 0 and not allow_zero):
+                raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}; got {v!r}")
+
+        for name in ("em_iterations", "updates_first", "updates_later", "batch_size",
+                     "learning_rate", "estep_batch_size", "progress_interval_seconds",
+                     "keep_checkpoints", "lr_final_factor", "lr_min_factor", "nan_lr_factor"):
+            positive(name)
+        for name in ("first_iterations", "lr_final_updates", "estep_init_passes",
+                     "estep_restarts", "estep_restart_passes", "eval_restarts",
+                     "early_stopping_patience", "early_stopping_min_delta",
+                     "checkpoint_interval_seconds", "prior_pseudo_count", "max_rollbacks",
+                     "lr_em_decay"):
+            positive(name, allow_zero=True)
+        if self.estep_init_passes + self.estep_restarts * self.estep_restart_passes < 1:
+            raise ValueError("the E-step needs at least one pass (estep_init_passes or "
+                             "estep_restarts x estep_restart_passes)")
+        if self.optimizer.lower() not in _OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {_OPTIMIZERS}; got {self.optimizer!r}")
+        if self.first_estep not in ("random", "search"):
+            raise ValueError(f"first_estep must be 'random' or 'search'; got {self.first_estep!r}")
+        from tfdgmm.path_search import LOCATION_METHODS
+        if self.location_method not in LOCATION_METHODS:
+            raise ValueError(f"location_method must be one of {LOCATION_METHODS}; "
+                             f"got {self.location_method!r}")
+        for name in ("optimizer_kwargs", "location_options"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a dict")
+
+    def make_optimizer(self):
+        """A fresh Keras optimizer (its learning rate is set at every update by the trainer)."""
+        import keras
+
+        cls = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
+               "rmsprop": keras.optimizers.RMSprop,
+               "adamax": keras.optimizers.Adamax}[self.optimizer.lower()]
+        return cls(learning_rate=self.learning_rate, **self.optimizer_kwargs)
+
+
+def mstep_updates(config: EMConfig, em_iteration: int) -> int:
+    """Number of gradient updates of the M-step of EM iteration `em_iteration` (0-based)."""
+    return config.updates_first if em_iteration < config.first_iterations \
+        else config.updates_later
+
+
+def learning_rate_at(config: EMConfig, em_iteration, update, num_updates, lr_scale=1.0):
+    """The scheduled learning rate (see the module docstring); works on Python numbers and
+    on tensors (inside the M-step's `tf.function`)."""
+    if all(isinstance(v, (int, float)) for v in (em_iteration, update, num_updates, lr_scale)):
+        em = max(config.lr_em_decay ** em_iteration, config.lr_min_factor)
+        final = min(config.lr_final_updates, num_updates // 2)
+        fin = config.lr_final_factor if update >= num_updates - final else 1.0
+        return config.learning_rate * em * fin * lr_scale
+    em_iteration = tf.cast(em_iteration, tf.float32)
+    update = tf.cast(update, tf.int64)
+    num_updates = tf.cast(num_updates, tf.int64)
+    em = tf.maximum(tf.pow(tf.constant(config.lr_em_decay, tf.float32), em_iteration),
+                    config.lr_min_factor)
+    final = tf.minimum(tf.constant(config.lr_final_updates, tf.int64), num_updates // 2)
+    fin = tf.where(update >= num_updates - final, tf.constant(config.lr_final_factor, tf.float32),
+                   tf.constant(1.0, tf.float32))
+    return config.learning_rate * em * fin * tf.cast(lr_scale, tf.float32)
+

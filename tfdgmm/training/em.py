@@ -1,0 +1,604 @@
+r"""Hard EM for deep GMMs: `EMTrainer`.
+
+One EM iteration (paper, section 4.1):
+
+1. **E-step** over the training set: every datapoint's best path, starting from its previous
+   path (`estep_init_passes` passes of the layer-wise heuristic), then from random paths
+   (`estep_restarts` x `estep_restart_passes` passes), keeping the best (`DatasetSearch`).
+   The path prior, when it has a closed-form fit (`factorized`, `table`), is then set to the
+   maximum-likelihood prior of the new paths.
+2. **M-step**: a Keras optimizer (Adam by default) maximises the mean joint
+   `log pi_p + log p_p(x)` over minibatches of `batch_size` datapoints with their E-step paths,
+   for `updates_first` / `updates_later` updates, warm-started from the previous M-step, with the
+   learning-rate schedule of `tfdgmm.training.config`. Prior variables with a closed-form fit
+   are left out of the optimizer.
+3. **Bounds**: the training bounds of the new parameters on the E-step paths, then an E-step on
+   the validation set (warm-started from its previous paths) for its lower and (approximate)
+   upper bound. Early stopping on the validation lower bound keeps the best model.
+
+Everything random is stateless and derived from `config.seed`, the EM iteration and the
+position (batch or update number), and the minibatch order is a per-epoch stateless shuffle, so
+results do not depend on how the work is chunked: a run interrupted at any point and resumed
+from its checkpoint ends with the same parameters as an uninterrupted run.
+
+The E-step and M-step bodies are `tf.function`s that loop (`tf.while_loop`) over many batches
+or updates per call with no host round trip, so they run unchanged on a GPU; the host only
+decides chunk sizes (from the measured speed), prints progress, writes TensorBoard scalars and
+checkpoints. The trainer knows nothing about the data set: it takes preprocessed float images.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tfdgmm.training import checkpointing
+from tfdgmm.training.config import EMConfig, learning_rate_at, mstep_updates
+from tfdgmm.training.search import DatasetSearch, fold_seed, path_usage_entropy
+from tfdgmm.training.summaries import Clock, RateMeter, Summaries, default_log, format_duration
+
+__all__ = ["EMTrainer", "TrainingInterrupted", "evaluate_bounds", "ESTEP", "MSTEP", "BOUNDS"]
+
+ESTEP, MSTEP, BOUNDS = 0, 1, 2
+_STAGE_NAMES = {ESTEP: "E-step", MSTEP: "M-step", BOUNDS: "bounds"}
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by hooks (e.g. in tests) to simulate a crash."""
+
+
+class _State(tf.Module):
+    """Scalars of the training loop that a checkpoint must restore."""
+
+    def __init__(self):
+        super().__init__(name="em_state")
+        i64 = tf.int64
+        self.em_iteration = tf.Variable(0, dtype=i64, trainable=False)
+        self.stage = tf.Variable(ESTEP, dtype=i64, trainable=False)
+        self.mstep_update = tf.Variable(0, dtype=i64, trainable=False)
+        self.lr_scale = tf.Variable(1.0, dtype=tf.float32, trainable=False)
+        self.best_validation = tf.Variable(-np.inf, dtype=tf.float64, trainable=False)
+        self.best_iteration = tf.Variable(-1, dtype=i64, trainable=False)
+        self.bad_iterations = tf.Variable(0, dtype=i64, trainable=False)
+        self.rollbacks = tf.Variable(0, dtype=i64, trainable=False)
+        self.finished = tf.Variable(0, dtype=i64, trainable=False)
+        self.elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.history = tf.Variable("[]", dtype=tf.string, trainable=False)
+        self.current = tf.Variable("{}", dtype=tf.string, trainable=False)
+
+
+def _jget(var):
+    return json.loads(var.numpy().decode())
+
+
+def _jset(var, value):
+    var.assign(json.dumps(value))
+
+
+class EMTrainer:
+    """Hard-EM training of a `DeepGMM` (see the module docstring).
+
+    Args:
+      model: a `tfdgmm.DeepGMM` (its variables are trained in place).
+      config: an `EMConfig` (or a dict for `EMConfig.from_dict`).
+      train: training images `[N, H, W, C]`, preprocessed floats; or a callable
+        `train(em_iteration) -> images` for data that changes between EM iterations (e.g.
+        dequantization noise redrawn every iteration); it must return the same images for the
+        same iteration (resuming calls it again).
+      validation: validation images (fixed), or None (no validation bounds, no early stopping).
+      out_dir: the run directory (checkpoints, `tensorboard/`); a temporary directory if None.
+      nats_to_bpd: optional callable mapping a mean log-likelihood (nats per image) to bits/dim,
+        for the logs and TensorBoard (the data's business, so it is passed in).
+      hooks: callables `hook(trainer, event, info)` called after every chunk of work
+        (`event` in `'estep'`, `'mstep'`, `'bounds'`) and at the end of each EM iteration
+        (`'iteration'`); a hook may raise (e.g. `TrainingInterrupted`) or modify the model.
+      log: callable taking one line of text (default: print to stdout).
+    """
+
+    def __init__(self, model, config=None, train=None, validation=None, out_dir=None, *,
+                 nats_to_bpd=None, hooks=(), log=None):
+        if train is None:
+            raise ValueError("EMTrainer needs training images")
+        self.model = model
+        self.config = config if isinstance(config, EMConfig) else EMConfig.from_dict(config)
+        cfg = self.config
+        self.out_dir = out_dir or tempfile.mkdtemp(prefix="tfdgmm-run-")
+        os.makedirs(self.out_dir, exist_ok=True)
+        self.nats_to_bpd = nats_to_bpd
+        self.hooks = list(hooks)
+        self.log = log or default_log
+        self._train_fn = train if callable(train) else None
+        self._loaded_iteration = 0 if self._train_fn is not None else None
+        x_train = self._train_fn(0) if self._train_fn is not None else train
+
+        self.state = _State()
+        self.train_search = DatasetSearch(
+            model, x_train, batch_size=cfg.estep_batch_size, init_passes=cfg.estep_init_passes,
+            restarts=cfg.estep_restarts, restart_passes=cfg.estep_restart_passes,
+            location_method=cfg.location_method, location_options=cfg.location_options,
+            seed=cfg.seed, name="train_search")
+        del x_train
+        self.validation_search = None
+        if validation is not None:
+            self.validation_search = DatasetSearch(
+                model, validation, batch_size=cfg.estep_batch_size,
+                init_passes=cfg.estep_init_passes, restarts=cfg.estep_restarts,
+                restart_passes=cfg.estep_restart_passes, location_method=cfg.location_method,
+                location_options=cfg.location_options, seed=cfg.seed + 7919,
+                name="validation_search")
+        self.batch_size = min(cfg.batch_size, self.train_search.num_images)
+
+        prior = model.path_prior
+        self._closed_form_prior = hasattr(prior, "fit") and bool(prior.trainable_variables)
+        skip = {v.ref() for v in prior.trainable_variables} if self._closed_form_prior else set()
+        self.variables = [v for v in model.trainable_variables if v.ref() not in skip]
+        if not self.variables:
+            raise ValueError("the model has no trainable variables")
+        self.optimizer = cfg.make_optimizer()
+        self.optimizer.build(self.variables)
+
+        items = {"model": model, "optimizer": self.optimizer, "state": self.state,
+                 "train": self.train_search.checkpoint_items()}
+        if self.validation_search is not None:
+            items["validation"] = self.validation_search.checkpoint_items()
+        self.checkpoint = tf.train.Checkpoint(**items)
+        self.keeper = checkpointing.CheckpointKeeper(self.out_dir, self.checkpoint, model,
+                                                     keep=cfg.keep_checkpoints)
+        self.summaries = Summaries(os.path.join(self.out_dir, "tensorboard"))
+        self._mstep_fn = None
+        self._clock = Clock()
+        self._rates = {"estep": RateMeter(), "mstep": RateMeter(), "bounds": RateMeter()}
+        self._last_progress = 0.0
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def history(self):
+        """One dict per completed EM iteration (bounds, learning rate, path entropies, ...)."""
+        return _jget(self.state.history)
+
+    @property
+    def em_iteration(self):
+        return int(self.state.em_iteration.numpy())
+
+    def fit(self, resume=False):
+        """Run EM to the end (or to early stopping); returns the history.
+
+        `resume=True` continues from the latest checkpoint in `out_dir` (a fresh start when there
+        is none). Without it, an `out_dir` that already holds checkpoints is an error, so that
+        work is never overwritten by accident. At the end the best model (validation lower
+        bound) is restored.
+        """
+        cfg = self.config
+        if resume:
+            path = self.keeper.restore_latest()
+            if path is None:
+                self.log(f"resume: no checkpoint in {self.out_dir}; starting from scratch")
+            else:
+                self.log(f"resumed from {path}: EM iteration {self.em_iteration + 1}, "
+                         f"{_STAGE_NAMES[int(self.state.stage.numpy())]}, "
+                         f"update {int(self.state.mstep_update.numpy())}")
+        elif self.keeper.latest is not None:
+            raise FileExistsError(
+                f"{self.out_dir} already holds checkpoints ({self.keeper.latest}); resume with "
+                "--resume / fit(resume=True), or choose a new output directory")
+        self._clock = Clock(float(self.state.elapsed.numpy()))
+        self._check_finite_data()
+        if self.keeper.latest is None:
+            self._save()
+        while not int(self.state.finished.numpy()):
+            t = self.em_iteration
+            if t >= cfg.em_iterations:
+                self.state.finished.assign(1)
+                self._save()
+                break
+            self._ensure_train_data(t)
+            stage = int(self.state.stage.numpy())
+            if stage == ESTEP:
+                self._estep(t)
+            elif stage == MSTEP:
+                self._mstep(t)
+            else:
+                self._bounds(t)
+        best = self.keeper.restore_best()
+        if best is not None:
+            self.log(f"restored the best model (validation lower bound "
+                     f"{float(self.state.best_validation.numpy()):.2f} nats, EM iteration "
+                     f"{int(self.state.best_iteration.numpy()) + 1}) from {best}")
+        self.summaries.flush()
+        return self.history
+
+    def evaluate(self, x, restarts=None, seed=None, batch_size=None, label="data"):
+        """Bounds for images `x` without stored paths (e.g. the test split): a search from a
+        random path (1 pass) plus `restarts` random restarts (2 passes each). Returns a dict
+        (see `evaluate_bounds`)."""
+        cfg = self.config
+        return evaluate_bounds(
+            self.model, x, batch_size=batch_size or cfg.estep_batch_size,
+            restarts=cfg.eval_restarts if restarts is None else restarts,
+            location_method=cfg.location_method, location_options=cfg.location_options,
+            seed=(cfg.seed + 104729) if seed is None else seed,
+            nats_to_bpd=self.nats_to_bpd, log=self.log, label=label)
+
+    def refine(self, which="train", restarts=None):
+        """One more E-step on the stored paths of `'train'` or `'validation'` (warm start plus
+        `restarts` random restarts) with the current parameters: the final bounds of a run."""
+        cfg = self.config
+        search = self.train_search if which == "train" else self.validation_search
+        if search is None:
+            raise ValueError(f"no {which} data")
+        saved = search.restarts
+        search.restarts = cfg.eval_restarts if restarts is None else restarts
+        search._search_fn = None
+        try:
+            search.reset()
+            start = time.monotonic()
+            search.run(step=1_000_003)
+        finally:
+            search.restarts = saved
+            search._search_fn = None
+            search.reset()
+        return _bounds_dict(search, self.nats_to_bpd, time.monotonic() - start)
+
+    def path_usage_entropy(self):
+        return path_usage_entropy(self.model, self.train_search.path())
+
+    def elapsed(self):
+        return self._clock.elapsed()
+
+    # ------------------------------------------------------------------ EM stages
+
+    def _ensure_train_data(self, t):
+        if self._train_fn is not None and self._loaded_iteration != t:
+            self.train_search.set_data(self._train_fn(t))
+            self._loaded_iteration = t
+
+    def _check_finite_data(self):
+        searches = [self.train_search] + ([self.validation_search]
+                                          if self.validation_search else [])
+        for s in searches:
+            if not bool(tf.reduce_all(tf.math.is_finite(s.data))):
+                raise ValueError(f"{s.name}: the images contain NaN or Inf")
+
+    def _chunk(self, meter, per_unit_default, remaining):
+        """How much work fits in one progress interval (at least 1)."""
+        interval = self.config.progress_interval_seconds
+        if meter.rate is None:
+            return max(1, min(remaining, per_unit_default))
+        return max(1, min(remaining, int(meter.rate * interval)))
+
+    def _search_stage(self, search, t, event):
+        """Run `search` over its data in chunks, with progress, hooks and checkpoints."""
+        meter = self._rates[event if event == "estep" else "bounds"]
+        while not search.done:
+            remaining = search.num_batches - int(search.position.numpy())
+            n = self._chunk(meter, 1, remaining)
+            start = time.monotonic()
+            search.run(step=t, max_batches=n)
+            meter.update(n * search.batch_size, time.monotonic() - start)
+            pos = int(search.position.numpy())
+            info = {"em_iteration": t, "batches": pos, "num_batches": search.num_batches}
+            self._call_hooks(event, info)
+            self._progress(t, f"{'E-step' if event == 'estep' else 'validation E-step'} "
+                           f"{pos}/{search.num_batches} batches, "
+                           f"{meter.rate or 0:.0f} img/s, ETA {format_duration(meter.eta((search.num_batches - pos) * search.batch_size))}")
+            if self.keeper.seconds_since_save() >= self.config.checkpoint_interval_seconds:
+                self._save()
+
+    def _estep(self, t):
+        cfg = self.config
+        if int(self.train_search.position.numpy()) == 0:
+            self.log(f"[EM {t + 1}/{cfg.em_iterations}] E-step on {self.train_search.num_images} "
+                     "images")
+        start = time.monotonic()
+        if t == 0 and cfg.first_estep == "random":
+            # the initial paths are uniformly random (DatasetSearch): train on them first
+            self.train_search.position.assign(self.train_search.num_batches)
+            self.train_search.lower.assign(tf.fill([self.train_search.num_images], tf.constant(
+                np.nan, self.model.dtype)))
+            self.train_search.upper.assign(self.train_search.lower)
+        self._search_stage(self.train_search, t, "estep")
+        if self._closed_form_prior:
+            self.model.path_prior.fit(self.train_search.path(),
+                                      pseudo_count=cfg.prior_pseudo_count)
+        lower, upper = self.train_search.mean_bounds()
+        if not math.isfinite(lower):  # random first paths: score them
+            lower, upper = self.train_search.score()
+        current = _jget(self.state.current)
+        current.update(estep_lower_bound=lower, estep_upper_bound=upper,
+                       estep_seconds=current.get("estep_seconds", 0) + time.monotonic() - start)
+        _jset(self.state.current, current)
+        self.log(f"[EM {t + 1}/{cfg.em_iterations}] E-step done: training lower bound "
+                 f"{lower:.2f} nats{self._bpd_text(lower)}")
+        self.summaries.scalars(t + 1, {"em/estep_lower_bound": lower,
+                                       "em/estep_lower_bound_bpd": self._bpd(lower)})
+        self.state.stage.assign(MSTEP)
+        self.state.mstep_update.assign(0)
+        self._save()
+
+    def _mstep(self, t):
+        cfg = self.config
+        total = mstep_updates(cfg, t)
+        if self._mstep_fn is None:
+            self._mstep_fn = self._build_mstep()
+        meter = self._rates["mstep"]
+        u = int(self.state.mstep_update.numpy())
+        if u == 0:
+            lr0 = learning_rate_at(cfg, t, 0, total, float(self.state.lr_scale.numpy()))
+            self.log(f"[EM {t + 1}/{cfg.em_iterations}] M-step: {total} updates of "
+                     f"{self.batch_size} images, learning rate {lr0:.2e}")
+        start_stage = time.monotonic()
+        loss = None
+        while u < total:
+            n = self._chunk(meter, 5, total - u)
+            start = time.monotonic()
+            done, ok, loss_sum = self._mstep_fn(tf.constant(n, tf.int64),
+                                                tf.constant(total, tf.int64),
+                                                tf.constant(t, tf.int64))
+            done, ok, loss_sum = int(done), bool(ok), float(loss_sum)
+            meter.update(done, time.monotonic() - start)
+            u = int(self.state.mstep_update.numpy())
+            self._call_hooks("mstep", {"em_iteration": t, "update": u, "updates": total})
+            if not ok or not self._parameters_finite():
+                self._rollback(t, u, "loss" if not ok else "parameters")
+                u = int(self.state.mstep_update.numpy())
+                if int(self.state.stage.numpy()) != MSTEP:
+                    return
+                continue
+            loss = loss_sum / max(done, 1)
+            lr = learning_rate_at(cfg, t, u - 1, total, float(self.state.lr_scale.numpy()))
+            step = int(self.optimizer.iterations.numpy())
+            self.summaries.scalars(step, {"mstep/loss": loss, "mstep/learning_rate": lr,
+                                          "mstep/lower_bound_bpd": self._bpd(-loss),
+                                          "mstep/updates_per_second": meter.rate})
+            self._progress(t, f"M-step {u}/{total} ({100 * u / total:.0f}%), loss {loss:.2f} "
+                              f"nats/image, lr {lr:.2e}, {meter.rate or 0:.1f} updates/s, "
+                              f"ETA {format_duration(meter.eta(total - u))}")
+            if self.keeper.seconds_since_save() >= cfg.checkpoint_interval_seconds:
+                self._save()
+        current = _jget(self.state.current)
+        current.update(updates=total, final_loss=loss,
+                       mstep_seconds=current.get("mstep_seconds", 0)
+                       + time.monotonic() - start_stage,
+                       learning_rate=learning_rate_at(cfg, t, 0, total,
+                                                      float(self.state.lr_scale.numpy())))
+        _jset(self.state.current, current)
+        self.state.stage.assign(BOUNDS)
+        self._save()
+
+    def _bounds(self, t):
+        cfg = self.config
+        start = time.monotonic()
+        record = _jget(self.state.current)
+        train_lo, train_up = self.train_search.score()
+        record.update(iteration=t + 1, train_lower_bound=train_lo, train_upper_bound=train_up)
+        if self.validation_search is not None:
+            self._search_stage(self.validation_search, t, "bounds")
+            val_lo, val_up = self.validation_search.mean_bounds()
+            record.update(validation_lower_bound=val_lo, validation_upper_bound=val_up)
+        for key in [k for k in record if k.endswith("_bound")]:
+            record[key.replace("_bound", "_bound_bpd")] = self._bpd(record[key])
+        record["path_entropy"] = self.path_usage_entropy()
+        record["learning_rate_scale"] = float(self.state.lr_scale.numpy())
+        record["rollbacks"] = int(self.state.rollbacks.numpy())
+        record["bounds_seconds"] = time.monotonic() - start
+        record["elapsed_seconds"] = self._clock.elapsed()
+
+        improved = False
+        if self.validation_search is not None:
+            val = record["validation_lower_bound"]
+            if val > float(self.state.best_validation.numpy()) + cfg.early_stopping_min_delta:
+                improved = True
+                self.state.best_validation.assign(val)
+                self.state.best_iteration.assign(t)
+                self.state.bad_iterations.assign(0)
+            else:
+                self.state.bad_iterations.assign_add(1)
+        else:
+            improved = True
+            self.state.best_iteration.assign(t)
+        record["best"] = improved
+
+        scalars = {f"em/{k}": v for k, v in record.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and (
+                       "bound" in k or k in ("final_loss", "learning_rate"))}
+        scalars.update({f"paths/entropy_layer{i}": h
+                        for i, h in enumerate(record["path_entropy"])})
+        self.summaries.scalars(t + 1, scalars)
+        self.summaries.flush()
+        text = f"train LB {train_lo:.2f}{self._bpd_text(train_lo)}"
+        if self.validation_search is not None:
+            text += (f", validation LB {record['validation_lower_bound']:.2f}"
+                     f"{self._bpd_text(record['validation_lower_bound'])}"
+                     f" UB* {record['validation_upper_bound']:.2f}")
+        self.log(f"[EM {t + 1}/{cfg.em_iterations}] done: {text} nats"
+                 f"{' (best)' if improved and self.validation_search else ''}; "
+                 f"elapsed {format_duration(self._clock.elapsed())}"
+                 f"{self._eta_text(t)}")
+
+        history = _jget(self.state.history)
+        history.append(record)
+        _jset(self.state.history, history)
+        _jset(self.state.current, {})
+        if improved:
+            self.keeper.save_best()
+        self.state.em_iteration.assign(t + 1)
+        self.state.stage.assign(ESTEP)
+        self.train_search.reset()
+        if self.validation_search is not None:
+            self.validation_search.reset()
+        patience = cfg.early_stopping_patience
+        if patience and int(self.state.bad_iterations.numpy()) >= patience:
+            self.log(f"early stopping: no better validation lower bound for {patience} EM "
+                     f"iterations (best {float(self.state.best_validation.numpy()):.2f} nats "
+                     f"at EM iteration {int(self.state.best_iteration.numpy()) + 1})")
+            self.state.finished.assign(1)
+        self._call_hooks("iteration", {"em_iteration": t, "record": record})
+        self._save()
+
+    # ------------------------------------------------------------------ the M-step graph
+
+    def _build_mstep(self):
+        cfg = self.config
+        model = self.model
+        variables = self.variables
+        optimizer = self.optimizer
+        state = self.state
+        data = self.train_search.data
+        paths = self.train_search.paths
+        n = self.train_search.num_images
+        b = self.batch_size
+        per_epoch = n // b
+        seed = fold_seed(cfg.seed, 0x3A57E9)
+
+        def loss_and_grads(x, path):
+            with tf.GradientTape() as tape:
+                loss = -tf.reduce_mean(model.joint_log_prob(x, path))
+            return loss, tape.gradient(loss, variables)
+
+        if cfg.jit_compile:
+            loss_and_grads = tf.function(loss_and_grads, jit_compile=True)
+
+        @tf.function
+        def run(num, total, em_iteration):
+            def body(i, ok, loss_sum):
+                u = state.mstep_update.read_value()
+                epoch, pos = u // per_epoch, u % per_epoch
+                order = tf.random.experimental.stateless_shuffle(
+                    tf.range(n), seed=fold_seed(seed, em_iteration, epoch))
+                idx = tf.slice(order, [tf.cast(pos, tf.int32) * b], [b])
+                x = tf.gather(data, idx)
+                path = tuple(tf.gather(v, idx) for v in paths)
+                loss, grads = loss_and_grads(x, path)
+                lr = learning_rate_at(cfg, em_iteration, u, total, state.lr_scale)
+                optimizer.learning_rate.assign(tf.cast(lr, optimizer.learning_rate.dtype))
+                optimizer.apply_gradients(zip(grads, variables))
+                finite = tf.math.is_finite(loss)
+                for g in grads:
+                    finite = finite & tf.reduce_all(tf.math.is_finite(g))
+                with tf.control_dependencies([finite]):
+                    state.mstep_update.assign_add(1)
+                return i + 1, finite, loss_sum + tf.cast(loss, tf.float64)
+
+            return tf.while_loop(
+                lambda i, ok, s: (i < num) & ok, body,
+                [tf.constant(0, tf.int64), tf.constant(True), tf.constant(0., tf.float64)],
+                parallel_iterations=1)
+
+        return run
+
+    # ------------------------------------------------------------------ robustness
+
+    def _parameters_finite(self):
+        return all(bool(tf.reduce_all(tf.math.is_finite(v)))
+                   for v in self.model.trainable_variables)
+
+    def _save(self):
+        if not self._parameters_finite():
+            raise FloatingPointError("refusing to checkpoint non-finite parameters")
+        self.state.elapsed.assign(self._clock.elapsed())
+        return self.keeper.save()
+
+    def _rollback(self, t, u, what):
+        cfg = self.config
+        rollbacks = int(self.state.rollbacks.numpy()) + 1
+        if rollbacks > cfg.max_rollbacks:
+            raise FloatingPointError(
+                f"non-finite {what} at EM iteration {t + 1}, update {u}, after "
+                f"{cfg.max_rollbacks} rollbacks; giving up (last good checkpoint: "
+                f"{self.keeper.latest})")
+        scale = float(self.state.lr_scale.numpy()) * cfg.nan_lr_factor
+        path = self.keeper.restore_latest()
+        self.state.lr_scale.assign(scale)
+        self.state.rollbacks.assign(rollbacks)
+        self._mstep_fn = None if cfg.jit_compile else self._mstep_fn
+        self.log(f"WARNING: non-finite {what} in the M-step of EM iteration {t + 1} near update "
+                 f"{u}: rolled back to the last good checkpoint {path} (EM iteration "
+                 f"{self.em_iteration + 1}, {_STAGE_NAMES[int(self.state.stage.numpy())]}, "
+                 f"update {int(self.state.mstep_update.numpy())}) and lowered the learning rate "
+                 f"by {cfg.nan_lr_factor} (scale now {scale:.3g}); rollback {rollbacks} of at "
+                 f"most {cfg.max_rollbacks}")
+        self.summaries.scalars(int(self.optimizer.iterations.numpy()),
+                               {"mstep/rollback_lr_scale": scale})
+        self._save()
+
+    def _call_hooks(self, event, info):
+        for hook in self.hooks:
+            hook(self, event, info)
+
+    # ------------------------------------------------------------------ text
+
+    def _bpd(self, nats):
+        return None if self.nats_to_bpd is None or nats is None else float(
+            self.nats_to_bpd(nats))
+
+    def _bpd_text(self, nats):
+        bpd = self._bpd(nats)
+        return "" if bpd is None else f" ({bpd:.3f} bits/dim)"
+
+    def _progress(self, t, text):
+        now = time.monotonic()
+        if now - self._last_progress < self.config.progress_interval_seconds:
+            return
+        self._last_progress = now
+        self.log(f"[EM {t + 1}/{self.config.em_iterations}] {text}")
+
+    def _eta_text(self, t):
+        """Rough time left for the remaining EM iterations, from the measured rates."""
+        cfg = self.config
+        left = cfg.em_iterations - (t + 1)
+        if left <= 0:
+            return ""
+        e, m, v = (self._rates[k] for k in ("estep", "mstep", "bounds"))
+        parts = [e.eta(left * self.train_search.num_images),
+                 m.eta(sum(mstep_updates(cfg, s) for s in range(t + 1, cfg.em_iterations)))]
+        if self.validation_search is not None:
+            parts.append(v.eta(left * self.validation_search.num_images))
+        if any(p is None for p in parts):
+            return ""
+        return f", ETA for {left} more EM iterations {format_duration(sum(parts))}"
+
+
+def _bounds_dict(search, nats_to_bpd, seconds):
+    lo, up = search.mean_bounds()
+    out = {"num_images": search.num_images, "lower_bound_nats": lo, "upper_bound_nats": up,
+           "seconds": seconds}
+    if nats_to_bpd is not None:
+        out["lower_bound_bits_per_dim"] = float(nats_to_bpd(lo))
+        out["upper_bound_bits_per_dim"] = float(nats_to_bpd(up))
+    return out
+
+
+def evaluate_bounds(model, x, batch_size=500, restarts=2, location_method="auto",
+                    location_options=None, seed=0, nats_to_bpd=None, log=None, label="data"):
+    """Lower and (approximate) upper bounds of `model` on images `x` by a fresh E-step.
+
+    Every datapoint starts from a random path (1 pass), then `restarts` random restarts
+    (2 passes each); the best path is kept. Returns `{num_images, lower_bound_nats,
+    upper_bound_nats, (lower|upper)_bound_bits_per_dim, seconds}` (means per image).
+    """
+    start = time.monotonic()
+    search = DatasetSearch(model, x, batch_size=batch_size, init_passes=1, restarts=restarts,
+                           restart_passes=2, location_method=location_method,
+                           location_options=location_options, seed=seed, name="evaluation")
+    meter = RateMeter()
+    last = time.monotonic()
+    while not search.done:
+        remaining = search.num_batches - int(search.position.numpy())
+        n = 1 if meter.rate is None else max(1, min(remaining, int(meter.rate * 15)))
+        t0 = time.monotonic()
+        search.run(step=0, max_batches=n)
+        meter.update(n, time.monotonic() - t0)
+        if log is not None and time.monotonic() - last > 15 and not search.done:
+            last = time.monotonic()
+            pos = int(search.position.numpy())
+            log(f"evaluating {label}: {pos}/{search.num_batches} batches, ETA "
+                f"{format_duration(meter.eta(search.num_batches - pos))}")
+    return _bounds_dict(search, nats_to_bpd, time.monotonic() - start)
+
