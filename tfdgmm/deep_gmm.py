@@ -17,6 +17,11 @@ __all__ = ["DeepGMM"]
 
 _LOG_2PI = math.log(2. * math.pi)
 
+# The library's control flow is explicit (Python loops over layers unroll at trace time; loops
+# over locations are tf.while_loop), so AutoGraph has nothing to convert here. Keeping it out
+# also keeps tracing fast and immune to AutoGraph's conversion cache.
+_no_autograph = tf.autograph.experimental.do_not_convert
+
 
 class DeepGMM(tfd.Distribution):
     r"""Deep Gaussian mixture model of images with locally-connected layers.
@@ -48,7 +53,8 @@ class DeepGMM(tfd.Distribution):
         `HalfConvolution`, `Dense`), bottom (data side) first.
       image_shape: `(H, W, C)`.
       patch_size: `r`; `H` and `W` must be divisible by it.
-      path_prior: `'uniform'`, `'factorized'`, `'table'` or a `tfdgmm.path_priors.PathPrior`.
+      path_prior: `'uniform'`, `'factorized'`, `'table'`, `'gating'` (or a dict such as
+        `{"kind": "gating", "hidden": 32}`), or a `tfdgmm.path_priors.PathPrior`.
       exact_limit: the largest path count for which `log_prob` enumerates every path.
       validate_args: check inputs (shape, NaN) at run time.
 
@@ -101,7 +107,8 @@ class DeepGMM(tfd.Distribution):
                 shape = self._patch_shape[:2] if (
                     k > 1 and layer.selection == "location") else ()
                 self._layer_specs.append((k, shape))
-            self._path_prior = path_priors.make_path_prior(path_prior, self._layer_specs, dtype)
+            self._path_prior = path_priors.make_path_prior(
+                path_prior, self._layer_specs, dtype, patch_shape=self._patch_shape)
             self._ildj_tables = None
             super().__init__(
                 dtype=dtype,
@@ -246,7 +253,8 @@ class DeepGMM(tfd.Distribution):
         k, shape = self._layer_specs[i]
         if k == 1:
             return None
-        extra = len(batch_shape) - 1
+        # static length (not `len`): also without autograph, e.g. in Keras' train functions
+        extra = (int(batch_shape.shape[0]) if tf.is_tensor(batch_shape) else len(batch_shape)) - 1
         z = tf.reshape(z, tf.concat([tf.shape(z)[:1], _ints([1] * extra), _ints(shape)], 0))
         return tf.broadcast_to(z, tf.concat([batch_shape, _ints(shape)], 0))
 
@@ -261,6 +269,46 @@ class DeepGMM(tfd.Distribution):
             h = self._layers[i].inverse(h, **_kw(self._choice(i, path[i], batch_shape)))
         return h
 
+    def _activations(self, h0, path):
+        """Outputs `h_{i+1}` of every layer's inverse on the path (the gating inputs)."""
+        acts, h = [], h0
+        batch_shape = tf.shape(h0)[:-3]
+        for i, layer in enumerate(self._layers):
+            h = layer.inverse(h, **_kw(self._choice(i, path[i], batch_shape)))
+            acts.append(h)
+        return acts
+
+    def _joint_from_patches(self, h0, path, use_prior=True):
+        """`log p_p(x) (+ log pi_p)` from `h0 = patchify(x)`, `[N]`."""
+        acts = self._activations(h0, path)
+        score = self._base_log_prob(acts[-1]) + self._path_ildj(path)
+        if use_prior:
+            score += self._prior_log_prob(path, acts)
+        return score
+
+    def _prior_log_prob(self, path, acts=None):
+        if self._path_prior.is_conditional:
+            return self._path_prior.log_prob(path, acts)
+        return self._path_prior.log_prob(path)
+
+    def _score_above(self, y, path, i, choice_i=None, use_prior=True):
+        """Exact terms that depend on layer i's output `y = h_{i+1}` (`[N, *extra, ...]`):
+        `log N(z)` after the layers above, plus, for a conditional (gating) prior, the gating
+        terms of layer i (given its choices `choice_i`, broadcast like `y`) and of every layer
+        above. Layer log-determinants are not included."""
+        conditional = use_prior and self._path_prior.is_conditional
+        batch_shape = tf.shape(y)[:-3]
+        score = 0.
+        if conditional and self._layer_specs[i][0] > 1:
+            score += self._path_prior.layer_log_prob(i, y, choice_i)
+        h = y
+        for j in range(i + 1, len(self._layers)):
+            choice = self._choice(j, path[j], batch_shape)
+            h = self._layers[j].inverse(h, **_kw(choice))
+            if conditional and choice is not None:
+                score += self._path_prior.layer_log_prob(j, h, choice)
+        return score + self._base_log_prob(h)
+
     def _down(self, h, path, start=None, stop=0):
         """Apply the forwards of layers `start-1 .. stop` (top-down, generative)."""
         start = len(self._layers) if start is None else start
@@ -269,6 +317,7 @@ class DeepGMM(tfd.Distribution):
             h = self._layers[i].forward(h, **_kw(self._choice(i, path[i], batch_shape)))
         return h
 
+    @_no_autograph
     def latent(self, x, path):
         """The latent `z = Omega_p^{-1}(x - beta_p)` of images `[N, H, W, C]` on `path`."""
         x, _ = self._prepare(x)
@@ -277,19 +326,31 @@ class DeepGMM(tfd.Distribution):
 
     # ------------------------------------------------------------------ densities
 
+    @_no_autograph
     def component_log_prob(self, x, path):
         """`log p_p(x)`: the Gaussian log-density of component `path` (no prior), `[N]`."""
         z = self.latent(x, path)
         return self._base_log_prob(z) + self._path_ildj(self._check_path(path))
 
-    def path_log_prob(self, path):
-        """`log pi_p`, `[N]`."""
-        return self._path_prior.log_prob(self._check_path(path))
+    @_no_autograph
+    def path_log_prob(self, path, x=None):
+        """`log pi_p`, `[N]`. Gating priors depend on the partial sample: pass the images `x`."""
+        path = self._check_path(path)
+        if not self._path_prior.is_conditional:
+            return self._path_prior.log_prob(path)
+        if x is None:
+            raise ValueError("this model's path prior (gating networks) depends on the sample; "
+                             "pass x to path_log_prob")
+        x, _ = self._prepare(x)
+        return self._path_prior.log_prob(path, self._activations(self._patchify.forward(x), path))
 
+    @_no_autograph
     def joint_log_prob(self, x, path):
         """`log pi_p + log p_p(x)`, `[N]`: the hard-EM objective."""
-        return self.component_log_prob(x, path) + self.path_log_prob(path)
+        x, _ = self._prepare(x)
+        return self._joint_from_patches(self._patchify.forward(x), self._check_path(path))
 
+    @_no_autograph
     def enumerate_paths(self):
         """Every path, as a tuple of `[P]` / `[P, Hp, Wp]` int32 arrays (row-major, layer 0
         most significant). Raises when `num_paths > exact_limit`."""
@@ -310,12 +371,14 @@ class DeepGMM(tfd.Distribution):
                 f"exact_limit={self._exact_limit}; exact enumeration is infeasible. Use "
                 "log_prob_lower_bound / log_prob_upper_bound (or raise exact_limit).")
 
+    @_no_autograph
     def _log_prob(self, x):
         self._require_enumerable("log_prob")
         x, lead = self._prepare(x)
         h = self._patchify.forward(x)[:, None]  # [N, P=1, Hp, Wp, D]
         n = tf.shape(h)[0]
         ildj = tf.zeros([n, 1], self.dtype)
+        gating = self._path_prior.is_conditional
         all_paths = self.enumerate_paths()
         for i, (layer, (k, shape)) in enumerate(zip(self._layers, self._layer_specs)):
             table = self._ildj_table(i)
@@ -340,13 +403,21 @@ class DeepGMM(tfd.Distribution):
                 onehot = tf.one_hot(combos, k, dtype=self.dtype)
                 terms = tf.reduce_sum(onehot * tf.transpose(table, [1, 2, 0]), [1, 2, 3])
             p = tf.shape(h)[1]
+            if gating:  # log p(z_i | h_{i+1}) for every prefix, h: [N, P, C, ...]
+                choices = tf.range(c) if not shape else combos
+                terms = terms + self._path_prior.layer_log_prob(
+                    i, h, tf.broadcast_to(choices, tf.concat(
+                        [tf.shape(h)[:2], tf.shape(choices)], 0)))
             h = tf.reshape(h, tf.concat([[n, p * c], self._patch_shape], 0))
             ildj = tf.reshape(ildj[:, :, None] + terms, [n, -1])
-        lp = self._base_log_prob(h) + ildj + self._path_prior.log_prob(all_paths)[None]
+        lp = self._base_log_prob(h) + ildj
+        if not gating:
+            lp += self._path_prior.log_prob(all_paths)[None]
         return tf.reshape(tf.reduce_logsumexp(lp, axis=1), lead)
 
     # ------------------------------------------------------------------ E-step and bounds
 
+    @_no_autograph
     def best_path(self, x, init=None, restarts=1, init_passes=1, restart_passes=2,
                   seed=None, location_method="auto", use_prior=True, location_options=None):
         """Hard E-step: the best path per image found by layer-wise coordinate ascent.
@@ -381,6 +452,7 @@ class DeepGMM(tfd.Distribution):
             restart_passes=restart_passes, seed=seed, location_method=location_method,
             use_prior=use_prior, location_options=location_options)
 
+    @_no_autograph
     def log_prob_lower_bound(self, x, path=None, **search_kwargs):
         """`max_p log(pi_p p_p(x)) <= log p(x)` over the paths the search finds, `[N]`.
 
@@ -390,36 +462,60 @@ class DeepGMM(tfd.Distribution):
             return self.joint_log_prob(x, path)
         return self.best_path(x, **search_kwargs)[1]
 
+    @_no_autograph
     def log_prob_upper_bound(self, x, path=None, **search_kwargs):
         """The paper's approximate upper bound `max_p log p_p(x) >= log p(x)`, `[N]`.
 
         `p(x) = sum_p pi_p p_p(x) <= max_p p_p(x)`. It is *approximate* because the search
         may miss the best component. With a uniform prior the best component is the best
-        joint path, so this is `lower bound + log(num_paths)`.
+        joint path, so this is `lower bound + log(num_paths)`. Otherwise the search for the
+        best component starts from the lower bound's path (`path`, or a fresh `best_path`),
+        so it is never below that path's component.
         """
         if isinstance(self._path_prior, path_priors.UniformPathPrior):
             return self.log_prob_lower_bound(x, path=path, **search_kwargs) + tf.constant(
                 self.log_num_paths, self.dtype)
-        if path is not None:
-            return self.component_log_prob(x, path)
-        return self.best_path(x, use_prior=False, **search_kwargs)[1]
+        if path is None:
+            path, _ = self.best_path(x, **search_kwargs)
+        options = {k: v for k, v in search_kwargs.items()
+                   if k in ("seed", "location_method", "location_options")}
+        return self.best_path(x, init=path, restarts=0, init_passes=1, use_prior=False,
+                              **options)[1]
 
     # ------------------------------------------------------------------ sampling
 
+    @_no_autograph
     def sample_with_path(self, n, seed=None):
         """Draw `n` images and the paths they came from: `(x [n, H, W, C], path)`."""
         seed = tfp.random.sanitize_seed(seed, salt="DeepGMM")
         path_seed, z_seed = tfp.random.split_seed(seed, n=2)
-        path = self._path_prior.sample(n, path_seed)
         z = tf.random.stateless_normal([n, *self._patch_shape], seed=z_seed, dtype=self.dtype)
-        h = self._down(z, path)
-        return self._patchify.inverse(h), path
+        if not self._path_prior.is_conditional:
+            path = self._path_prior.sample(n, path_seed)
+            return self._patchify.inverse(self._down(z, path)), path
+        # gating: top-down, each layer's choice drawn given the partial sample above it
+        seeds = tfp.random.split_seed(path_seed, n=len(self._layers))
+        path = [None] * len(self._layers)
+        h = z
+        for i in reversed(range(len(self._layers))):
+            k, shape = self._layer_specs[i]
+            if k == 1:
+                path[i] = tf.zeros([n], tf.int32)
+            else:
+                logits = tf.reshape(self._path_prior.layer_logits(i, h), [-1, k])
+                draws = tf.random.stateless_categorical(logits, 1, seed=seeds[i],
+                                                        dtype=tf.int32)
+                path[i] = tf.reshape(draws, tf.concat([[n], _ints(shape)], 0))
+            h = self._layers[i].forward(h, **_kw(self._choice(i, path[i], tf.shape(h)[:-3])))
+        return self._patchify.inverse(h), tuple(path)
 
+    @_no_autograph
     def _sample_n(self, n, seed=None):
         return self.sample_with_path(n, seed=seed)[0]
 
     # ------------------------------------------------------------------ dense equivalents
 
+    @_no_autograph
     def component_params(self, path):
         """Mean `beta_p [P, D]` and factor `Omega_p [P, D, D]` (image-space flattening,
         `x = Omega_p z + beta_p` with `z` flattened like the patch tensor) of given paths."""
@@ -444,6 +540,9 @@ class DeepGMM(tfd.Distribution):
         self._require_enumerable("as_mixture")
         paths = self.enumerate_paths()
         beta, omega = self.component_params(paths)
+        if self._path_prior.is_conditional:
+            raise ValueError("as_mixture: with gating networks the mixture weights depend on x; "
+                             "there is no fixed-weight mixture. Use log_prob.")
         components = tfd.TransformedDistribution(
             tfd.MultivariateNormalLinearOperator(
                 loc=beta, scale=tf.linalg.LinearOperatorFullMatrix(omega)),
@@ -467,6 +566,9 @@ def _layers_dtype(layers):
         for v in layer.variables:
             if v.dtype.is_floating:
                 return v.dtype
+    for layer in layers:  # parameters given as tensors (e.g. values of Keras weights)
+        if layer.dtype is not None and tf.as_dtype(layer.dtype).is_floating:
+            return tf.as_dtype(layer.dtype)
     return tf.float32
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "UniformPathPrior",
     "FactorizedPathPrior",
     "TablePathPrior",
+    "GatingPathPrior",
     "count_paths",
     "make_path_prior",
 ]
@@ -236,13 +237,123 @@ class TablePathPrior(PathPrior):
         self.table.assign(tf.math.log(counts + pseudo_count))
 
 
-def make_path_prior(kind, layer_specs, dtype=tf.float32):
-    """`'uniform' | 'factorized' | 'table'` or a `PathPrior` instance (returned as is)."""
+def make_path_prior(kind, layer_specs, dtype=tf.float32, patch_shape=None):
+    """A path prior from a spec: `'uniform' | 'factorized' | 'table' | 'gating'`, a dict
+    `{"kind": "gating", "hidden": 32, "kernel_size": 3}`, or a `PathPrior` (returned as is)."""
     if isinstance(kind, PathPrior):
         return kind
+    options = {}
+    if isinstance(kind, dict):
+        options = dict(kind)
+        kind = options.pop("kind", None)
     kinds = {"uniform": UniformPathPrior, "factorized": FactorizedPathPrior,
-             "table": TablePathPrior}
+             "table": TablePathPrior, "gating": GatingPathPrior}
     if kind not in kinds:
         raise ValueError(f"unknown path prior {kind!r}; expected one of {sorted(kinds)} "
                          "or a PathPrior instance")
+    if kind == "gating":
+        if patch_shape is None:
+            raise ValueError("a gating prior needs the patch shape [Hp, Wp, D]")
+        return GatingPathPrior(layer_specs, patch_shape, dtype=dtype, **options)
+    if options:
+        raise ValueError(f"path prior {kind!r} takes no options; got {sorted(options)}")
     return kinds[kind](layer_specs, dtype=dtype)
+
+
+class GatingPathPrior(PathPrior):
+    r"""Gating networks: `p(z_i = k | h_i) = softmax(f_i(h_i))_k` (paper, section 3).
+
+    `h_i` is the partial sample just above layer i: the generative input of layer i, i.e. the
+    output of `layer_i.inverse` in the density direction, a patch tensor `[Hp, Wp, D]`. Each
+    layer with a choice has a small convolutional network:
+
+    ```none
+    a = relu(conv_{k x k}(h_i, W1) + b1)                       # [Hp, Wp, hidden]
+    per-sample layers:    logits = mean_{locations}(a) W2 + b2  # [K]
+    per-location layers:  logits = conv_{1 x 1}(a, W2) + b2     # [Hp, Wp, K]
+    ```
+
+    The last layer starts at zero, so an untrained gating prior is uniform. Weights are plain
+    `tf.Variable`s (tracked by `tf.Module`, checkpointed with the model). The prior is
+    *conditional* (`is_conditional = True`): `log_prob(path, activations)` needs the
+    activations `h_i` of the path, which `DeepGMM` supplies.
+    """
+
+    is_conditional = True
+
+    def __init__(self, layer_specs, patch_shape, hidden=32, kernel_size=3, seed=0,
+                 dtype=tf.float32, name="gating_path_prior"):
+        super().__init__(layer_specs, dtype=dtype, name=name)
+        self._patch_shape = tuple(int(s) for s in patch_shape)
+        self._hidden = int(hidden)
+        self._kernel_size = int(kernel_size)
+        d = self._patch_shape[-1]
+        rng = np.random.default_rng(seed)
+        np_dtype = self._dtype.as_numpy_dtype
+        self.networks = []
+        with self.name_scope:
+            for i, (k, shape) in enumerate(self._layer_specs):
+                if k == 1:
+                    self.networks.append({})
+                    continue
+                fan_in = self._kernel_size ** 2 * d
+                w1 = rng.standard_normal((self._kernel_size, self._kernel_size, d, self._hidden))
+                self.networks.append({
+                    "w1": tf.Variable((w1 * np.sqrt(2. / fan_in)).astype(np_dtype),
+                                      name=f"gate{i}_w1"),
+                    "b1": tf.Variable(tf.zeros([self._hidden], self._dtype), name=f"gate{i}_b1"),
+                    "w2": tf.Variable(tf.zeros([self._hidden, k], self._dtype),
+                                      name=f"gate{i}_w2"),
+                    "b2": tf.Variable(tf.zeros([k], self._dtype), name=f"gate{i}_b2"),
+                })
+
+    @property
+    def patch_shape(self):
+        return self._patch_shape
+
+    def layer_logits(self, i, h=None):
+        """Logits of layer i's choice given the partial sample `h [..., Hp, Wp, D]`:
+        `[..., K]` (per-sample layers) or `[..., Hp, Wp, K]` (per-location layers)."""
+        self._check_layer(i)
+        k, shape = self._layer_specs[i]
+        if h is None:
+            raise ValueError("GatingPathPrior.layer_logits needs the partial sample h")
+        lead = tf.shape(h)[:-3]
+        if k == 1:
+            return tf.zeros(tf.concat([lead, tf.constant(list(shape) + [1], tf.int32)], 0),
+                            self._dtype)
+        net = self.networks[i]
+        x = tf.reshape(h, tf.concat([[-1], self._patch_shape], 0))
+        a = tf.nn.relu(tf.nn.conv2d(x, net["w1"], 1, "SAME") + net["b1"])
+        if shape:
+            logits = tf.einsum("nhwc,ck->nhwk", a, net["w2"]) + net["b2"]
+            return tf.reshape(logits, tf.concat([lead, tf.constant(list(shape) + [k])], 0))
+        logits = tf.matmul(tf.reduce_mean(a, axis=[1, 2]), net["w2"]) + net["b2"]
+        return tf.reshape(logits, tf.concat([lead, [k]], 0))
+
+    def layer_log_prob(self, i, h, z):
+        """`log p(z_i | h_i)` summed over locations; `z` is `[...]` or `[..., Hp, Wp]`."""
+        k, shape = self._layer_specs[i]
+        if k == 1:
+            return tf.zeros(tf.shape(h)[:-3], self._dtype)
+        lp = tf.nn.log_softmax(self.layer_logits(i, h), axis=-1)
+        picked = tf.reduce_sum(lp * tf.one_hot(z, k, dtype=self._dtype), axis=-1)
+        return tf.reduce_sum(picked, axis=[-2, -1]) if shape else picked
+
+    def log_prob(self, path, activations=None):
+        if activations is None:
+            raise ValueError("GatingPathPrior.log_prob needs the path's activations "
+                             "(use DeepGMM.path_log_prob(path, x=...) or joint_log_prob)")
+        return tf.add_n([self.layer_log_prob(i, h, z)
+                         for i, (h, z) in enumerate(zip(activations, path))])
+
+    def conditional_log_probs(self, i, path):
+        raise NotImplementedError(
+            "gating priors are not separable per layer; the path search scores them exactly")
+
+    def sample(self, n, seed):
+        raise NotImplementedError(
+            "gating priors are sampled top-down with the partial sample; use DeepGMM.sample")
+
+    def get_config(self):
+        return {"kind": "gating", "hidden": self._hidden, "kernel_size": self._kernel_size}

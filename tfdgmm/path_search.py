@@ -36,7 +36,8 @@ g = -G^T z,   Q_l = (G^T G)_{ll}   (the local d x d Gram block).
   from Gaussian probes (`E[G^T v v^T G] = G^T G`, one extra VJP per probe). This quadratic
   model only *ranks* the locations; the `top` most promising ones (default `L/2`) are then
   visited in that order with exact coordinate-ascent steps (all K alternatives evaluated
-  exactly), so a pass never lowers the objective and costs `top/L` of brute force.
+  exactly), so a pass never lowers the objective and costs `top/L` of brute force (default
+  `top = L/2`, every location on grids of at most 16).
 * `'linearized'`: the same quadratic model proposes changes at all locations at once (Jacobi
   style); the best change at the top `L, L/2, ..., 1` locations is evaluated exactly and the
   best of those and the current path is kept (also monotone, cheaper, less thorough).
@@ -66,10 +67,7 @@ def random_path(model, n, seed):
 
 def objective(model, h0, path, use_prior=True):
     """`log p_p(x) (+ log pi_p)` from the patch tensor `h0 = patchify(x)`."""
-    score = model._base_log_prob(model._up(h0, path, 0)) + model._path_ildj(path)
-    if use_prior:
-        score += model.path_prior.log_prob(path)
-    return score
+    return model._joint_from_patches(h0, path, use_prior)
 
 
 def best_path(model, x, init=None, restarts=1, init_passes=1, restart_passes=2, seed=None,
@@ -121,7 +119,7 @@ def coordinate_ascent_pass(model, h0, path, location_method="auto", use_prior=Tr
     """One bottom-up pass of coordinate ascent over every choice variable.
 
     `location_options` go to the per-location scheme: `top`, `iterations`, `probes` for
-    `'ranked'` (default `top = L // 2`, 1 iteration, 2 probes) and `iterations`, `probes` for
+    `'ranked'` (default `top = max(L // 2, min(L, 16))`, 1 iteration, 2 probes) and `iterations`, `probes` for
     `'linearized'`.
     """
     path = list(path)
@@ -135,13 +133,18 @@ def coordinate_ascent_pass(model, h0, path, location_method="auto", use_prior=Tr
         else:
             method = location_method
             above_fixed = all(kk == 1 for kk, _ in model.layer_specs[i + 1:])
+            separable = not (use_prior and model.path_prior.is_conditional)
             if method == "auto":
-                method = "gram" if above_fixed else "ranked"
+                method = "gram" if above_fixed and separable else "ranked"
             if method == "gram" and not above_fixed:
                 raise ValueError(
                     f"location_method='gram' needs every layer above layer {i} to have a "
                     "single alternative (the Gram matrix is then shared by all datapoints); "
-                    "use 'linearized' or 'brute_force'")
+                    "use 'ranked', 'linearized' or 'brute_force'")
+            if method == "gram" and not separable:
+                raise ValueError(
+                    "location_method='gram' needs a prior that adds up over locations; gating "
+                    "networks do not. Use 'ranked', 'linearized' or 'brute_force'")
             update = {"gram": _gram_update, "ranked": _ranked_update,
                       "linearized": _linearized_update,
                       "brute_force": _brute_force_update}[method]
@@ -153,9 +156,11 @@ def coordinate_ascent_pass(model, h0, path, location_method="auto", use_prior=Tr
 def _sample_layer_update(model, i, h, path, use_prior):
     """All K alternatives of a per-sample layer at once; returns `(choice [N], h_{i+1})`."""
     ys = model.layers[i].inverse(h[:, None])  # [N, K, Hp, Wp, D] (batch form)
-    z = model._up(ys, path, i + 1)
-    score = model._base_log_prob(z) + tf.reduce_sum(model._ildj_table(i), axis=[1, 2])[None]
-    if use_prior:
+    k = model.layer_specs[i][0]
+    choices = tf.broadcast_to(tf.range(k)[None], tf.shape(ys)[:2])
+    score = (model._score_above(ys, path, i, choices, use_prior)
+             + tf.reduce_sum(model._ildj_table(i), axis=[1, 2])[None])
+    if use_prior and not model.path_prior.is_conditional:
         score += model.path_prior.conditional_log_probs(i, path)
     best = tf.argmax(score, axis=1, output_type=tf.int32)
     return best, tf.gather(ys, best, axis=1, batch_dims=1)
@@ -176,12 +181,27 @@ class _LocationProblem:
         # candidates[n, l, k, :] = output at location l with alternative k
         self.candidates = tf.transpose(tf.reshape(ys, [n, k, self.num_locations, d]), [0, 2, 1, 3])
         self.cur = tf.reshape(path[i], [n, self.num_locations])
-        # terms of the objective that depend on this layer's choice at each location
+        self._model, self._i, self._path, self._use_prior = model, i, path, use_prior
+        # terms of the objective that depend on this layer's choice at each location and add
+        # up over locations (gating terms do not: `exact` scores them)
         terms = tf.transpose(tf.reshape(model._ildj_table(i), [k, self.num_locations]))[None]
-        if use_prior:
+        if use_prior and not model.path_prior.is_conditional:
             terms = terms + tf.reshape(model.path_prior.conditional_log_probs(i, path),
                                        [n, self.num_locations, k])
         self.terms = tf.broadcast_to(terms, [n, self.num_locations, k])  # [N, L, K]
+
+    def exact(self, y, choice):
+        """Exact score (but the additive `terms`) of outputs `y [N, *extra, L, d]` with this
+        layer's choices `choice [N, *extra, L]`: `log N(z)` plus any gating terms."""
+        hp, wp, _ = self.shape
+        choice = tf.reshape(choice, tf.concat([tf.shape(choice)[:-1], [hp, wp]], 0))
+        return self._model._score_above(self.image(y), self._path, self._i, choice,
+                                        self._use_prior)
+
+    def trial_choices(self, cur, loc_mask):
+        """`[N, K, L]`: current choices with the masked location set to each alternative."""
+        alt = tf.range(self.k)[None, :, None]
+        return tf.where(loc_mask > 0, alt, cur[:, None])
 
     def select(self, choice):
         """Outputs `[N, L, d]` for choices `[N, L]`."""
@@ -253,8 +273,8 @@ def _brute_force_update(model, i, h, path, use_prior, seed=None):
     def body(loc, cur, y):
         mask = tf.one_hot(loc, num_loc, dtype=model.dtype)[:, None]  # [L, 1]
         trial = y[:, None] * (1. - mask) + cands[loc][:, :, None] * mask  # [N, K, L, d]
-        z = model._up(prob.image(trial), path, i + 1)  # [N, K, ...]
-        best = tf.argmax(model._base_log_prob(z) + terms[loc], axis=1, output_type=tf.int32)
+        score = prob.exact(trial, prob.trial_choices(cur, mask[None, None, :, 0])) + terms[loc]
+        best = tf.argmax(score, axis=1, output_type=tf.int32)
         return loc + 1, *_set_location(loc, num_loc, cur, y, best,
                                        tf.gather(cands[loc], best, axis=1, batch_dims=1))
 
@@ -289,7 +309,7 @@ def _linearized_update(model, i, h, path, use_prior, seed=None, iterations=2, pr
         trials_y = tf.stack([tf.where(a[..., None], proposed_y, y) for a in accept], 1)
         terms = tf.broadcast_to(prob.terms[:, None],
                                 tf.concat([tf.shape(trials_choice), [prob.k]], 0))
-        scores = (model._base_log_prob(model._up(prob.image(trials_y), path, i + 1))
+        scores = (prob.exact(trials_y, trials_choice)
                   + tf.reduce_sum(tf.gather(terms, trials_choice, axis=3, batch_dims=3), -1))
         pick = tf.argmax(scores, axis=1, output_type=tf.int32)
         improved = tf.gather(scores, pick, axis=1, batch_dims=1) > current
@@ -320,8 +340,8 @@ def _predicted_gains(model, i, prob, y, cur, path, gram):
     """Single-site gains `[N, L, K]` of the quadratic model around the current outputs `y`."""
     with tf.GradientTape() as tape:
         tape.watch(y)
-        base = model._base_log_prob(model._up(prob.image(y), path, i + 1))
-    g = tape.gradient(base, y)  # [N, L, d] = -G^T z
+        base = prob.exact(y, cur)
+    g = tape.gradient(base, y)  # [N, L, d] = -G^T z (+ gating gradients)
     delta = prob.candidates - y[:, :, None]  # [N, L, K, d]
     gain = (tf.einsum("nlkd,nld->nlk", delta, g)
             - 0.5 * tf.reduce_sum(delta * tf.einsum("nlkd,lde->nlke", delta, gram), -1))
@@ -339,7 +359,7 @@ def _ranked_update(model, i, h, path, use_prior, seed=None, top=None, iterations
     """
     prob = _LocationProblem(model, i, h, path, use_prior)
     num_loc = prob.num_locations
-    top = num_loc // 2 if top is None else min(int(top), num_loc)
+    top = max(num_loc // 2, min(num_loc, 16)) if top is None else min(int(top), num_loc)
     cur = prob.cur
     y = prob.select(cur)
     gram = _mean_local_gram(model, i, prob, y, path, probes, seed)
@@ -353,8 +373,8 @@ def _ranked_update(model, i, h, path, use_prior, seed=None, top=None, iterations
             cand = tf.gather(prob.candidates, loc, axis=1, batch_dims=1)  # [N, K, d]
             mask = tf.one_hot(loc, num_loc, dtype=model.dtype)[:, None, :, None]  # [N,1,L,1]
             trial = y[:, None] * (1. - mask) + cand[:, :, None] * mask  # [N, K, L, d]
-            z = model._up(prob.image(trial), path, i + 1)
-            score = model._base_log_prob(z) + tf.gather(prob.terms, loc, axis=1, batch_dims=1)
+            score = (prob.exact(trial, prob.trial_choices(cur, mask[..., 0]))
+                     + tf.gather(prob.terms, loc, axis=1, batch_dims=1))
             best = tf.argmax(score, axis=1, output_type=tf.int32)
             idx = tf.stack([rows, loc], axis=1)
             cur = tf.tensor_scatter_nd_update(cur, idx, best)
