@@ -456,9 +456,26 @@ def _parser():
     return p
 
 
+class _NoRetracingWarning:
+    """Drop TensorFlow's retracing warning: evaluation searches are traced on purpose."""
+
+    @staticmethod
+    def filter(record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def _quiet_tensorflow():
+    import tensorflow as tf
+
+    logger = tf.get_logger()
+    if not any(isinstance(f, _NoRetracingWarning) for f in logger.filters):
+        logger.addFilter(_NoRetracingWarning())
+
+
 def main(argv=None):
     """Entry point of the `tfdgmm` command (and `python -m tfdgmm`). Returns an exit code."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _quiet_tensorflow()
     args = _parser().parse_args(argv)
     full_argv = ["tfdgmm"] + list(sys.argv[1:] if argv is None else argv)
     try:

@@ -88,7 +88,10 @@ class EMConfig:
     """Checkpoint inside long E- and M-steps at least this often (and after every step)."""
     keep_checkpoints: int = 2
     progress_interval_seconds: float = 15.0
-    """A progress line (and TensorBoard scalars) at about this interval."""
+    """A progress line (and TensorBoard scalars) at about this interval; the work per
+    `tf.function` call (updates or E-step batches) is sized from the measured speed to fit it."""
+    max_chunk: int = 0
+    """At most this many updates (M-step) or batches (E-step) per call; 0: no limit."""
     nan_lr_factor: float = 0.5
     """A NaN/Inf loss rolls back to the last good checkpoint and multiplies the rate by this."""
     max_rollbacks: int = 8
@@ -130,6 +133,7 @@ class EMConfig:
                      "estep_restarts", "estep_restart_passes", "eval_restarts",
                      "early_stopping_patience", "early_stopping_min_delta",
                      "checkpoint_interval_seconds", "prior_pseudo_count", "max_rollbacks",
+                     "max_chunk",
                      "lr_em_decay"):
             positive(name, allow_zero=True)
         if self.estep_init_passes + self.estep_restarts * self.estep_restart_passes < 1:

@@ -266,19 +266,22 @@ class EMTrainer:
             if not bool(tf.reduce_all(tf.math.is_finite(s.data))):
                 raise ValueError(f"{s.name}: the images contain NaN or Inf")
 
-    def _chunk(self, meter, per_unit_default, remaining):
-        """How much work fits in one progress interval (at least 1)."""
-        interval = self.config.progress_interval_seconds
-        if meter.rate is None:
-            return max(1, min(remaining, per_unit_default))
-        return max(1, min(remaining, int(meter.rate * interval)))
+    def _chunk(self, meter, per_unit_default, remaining, unit=1):
+        """How many units of work (updates, or batches of `unit` images for a meter counting
+        images) fit in one progress interval (at least 1)."""
+        cfg = self.config
+        n = per_unit_default if meter.rate is None else int(
+            meter.rate * cfg.progress_interval_seconds / unit)
+        if cfg.max_chunk:
+            n = min(n, cfg.max_chunk)
+        return max(1, min(remaining, n))
 
     def _search_stage(self, search, t, event):
         """Run `search` over its data in chunks, with progress, hooks and checkpoints."""
         meter = self._rates[event if event == "estep" else "bounds"]
         while not search.done:
             remaining = search.num_batches - int(search.position.numpy())
-            n = self._chunk(meter, 1, remaining)
+            n = self._chunk(meter, 1, remaining, unit=search.batch_size)
             start = time.monotonic()
             search.run(step=t, max_batches=n)
             meter.update(n * search.batch_size, time.monotonic() - start)
@@ -513,8 +516,9 @@ class EMTrainer:
                 f"non-finite {what} at EM iteration {t + 1}, update {u}, after "
                 f"{cfg.max_rollbacks} rollbacks; giving up (last good checkpoint: "
                 f"{self.keeper.latest})")
-        scale = float(self.state.lr_scale.numpy()) * cfg.nan_lr_factor
         path = self.keeper.restore_latest()
+        # the checkpoint's scale already includes earlier rollbacks (saved after each one)
+        scale = float(self.state.lr_scale.numpy()) * cfg.nan_lr_factor
         self.state.lr_scale.assign(scale)
         self.state.rollbacks.assign(rollbacks)
         self._mstep_fn = None if cfg.jit_compile else self._mstep_fn

@@ -1,0 +1,104 @@
+"""The `tfdgmm` command line end to end on the tiny config and a small .npz."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tfdgmm import cli
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TINY = os.path.join(HERE, "..", "configs", "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def small_npz(tmp_path_factory):
+    """160 smooth random 32x32x3 uint8 images (the last 40 are the validation split)."""
+    rng = np.random.default_rng(0)
+    low = rng.normal(size=(160, 8, 8, 3))
+    images = np.repeat(np.repeat(low, 4, axis=1), 4, axis=2)
+    images += 0.3 * rng.normal(size=images.shape)
+    images = np.clip(128 + 40 * images, 0, 255).astype(np.uint8)
+    path = tmp_path_factory.mktemp("data") / "small.npz"
+    np.savez(path, images=images, labels=np.zeros(160, np.int64))
+    return str(path)
+
+
+FAST = ["--set", "data.validation_size=40", "--set", "data.train_limit=null",
+        "--set", "data.validation_limit=null", "--set", "data.test_limit=null",
+        "--set", "training.updates_first=30", "--set", "training.updates_later=15",
+        "--set", "training.lr_final_updates=5", "--set", "training.estep_batch_size=60"]
+
+
+def test_train_evaluate_sample_end_to_end(small_npz, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert cli.main(["train", "--config", TINY, "--data", small_npz, "--out", out] + FAST) == 0
+    for name in ("config.yaml", "command.txt", "train.log", "metrics.json",
+                 "figures/samples.png", "figures/filters.png"):
+        assert os.path.exists(os.path.join(out, name)), name
+    assert any(f.startswith("events") for f in os.listdir(os.path.join(out, "tensorboard")))
+    with open(os.path.join(out, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert set(metrics["splits"]) == {"train", "validation"}  # a single .npz has no test split
+    for r in metrics["splits"].values():
+        assert np.isfinite(r["lower_bound_nats"]) and np.isfinite(r["lower_bound_bits_per_dim"])
+        assert r["upper_bound_nats"] == pytest.approx(r["lower_bound_nats"] + np.log(2), abs=1e-3)
+        assert r["lower_bound_bits_per_dim"] == pytest.approx(
+            7 - r["lower_bound_nats"] / (3072 * np.log(2)))
+    assert metrics["model"]["num_parameters"] > 0 and metrics["model"]["num_paths"] == "2"
+    assert metrics["data"]["num_images"] == {"train": 120, "validation": 40}
+    assert len(metrics["history"]) == 2 and metrics["wall_time_seconds"]["training_total"] > 0
+    assert "train" in metrics["command"] and metrics["config"]["training"]["updates_first"] == 30
+    text = capsys.readouterr().out
+    assert "[EM 2/2] done" in text and "metrics:" in text
+
+    assert cli.main(["evaluate", out, "--split", "validation", "--restarts", "1"]) == 0
+    with open(os.path.join(out, "evaluation-validation.json")) as f:
+        ev = json.load(f)
+    assert ev["splits"]["validation"]["num_images"] == 40
+
+    png = str(tmp_path / "s.png")
+    assert cli.main(["sample", out, "--n", "4", "--seed", "1", "--out", png]) == 0
+    assert os.path.getsize(png) > 0
+
+    # training into a run directory with checkpoints needs --resume; resuming a finished run
+    # only recomputes the final bounds
+    assert cli.main(["train", "--config", TINY, "--data", small_npz, "--out", out] + FAST) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert cli.main(["train", "--out", out, "--resume", "--no-figures"]) == 0
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    code = cli.main(["train", "--config", TINY, "--data", str(tmp_path / "nope"),
+                     "--out", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "error" in err
+
+
+def test_config_overrides_and_validation(tmp_path):
+    cfg = cli.load_run_config(TINY, ["training.em_iterations=5", "data.train_limit=100"])
+    assert cfg["training"]["em_iterations"] == 5 and cfg["data"]["train_limit"] == 100
+    with pytest.raises(ValueError, match="unknown training config keys"):
+        cli.load_run_config(TINY, ["training.em_iteratons=5"])
+    with pytest.raises(ValueError, match="unknown data keys"):
+        cli.load_run_config(TINY, ["data.limit=5"])
+
+
+def test_every_shipped_config_is_valid():
+    import glob
+
+    import tfdgmm
+
+    paths = sorted(glob.glob(os.path.join(HERE, "..", "configs", "*.yaml")))
+    assert len(paths) >= 2 * (5 + 24 + 15) + 1
+    for path in paths:
+        cfg = cli.load_run_config(path)
+        assert cfg["model"]["image_shape"] == [32, 32, 3]
+    # spot-check the sizes of the paper's architectures (section 4.4, Table 3)
+    t1 = tfdgmm.DeepGMM.from_config(cli.load_run_config(
+        os.path.join(HERE, "..", "configs", "table1_hc3.yaml"))["model"])
+    assert t1.num_paths == 1
+    bd = [v for v in t1.trainable_variables if "lower_upper" in v.name]
+    assert sum(int(np.prod(v.shape)) for v in bd) == 48 * 48 * 64

@@ -1,0 +1,118 @@
+"""Never lose work: resume after a crash gives the same result; NaN rollback."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfdgmm.training import EMConfig, EMTrainer, TrainingInterrupted, load_model_weights
+
+CONFIG = EMConfig(em_iterations=2, updates_first=40, updates_later=20, learning_rate=1e-2,
+                  lr_final_updates=10, estep_batch_size=100, early_stopping_patience=0,
+                  checkpoint_interval_seconds=0, max_chunk=7, progress_interval_seconds=1000,
+                  seed=3)
+
+
+def _data(synthetic):
+    _, x_train, x_val = synthetic
+    return x_train[:300], x_val[:100]
+
+
+def _crash_at(event, em_iteration, position_key, position):
+    def hook(trainer, ev, info):
+        if ev == event and info["em_iteration"] == em_iteration and \
+                info[position_key] >= position:
+            raise TrainingInterrupted(f"simulated crash: {ev} {info}")
+    return hook
+
+
+def _state(trainer):
+    values = [v.numpy() for v in trainer.model.variables]
+    values += [v.numpy() for v in trainer.train_search.paths]
+    values += [v.numpy() for v in trainer.optimizer.variables]
+    return values
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(synthetic, make_model, tmp_path):
+    x_train, x_val = _data(synthetic)
+    quiet = dict(log=lambda s: None)
+    ref = EMTrainer(make_model(seed=1), CONFIG, x_train, x_val, str(tmp_path / "a"), **quiet)
+    ref_history = ref.fit()
+
+    out = str(tmp_path / "b")
+    # crash 1: in the middle of the first M-step (after a few checkpointed chunks)
+    first = EMTrainer(make_model(seed=1), CONFIG, x_train, x_val, out,
+                      hooks=[_crash_at("mstep", 0, "update", 15)], **quiet)
+    with pytest.raises(TrainingInterrupted):
+        first.fit()
+    assert first.em_iteration == 0 and int(first.state.mstep_update.numpy()) >= 15
+    with pytest.raises(FileExistsError):  # never overwrite a run by accident
+        EMTrainer(make_model(seed=1), CONFIG, x_train, x_val, out, **quiet).fit()
+    # crash 2: in the middle of the second E-step (batch 2 of 3), after resuming
+    second = EMTrainer(make_model(seed=1), CONFIG, x_train, x_val, out,
+                       hooks=[_crash_at("estep", 1, "batches", 2)], **quiet)
+    with pytest.raises(TrainingInterrupted):
+        second.fit(resume=True)
+    lines = []
+    third = EMTrainer(make_model(seed=1), CONFIG, x_train, x_val, out, log=lines.append)
+    history = third.fit(resume=True)
+    assert any(line.startswith("resumed from") for line in lines)
+
+    assert len(history) == len(ref_history) == 2
+    for a, b in zip(_state(ref), _state(third)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(ref_history, history):
+        for key in ("train_lower_bound", "validation_lower_bound", "estep_lower_bound"):
+            assert a[key] == b[key]
+    assert int(third.optimizer.iterations.numpy()) == 40 + 20
+
+    # the best weights can be loaded into a fresh model from the run directory
+    fresh = make_model(seed=7)
+    load_model_weights(fresh, out)
+    for a, b in zip(fresh.variables, third.model.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_non_finite_parameters_roll_back_with_a_lower_learning_rate(synthetic, make_model,
+                                                                   tmp_path):
+    x_train, x_val = _data(synthetic)
+    injected = []
+
+    def corrupt(trainer, event, info):
+        if event == "mstep" and info["em_iteration"] == 0 and info["update"] >= 14 \
+                and not injected:
+            v = trainer.model.trainable_variables[0]
+            v.assign(tf.fill(v.shape, np.float32(np.nan)))
+            injected.append(info["update"])
+
+    lines = []
+    trainer = EMTrainer(make_model(seed=1), CONFIG.replace(em_iterations=1), x_train, x_val,
+                        str(tmp_path), hooks=[corrupt], log=lines.append)
+    history = trainer.fit()
+    assert injected
+    assert int(trainer.state.rollbacks.numpy()) == 1
+    assert float(trainer.state.lr_scale.numpy()) == pytest.approx(CONFIG.nan_lr_factor)
+    assert any("rolled back" in line and "non-finite parameters" in line for line in lines)
+    assert len(history) == 1 and all(np.isfinite(r["train_lower_bound"]) for r in history)
+    assert all(np.all(np.isfinite(v.numpy())) for v in trainer.model.trainable_variables)
+
+
+def test_diverging_loss_rolls_back(synthetic, make_model, tmp_path):
+    """A learning rate blown up by a hook makes the loss non-finite inside a chunk; the last
+    checkpoint (after the E-step: no periodic checkpoints here) has the good rate."""
+    x_train, x_val = _data(synthetic)
+    done = []
+
+    def blow_up(trainer, event, info):
+        if event == "mstep" and info["em_iteration"] == 0 and not done:
+            trainer.state.lr_scale.assign(1e30)
+            done.append(True)
+
+    lines = []
+    cfg = CONFIG.replace(em_iterations=1, checkpoint_interval_seconds=3600)
+    trainer = EMTrainer(make_model(seed=1), cfg, x_train, x_val, str(tmp_path),
+                        hooks=[blow_up], log=lines.append)
+    trainer.fit()
+    assert int(trainer.state.rollbacks.numpy()) == 1
+    assert any("rolled back" in line and "non-finite loss" in line for line in lines)
+    assert float(trainer.state.lr_scale.numpy()) == pytest.approx(CONFIG.nan_lr_factor)
+    assert all(np.all(np.isfinite(v.numpy())) for v in trainer.model.trainable_variables)
