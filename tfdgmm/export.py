@@ -1,0 +1,413 @@
+"""Export a deep GMM as a TensorFlow SavedModel that needs neither tfdgmm nor TFP to run.
+
+```python
+import tfdgmm.export
+tfdgmm.export.export_saved_model(model, "saved_models/cifar10")   # a live DeepGMM
+tfdgmm.export.export_run("runs/cifar10", "saved_models/cifar10")  # a training run directory
+
+# anywhere with TensorFlow (no tfdgmm):
+m = tf.saved_model.load("saved_models/cifar10")
+x = m.sample(16, [1, 2])                 # float32 [16, H, W, C], stateless int32[2] seed
+lower = m.log_prob_lower_bound(x)        # [16]: E-step search with fixed settings
+path = m.best_path(x)                    # {"path_0": [16] or [16, Hp, Wp] int32, ...,
+                                         #  "lower_bound": [16]}
+```
+
+A SavedModel keeps `tf.function` graphs and variables, not Python objects. The exported module
+has these functions (inputs are float32 images `[None, H, W, C]`; densities come out in the
+model's dtype, nats per image):
+
+* `sample(n, seed)`: `n` int32 scalar, `seed` int32 `[2]` (stateless) -> float32 `[n, H, W, C]`;
+  bit for bit `model.sample(n, seed=seed)` of the live model (cast to float32).
+* `log_prob_lower_bound(x)` -> `[N]` and `best_path(x)` -> `{path_i, lower_bound}`: the live
+  model's `best_path(x, **search_settings(...))` with the settings and the *fixed* stateless
+  seed recorded at export (`search_config`), so results are deterministic. As in the live
+  model, the search of one image may depend on the rest of its batch (random starts are drawn
+  per batch; the `'ranked'` per-location scheme ranks locations with a batch-mean Gram).
+* `log_prob_upper_bound(x)` -> `[N]`: the paper's approximate upper bound with the same search.
+* `log_prob(x)` -> `[N]` (exact): only for models with at most `exact_limit` paths.
+* `metadata()` -> dict of string scalars; the same values are variables of the module:
+  `image_shape` (int32 `[3]`), `patch_size`, `num_paths` (decimal string, exact),
+  `log_num_paths`, `dtype`, `config` (architecture JSON), `search_config` (JSON),
+  `functions`, `tfdgmm_version`.
+
+The same functions are also exported as serving signatures (dict outputs) for TF Serving and
+`saved_model_cli`. Functions are not XLA-compiled (`jit_compile`), so exported results equal the
+live model's; the bijectors' own XLA-compiled parameter preparation is kept as it is.
+"""
+
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    "search_settings",
+    "export_saved_model",
+    "export_run",
+    "load_run_model",
+    "find_run_config",
+    "find_run_checkpoint",
+    "CONFIG_NAMES",
+]
+
+#: Config file names looked up in a run directory, in this order.
+CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
+#: Checkpoint subdirectories of a run directory (`tfdgmm.training.checkpointing`).
+_BEST_DIR = "best"
+_STATE_DIR = "checkpoints"
+
+_INT32_MAX = 2 ** 31 - 1
+
+
+def search_settings(restarts=2, restart_passes=2, location_method="auto",
+                    location_options=None, seed=(0, 0)):
+    """The E-step search settings of an export, as keyword arguments of `DeepGMM.best_path`.
+
+    `model.best_path(x, **search_settings(...))` on the live model gives exactly what the
+    exported `best_path(x)` gives (the same stateless seed and search), which is how the
+    export is tested. Each datapoint starts from `restarts` random paths, `restart_passes`
+    coordinate-ascent passes each, and keeps the best.
+
+    Args:
+      restarts: number of random starts (>= 1).
+      restart_passes: passes per start (>= 1).
+      location_method: per-location scheme, see `tfdgmm.path_search.LOCATION_METHODS`.
+      location_options: dict for the per-location scheme (JSON-serialisable), or None.
+      seed: the fixed stateless seed, a pair of int32s.
+
+    Returns:
+      A JSON-serialisable dict `{restarts, restart_passes, location_method, location_options,
+      seed}` (`seed` a list of two ints).
+    """
+    from tfdgmm import path_search
+
+    def count(name, v):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"search_settings: {name} must be an int >= 1; got {v!r}")
+        return int(v)
+
+    if location_method not in path_search.LOCATION_METHODS:
+        raise ValueError(f"search_settings: location_method must be one of "
+                         f"{path_search.LOCATION_METHODS}; got {location_method!r}")
+    try:
+        seed_list = [int(s) for s in np.asarray(seed).reshape(-1)]
+    except (TypeError, ValueError):
+        seed_list = None
+    if seed_list is None or len(seed_list) != 2 or not all(
+            -_INT32_MAX - 1 <= s <= _INT32_MAX for s in seed_list):
+        raise ValueError(f"search_settings: seed must be a pair of int32s; got {seed!r}")
+    options = None if location_options is None else dict(location_options)
+    settings = {
+        "restarts": count("restarts", restarts),
+        "restart_passes": count("restart_passes", restart_passes),
+        "location_method": location_method,
+        "location_options": options,
+        "seed": seed_list,
+    }
+    try:
+        json.dumps(settings)
+    except TypeError as err:
+        raise ValueError(f"search_settings: location_options must be JSON-serialisable: {err}")
+    return settings
+
+
+def _model_config_json(model):
+    try:
+        config = model.get_config()
+    except ValueError:  # not built from a config
+        return ""
+    return json.dumps(_plain(config), sort_keys=True)
+
+
+def _plain(obj):
+    """Plain dicts and lists (a tf.Module wraps dict/list attributes in tracking wrappers,
+    which `json` refuses)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+class _ExportModule(tf.Module):
+    """The exported object: the model's variables, metadata variables and `tf.function`s.
+
+    The `DeepGMM` itself is not an attribute (it is a Python object the loader could not
+    rebuild); its variables are tracked through `model_variables` and captured by the
+    functions' graphs.
+    """
+
+    def __init__(self, model, settings):
+        super().__init__(name="tfdgmm_saved_model")
+        from tfdgmm import __version__
+
+        self.model_variables = list(model.variables)
+        dtype = model.dtype
+        h, w, c = model.image_shape
+        images = tf.TensorSpec([None, h, w, c], tf.float32, name="x")
+        exact = model.num_paths <= model.exact_limit
+        uniform = _is_uniform(model)
+        search_kwargs = dict(settings)
+        search_seed = tf.constant(search_kwargs.pop("seed"), tf.int32)
+
+        def search(x):
+            return model.best_path(tf.cast(x, dtype), seed=search_seed, **search_kwargs)
+
+        def sample(n, seed):
+            return tf.cast(model.sample_with_path(n, seed=seed)[0], tf.float32)
+
+        def log_prob_upper_bound(x):
+            if uniform:  # the live model's formula, reusing the search
+                return search_fn(x)[1] + tf.constant(model.log_num_paths, dtype)
+            return model.log_prob_upper_bound(tf.cast(x, dtype), seed=search_seed,
+                                              **search_kwargs)
+
+        def log_prob(x):
+            return model.log_prob(tf.cast(x, dtype))
+
+        def best_path(x):
+            path, joint = search_fn(x)
+            out = {f"path_{i}": tf.cast(z, tf.int32) for i, z in enumerate(path)}
+            out["lower_bound"] = joint
+            return out
+
+        # The model's graphs are traced once, here, into concrete functions; the exported
+        # functions and signatures are thin wrappers calling them (tf.saved_model.save traces
+        # every tf.function again in its own context, and a nested tf.function is traced
+        # again for every calling graph: concrete functions are never retraced).
+        n_spec = tf.TensorSpec([], tf.int32, name="n")
+        seed_spec = tf.TensorSpec([2], tf.int32, name="seed")
+        search_fn = _traced(search, images)
+        bodies = {"sample": (_traced(sample, n_spec, seed_spec), [n_spec, seed_spec], "images"),
+                  "log_prob_lower_bound": (lambda x: search_fn(x)[1], [images], "lower_bound"),
+                  "log_prob_upper_bound": (_traced(log_prob_upper_bound, images), [images],
+                                           "upper_bound"),
+                  "best_path": (_traced(best_path, images), [images], None)}
+        if exact:
+            bodies["log_prob"] = (_traced(log_prob, images), [images], "log_prob")
+        functions = list(bodies) + ["metadata"]
+        for name, (body, specs, _) in bodies.items():
+            setattr(self, name, _thin(body, specs))
+
+        meta = {
+            "image_shape": json.dumps(list(model.image_shape)),
+            "patch_size": str(model.patch_size),
+            "num_paths": str(model.num_paths),
+            "log_num_paths": repr(float(model.log_num_paths)),
+            "dtype": dtype.name,
+            "config": _model_config_json(model),
+            "search_config": json.dumps(settings, sort_keys=True),
+            "functions": json.dumps(functions),
+            "tfdgmm_version": __version__,
+        }
+
+        def var(value, name, dtype=None):
+            return tf.Variable(value, dtype=dtype, trainable=False, name=name)
+
+        self.image_shape = var(list(model.image_shape), "image_shape", tf.int32)
+        self.patch_size = var(model.patch_size, "patch_size", tf.int32)
+        self.log_num_paths = var(float(model.log_num_paths), "log_num_paths", tf.float64)
+        for key in ("num_paths", "dtype", "config", "search_config", "functions",
+                    "tfdgmm_version"):
+            setattr(self, key, var(meta[key], key, tf.string))
+
+        def metadata():
+            return {k: tf.constant(v, tf.string) for k, v in meta.items()}
+
+        metadata_fn = _traced(metadata)
+        self.metadata = _thin(metadata_fn, [])
+        bodies["metadata"] = (metadata_fn, [], None)
+        # a plain function attribute: not tracked (a dict attribute would be)
+        self._signature_bodies = lambda: bodies
+
+    def signatures(self):
+        """Serving signatures: the same functions with dict outputs (`images`, `lower_bound`,
+        `upper_bound`, `log_prob`; `best_path` and `metadata` return dicts already)."""
+        return {name: _thin(body, specs, key)
+                for name, (body, specs, key) in self._signature_bodies().items()}
+
+
+def _traced(fn, *specs):
+    """`fn` traced once into a concrete function (autograph on: the model code needs it)."""
+    return tf.function(fn, input_signature=list(specs)).get_concrete_function()
+
+
+def _thin(fn, specs, key=None):
+    """A `tf.function` calling `fn` (cheap to trace), its output wrapped as `{key: ...}`."""
+    if key is None:
+        return tf.function(lambda *args: fn(*args), input_signature=specs, autograph=False)
+    return tf.function(lambda *args: {key: fn(*args)}, input_signature=specs,
+                       autograph=False)
+
+
+def _is_uniform(model):
+    from tfdgmm import path_priors
+    return isinstance(model.path_prior, path_priors.UniformPathPrior)
+
+
+def export_saved_model(model, path, *, search=None, overwrite=False):
+    """Write `model` (a `tfdgmm.DeepGMM`) as a SavedModel at `path`; returns `path`.
+
+    Args:
+      model: the model; its current variable values are exported.
+      path: output directory.
+      search: E-step settings for `best_path` / `log_prob_lower_bound` /
+        `log_prob_upper_bound`, a dict of `search_settings` arguments (or its result);
+        defaults to `search_settings()`.
+      overwrite: replace an existing SavedModel at `path` (a non-empty `path` is an
+        error otherwise; a directory that is not a SavedModel is never replaced).
+    """
+    from tfdgmm.deep_gmm import DeepGMM
+
+    if not isinstance(model, DeepGMM):
+        raise TypeError(f"export_saved_model needs a tfdgmm.DeepGMM; got {type(model).__name__}")
+    settings = search_settings(**(search or {}))
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"{path} exists and is not a directory")
+    replace = os.path.isdir(path) and bool(os.listdir(path))
+    if replace and not overwrite:
+        raise FileExistsError(f"{path} exists and is not empty (pass overwrite=True to "
+                              "replace a SavedModel)")
+    if replace and not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise FileExistsError(f"{path} is not a SavedModel (no saved_model.pb); refusing to "
+                              "replace it")
+    module = _ExportModule(model, settings)
+    signatures = module.signatures()
+    if replace:  # only now that tracing has succeeded
+        shutil.rmtree(path)
+    tf.saved_model.save(module, path, signatures=signatures)
+    return path
+
+
+# ---------------------------------------------------------------------- run directories
+
+
+def find_run_config(run_dir):
+    """The architecture dict of a run: from the first of `CONFIG_NAMES` in `run_dir`.
+
+    The file is either the architecture itself (it has `layers`) or a run config with the
+    architecture under `model` (or `architecture`), inline or as a path to an architecture
+    file (relative to the run directory, else to the working directory).
+    Returns `(architecture dict, config file path)`.
+    """
+    run_dir = os.fspath(run_dir)
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    for name in CONFIG_NAMES:
+        path = os.path.join(run_dir, name)
+        if os.path.isfile(path):
+            break
+    else:
+        raise FileNotFoundError(f"{run_dir}: no run config found (looked for "
+                                f"{', '.join(CONFIG_NAMES)})")
+    config = _read_config_file(path)
+    arch = _architecture_of(config, path, run_dir)
+    return arch, path
+
+
+def _read_config_file(path):
+    try:
+        with open(path) as f:
+            text = f.read()
+        if path.endswith(".json"):
+            config = json.loads(text)
+        else:
+            import yaml
+            config = yaml.safe_load(text)
+    except (OSError, ValueError) as err:  # json and yaml errors are ValueErrors or YAMLErrors
+        raise ValueError(f"{path}: cannot read the config: {err}") from err
+    except Exception as err:  # yaml.YAMLError
+        raise ValueError(f"{path}: cannot parse the config: {err}") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level; got "
+                         f"{type(config).__name__}")
+    return config
+
+
+def _architecture_of(config, path, run_dir):
+    if "layers" in config:
+        return config
+    for key in ("model", "architecture"):
+        if key not in config:
+            continue
+        arch = config[key]
+        if isinstance(arch, str):
+            candidates = [os.path.join(run_dir, arch), arch]
+            found = next((p for p in candidates if os.path.isfile(p)), None)
+            if found is None:
+                raise FileNotFoundError(f"{path}: {key}: architecture file {arch!r} not found "
+                                        f"(looked in {run_dir} and the working directory)")
+            arch = _read_config_file(found)
+            path = found
+            if "layers" not in arch and isinstance(arch.get(key), dict):
+                arch = arch[key]
+        if not isinstance(arch, dict) or "layers" not in arch:
+            raise ValueError(f"{path}: {key!r} is not an architecture (a mapping with "
+                             "'image_shape', 'patch_size' and 'layers')")
+        return arch
+    raise ValueError(f"{path}: no architecture found: expected 'layers' at the top level or "
+                     "a 'model' section")
+
+
+def find_run_checkpoint(run_dir, which="best"):
+    """The checkpoint prefix to export: `which='best'` reads `run_dir/best/` and falls back
+    to the latest of `run_dir/checkpoints/` (then `run_dir` itself); `'latest'` skips
+    `best/`."""
+    if which not in ("best", "latest"):
+        raise ValueError(f"which must be 'best' or 'latest'; got {which!r}")
+    subdirs = ([_BEST_DIR] if which == "best" else []) + [_STATE_DIR, ""]
+    looked = []
+    for sub in subdirs:
+        directory = os.path.join(run_dir, sub) if sub else run_dir
+        looked.append(directory)
+        if not os.path.isdir(directory):
+            continue
+        try:
+            prefix = tf.train.latest_checkpoint(directory)
+        except (tf.errors.OpError, ValueError) as err:  # unreadable 'checkpoint' state file
+            raise ValueError(f"{os.path.join(directory, 'checkpoint')}: cannot read the "
+                             f"checkpoint state file: {err}") from err
+        if prefix is not None:
+            return prefix
+    raise FileNotFoundError(f"{run_dir}: no checkpoint found (looked in "
+                            f"{', '.join(looked)})")
+
+
+def load_run_model(run_dir, which="best"):
+    """Rebuild a run's model from its config and restore its weights.
+
+    Returns `(model, checkpoint prefix)`. The checkpoint must hold the model under the key
+    `model` (`tf.train.Checkpoint(model=model)`, as the trainer writes it); every model
+    variable must be restored, other objects in it (optimizer, E-step state) are ignored.
+    """
+    from tfdgmm.deep_gmm import DeepGMM
+
+    run_dir = os.fspath(run_dir)
+    arch, config_path = find_run_config(run_dir)
+    try:
+        model = DeepGMM.from_config(arch)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{config_path}: invalid architecture: {err}") from err
+    prefix = find_run_checkpoint(run_dir, which)
+    try:
+        status = tf.train.Checkpoint(model=model).read(prefix)
+        # fails when a model variable has no value in the checkpoint
+        status.assert_existing_objects_matched().expect_partial()
+    except Exception as err:  # OpError, AssertionError, and IndexError for truncated files
+        raise ValueError(
+            f"{prefix}: cannot restore the model from this checkpoint (corrupt or truncated, "
+            f"or written for another architecture than {config_path}): "
+            f"{type(err).__name__}: {err}") from err
+    return model, prefix
+
+
+def export_run(run_dir, out_dir, *, which="best", search=None, overwrite=False):
+    """`tfdgmm export RUN_DIR OUT_DIR`: rebuild a run's model (see `load_run_model`) and
+    export it as a SavedModel (see `export_saved_model`). Returns `out_dir`."""
+    model, _ = load_run_model(run_dir, which=which)
+    return export_saved_model(model, out_dir, search=search, overwrite=overwrite)
