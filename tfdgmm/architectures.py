@@ -25,13 +25,13 @@ Layer types and their keys (defaults in brackets):
 * every type: `repeat` [1].
 """
 
-import copy
+import json
 
 import tensorflow as tf
 
 from tfdgmm import bijectors
 
-__all__ = ["build", "normalize", "LAYER_TYPES"]
+__all__ = ["build", "normalize", "get_config", "set_config", "LAYER_TYPES"]
 
 LAYER_TYPES = ("block_diagonal", "diagonal", "half_convolution", "dense")
 _TOP_KEYS = {"image_shape", "patch_size", "path_prior", "exact_limit", "dtype", "seed",
@@ -136,13 +136,20 @@ def build(config, dtype=None, seed=None, **kwargs):
     kwargs.setdefault("exact_limit", cfg["exact_limit"])
     model = DeepGMM(layers, image_shape=(h, w, c), patch_size=r, path_prior=cfg["path_prior"],
                     **kwargs)
-    model._config = copy.deepcopy(cfg)
+    set_config(model, cfg)
     return model
 
 
+def set_config(model, config):
+    """Attach a (normalised) config to a model. Stored as a JSON string: a `tf.Module` would
+    wrap a dict attribute in tracking containers that are not plain dicts."""
+    model._config_json = json.dumps(config, sort_keys=True)
+
+
 def get_config(model):
-    """The normalised config a model was built from (models built by `build` only)."""
-    cfg = getattr(model, "_config", None)
-    if cfg is None:
+    """The normalised config a model was built from (models built by `build` only), as plain
+    JSON-serialisable dicts and lists."""
+    text = getattr(model, "_config_json", None)
+    if text is None:
         raise ValueError("this DeepGMM was not built from a config; get_config is unavailable")
-    return copy.deepcopy(dict(cfg))
+    return json.loads(text)

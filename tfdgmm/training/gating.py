@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfdgmm import path_priors
+from tfdgmm import architectures, path_priors
 
 __all__ = ["fit_gating", "with_gating"]
 
@@ -26,10 +26,10 @@ def with_gating(model, hidden=32, kernel_size=3, seed=0):
     gated = DeepGMM(model.layers, image_shape=model.image_shape, patch_size=model.patch_size,
                     path_prior=prior, exact_limit=model.exact_limit,
                     validate_args=model.validate_args)
-    config = getattr(model, "_config", None)
-    if config is not None:
-        gated._config = dict(config, path_prior={"kind": "gating", "hidden": hidden,
-                                                 "kernel_size": kernel_size})
+    if getattr(model, "_config_json", None) is not None:
+        architectures.set_config(gated, dict(
+            architectures.get_config(model),
+            path_prior={"kind": "gating", "hidden": hidden, "kernel_size": kernel_size}))
     return gated
 
 
