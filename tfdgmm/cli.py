@@ -5,6 +5,8 @@ tfdgmm train --config FILE [--data SPEC] --out DIR [--resume] [--set KEY=VALUE .
 tfdgmm evaluate RUN_DIR [--split validation|test|train|all] [--data SPEC] [--restarts N]
 tfdgmm sample RUN_DIR [--n 64] [--seed 0] [--out PNG]
 tfdgmm baseline [--data SPEC] [--out DIR] [--noise-seed 0]
+tfdgmm export RUN_DIR OUT_DIR [--which best|latest] [--restarts 2] [--restart-passes 2]
+              [--seed A B] [--overwrite]
 ```
 
 A run config (YAML or JSON) has three sections:
@@ -25,7 +27,21 @@ data:       # optional: where the data comes from and how much of it
   noise_seed: 0           # fixed dequantization noise
   dequantize: fixed       # fixed | per_iteration (noise redrawn every EM iteration)
   evaluate_test: true     # bounds on the test split at the end
+gating:     # optional (default off): gating networks, paper section 3
+  enabled: true           # fit them after EM on the last E-step's training paths
+  hidden: 32
+  kernel_size: 3
+  steps: 2000             # Adam updates on the fixed paths
+  batch_size: 100
+  learning_rate: 1.0e-3
+  between_steps: 0        # > 0: train with gating and refit it between every E- and M-step
 ```
+
+With `gating.enabled`, the final bounds are also computed with the gated prior (searches
+warm-started from the last paths; `metrics.json` has a `gating` block) and the gated model is
+saved as a run directory of its own, `RUN_DIR/gated/` (`config.yaml` whose model has
+`path_prior: {kind: gating, ...}`, `best/`, `metrics.json`, `figures/`), so that
+`tfdgmm evaluate|sample|export RUN_DIR/gated` work on it.
 
 A run directory is self-describing: `config.yaml` (the resolved config), `command.txt`,
 `train.log`, `checkpoints/`, `best/`, `tensorboard/`, `metrics.json`, `figures/`.
@@ -100,10 +116,10 @@ def normalize_run_config(raw: dict, where="config") -> dict:
     from tfdgmm import architectures
     from tfdgmm.training import EMConfig
 
-    unknown = set(raw) - {"model", "training", "data", "description", "paper"}
+    unknown = set(raw) - {"model", "training", "data", "description", "paper", "gating"}
     if unknown:
         raise ValueError(f"{where}: unknown sections {sorted(unknown)}; expected 'model', "
-                         "'training', 'data' (and optional 'description', 'paper')")
+                         "'training', 'data' (and optional 'gating', 'description', 'paper')")
     if "model" not in raw:
         raise ValueError(f"{where}: missing the 'model' section (an architecture dict)")
     out = {k: copy.deepcopy(raw[k]) for k in ("description", "paper") if k in raw}
@@ -118,7 +134,30 @@ def normalize_run_config(raw: dict, where="config") -> dict:
     if data["dequantize"] not in _DEQUANTIZE:
         raise ValueError(f"{where}: data.dequantize must be one of {_DEQUANTIZE}")
     out["data"] = data
+    if "gating" in raw:
+        out["gating"] = _normalize_gating_section(raw["gating"], out["model"], where)
     return out
+
+
+def _normalize_gating_section(section, model, where):
+    """`gating:` with defaults. With `between_steps > 0` the trained model itself is gated:
+    `model['path_prior']` (modified in place) becomes the gating prior."""
+    from tfdgmm.training.gating import GATING_DEFAULTS, gating_prior_config, normalize_gating
+
+    gating = normalize_gating(section, where)
+    if gating["enabled"] and gating["between_steps"]:
+        wanted = gating_prior_config(gating)
+        prior = model.get("path_prior", "uniform")
+        if isinstance(prior, dict) and prior.get("kind") == "gating":
+            have = {k: prior.get(k, GATING_DEFAULTS[k]) for k in ("hidden", "kernel_size")}
+            if dict(have, kind="gating") != wanted:
+                raise ValueError(f"{where}: model.path_prior {prior} disagrees with the gating "
+                                 "section's hidden/kernel_size")
+        elif prior not in ("uniform", None):
+            raise ValueError(f"{where}: gating.between_steps > 0 trains the model with gating "
+                             f"networks as its path prior; model.path_prior is {prior!r}")
+        model["path_prior"] = wanted
+    return gating
 
 
 def _dump_yaml(obj, path):
@@ -226,8 +265,11 @@ def _model_summary(model):
 
 
 def train_run(config: dict, out_dir: str, data_spec=None, resume=False, argv=None,
-              figures=True, hooks=(), log=None):
+              figures=True, hooks=(), log=None, strategy="default"):
     """Train from a normalised run config into `out_dir`; returns the metrics dict.
+
+    `strategy`: `'default' | 'mirrored' | 'multiworker'` or a `tf.distribute` strategy (see
+    `tfdgmm.training.distribute`); the model is built under its scope.
 
     Steps: load the data, build the model, `EMTrainer.fit` (resumable), final bounds (train and
     validation: one more warm-started E-step; test: a fresh search), `metrics.json`, figures.
@@ -266,14 +308,21 @@ def train_run(config: dict, out_dir: str, data_spec=None, resume=False, argv=Non
     num_dims = train_split.num_dims
     to_bpd = _bpd_fn(num_dims)
 
-    model = tfdgmm.DeepGMM.from_config(config["model"])
+    from tfdgmm.training import distribute
+
+    if strategy is None or isinstance(strategy, str):
+        strategy = distribute.make_strategy(strategy)
+    with distribute.scope(strategy):
+        model = tfdgmm.DeepGMM.from_config(config["model"])
     summary = _model_summary(model)
     log(f"model: {summary['num_layers']} layers, {summary['num_parameters']:,} parameters, "
         f"{summary['num_paths']} paths")
     em_cfg = EMConfig.from_dict(config["training"])
+    gating_hooks = _gating_hooks(config, log)
+    hooks = tuple(hooks) + gating_hooks
     trainer = EMTrainer(model, em_cfg, _train_images(train_split, data_cfg),
                         _dequantized(val_split, data_cfg), out_dir, nats_to_bpd=to_bpd,
-                        hooks=hooks, log=log)
+                        hooks=hooks, log=log, strategy=strategy)
     train_start = time.monotonic()
     history = trainer.fit(resume=resume)
     train_seconds = time.monotonic() - train_start
@@ -304,6 +353,13 @@ def train_run(config: dict, out_dir: str, data_spec=None, resume=False, argv=Non
         figure_paths["filters"] = p
         log(f"figures: {', '.join(figure_paths.values())}")
 
+    gating_block = None
+    if (config.get("gating") or {}).get("enabled"):
+        gating_block = gate_run(
+            config, model, trainer, results, out_dir,
+            test_images=(_dequantized(test_split, data_cfg) if "test" in results else None),
+            nats_to_bpd=to_bpd, figures=figures, between=gating_hooks, log=log)
+
     state = trainer.state
     metrics = {
         "command": command,
@@ -316,6 +372,7 @@ def train_run(config: dict, out_dir: str, data_spec=None, resume=False, argv=Non
         "best_em_iteration": int(state.best_iteration.numpy()) + 1,
         "em_iterations_run": trainer.em_iteration,
         "rollbacks": int(state.rollbacks.numpy()),
+        "replicas": trainer.num_replicas,
         "history": history,
         "wall_time_seconds": {
             "training_total": trainer.elapsed(),
@@ -329,10 +386,143 @@ def train_run(config: dict, out_dir: str, data_spec=None, resume=False, argv=Non
         "units": "mean log-likelihood per image in nats on the data scale; bits/dim = "
                  "-log2(bin width) - LL / (D ln 2)",
     }
+    if gating_block is not None:
+        metrics["gating"] = gating_block
     path = os.path.join(out_dir, "metrics.json")
     _dump_json(metrics, path)
     log(f"metrics: {path}")
     return metrics
+
+
+# ---------------------------------------------------------------------- gating
+
+GATED_DIR = "gated"
+
+
+def _gating_hooks(config, log):
+    """`(GatingBetweenSteps,)` when the config asks for gating between E- and M-steps."""
+    gating = config.get("gating") or {}
+    if not (gating.get("enabled") and gating.get("between_steps")):
+        return ()
+    from tfdgmm.training.gating import GatingBetweenSteps
+
+    return (GatingBetweenSteps(gating["between_steps"], gating["batch_size"],
+                               gating["learning_rate"], gating["seed"], log=log),)
+
+
+def _bounds_record(lower, upper, num_images, seconds, nats_to_bpd):
+    out = {"num_images": num_images, "lower_bound_nats": lower, "upper_bound_nats": upper,
+           "seconds": seconds}
+    if nats_to_bpd is not None:
+        out["lower_bound_bits_per_dim"] = float(nats_to_bpd(lower))
+        out["upper_bound_bits_per_dim"] = float(nats_to_bpd(upper))
+    return out
+
+
+def gate_run(config, model, trainer, results, out_dir, test_images=None, nats_to_bpd=None,
+             figures=True, between=(), log=print):
+    """Gating networks after EM (paper, section 3): the paper's method, on a trained run.
+
+    1. `gated = with_gating(model)` (sharing the trained layers; warm-started from the model's
+       own gating networks when it has some), fitted by `fit_gating` on the training images
+       and their paths from the last E-step (`trainer.train_search`, refined by
+       `trainer.refine('train')` with the final model) with the layers frozen.
+    2. Bounds with the gated prior: training and validation by a search warm-started from the
+       stored paths (1 pass, then `eval_restarts` random restarts), so each image's gated
+       lower bound is at least its stored path's gated joint; test (`test_images`) by a fresh
+       search with the settings of the ungated test bounds.
+    3. The gated model as a run directory `out_dir/gated/`: `config.yaml` (the run config with
+       `model.path_prior: {kind: gating, hidden, kernel_size}`), `best/` (its checkpoint),
+       `metrics.json`, `figures/samples.png`.
+
+    Returns the `gating` block of the run's `metrics.json`.
+    """
+    import tensorflow as tf
+
+    from tfdgmm.training import evaluate_bounds
+    from tfdgmm.training import figures as figs
+    from tfdgmm.training import gating
+
+    settings = config["gating"]
+    em = trainer.config
+    train, val = trainer.train_search, trainer.validation_search
+    gated = gating.gated_copy(model, settings)
+    block = {"settings": dict(settings), "run_dir": GATED_DIR, "fit": {}}
+    fit_info = block["fit"]
+    if val is not None:
+        fit_info["validation_neg_log_prior_before"] = gating.mean_neg_log_prior(
+            gated, val.data, val.path())
+    log(f"gating: fitting gating networks (hidden {settings['hidden']}, kernel "
+        f"{settings['kernel_size']}) on the last E-step's paths of {train.num_images} training "
+        f"images: {settings['steps']} updates of {settings['batch_size']}")
+    start = time.monotonic()
+    fit = gating.fit_gating(gated, train.data, train.path(), steps=settings["steps"],
+                            batch_size=settings["batch_size"],
+                            learning_rate=settings["learning_rate"], seed=settings["seed"],
+                            log_every=max(1, settings["steps"] // 5), log=log)
+    tail = fit["loss"][-min(len(fit["loss"]), 100):]
+    fit_info.update(steps=settings["steps"], seconds=time.monotonic() - start,
+                    train_neg_log_prior_before=fit["nats_before"],
+                    train_neg_log_prior_after=fit["nats_after"],
+                    loss_first=fit["loss"][0], loss_last_mean=sum(tail) / len(tail))
+    if val is not None:
+        fit_info["validation_neg_log_prior_after"] = gating.mean_neg_log_prior(
+            gated, val.data, val.path())
+    log(f"gating: -log pi of the training paths {fit['nats_before']:.3f} -> "
+        f"{fit['nats_after']:.3f} nats/image"
+        + (f", validation {fit_info['validation_neg_log_prior_before']:.3f} -> "
+           f"{fit_info['validation_neg_log_prior_after']:.3f}" if val is not None else "")
+        + f" ({fit_info['seconds']:.1f} s)")
+    for hook in between:
+        block.setdefault("between_steps_this_session", []).extend(hook.history)
+
+    splits = {}
+    named = [(name, s) for name, s in (("train", train), ("validation", val)) if s is not None]
+    t0 = time.monotonic()
+    found = gating.gated_search_bounds(gated, [s for _, s in named], restarts=em.eval_restarts,
+                                       seed=em.seed + 611953)
+    block["bounds_seconds"] = time.monotonic() - t0  # training and validation together
+    for (name, search), (lower, upper) in zip(named, found):
+        splits[name] = _bounds_record(lower, upper, search.num_images, None, nats_to_bpd)
+    if test_images is not None:
+        log(f"gating: test bounds ({len(test_images)} images, fresh search with "
+            f"{em.eval_restarts} restarts)")
+        splits["test"] = evaluate_bounds(
+            gated, test_images, batch_size=em.estep_batch_size, restarts=em.eval_restarts,
+            location_method=em.location_method, location_options=em.location_options,
+            seed=em.seed + 104729, nats_to_bpd=nats_to_bpd, log=log, label="test (gated)")
+    block["splits"] = splits
+    block["lower_bound_gain_nats"] = {
+        name: r["lower_bound_nats"] - results[name]["lower_bound_nats"]
+        for name, r in splits.items() if name in results}
+    for name, r in splits.items():
+        bpd = (f" ({r['lower_bound_bits_per_dim']:.3f} bits/dim)"
+               if "lower_bound_bits_per_dim" in r else "")
+        log(f"  gated {name:10s} LB {r['lower_bound_nats']:9.2f} nats{bpd}  UB* "
+            f"{r['upper_bound_nats']:9.2f} nats  (LB gain "
+            f"{block['lower_bound_gain_nats'].get(name, float('nan')):+.2f})")
+
+    gated_dir = os.path.join(out_dir, GATED_DIR)
+    os.makedirs(gated_dir, exist_ok=True)
+    gated_config = copy.deepcopy(config)
+    gated_config["model"]["path_prior"] = gating.gating_prior_config(settings)
+    gated_config["gating"] = dict(settings, enabled=False, between_steps=0)
+    gated_config["description"] = (
+        (config.get("description") or "deep GMM") + "; gating networks fitted after EM on the "
+        "last E-step's paths (the run directory above, its metrics.json 'gating' block)")
+    _dump_yaml(gated_config, os.path.join(gated_dir, "config.yaml"))
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=gated),
+                                         os.path.join(gated_dir, "best"), max_to_keep=1)
+    block["checkpoint"] = manager.save()
+    if figures:
+        fig = os.path.join(gated_dir, "figures", "samples.png")
+        os.makedirs(os.path.dirname(fig), exist_ok=True)
+        figs.save_samples(gated, fig, n=64, seed=0, title="samples with gating networks")
+        block["figures"] = {"samples": fig}
+    _dump_json({"source_run": os.path.abspath(out_dir), "config": gated_config,
+                "splits": splits, "gating": block}, os.path.join(gated_dir, "metrics.json"))
+    log(f"gating: gated model in {gated_dir} (tfdgmm evaluate|sample|export {gated_dir})")
+    return block
 
 
 def _tfp_version():
@@ -414,6 +604,20 @@ def baseline_run(data_spec=None, out_dir=None, noise_seed=0, train_limit=None,
     return result
 
 
+def export_command(run_dir, out_dir, which="best", restarts=2, restart_passes=2, seed=(0, 0),
+                   location_method="auto", overwrite=False, log=print):
+    """`tfdgmm export`: `tfdgmm.export.export_run` with the E-step settings of the exported
+    `best_path` / bounds functions (see `tfdgmm.export.search_settings`). Returns `out_dir`."""
+    from tfdgmm import export
+
+    search = export.search_settings(restarts=restarts, restart_passes=restart_passes,
+                                    location_method=location_method, seed=list(seed))
+    path = export.export_run(run_dir, out_dir, which=which, search=search, overwrite=overwrite)
+    log(f"exported {run_dir} ({which}) to {path} (search: {restarts} restarts x "
+        f"{restart_passes} passes, seed {list(seed)})")
+    return path
+
+
 # ---------------------------------------------------------------------- argparse
 
 def _parser():
@@ -430,6 +634,9 @@ def _parser():
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set training.em_iterations=3")
     t.add_argument("--no-figures", action="store_true")
+    t.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker"],
+                   help="tf.distribute: one device (default), all local GPUs (mirrored) or "
+                        "the workers of TF_CONFIG (multiworker)")
 
     e = sub.add_parser("evaluate", help="bounds of a trained run by a fresh E-step")
     e.add_argument("run_dir")
@@ -453,6 +660,22 @@ def _parser():
     b.add_argument("--validation-limit", type=int)
     b.add_argument("--test-limit", type=int)
     b.add_argument("--validation-size", type=int, default=10_000)
+
+    x = sub.add_parser("export", help="write a run's model as a TensorFlow SavedModel "
+                                      "(usable without tfdgmm)")
+    x.add_argument("run_dir")
+    x.add_argument("out_dir", help="SavedModel directory, e.g. saved_models/NAME")
+    x.add_argument("--which", default="best", choices=["best", "latest"],
+                   help="best/ (default; falls back to the latest checkpoint) or latest")
+    x.add_argument("--restarts", type=int, default=2,
+                   help="random starts of the exported E-step search")
+    x.add_argument("--restart-passes", type=int, default=2,
+                   help="coordinate-ascent passes per start")
+    x.add_argument("--location-method", default="auto",
+                   help="per-location search scheme (tfdgmm.path_search.LOCATION_METHODS)")
+    x.add_argument("--seed", type=int, nargs=2, default=[0, 0], metavar=("A", "B"),
+                   help="the fixed stateless seed of the exported search")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing SavedModel")
     return p
 
 
@@ -486,7 +709,7 @@ def main(argv=None):
             if config is None and args.set:
                 raise ValueError("--set needs --config")
             train_run(config, args.out, data_spec=args.data, resume=args.resume,
-                      argv=full_argv, figures=not args.no_figures)
+                      argv=full_argv, figures=not args.no_figures, strategy=args.strategy)
         elif args.command == "evaluate":
             evaluate_run(args.run_dir, args.split, args.data, args.restarts, args.batch_size)
         elif args.command == "sample":
@@ -494,6 +717,9 @@ def main(argv=None):
         elif args.command == "baseline":
             baseline_run(args.data, args.out, args.noise_seed, args.train_limit,
                          args.validation_limit, args.test_limit, args.validation_size)
+        elif args.command == "export":
+            export_command(args.run_dir, args.out_dir, args.which, args.restarts,
+                           args.restart_passes, args.seed, args.location_method, args.overwrite)
     except (DataLoadError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"tfdgmm {args.command}: error: {e}", file=sys.stderr)
         return 2

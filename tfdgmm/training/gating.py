@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from tfdgmm import architectures, path_priors
 
-__all__ = ["fit_gating", "with_gating"]
+__all__ = ["GATING_DEFAULTS", "GatingBetweenSteps", "fit_gating", "gated_copy", "gated_search_bounds",
+           "gating_prior_config", "mean_neg_log_prior", "normalize_gating", "with_gating"]
 
 
 def with_gating(model, hidden=32, kernel_size=3, seed=0):
@@ -94,3 +95,171 @@ def fit_gating(model, images, paths, steps=1000, batch_size=100, learning_rate=1
             log(f"gating {s + 1}/{steps}: -log pi = {np.mean(history[-log_every:]):.3f} nats, "
                 f"ETA {(steps - s - 1) / rate:.0f} s")
     return {"loss": history, "nats_before": before, "nats_after": full_nll()}
+
+
+# ---------------------------------------------------------------------- gating in training runs
+
+#: The `gating:` section of a run config (see `tfdgmm.cli`): defaults (gating off).
+GATING_DEFAULTS = {
+    "enabled": False,
+    "hidden": 32,
+    "kernel_size": 3,
+    "steps": 2000,
+    "batch_size": 100,
+    "learning_rate": 1e-3,
+    "seed": 0,
+    "between_steps": 0,
+}
+
+
+def normalize_gating(section, where="config"):
+    """The `gating:` section of a run config with defaults filled in (unknown keys: error).
+
+    * `enabled`: fit gating networks after EM on the last E-step's training paths (the paper's
+      method) and report bounds with the gated prior.
+    * `hidden`, `kernel_size`: the gating networks (`GatingPathPrior`).
+    * `steps`, `batch_size`, `learning_rate`, `seed`: Adam on the fixed paths after EM.
+    * `between_steps`: when > 0, the model is trained with the gating prior from the start and,
+      after every E-step on the training set, the gating networks are fitted to the new paths
+      for this many updates before the M-step (`GatingBetweenSteps`); the M-step then also
+      updates them, as part of the joint `log pi_p + log p_p(x)`.
+    """
+    out = dict(GATING_DEFAULTS)
+    section = dict(section or {})
+    unknown = set(section) - set(GATING_DEFAULTS)
+    if unknown:
+        raise ValueError(f"{where}: unknown gating keys {sorted(unknown)}; expected some of "
+                         f"{sorted(GATING_DEFAULTS)}")
+    out.update(section)
+    out["enabled"] = bool(out["enabled"])
+    for key in ("hidden", "kernel_size", "steps", "batch_size"):
+        value = out[key]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{where}: gating.{key} must be an int >= 1; got {value!r}")
+        out[key] = int(value)
+    value = out["between_steps"]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{where}: gating.between_steps must be an int >= 0; got {value!r}")
+    out["between_steps"] = int(value)
+    out["seed"] = int(out["seed"])
+    lr = out["learning_rate"]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
+        raise ValueError(f"{where}: gating.learning_rate must be > 0; got {lr!r}")
+    out["learning_rate"] = float(lr)
+    return out
+
+
+def gating_prior_config(settings):
+    """The architecture's `path_prior` entry for gating networks with these settings."""
+    return {"kind": "gating", "hidden": int(settings["hidden"]),
+            "kernel_size": int(settings["kernel_size"])}
+
+
+def mean_neg_log_prior(model, images, paths, chunk=1000):
+    """Mean `-log pi(path | x)` per image (nats) of fixed paths under `model`'s path prior."""
+    images = tf.convert_to_tensor(images, model.dtype)
+    paths = tuple(tf.convert_to_tensor(z, tf.int32) for z in paths)
+    n = int(images.shape[0])
+    total = 0.
+    for start in range(0, n, chunk):
+        part = tuple(z[start:start + chunk] for z in paths)
+        lp = model.path_log_prob(part, x=images[start:start + chunk])
+        total -= float(tf.reduce_sum(tf.cast(lp, tf.float64)))
+    return total / n
+
+
+class GatingBetweenSteps:
+    """An `EMTrainer` hook: gating networks fitted between the E- and M-steps.
+
+    When the E-step on the training set finishes (the hook's `'estep'` event with every batch
+    searched), the model's gating prior is fitted to the new paths for `steps` Adam updates
+    (`fit_gating`, seeded by `(seed, EM iteration)`), before the M-step starts. The model must
+    have a `GatingPathPrior`. The first EM iteration's random paths (`first_estep: random`) are
+    not searched, so there is nothing to fit then. Results (per EM iteration) are in `history`.
+
+    Resuming is exact: the fit is deterministic and its result is in the checkpoint written at
+    the end of the E-step; an interrupted fit is redone from the same weights.
+    """
+
+    def __init__(self, steps, batch_size=100, learning_rate=1e-3, seed=0, log=None):
+        self.steps = int(steps)
+        self.batch_size = int(batch_size)
+        self.learning_rate = float(learning_rate)
+        self.seed = int(seed)
+        self.log = log
+        self.history = []
+
+    def __call__(self, trainer, event, info):
+        if event != "estep" or info.get("batches") != info.get("num_batches"):
+            return
+        t = int(info["em_iteration"])
+        search = trainer.train_search
+        start = time.time()
+        result = fit_gating(trainer.model, search.data, search.path(), steps=self.steps,
+                            batch_size=self.batch_size, learning_rate=self.learning_rate,
+                            seed=[self.seed, t])
+        record = {"em_iteration": t + 1, "nats_before": result["nats_before"],
+                  "nats_after": result["nats_after"], "seconds": time.time() - start}
+        self.history.append(record)
+        (self.log or trainer.log)(
+            f"[EM {t + 1}] gating between E- and M-step: -log pi of the training paths "
+            f"{result['nats_before']:.3f} -> {result['nats_after']:.3f} nats/image "
+            f"({self.steps} updates, {record['seconds']:.1f} s)")
+
+
+def gated_copy(model, settings):
+    """`with_gating(model, ...)` with the settings of a `gating:` section; when `model` already
+    has gating networks of the same shape, the copy starts from their weights."""
+    gated = with_gating(model, hidden=settings["hidden"], kernel_size=settings["kernel_size"],
+                        seed=settings["seed"])
+    old = model.path_prior
+    if isinstance(old, path_priors.GatingPathPrior):
+        new_vars, old_vars = gated.path_prior.trainable_variables, old.trainable_variables
+        if [v.shape for v in new_vars] != [v.shape for v in old_vars]:
+            raise ValueError("the model's gating networks differ in shape from the gating "
+                             "settings (hidden, kernel_size)")
+        for a, b in zip(new_vars, old_vars):
+            a.assign(b)
+    return gated
+
+
+def gated_search_bounds(gated, searches, restarts=1, seed=0):
+    """Bounds of `gated` on the data of `DatasetSearch`es (e.g. `EMTrainer.train_search`),
+    searching from their stored paths (1 pass) plus `restarts` random restarts (2 passes each).
+
+    The search compares candidates exactly and starts from the stored paths, so every
+    datapoint's gated lower bound is at least its stored path's gated joint. One traced
+    function (dynamic batch size) serves every search; batches are each search's
+    `batch_size`. Nothing is stored. Returns one `(mean lower, mean upper)` per search
+    (float64 sums).
+    """
+    from tfdgmm.training.search import fold_seed
+
+    searches = list(searches)
+    if not searches:
+        return []
+    first = searches[0]
+    image_spec = tf.TensorSpec([None, *gated.image_shape], gated.dtype)
+    path_specs = tuple(tf.TensorSpec([None, *v.shape[1:]], tf.int32) for v in first.paths)
+    options = dict(restarts=int(restarts), init_passes=1, restart_passes=2,
+                   location_method=first.location_method,
+                   location_options=first.location_options or None)
+
+    @tf.function(input_signature=[image_spec, path_specs, tf.TensorSpec([2], tf.int32)])
+    def bounds(x, init, batch_seed):
+        path, joint = gated.best_path(x, init=init, seed=batch_seed, **options)
+        upper = gated.log_prob_upper_bound(x, path=path)
+        return tf.cast(joint, tf.float64), tf.cast(upper, tf.float64)
+
+    out = []
+    for j, search in enumerate(searches):
+        lo_sum = up_sum = 0.
+        n, b = search.num_images, search.batch_size
+        for k, lo in enumerate(range(0, n, b)):
+            x = search.data[lo:lo + b]
+            init = tuple(tf.convert_to_tensor(v[lo:lo + b]) for v in search.paths)
+            lower, upper = bounds(x, init, fold_seed(seed, j, k))
+            lo_sum += float(tf.reduce_sum(lower))
+            up_sum += float(tf.reduce_sum(upper))
+        out.append((lo_sum / n, up_sum / n))
+    return out
