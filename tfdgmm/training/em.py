@@ -29,6 +29,7 @@ checkpoints. The trainer knows nothing about the data set: it takes preprocessed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -99,20 +100,48 @@ class EMTrainer:
         (`event` in `'estep'`, `'mstep'`, `'bounds'`) and at the end of each EM iteration
         (`'iteration'`); a hook may raise (e.g. `TrainingInterrupted`) or modify the model.
       log: callable taking one line of text (default: print to stdout).
+      strategy: a `tf.distribute` strategy (`tfdgmm.training.distribute.make_strategy`) or None
+        (one device: the default). The model must have been built under `strategy.scope()`;
+        see `tfdgmm.training.distribute` for what is split across replicas. With a
+        multi-worker strategy only the chief writes to `out_dir`.
     """
 
     def __init__(self, model, config=None, train=None, validation=None, out_dir=None, *,
-                 nats_to_bpd=None, hooks=(), log=None):
+                 nats_to_bpd=None, hooks=(), log=None, strategy=None):
+        from tfdgmm.training import distribute
+
         if train is None:
             raise ValueError("EMTrainer needs training images")
+        distribute.check_model_in_scope(model, strategy)
+        self.strategy = strategy
+        self.num_replicas = distribute.num_replicas(strategy)
         self.model = model
         self.config = config if isinstance(config, EMConfig) else EMConfig.from_dict(config)
         cfg = self.config
         self.out_dir = out_dir or tempfile.mkdtemp(prefix="tfdgmm-run-")
         os.makedirs(self.out_dir, exist_ok=True)
+        # the chief writes into out_dir; other workers into a temporary directory
+        self.write_dir = distribute.worker_dir(self.out_dir, strategy)
         self.nats_to_bpd = nats_to_bpd
         self.hooks = list(hooks)
         self.log = log or default_log
+        with (strategy.scope() if strategy is not None else contextlib.nullcontext()):
+            self._init_variables(model, cfg, train, validation)
+        if strategy is not None:
+            distribute.split_size(self.batch_size, strategy, "batch_size (M-step minibatch)")
+            for s in (self.train_search, self.validation_search):
+                if s is not None:
+                    distribute.split_size(s.batch_size, strategy,
+                                          f"{s.name}: estep_batch_size (clipped to the data)")
+        self.keeper = checkpointing.CheckpointKeeper(self.write_dir, self.checkpoint, model,
+                                                     keep=cfg.keep_checkpoints)
+        self.summaries = Summaries(os.path.join(self.write_dir, "tensorboard"))
+        self._mstep_fn = None
+        self._clock = Clock()
+        self._rates = {"estep": RateMeter(), "mstep": RateMeter(), "bounds": RateMeter()}
+        self._last_progress = 0.0
+
+    def _init_variables(self, model, cfg, train, validation):
         self._train_fn = train if callable(train) else None
         self._loaded_iteration = 0 if self._train_fn is not None else None
         x_train = self._train_fn(0) if self._train_fn is not None else train
@@ -122,7 +151,7 @@ class EMTrainer:
             model, x_train, batch_size=cfg.estep_batch_size, init_passes=cfg.estep_init_passes,
             restarts=cfg.estep_restarts, restart_passes=cfg.estep_restart_passes,
             location_method=cfg.location_method, location_options=cfg.location_options,
-            seed=cfg.seed, name="train_search")
+            seed=cfg.seed, name="train_search", strategy=self.strategy)
         del x_train
         self.validation_search = None
         if validation is not None:
@@ -131,7 +160,7 @@ class EMTrainer:
                 init_passes=cfg.estep_init_passes, restarts=cfg.estep_restarts,
                 restart_passes=cfg.estep_restart_passes, location_method=cfg.location_method,
                 location_options=cfg.location_options, seed=cfg.seed + 7919,
-                name="validation_search")
+                name="validation_search", strategy=self.strategy)
         self.batch_size = min(cfg.batch_size, self.train_search.num_images)
 
         prior = model.path_prior
@@ -148,13 +177,6 @@ class EMTrainer:
         if self.validation_search is not None:
             items["validation"] = self.validation_search.checkpoint_items()
         self.checkpoint = tf.train.Checkpoint(**items)
-        self.keeper = checkpointing.CheckpointKeeper(self.out_dir, self.checkpoint, model,
-                                                     keep=cfg.keep_checkpoints)
-        self.summaries = Summaries(os.path.join(self.out_dir, "tensorboard"))
-        self._mstep_fn = None
-        self._clock = Clock()
-        self._rates = {"estep": RateMeter(), "mstep": RateMeter(), "bounds": RateMeter()}
-        self._last_progress = 0.0
 
     # ------------------------------------------------------------------ public API
 
@@ -176,8 +198,11 @@ class EMTrainer:
         bound) is restored.
         """
         cfg = self.config
+        if self.num_replicas > 1:
+            self.log(f"training on {self.num_replicas} replicas "
+                     f"({type(self.strategy).__name__})")
         if resume:
-            path = self.keeper.restore_latest()
+            path = self._restore_for_resume()
             if path is None:
                 self.log(f"resume: no checkpoint in {self.out_dir}; starting from scratch")
             else:
@@ -212,7 +237,27 @@ class EMTrainer:
                      f"{float(self.state.best_validation.numpy()):.2f} nats, EM iteration "
                      f"{int(self.state.best_iteration.numpy()) + 1}) from {best}")
         self.summaries.flush()
+        if self.write_dir != self.out_dir:
+            self.close()
         return self.history
+
+    def _restore_for_resume(self):
+        """The latest checkpoint of the run: the chief's (every worker restores it; a
+        non-chief worker then saves a copy into its own directory)."""
+        if self.write_dir == self.out_dir:
+            return self.keeper.restore_latest()
+        path = tf.train.latest_checkpoint(os.path.join(self.out_dir, checkpointing.STATE_DIR))
+        if path is not None:
+            self.checkpoint.read(path).assert_existing_objects_matched()
+            self.keeper.save()
+        return path
+
+    def close(self):
+        """Remove a non-chief worker's temporary directory (called at the end of `fit`)."""
+        from tfdgmm.training import distribute
+
+        self.summaries.close()
+        distribute.remove_worker_dir(self.write_dir, self.out_dir)
 
     def evaluate(self, x, restarts=None, seed=None, batch_size=None, label="data"):
         """Bounds for images `x` without stored paths (e.g. the test split): a search from a
@@ -290,7 +335,7 @@ class EMTrainer:
             self._call_hooks(event, info)
             self._progress(t, f"{'E-step' if event == 'estep' else 'validation E-step'} "
                            f"{pos}/{search.num_batches} batches, "
-                           f"{meter.rate or 0:.0f} img/s, ETA {format_duration(meter.eta((search.num_batches - pos) * search.batch_size))}")
+                           f"{meter.rate or 0:.0f} img/s{self._replicas_text()}, ETA {format_duration(meter.eta((search.num_batches - pos) * search.batch_size))}")
             if self.keeper.seconds_since_save() >= self.config.checkpoint_interval_seconds:
                 self._save()
 
@@ -329,7 +374,8 @@ class EMTrainer:
         cfg = self.config
         total = mstep_updates(cfg, t)
         if self._mstep_fn is None:
-            self._mstep_fn = self._build_mstep()
+            self._mstep_fn = (self._build_mstep() if self.strategy is None
+                              else self._build_distributed_mstep())
         meter = self._rates["mstep"]
         u = int(self.state.mstep_update.numpy())
         if u == 0:
@@ -361,7 +407,8 @@ class EMTrainer:
                                           "mstep/lower_bound_bpd": self._bpd(-loss),
                                           "mstep/updates_per_second": meter.rate})
             self._progress(t, f"M-step {u}/{total} ({100 * u / total:.0f}%), loss {loss:.2f} "
-                              f"nats/image, lr {lr:.2e}, {meter.rate or 0:.1f} updates/s, "
+                              f"nats/image, lr {lr:.2e}, {meter.rate or 0:.1f} updates/s"
+                              f"{self._replicas_text()}, "
                               f"ETA {format_duration(meter.eta(total - u))}")
             if self.keeper.seconds_since_save() >= cfg.checkpoint_interval_seconds:
                 self._save()
@@ -390,6 +437,7 @@ class EMTrainer:
         record["path_entropy"] = self.path_usage_entropy()
         record["learning_rate_scale"] = float(self.state.lr_scale.numpy())
         record["rollbacks"] = int(self.state.rollbacks.numpy())
+        record["replicas"] = self.num_replicas
         record["bounds_seconds"] = time.monotonic() - start
         record["elapsed_seconds"] = self._clock.elapsed()
 
@@ -496,6 +544,71 @@ class EMTrainer:
 
         return run
 
+    def _build_distributed_mstep(self):
+        """The M-step under `self.strategy`: the single-device minibatch (same stateless
+        shuffle), each replica's slice of it, gradients of `-sum(joint) / B` summed over the
+        replicas, one optimizer step in cross-replica context (see
+        `tfdgmm.training.distribute`)."""
+        from tfdgmm.training import distribute
+
+        cfg = self.config
+        strategy = self.strategy
+        model = self.model
+        variables = self.variables
+        optimizer = self.optimizer
+        state = self.state
+        data = self.train_search.data
+        paths = self.train_search.paths
+        n = self.train_search.num_images
+        b = self.batch_size
+        per = distribute.split_size(b, strategy, "batch_size (M-step minibatch)")
+        per_epoch = n // b
+        seed = fold_seed(cfg.seed, 0x3A57E9)
+        sum_op = tf.distribute.ReduceOp.SUM
+
+        def replica_loss_and_grads(idx):
+            mine = tf.slice(idx, [distribute.replica_offset(per)], [per])
+            x = tf.gather(data, mine)
+            path = tuple(tf.gather(v, mine) for v in paths)
+            with tf.GradientTape() as tape:
+                loss = -tf.reduce_sum(model.joint_log_prob(x, path)) / b
+            return loss, tape.gradient(loss, variables)
+
+        if cfg.jit_compile:
+            replica_loss_and_grads = tf.function(replica_loss_and_grads, jit_compile=True)
+
+        def replica_step(idx):
+            loss, grads = replica_loss_and_grads(idx)
+            # one batched all-reduce (sum) of the loss and every gradient
+            return tf.distribute.get_replica_context().all_reduce(sum_op, [loss] + list(grads))
+
+        @tf.function
+        def run(num, total, em_iteration):
+            def body(i, ok, loss_sum):
+                u = state.mstep_update.read_value()
+                epoch, pos = u // per_epoch, u % per_epoch
+                order = tf.random.experimental.stateless_shuffle(
+                    tf.range(n), seed=fold_seed(seed, em_iteration, epoch))
+                idx = tf.slice(order, [tf.cast(pos, tf.int32) * b], [b])
+                loss, *grads = distribute.local_value(
+                    strategy, strategy.run(replica_step, args=(idx,)))
+                lr = learning_rate_at(cfg, em_iteration, u, total, state.lr_scale)
+                optimizer.learning_rate.assign(tf.cast(lr, optimizer.learning_rate.dtype))
+                optimizer.apply_gradients(zip(grads, variables))
+                finite = tf.math.is_finite(loss)
+                for g in grads:
+                    finite = finite & tf.reduce_all(tf.math.is_finite(g))
+                with tf.control_dependencies([finite]):
+                    state.mstep_update.assign_add(1)
+                return i + 1, finite, loss_sum + tf.cast(loss, tf.float64)
+
+            return tf.while_loop(
+                lambda i, ok, s: (i < num) & ok, body,
+                [tf.constant(0, tf.int64), tf.constant(True), tf.constant(0., tf.float64)],
+                parallel_iterations=1)
+
+        return run
+
     # ------------------------------------------------------------------ robustness
 
     def _parameters_finite(self):
@@ -541,6 +654,9 @@ class EMTrainer:
     def _bpd(self, nats):
         return None if self.nats_to_bpd is None or nats is None else float(
             self.nats_to_bpd(nats))
+
+    def _replicas_text(self):
+        return f" on {self.num_replicas} replicas" if self.num_replicas > 1 else ""
 
     def _bpd_text(self, nats):
         bpd = self._bpd(nats)

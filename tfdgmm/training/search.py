@@ -49,12 +49,17 @@ class DatasetSearch(tf.Module):
         `DeepGMM.best_path`.
       seed: int seed of the random initial paths and restarts.
       name: name of the module (and of its variables).
+      strategy: a `tf.distribute` strategy, or None: each batch is then split across the
+        replicas (`tfdgmm.training.distribute.build_sharded_search`); create the search under
+        `strategy.scope()`.
     """
 
     def __init__(self, model, x, batch_size=500, init_passes=1, restarts=1, restart_passes=2,
-                 location_method="auto", location_options=None, seed=0, name="search"):
+                 location_method="auto", location_options=None, seed=0, name="search",
+                 strategy=None):
         super().__init__(name=name)
         self._model = model
+        self.strategy = strategy
         x = tf.convert_to_tensor(x, dtype=model.dtype)
         if x.shape.rank != 4 or tuple(x.shape[1:]) != tuple(model.image_shape):
             raise ValueError(f"{name}: expected images [N, {', '.join(map(str, model.image_shape))}]"
@@ -153,7 +158,11 @@ class DatasetSearch(tf.Module):
         Returns the number of batches searched.
         """
         if self._search_fn is None:
-            self._search_fn = self._build_search()
+            if self.strategy is None:
+                self._search_fn = self._build_search()
+            else:
+                from tfdgmm.training.distribute import build_sharded_search
+                self._search_fn = build_sharded_search(self, self.strategy)
         start = int(self.position.numpy())
         stop = self.num_batches if max_batches is None else min(
             self.num_batches, start + max(int(max_batches), 1))
