@@ -90,7 +90,7 @@ FULL_TRAINING = {
 FULL_DATA = {"train_limit": None, "validation_limit": None, "test_limit": None}
 
 CPU_TRAINING = dict(FULL_TRAINING, em_iterations=4, updates_first=1_500, updates_later=500,
-                    learning_rate=5.0e-3, lr_final_updates=200, early_stopping_patience=2,
+                    learning_rate=3.0e-3, lr_final_updates=200, early_stopping_patience=2,
                     eval_restarts=1, estep_batch_size=250)
 CPU_DATA = {"train_limit": 4_000, "validation_limit": 1_000, "test_limit": 2_000}
 

@@ -58,11 +58,19 @@ class EMConfig:
     jit_compile: bool = False
     """XLA-compile the M-step's loss and gradient (slower on CPU; try it on a GPU)."""
 
+    # --- initialisation
+    data_init: bool = True
+    """Start the lowest block-diagonal layer as a whitening of the training data, one
+    energy-quantile group per alternative (`tfdgmm.training.init`); False: the layers'
+    own (data-independent) initialisation."""
+    data_init_images: int = 5000
+
     # --- E-step
-    first_estep: str = "random"
-    """`'random'`: the first M-step trains on uniformly random paths (every alternative sees
-    data, so none dies before it has learnt anything); `'search'`: a real E-step with the
-    freshly initialised model (tends to send all data down the same alternatives)."""
+    first_estep: str = "auto"
+    """Paths of the first M-step. `'search'`: a real E-step; `'random'`: uniformly random paths
+    (every alternative sees data; better for a data-independent start, where a search sends
+    all data down the same alternatives); `'auto'`: `'search'` with `data_init`, else
+    `'random'`."""
     estep_batch_size: int = 500
     estep_init_passes: int = 1
     estep_restarts: int = 1
@@ -133,7 +141,7 @@ class EMConfig:
                      "estep_restarts", "estep_restart_passes", "eval_restarts",
                      "early_stopping_patience", "early_stopping_min_delta",
                      "checkpoint_interval_seconds", "prior_pseudo_count", "max_rollbacks",
-                     "max_chunk",
+                     "max_chunk", "data_init_images",
                      "lr_em_decay"):
             positive(name, allow_zero=True)
         if self.estep_init_passes + self.estep_restarts * self.estep_restart_passes < 1:
@@ -141,8 +149,9 @@ class EMConfig:
                              "estep_restarts x estep_restart_passes)")
         if self.optimizer.lower() not in _OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {_OPTIMIZERS}; got {self.optimizer!r}")
-        if self.first_estep not in ("random", "search"):
-            raise ValueError(f"first_estep must be 'random' or 'search'; got {self.first_estep!r}")
+        if self.first_estep not in ("auto", "random", "search"):
+            raise ValueError("first_estep must be 'auto', 'random' or 'search'; "
+                             f"got {self.first_estep!r}")
         from tfdgmm.path_search import LOCATION_METHODS
         if self.location_method not in LOCATION_METHODS:
             raise ValueError(f"location_method must be one of {LOCATION_METHODS}; "

@@ -41,6 +41,7 @@ import tensorflow as tf
 
 from tfdgmm.training import checkpointing
 from tfdgmm.training.config import EMConfig, learning_rate_at, mstep_updates
+from tfdgmm.training.init import initialize_from_data
 from tfdgmm.training.search import DatasetSearch, fold_seed, path_usage_entropy
 from tfdgmm.training.summaries import Clock, RateMeter, Summaries, default_log, format_duration
 
@@ -125,6 +126,8 @@ class EMTrainer:
         self.nats_to_bpd = nats_to_bpd
         self.hooks = list(hooks)
         self.log = log or default_log
+        # loop bookkeeping stays a plain (host) module: strings cannot be mirrored across workers
+        self.state = _State()
         with (strategy.scope() if strategy is not None else contextlib.nullcontext()):
             self._init_variables(model, cfg, train, validation)
         if strategy is not None:
@@ -146,7 +149,6 @@ class EMTrainer:
         self._loaded_iteration = 0 if self._train_fn is not None else None
         x_train = self._train_fn(0) if self._train_fn is not None else train
 
-        self.state = _State()
         self.train_search = DatasetSearch(
             model, x_train, batch_size=cfg.estep_batch_size, init_passes=cfg.estep_init_passes,
             restarts=cfg.estep_restarts, restart_passes=cfg.estep_restart_passes,
@@ -216,6 +218,9 @@ class EMTrainer:
         self._clock = Clock(float(self.state.elapsed.numpy()))
         self._check_finite_data()
         if self.keeper.latest is None:
+            if cfg.data_init:
+                initialize_from_data(self.model, self.train_search.data[:cfg.data_init_images],
+                                     log=self.log)
             self._save()
         while not int(self.state.finished.numpy()):
             t = self.em_iteration
@@ -345,7 +350,9 @@ class EMTrainer:
             self.log(f"[EM {t + 1}/{cfg.em_iterations}] E-step on {self.train_search.num_images} "
                      "images")
         start = time.monotonic()
-        if t == 0 and cfg.first_estep == "random":
+        first = cfg.first_estep if cfg.first_estep != "auto" else (
+            "search" if cfg.data_init else "random")
+        if t == 0 and first == "random":
             # the initial paths are uniformly random (DatasetSearch): train on them first
             self.train_search.position.assign(self.train_search.num_batches)
             self.train_search.lower.assign(tf.fill([self.train_search.num_images], tf.constant(

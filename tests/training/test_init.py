@@ -1,0 +1,50 @@
+"""Data-dependent initialisation: the first block-diagonal layer whitens the data."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfdgmm
+from tfdgmm.bijectors import Patchify
+from tfdgmm.training.init import initialize_from_data, whitening_lu
+
+HC = {"type": "half_convolution", "kernel_size": 3}
+
+
+def test_whitening_lu_is_the_zca_whitening_in_the_bijector_convention():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 6, 6))
+    cov = a @ np.swapaxes(a, -1, -2) + 0.1 * np.eye(6)
+    lower_upper, perm = whitening_lu(cov, ridge=0.0)
+    bd = tfdgmm.bijectors.BlockDiagonal(lower_upper, perm)
+    w = bd.matrix().numpy()
+    # a whitening: W cov W^T = I; and ZCA up to row signs: |W| = |cov^{-1/2}|
+    np.testing.assert_allclose(w @ cov @ np.swapaxes(w, -1, -2), np.broadcast_to(
+        np.eye(6), cov.shape), atol=1e-8)
+    evals, evecs = np.linalg.eigh(cov)
+    zca = np.einsum("...ij,...j,...kj->...ik", evecs, evals ** -0.5, evecs)
+    np.testing.assert_allclose(np.abs(w), np.abs(zca), atol=1e-8)
+
+
+@pytest.mark.parametrize("bd", [
+    {"type": "block_diagonal", "alternatives": 1},
+    {"type": "block_diagonal", "alternatives": 3},
+    {"type": "block_diagonal", "alternatives": 2, "selection": "location"},
+    {"type": "block_diagonal", "alternatives": 2, "selection": "location", "per_location": True},
+])
+def test_init_whitens_and_raises_the_bound(synthetic, bd):
+    _, x, _ = synthetic
+    model = tfdgmm.DeepGMM.from_config(
+        {"image_shape": [4, 4, 3], "patch_size": 2, "layers": [HC, bd, HC]}, dtype=tf.float64)
+    x = tf.constant(x, tf.float64)
+    before = float(tf.reduce_mean(model.best_path(x, seed=[1, 2])[1]))
+    assert initialize_from_data(model, x.numpy()) == 1
+    after = float(tf.reduce_mean(model.best_path(x, seed=[1, 2])[1]))
+    assert after > before + 5.0
+    if bd["alternatives"] == 1:  # exactly white at the layer's output
+        h = model.layers[0].inverse(Patchify(2).forward(x))
+        z = tf.reshape(model.layers[1].inverse(h), [-1, 4, 12]).numpy()
+        for loc in range(4):
+            c = z[:, loc].T @ z[:, loc] / len(z)
+            np.testing.assert_allclose(c, np.eye(12), atol=1e-5)
+            np.testing.assert_allclose(z[:, loc].mean(0), 0.0, atol=1e-6)
