@@ -7,6 +7,8 @@ tfdgmm sample RUN_DIR [--n 64] [--seed 0] [--out PNG]
 tfdgmm baseline [--data SPEC] [--out DIR] [--noise-seed 0]
 tfdgmm export RUN_DIR OUT_DIR [--which best|latest] [--restarts 2] [--restart-passes 2]
               [--seed A B] [--overwrite]
+tfdgmm tune --config FILE --max-trials N [--tuner random|bayesian|hyperband] [--data SPEC]
+            --out DIR [--space YAML] [--max-epochs E] [--factor 3] [--set KEY=VALUE ...]
 ```
 
 A run config (YAML or JSON) has three sections:
@@ -618,6 +620,47 @@ def export_command(run_dir, out_dir, which="best", restarts=2, restart_passes=2,
     return path
 
 
+def tune_command(config_path, out_dir, max_trials, tuner="random", data_spec=None,
+                 overrides=(), space=None, max_epochs=None, factor=3, seed=0, overwrite=False,
+                 verbose=True, log=print):
+    """`tfdgmm tune`: a keras-tuner search (`tfdgmm.training.tuner.tune`) whose trials train
+    the config's model family on the config's data; `out_dir` is the tuner's project
+    directory (trials in `out_dir/trial_ID/`, each a run directory; `out_dir/best.json`).
+    Returns the summary of the best trial."""
+    import yaml
+
+    from tfdgmm.training import tuner as tuning
+
+    with open(config_path) as f:
+        raw = yaml.safe_load(f)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{config_path}: a run config must be a mapping")
+    base = tuning.normalize_base_config(apply_overrides(raw, overrides))
+    if isinstance(space, str):
+        space = yaml.safe_load(space)
+    if space is not None and not isinstance(space, dict):
+        raise ValueError("--space expects a YAML mapping, e.g. '{bd_layers: [1, 2]}'")
+    space = {k: tuple(v) if k == "learning_rate" and isinstance(v, list) and len(v) == 2
+             else v for k, v in (space or {}).items()}  # [low, high]: a log-uniform range
+    if data_spec:
+        base["data"] = dict(base["data"], spec=data_spec)
+    splits = load_data(base["data"])
+    log(f"data: {splits.describe()}")
+    out_dir = os.path.abspath(out_dir)
+    t = tuning.tune(base, _train_images(splits.train, base["data"]),
+                    _dequantized(splits.validation, base["data"]), max_trials=max_trials,
+                    tuner=tuner, directory=os.path.dirname(out_dir),
+                    project_name=os.path.basename(out_dir), space=space, seed=seed,
+                    max_epochs=max_epochs, factor=factor, overwrite=overwrite, verbose=verbose)
+    summary = t.write_summary()
+    if summary is None:
+        raise ValueError(f"{out_dir}: no trial completed (see the trials' train.log)")
+    log(f"best trial {summary['trial_id']}: validation lower bound "
+        f"{summary['val_lower_bound']:.2f} nats; run directory {summary['run_dir']}")
+    log(f"export it with: tfdgmm export {summary['run_dir']} saved_models/NAME")
+    return summary
+
+
 # ---------------------------------------------------------------------- argparse
 
 def _parser():
@@ -676,6 +719,29 @@ def _parser():
     x.add_argument("--seed", type=int, nargs=2, default=[0, 0], metavar=("A", "B"),
                    help="the fixed stateless seed of the exported search")
     x.add_argument("--overwrite", action="store_true", help="replace an existing SavedModel")
+
+    u = sub.add_parser("tune", help="keras-tuner hyperparameter search of EM-trained models")
+    u.add_argument("--config", required=True,
+                   help="base run config (model.image_shape, training, data; the search space "
+                        "sets the layers, patch size and learning rate)")
+    u.add_argument("--max-trials", type=int, required=True,
+                   help="number of trials (an upper bound for hyperband)")
+    u.add_argument("--tuner", default="random", choices=["random", "bayesian", "hyperband"])
+    u.add_argument("--data", help="data spec (overrides data.spec)")
+    u.add_argument("--out", required=True, help="project directory (trials, best.json)")
+    u.add_argument("--space", help="YAML mapping overriding the default search space, e.g. "
+                                   "'{bd_layers: [1, 2], blocks: [unshared], "
+                                   "learning_rate: [1.0e-4, 1.0e-2]}'")
+    u.add_argument("--max-epochs", type=int,
+                   help="hyperband: EM iterations of the longest trials (default: "
+                        "training.em_iterations)")
+    u.add_argument("--factor", type=int, default=3, help="hyperband's reduction factor")
+    u.add_argument("--seed", type=int, default=0, help="the oracle's seed")
+    u.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a base config value")
+    u.add_argument("--overwrite", action="store_true",
+                   help="start a new search in an existing project directory")
+    u.add_argument("--quiet", action="store_true", help="no training logs of the trials")
     return p
 
 
@@ -720,6 +786,10 @@ def main(argv=None):
         elif args.command == "export":
             export_command(args.run_dir, args.out_dir, args.which, args.restarts,
                            args.restart_passes, args.seed, args.location_method, args.overwrite)
+        elif args.command == "tune":
+            tune_command(args.config, args.out, args.max_trials, args.tuner, args.data, args.set,
+                         args.space, args.max_epochs, args.factor, args.seed, args.overwrite,
+                         verbose=not args.quiet)
     except (DataLoadError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"tfdgmm {args.command}: error: {e}", file=sys.stderr)
         return 2
