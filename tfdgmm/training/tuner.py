@@ -229,7 +229,10 @@ def train_trial(config, train, validation, run_dir, continue_from=None, log=None
         write_log(f"continuing the training of {continue_from}")
     em_cfg = EMConfig.from_dict(config["training"])
     model = DeepGMM.from_config(config["model"])
-    trainer = EMTrainer(model, em_cfg, train, validation, run_dir, log=write_log)
+    from tfdgmm.cli import _gating_hooks  # gating.between_steps (post-EM gating: not run)
+
+    trainer = EMTrainer(model, em_cfg, train, validation, run_dir, log=write_log,
+                        hooks=_gating_hooks(config, write_log))
     if _has_checkpoint(run_dir):
         trainer.keeper.restore_latest()
         state = trainer.state
