@@ -83,6 +83,7 @@ FULL_TRAINING = {
     "lr_min_factor": 0.1,
     "lr_final_updates": 4_000,
     "lr_final_factor": 0.1,
+    "lr_warmup_updates": 500,
     "estep_batch_size": 500,
     "early_stopping_patience": 3,
     "eval_restarts": 2,
@@ -90,7 +91,8 @@ FULL_TRAINING = {
 FULL_DATA = {"train_limit": None, "validation_limit": None, "test_limit": None}
 
 CPU_TRAINING = dict(FULL_TRAINING, em_iterations=4, updates_first=1_500, updates_later=500,
-                    learning_rate=3.0e-3, lr_final_updates=200, early_stopping_patience=2,
+                    learning_rate=3.0e-3, lr_final_updates=200, lr_warmup_updates=100,
+                    early_stopping_patience=2,
                     eval_restarts=1, estep_batch_size=250)
 CPU_DATA = {"train_limit": 4_000, "validation_limit": 1_000, "test_limit": 2_000}
 

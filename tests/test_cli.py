@@ -25,6 +25,16 @@ def small_npz(tmp_path_factory):
     return str(path)
 
 
+def _tensorboard_tags(logdir):
+    import tensorflow as tf
+
+    tags = set()
+    for name in os.listdir(logdir):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(logdir, name)):
+            tags.update(v.tag for v in event.summary.value)
+    return tags
+
+
 FAST = ["--set", "data.validation_size=40", "--set", "data.train_limit=null",
         "--set", "data.validation_limit=null", "--set", "data.test_limit=null",
         "--set", "training.updates_first=30", "--set", "training.updates_later=15",
@@ -37,7 +47,11 @@ def test_train_evaluate_sample_end_to_end(small_npz, tmp_path, capsys):
     for name in ("config.yaml", "command.txt", "train.log", "metrics.json",
                  "figures/samples.png", "figures/filters.png"):
         assert os.path.exists(os.path.join(out, name)), name
-    assert any(f.startswith("events") for f in os.listdir(os.path.join(out, "tensorboard")))
+    tags = _tensorboard_tags(os.path.join(out, "tensorboard"))
+    for tag in ("mstep/loss", "mstep/learning_rate", "em/validation_lower_bound",
+                "em/validation_upper_bound", "em/validation_lower_bound_bpd",
+                "em/train_lower_bound", "paths/entropy_layer1"):
+        assert tag in tags, (tag, sorted(tags))
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)
     assert set(metrics["splits"]) == {"train", "validation"}  # a single .npz has no test split

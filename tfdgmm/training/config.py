@@ -12,6 +12,7 @@ iteration `t` (0-based):
 ```none
 lr = learning_rate * max(lr_em_decay ** t, lr_min_factor)
                    * (lr_final_factor  if u >= U - min(lr_final_updates, U // 2)  else 1)
+                   * min(1, (u + 1) / lr_warmup_updates)   (first M-step only, t = 0)
                    * lr_scale          (1, lowered by nan_lr_factor at every NaN rollback)
 ```
 """
@@ -55,6 +56,9 @@ class EMConfig:
     lr_final_updates: int = 4_000
     """The last updates of every M-step run at a lower rate (at most half of the M-step)."""
     lr_final_factor: float = 0.1
+    lr_warmup_updates: int = 100
+    """Ramp the rate up linearly over the first updates of the first M-step (from a good,
+    data-dependent start, full-size first Adam steps can throw the model far off)."""
     jit_compile: bool = False
     """XLA-compile the M-step's loss and gradient (slower on CPU; try it on a GPU)."""
 
@@ -141,7 +145,7 @@ class EMConfig:
                      "estep_restarts", "estep_restart_passes", "eval_restarts",
                      "early_stopping_patience", "early_stopping_min_delta",
                      "checkpoint_interval_seconds", "prior_pseudo_count", "max_rollbacks",
-                     "max_chunk", "data_init_images",
+                     "max_chunk", "data_init_images", "lr_warmup_updates",
                      "lr_em_decay"):
             positive(name, allow_zero=True)
         if self.estep_init_passes + self.estep_restarts * self.estep_restart_passes < 1:
@@ -179,10 +183,13 @@ def mstep_updates(config: EMConfig, em_iteration: int) -> int:
 def learning_rate_at(config: EMConfig, em_iteration, update, num_updates, lr_scale=1.0):
     """The scheduled learning rate (see the module docstring); works on Python numbers and
     on tensors (inside the M-step's `tf.function`)."""
+    warm = config.lr_warmup_updates
     if all(isinstance(v, (int, float)) for v in (em_iteration, update, num_updates, lr_scale)):
         em = max(config.lr_em_decay ** em_iteration, config.lr_min_factor)
         final = min(config.lr_final_updates, num_updates // 2)
         fin = config.lr_final_factor if update >= num_updates - final else 1.0
+        if warm and em_iteration == 0 and update < warm:
+            fin *= (update + 1) / warm
         return config.learning_rate * em * fin * lr_scale
     em_iteration = tf.cast(em_iteration, tf.float32)
     update = tf.cast(update, tf.int64)
@@ -192,5 +199,8 @@ def learning_rate_at(config: EMConfig, em_iteration, update, num_updates, lr_sca
     final = tf.minimum(tf.constant(config.lr_final_updates, tf.int64), num_updates // 2)
     fin = tf.where(update >= num_updates - final, tf.constant(config.lr_final_factor, tf.float32),
                    tf.constant(1.0, tf.float32))
+    if warm:
+        ramp = tf.minimum(tf.cast(update + 1, tf.float32) / warm, 1.0)
+        fin *= tf.where(em_iteration == 0, ramp, tf.constant(1.0, tf.float32))
     return config.learning_rate * em * fin * tf.cast(lr_scale, tf.float32)
 
