@@ -44,6 +44,11 @@ How `EMTrainer` uses a strategy (everything else is the single-device algorithm)
   directory, the others into a private temporary directory (`worker_dir`) removed at the end;
   on `--resume` every worker restores the chief's latest checkpoint. TensorBoard and logs: the
   same split.
+* **One strategy object per process.** Build it once and pass it to every trainer: two
+  `MirroredStrategy` objects over the same CPUs in one process reuse collective instance keys
+  (measured in TF 2.21: "Shape mismatch in the collective instance 100" when the second one
+  all-reduced). `strategy.gather` on `MirroredStrategy` over logical CPUs returned one
+  replica's rows, so the E-step all-gathers in replica context instead.
 * The replica count is logged and recorded (`EMTrainer.num_replicas`, every history record's
   `replicas`).
 """
