@@ -76,3 +76,22 @@ def test_factorized_prior_is_fitted_in_closed_form(synthetic, make_model, tmp_pa
         counts = np.bincount(trainer.train_search.paths[i].numpy().ravel(), minlength=k)
         np.testing.assert_allclose(model.path_prior.logits[i].numpy(), np.log(counts + 1.0),
                                    rtol=1e-5)
+
+
+def test_data_redrawn_every_em_iteration(synthetic, make_model, tmp_path):
+    """`train` may be a callable `t -> images` (e.g. dequantization noise redrawn every EM
+    iteration): the trainer loads iteration t's images before its E-step."""
+    _, x_train, _ = synthetic
+    x = x_train[:200]
+    calls = []
+
+    def train(t):
+        calls.append(t)
+        return x + np.float32(0.01 * t)
+
+    cfg = CONFIG.replace(em_iterations=2, updates_first=10, updates_later=5, lr_final_updates=2,
+                         estep_batch_size=100, lr_warmup_updates=0)
+    trainer = EMTrainer(make_model(seed=0), cfg, train, None, str(tmp_path), log=lambda s: None)
+    history = trainer.fit()
+    assert len(history) == 2 and calls[0] == 0 and 1 in calls
+    np.testing.assert_allclose(trainer.train_search.data.numpy(), x + np.float32(0.01), atol=1e-6)
