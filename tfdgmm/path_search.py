@@ -71,8 +71,14 @@ def objective(model, h0, path, use_prior=True):
 
 
 def best_path(model, x, init=None, restarts=1, init_passes=1, restart_passes=2, seed=None,
-              location_method="auto", use_prior=True, location_options=None):
-    """See `DeepGMM.best_path`. `x` is `[N, H, W, C]` in the model's dtype."""
+              location_method="auto", use_prior=True, location_options=None,
+              restart_rows=None):
+    """See `DeepGMM.best_path`. `x` is `[N, H, W, C]` in the model's dtype.
+
+    `restart_rows=(global_n, offset)`: `x` is rows `[offset, offset + N)` of a batch of
+    `global_n`; random restarts are drawn for the whole batch and sliced, so every datapoint
+    starts where it would if the batch were searched at once (data-parallel E-steps).
+    """
     if location_method not in LOCATION_METHODS:
         raise ValueError(f"location_method must be one of {LOCATION_METHODS}; "
                          f"got {location_method!r}")
@@ -87,7 +93,12 @@ def best_path(model, x, init=None, restarts=1, init_passes=1, restart_passes=2, 
     if init is not None:
         starts.append((tuple(init), init_passes))
     for r in range(restarts):
-        starts.append((random_path(model, n, seeds[r]), restart_passes))
+        if restart_rows is None:
+            starts.append((random_path(model, n, seeds[r]), restart_passes))
+        else:
+            global_n, offset = restart_rows
+            full = random_path(model, global_n, seeds[r])
+            starts.append((tuple(z[offset:offset + n] for z in full), restart_passes))
     best, best_score = None, None
     for path, passes in starts:
         for _ in range(passes):

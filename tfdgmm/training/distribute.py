@@ -61,7 +61,6 @@ import shutil
 import tempfile
 
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 __all__ = ["STRATEGIES", "DistributeConfigError", "make_strategy", "configure_cpu_devices",
            "num_replicas", "is_chief", "worker_dir", "remove_worker_dir", "data_options",
@@ -233,33 +232,11 @@ def sharded_best_path(model, x, init, global_n, offset, restarts=1, init_passes=
 
     x, _ = model._prepare(x)
     init = model._check_path(init) if init is not None else None
-    if init is None and restarts < 1:
-        raise ValueError("best_path needs an initial path or at least one random restart")
-    h0 = model._patchify.forward(x)
-    n = tf.shape(h0)[0]
-    seed = tfp.random.sanitize_seed(seed, salt="best_path")
-    seeds = tfp.random.split_seed(seed, n=max(restarts, 1) + 1)
-    probe_seed = seeds[-1]
-    starts = []
-    if init is not None:
-        starts.append((tuple(init), init_passes))
-    for r in range(restarts):
-        full = path_search.random_path(model, global_n, seeds[r])
-        starts.append((tuple(z[offset:offset + n] for z in full), restart_passes))
-    best, best_score = None, None
-    for path, passes in starts:
-        for _ in range(passes):
-            probe_seed, pass_seed = tfp.random.split_seed(probe_seed, n=2)
-            path = path_search.coordinate_ascent_pass(
-                model, h0, path, location_method, use_prior, seed=pass_seed,
-                location_options=location_options)
-        score = path_search.objective(model, h0, path, use_prior)
-        if best is None:
-            best, best_score = path, score
-        else:
-            best = path_search.keep_better(best, best_score, path, score)
-            best_score = tf.maximum(best_score, score)
-    return best, best_score
+    return path_search.best_path(
+        model, x, init=init, restarts=restarts, init_passes=init_passes,
+        restart_passes=restart_passes, seed=seed, location_method=location_method,
+        use_prior=use_prior, location_options=location_options,
+        restart_rows=(global_n, offset))
 
 
 def build_sharded_search(search, strategy):
