@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Iterable
 
 import numpy as np
 import tensorflow as tf

@@ -41,7 +41,6 @@ def choose_data(data_cfg, log=print):
     from tfdgmm.cli import DataLoadError, load_data
 
     try:  # already downloaded and prepared: no network needed
-        import tfdgmm.data.splits as splits_module  # noqa: F401
         from tfdgmm.data import load_cifar10
 
         load_cifar10("tfds", download=False, train_limit=1, validation_limit=1, test_limit=1)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfdgmm.data.dequantize import dequantize as _dequantize
 from tfdgmm.data.splits import Split
 
 DEQUANTIZE_MODES = ("fixed", "epoch", "midpoint")
