@@ -1,6 +1,8 @@
 """Throughput of the bijectors (not a test). Usage: python bench/bijectors.py [--quick]
 
-Forward + log-det and inverse + log-det throughput on an 8x8x48 patch tensor:
+Forward + log-det and inverse + log-det throughput on an 8x8x48 patch tensor
+(and the "kernel floor": the fastest single TF kernels doing the same nominal
+FLOPs, a ceiling for any TF implementation of the layer):
 * BlockDiagonal, 64 locations of 48x48:
   - shared blocks: selection='sample', K=4, one 48x48 block per location and
     alternative (per-location parameters), one choice per sample;
@@ -122,6 +124,36 @@ def lo_route(b, direction):
   return f
 
 
+def kernel_floor(batch, repeats):
+  """The fastest single TF kernels doing exactly the BD layer's nominal FLOPs.
+
+  Any TensorFlow implementation of the layer needs at least this work at this
+  shape (B samples x 64 locations, 48 x 48 blocks): the best of these times is
+  a ceiling on the "of matmul" fraction that the layer itself can reach.
+  """
+  x_lmajor = tf.random.normal([L, batch, D])          # already locations-major
+  w = tf.random.normal([L, D, D])
+  x_flat = tf.random.normal([batch * L, D])
+  w_one = tf.random.normal([D, D])
+  kernels = {
+      "batched matmul [64,B,48]x[64,48,48]": (
+          tf.function(lambda a: tf.matmul(a, w)), x_lmajor),
+      "same, XLA (jit_compile)": (
+          tf.function(lambda a: tf.matmul(a, w), jit_compile=True), x_lmajor),
+      "one GEMM [64B,48]x[48,48] (no per-location blocks)": (
+          tf.function(lambda a: tf.matmul(a, w_one)), x_flat),
+  }
+  return {name: best_time(f, a, repeats=repeats) for name, (f, a) in kernels.items()}
+
+
+def composition_time(b, repeats):
+  """Per-call parameter work of `inverse`: composing W = P L U for every block."""
+  f = tf.function(lambda: _bank.lu_density_params(
+      tf.convert_to_tensor(b.lower_upper), tf.convert_to_tensor(b.permutation),
+      tf.convert_to_tensor(b.shift)))
+  return best_time(f, repeats=repeats)
+
+
 def ours(b, direction, with_choice=True):
   m = getattr(b, direction)
   ld = getattr(b, direction.replace("inverse", "inverse_log_det_jacobian").replace(
@@ -157,8 +189,22 @@ def main():
       "HC 5x5 24->24 (K=1)": HalfConvolution.new(D, 5, 1, seed=0),
   }
   lines = []
+  for name, b in layers.items():
+    if name.startswith("BD"):
+      t = composition_time(b, repeats)
+      msg = (f"parameter work per call, {name}: {t * 1e3:.3f} ms (compose "
+             f"{b.num_alternatives * (L if b.spatial_shape else 1)} blocks W = P L U)")
+      lines.append(msg)
+      print(msg, flush=True)
   for batch in [int(s) for s in args.batches.split(",")]:
     x = tf.constant(rng.standard_normal([batch, HP, WP, D]), tf.float32)
+    flops = 2 * batch * L * D * D
+    for name, t in kernel_floor(batch, repeats).items():
+      gf = flops / t / 1e9
+      msg = (f"B={batch:5d} floor: {name:50s} {t * 1e3:8.3f} ms {gf:6.1f} GFLOP/s = "
+             f"{gf / ref:.2f} of matmul")
+      lines.append(msg)
+      print(msg, flush=True)
     for name, b in layers.items():
       is_bd = name.startswith("BD")
       batch_form = "batch form" in name
@@ -184,6 +230,9 @@ def main():
           msg += f" | {t_lo / t:5.1f}x faster than LinearOperatorBlockDiag (max|diff| {err:.1e})"
         lines.append(msg)
         print(msg, flush=True)
+  ref_after = matmul_gflops(repeats)
+  lines.append(f"reference matmul: {ref:.1f} GFLOP/s before, {ref_after:.1f} after "
+               "(fractions use the value before)")
   print("\n# summary")
   for line in lines:
     print(line)
