@@ -18,6 +18,10 @@ Every architecture is on 32x32x3 images with 4x4 patches (an 8 x 8 x 48 patch te
   EM on the last E-step's training paths (the paper's method); the run's `metrics.json` has the
   gated bounds in its `gating` block and the gated model is saved in `RUN_DIR/gated/`.
 
+* `dense_L{l}_K{k}`: the 2014 deep GMM (van den Oord & Schrauwen): l `dense` layers, each a full
+  3072x3072 matrix on the whole image with k alternatives (one choice per image); the baseline
+  that local connectivity is measured against (9.4M parameters per alternative and layer).
+
 `*_cpu.yaml` variants keep the architecture and shrink the protocol (data, EM iterations,
 updates) so that a run takes minutes to an hour on a laptop CPU; their numbers are not the
 paper's. The full variants follow section 4.1: 20 EM iterations, 50,000 updates in the first
@@ -155,6 +159,12 @@ def main():
                     "gating": "3 HC + {l} unshared BD x 4, 3 HC between, gating networks"}[kind]
             write(f"table3_{kind}_L{l}", "Table 3: " + text.format(l=l), paper,
                   model(layers), gating=kind == "gating")
+
+
+    for l, k in ((1, 2),):
+        write(f"dense_L{l}_K{k}", f"2014 deep GMM: {l} dense layer(s) x {k} (full 3072x3072 "
+              "matrices on the whole image)", {"table": None},
+              model([{"type": "dense", "alternatives": k}] * l))
 
 
 if __name__ == "__main__":

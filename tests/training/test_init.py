@@ -48,3 +48,26 @@ def test_init_whitens_and_raises_the_bound(synthetic, bd):
             c = z[:, loc].T @ z[:, loc] / len(z)
             np.testing.assert_allclose(c, np.eye(12), atol=1e-5)
             np.testing.assert_allclose(z[:, loc].mean(0), 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("alternatives", [1, 2])
+def test_init_of_a_dense_layer(synthetic, alternatives):
+    """The 2014 layer: one alternative starts as the full-covariance Gaussian of the data."""
+    _, x, _ = synthetic
+    model = tfdgmm.DeepGMM.from_config(
+        {"image_shape": [4, 4, 3], "patch_size": 2,
+         "layers": [{"type": "dense", "alternatives": alternatives}]}, dtype=tf.float64)
+    x = tf.constant(x, tf.float64)
+    before = float(tf.reduce_mean(model.best_path(x, seed=[1, 2])[1]))
+    assert initialize_from_data(model, x.numpy(), ridge=0.0) == 0
+    after = float(tf.reduce_mean(model.best_path(x, seed=[1, 2])[1]))
+    assert after > before + 5.0
+    if alternatives == 1:
+        flat = x.numpy().reshape(len(x), -1)
+        mean = flat.mean(0)
+        cov = np.cov(flat.T, bias=True)
+        _, logdet = np.linalg.slogdet(cov)
+        c = flat - mean
+        maha = np.einsum("ni,ij,nj->n", c, np.linalg.inv(cov), c)
+        expected = -0.5 * (maha + logdet + flat.shape[1] * np.log(2 * np.pi))
+        np.testing.assert_allclose(model.log_prob(x).numpy(), expected, rtol=1e-9, atol=1e-7)

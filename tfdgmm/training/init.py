@@ -1,4 +1,4 @@
-r"""Data-dependent initialisation: the first block-diagonal layer starts as a whitening.
+r"""Data-dependent initialisation: the first block-diagonal (or dense) layer starts as a whitening.
 
 A freshly built deep GMM maps the data through near-identity layers to the standard-normal
 latent, so its starting log-likelihood is poor (about -3,300 nats per CIFAR-10 image on the
@@ -17,6 +17,10 @@ data as it arrives there (through the layers below it, e.g. near-identity half-c
   crude clustering. Group covariances are shrunk towards the pooled one (weight `2d` pseudo
   samples) and a ridge keeps them well conditioned.
 
+A `Dense` layer (the 2014 deep GMM's full matrix on the whole image) is initialised the same way
+with one unit per image: with one alternative it starts as the full-covariance Gaussian of the
+images it saw (the closed-form baseline), with `K` as `K` Gaussians of energy-quantile groups.
+
 The matrices are written in the layer's LU parameterisation (`W = P L U`, see
 `docs/DESIGN.md`): `W[p] = L U` by partial pivoting, then signs of rows of `W` are flipped
 (which keeps it a whitening) so that `U` has a positive diagonal. Layers above are left as they
@@ -28,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfdgmm.bijectors import BlockDiagonal, Patchify
+from tfdgmm.bijectors import BlockDiagonal, Dense, Patchify
 
 __all__ = ["initialize_from_data", "whitening_lu"]
 
@@ -76,11 +80,12 @@ def _group_moments(units, mask):
 
 
 def initialize_from_data(model, x, max_images=5000, ridge=1e-6, log=None):
-    """Set the lowest `BlockDiagonal` layer of `model` to a whitening of the data `x`
+    """Set the lowest `BlockDiagonal` or `Dense` layer of `model` to a whitening of the data `x`
     (`[N, H, W, C]`, the preprocessed training images; at most `max_images` are used).
     Returns the index of the layer initialised, or None when the model has no such layer."""
     layers = model.layers
-    b = next((i for i, layer in enumerate(layers) if isinstance(layer, BlockDiagonal)), None)
+    b = next((i for i, layer in enumerate(layers)
+              if isinstance(layer, (BlockDiagonal, Dense))), None)
     if b is None:
         return None
     layer = layers[b]
@@ -92,10 +97,15 @@ def initialize_from_data(model, x, max_images=5000, ridge=1e-6, log=None):
         h = layers[i].inverse(h, **kw)
     h = h.numpy().astype(np.float64)  # [n, Hp, Wp, d]
     n, hp, wp, d = h.shape
-    locations = hp * wp
     k = int(layer.num_alternatives)
-    per_location = layer.spatial_shape is not None
-    per_image = layer.selection == "sample" or k == 1
+    dense = isinstance(layer, Dense)
+    if dense:  # one unit per image: the whole flattened event
+        h = h.reshape(n, 1, 1, hp * wp * d)
+        hp = wp = 1
+        d = h.shape[-1]
+    locations = hp * wp
+    per_location = not dense and layer.spatial_shape is not None
+    per_image = dense or layer.selection == "sample" or k == 1
 
     # units [m, G, d]: G parameter sets (locations, or 1 when pooled); energy [m, G] to group by
     centred = h - h.mean(axis=0)
