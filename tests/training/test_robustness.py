@@ -104,3 +104,38 @@ def test_non_finite_values_roll_back_with_a_lower_learning_rate(synthetic, make_
     assert "non-finite parameters" in rolled[0] and "non-finite loss" in rolled[1]
     assert len(history) == 1 and np.isfinite(history[0]["train_lower_bound"])
     assert all(np.all(np.isfinite(v.numpy())) for v in trainer.model.trainable_variables)
+
+
+def test_a_diverging_loss_rolls_back_like_a_nan(synthetic, make_model, tmp_path):
+    """A finite blow-up (a hook shifts a layer by 1,000: the loss jumps by ~10^7 nats but stays
+    finite, so the NaN checks cannot see it) is caught by `divergence_nats` and rolled back to
+    the checkpoint before it, with a halved learning rate; with the check off it goes through."""
+    x_train, x_val = _data(synthetic)
+
+    def make_hook(fired):
+        def hook(trainer, event, info):
+            if event == "mstep" and info["em_iteration"] == 0 and info["update"] >= 14 \
+                    and not fired:
+                v = next(v for v in trainer.model.trainable_variables if "shift" in v.name)
+                v.assign_add(tf.fill(v.shape, np.float32(1000.0)))
+                fired.append(info["update"])
+        return hook
+
+    cfg = CONFIG.replace(em_iterations=1, checkpoint_interval_seconds=0)
+    fired, lines = [], []
+    trainer = EMTrainer(make_model(seed=1), cfg, x_train, x_val, str(tmp_path / "on"),
+                        hooks=[make_hook(fired)], log=lines.append)
+    history = trainer.fit()
+    assert fired and int(trainer.state.rollbacks.numpy()) == 1
+    assert float(trainer.state.lr_scale.numpy()) == pytest.approx(CONFIG.nan_lr_factor)
+    rolled = [line for line in lines if "rolled back" in line]
+    assert len(rolled) == 1 and "diverging loss" in rolled[0]
+    shift = next(v for v in trainer.model.trainable_variables if "shift" in v.name)
+    assert float(tf.reduce_max(tf.abs(shift))) < 100.0  # the shifted values were rolled back
+
+    fired_off = []
+    off = EMTrainer(make_model(seed=1), cfg.replace(divergence_nats=0.0), x_train, x_val,
+                    str(tmp_path / "off"), hooks=[make_hook(fired_off)], log=lambda s: None)
+    history_off = off.fit()
+    assert fired_off and int(off.state.rollbacks.numpy()) == 0
+    assert history[0]["train_lower_bound"] > history_off[0]["train_lower_bound"] + 1000.0

@@ -13,7 +13,7 @@ iteration `t` (0-based):
 lr = learning_rate * max(lr_em_decay ** t, lr_min_factor)
                    * (lr_final_factor  if u >= U - min(lr_final_updates, U // 2)  else 1)
                    * min(1, (u + 1) / lr_warmup_updates)   (first M-step only, t = 0)
-                   * lr_scale          (1, lowered by nan_lr_factor at every NaN rollback)
+                   * lr_scale          (1, lowered by nan_lr_factor at every NaN/divergence rollback)
 ```
 """
 
@@ -106,6 +106,10 @@ class EMConfig:
     """At most this many updates (M-step) or batches (E-step) per call; 0: no limit."""
     nan_lr_factor: float = 0.5
     """A NaN/Inf loss rolls back to the last good checkpoint and multiplies the rate by this."""
+    divergence_nats: float = 1000.0
+    """A diverging M-step rolls back like a NaN: a chunk of updates whose mean loss is more than
+    this many nats per image above the best chunk mean of the same M-step (e.g. a deep model
+    whose loss jumps from -4,700 to +10^6 after an Adam step). 0 disables the check."""
     max_rollbacks: int = 8
 
     def __post_init__(self):
@@ -146,7 +150,7 @@ class EMConfig:
                      "early_stopping_patience", "early_stopping_min_delta",
                      "checkpoint_interval_seconds", "prior_pseudo_count", "max_rollbacks",
                      "max_chunk", "data_init_images", "lr_warmup_updates",
-                     "lr_em_decay"):
+                     "lr_em_decay", "divergence_nats"):
             positive(name, allow_zero=True)
         if self.estep_init_passes + self.estep_restarts * self.estep_restart_passes < 1:
             raise ValueError("the E-step needs at least one pass (estep_init_passes or "

@@ -140,6 +140,7 @@ class EMTrainer:
                                                      keep=cfg.keep_checkpoints)
         self.summaries = Summaries(os.path.join(self.write_dir, "tensorboard"))
         self._mstep_fn = None
+        self._probe_fn = None
         self._clock = Clock()
         self._rates = {"estep": RateMeter(), "mstep": RateMeter(), "bounds": RateMeter()}
         self._last_progress = 0.0
@@ -391,34 +392,64 @@ class EMTrainer:
                      f"{self.batch_size} images, learning rate {lr0:.2e}")
         start_stage = time.monotonic()
         loss = None
-        while u < total:
-            n = self._chunk(meter, 5, total - u)
-            start = time.monotonic()
-            done, ok, loss_sum = self._mstep_fn(tf.constant(n, tf.int64),
-                                                tf.constant(total, tf.int64),
-                                                tf.constant(t, tf.int64))
-            done, ok, loss_sum = int(done), bool(ok), float(loss_sum)
-            meter.update(done, time.monotonic() - start)
-            u = int(self.state.mstep_update.numpy())
-            self._call_hooks("mstep", {"em_iteration": t, "update": u, "updates": total})
-            if not ok or not self._parameters_finite():
-                self._rollback(t, u, "loss" if not ok else "parameters")
+        # Divergence checks (cfg.divergence_nats) compare within this M-step: every chunk's mean
+        # loss with the best chunk so far, and, before every checkpoint, the loss of a fixed
+        # probe minibatch with the best probe so far, so that a checkpoint never holds
+        # parameters that blew up in the last update of a chunk (after its losses were taken).
+        best_chunk = float("inf")
+        best_probe = self._probe_loss() if cfg.divergence_nats > 0 else float("inf")
+        while True:
+            while u < total:
+                n = self._chunk(meter, 5, total - u)
+                start = time.monotonic()
+                done, ok, loss_sum = self._mstep_fn(tf.constant(n, tf.int64),
+                                                    tf.constant(total, tf.int64),
+                                                    tf.constant(t, tf.int64))
+                done, ok, loss_sum = int(done), bool(ok), float(loss_sum)
+                meter.update(done, time.monotonic() - start)
                 u = int(self.state.mstep_update.numpy())
-                if int(self.state.stage.numpy()) != MSTEP:
-                    return
-                continue
-            loss = loss_sum / max(done, 1)
-            lr = learning_rate_at(cfg, t, u - 1, total, float(self.state.lr_scale.numpy()))
-            step = int(self.optimizer.iterations.numpy())
-            self.summaries.scalars(step, {"mstep/loss": loss, "mstep/learning_rate": lr,
-                                          "mstep/lower_bound_bpd": self._bpd(-loss),
-                                          "mstep/updates_per_second": meter.rate})
-            self._progress(t, f"M-step {u}/{total} ({100 * u / total:.0f}%), loss {loss:.2f} "
-                              f"nats/image, lr {lr:.2e}, {meter.rate or 0:.1f} updates/s"
-                              f"{self._replicas_text()}, "
-                              f"ETA {format_duration(meter.eta(total - u))}")
-            if self.keeper.seconds_since_save() >= cfg.checkpoint_interval_seconds:
-                self._save()
+                self._call_hooks("mstep", {"em_iteration": t, "update": u, "updates": total})
+                chunk_loss = loss_sum / max(done, 1)
+                diverged = (ok and cfg.divergence_nats > 0
+                            and chunk_loss > best_chunk + cfg.divergence_nats)
+                rolled_back = False
+                if not ok or diverged or not self._parameters_finite():
+                    self._rollback(t, u, "non-finite loss" if not ok else (
+                        f"diverging loss ({chunk_loss:.4g} nats/image over the last {done} "
+                        f"updates against {best_chunk:.4g} earlier in this M-step)"
+                        if diverged else "non-finite parameters"))
+                    rolled_back = True
+                else:
+                    loss = chunk_loss
+                    best_chunk = min(best_chunk, loss)
+                    lr = learning_rate_at(cfg, t, u - 1, total,
+                                          float(self.state.lr_scale.numpy()))
+                    step = int(self.optimizer.iterations.numpy())
+                    self.summaries.scalars(step, {"mstep/loss": loss, "mstep/learning_rate": lr,
+                                                  "mstep/lower_bound_bpd": self._bpd(-loss),
+                                                  "mstep/updates_per_second": meter.rate})
+                    self._progress(t, f"M-step {u}/{total} ({100 * u / total:.0f}%), loss "
+                                      f"{loss:.2f} nats/image, lr {lr:.2e}, "
+                                      f"{meter.rate or 0:.1f} updates/s"
+                                      f"{self._replicas_text()}, "
+                                      f"ETA {format_duration(meter.eta(total - u))}")
+                    if self.keeper.seconds_since_save() >= cfg.checkpoint_interval_seconds:
+                        ok, best_probe = self._probe_check(t, u, best_probe)
+                        if ok:
+                            self._save()
+                        rolled_back = not ok
+                if rolled_back:
+                    u = int(self.state.mstep_update.numpy())
+                    best_chunk = float("inf")
+                    if int(self.state.stage.numpy()) != MSTEP:
+                        return
+            ok, best_probe = self._probe_check(t, u, best_probe)
+            if ok:
+                break
+            u = int(self.state.mstep_update.numpy())
+            best_chunk = float("inf")
+            if int(self.state.stage.numpy()) != MSTEP:
+                return
         current = _jget(self.state.current)
         current.update(updates=total, final_loss=loss,
                        mstep_seconds=current.get("mstep_seconds", 0)
@@ -618,6 +649,33 @@ class EMTrainer:
 
     # ------------------------------------------------------------------ robustness
 
+    def _probe_loss(self):
+        """Mean loss (nats/image) of a fixed probe minibatch: the first training images with
+        their current paths."""
+        if self._probe_fn is None:
+            data, paths, model = self.train_search.data, self.train_search.paths, self.model
+            b = min(self.batch_size, self.train_search.num_images)
+
+            @tf.function
+            def probe():
+                path = tuple(v[:b] for v in paths)
+                return -tf.reduce_mean(model.joint_log_prob(data[:b], path))
+
+            self._probe_fn = probe
+        return float(self._probe_fn())
+
+    def _probe_check(self, t, u, best_probe):
+        """`(ok, best_probe)`; rolls back when the probe loss shows a divergence (or NaN)."""
+        cfg = self.config
+        if cfg.divergence_nats <= 0:
+            return True, best_probe
+        probe = self._probe_loss()
+        if probe <= best_probe + cfg.divergence_nats:
+            return True, min(best_probe, probe)
+        self._rollback(t, u, f"diverging loss (a fixed probe minibatch: {probe:.4g} nats/image "
+                             f"against {best_probe:.4g} earlier in this M-step)")
+        return False, self._probe_loss()
+
     def _parameters_finite(self):
         return all(bool(tf.reduce_all(tf.math.is_finite(v)))
                    for v in self.model.trainable_variables)
@@ -633,7 +691,7 @@ class EMTrainer:
         rollbacks = int(self.state.rollbacks.numpy()) + 1
         if rollbacks > cfg.max_rollbacks:
             raise FloatingPointError(
-                f"non-finite {what} at EM iteration {t + 1}, update {u}, after "
+                f"{what} at EM iteration {t + 1}, update {u}, after "
                 f"{cfg.max_rollbacks} rollbacks; giving up (last good checkpoint: "
                 f"{self.keeper.latest})")
         path = self.keeper.restore_latest()
@@ -642,7 +700,7 @@ class EMTrainer:
         self.state.lr_scale.assign(scale)
         self.state.rollbacks.assign(rollbacks)
         self._mstep_fn = None if cfg.jit_compile else self._mstep_fn
-        self.log(f"WARNING: non-finite {what} in the M-step of EM iteration {t + 1} near update "
+        self.log(f"WARNING: {what} in the M-step of EM iteration {t + 1} near update "
                  f"{u}: rolled back to the last good checkpoint {path} (EM iteration "
                  f"{self.em_iteration + 1}, {_STAGE_NAMES[int(self.state.stage.numpy())]}, "
                  f"update {int(self.state.mstep_update.numpy())}) and lowered the learning rate "
