@@ -88,7 +88,10 @@ def trend(m):
         total += r.get("updates", 0)
         if "validation_lower_bound" in r:
             out.append(f"{total}: {r['validation_lower_bound']:.0f}")
-    return ", ".join(out)
+    text = ", ".join(out)
+    if m.get("rollbacks"):
+        text += f" ({m['rollbacks']} rollback{'s' if m['rollbacks'] > 1 else ''})"
+    return text
 
 
 def arch_line(m):
@@ -117,7 +120,12 @@ evaluation) and `python repro/report.py`, on 2026-11-25 on this project's machin
 {versions.get('tensorflow_probability', '?')}. Each run is the `tfdgmm train` command line in
 `runs/repro/NAME/command.txt` (the `_cpu` config of the architecture plus the `--set` overrides
 listed in `repro/run.sh`); its `metrics.json`, `train.log` and TensorBoard summaries are in
-`runs/repro/NAME/` (not in git: rerun to get them).
+`runs/repro/NAME/` (not in git: rerun to get them); the JSON results, configs and command
+lines this report was built from are kept in `repro/results/` (`python repro/report.py --runs
+repro/results` rebuilds it from them). The lanes were stopped and restarted during
+the session (after the divergences described below, and to rebalance them); `repro/run.sh`
+resumes an interrupted run and skips a finished one, and lists the final order. Wall times are
+per run, on one core while the other lane (and at times a third job) shared the machine.
 
 Data: `../shared/data/cifar10-jpeg75` with the paper's protocol (train = the first 40,000 training
 images, validation = the last 10,000, test = the official 10,000; uniform dequantization with
@@ -129,16 +137,16 @@ absolute numbers.
 | | paper (section 4.1) | here |
 | --- | --- | --- |
 | EM iterations | 20 (early stopping on validation) | 3 (no early stopping) |
-| updates per M-step (minibatch 100, Adam) | ~50,000 first, 5,000-10,000 later | 800 first, 400 later (1,600 in all) |
+| updates per M-step (minibatch 100, Adam) | ~50,000 first, 5,000-10,000 later | 800 first, 400 later (1,600 in all; dense: one M-step of 300) |
 | learning rate | lowered in the last 4,000 updates and across EM iterations | 1e-3, x0.1 in the last 100 updates of each M-step, x0.85 per EM iteration, warm-up 100 |
-| training images | 40,000 | 10,000 (Table 1), 3,000 (Table 2, dense), 1,000 (Table 3) |
+| training images | 40,000 | 10,000 (Table 1, dense), 3,000 (Table 2), 1,000 (Table 3) |
 | validation images | 10,000 | the first 500 of the validation split (same images for every row) |
 | E-step | 1 pass from the previous paths, then a random start of 2 passes, best kept | same |
 | gating networks | trained after EM on the last E-step's paths | same, 600 Adam steps |
 | first layer | (not stated) | data-dependent init: the lowest BD (or dense) layer starts as a whitening of the data |
 
-So every model here saw 1,600 minibatches, against 85,000-200,000 in the paper: about 1-2% of
-the paper's training. The Gaussian is fitted in closed form on all 40,000 training images; on the
+So every model here saw 1,600 minibatches, against roughly 150,000-240,000 in the paper: about
+1% of the paper's training. The Gaussian is fitted in closed form on all 40,000 training images; on the
 500 validation images of the runs it scores {fmt(val_baseline(gauss500))} nats.
 """
 
@@ -186,6 +194,7 @@ def section_table2(runs):
 def section_table3(runs):
     paper = {
         ("bottom", 1): (5981, 6070), ("bottom", 2): (6182, 6359), ("bottom", 3): (6168, 6434),
+        ("bottom", 5): (6097, 6541),
         ("intermediate", 1): (5981, 6070), ("intermediate", 2): (6278, 6455),
         ("intermediate", 3): (6395, 6661),
         ("gating", 1): (6046, None), ("gating", 2): (6367, None), ("gating", 3): (6490, None),
@@ -198,7 +207,7 @@ def section_table3(runs):
         m = runs.metrics(name)
         if gated:
             g = runs.gated(name)
-            lb, ub = val(g), val(g, "upper_bound_nats")
+            lb, ub = val(g), None  # (no upper bound with a learned prior, as in the paper)
             tr = val(g, split="train")
         else:
             lb, ub, tr = val(m), val(m, "upper_bound_nats"), val(m, split="train")
@@ -249,8 +258,9 @@ def section_dense(runs):
                      "-" if not rate else f"{1000 / rate:.0f}", fmt(val(m)),
                      m["data"]["num_images"]["train"] if m else "-", trend(m)])
     return ("## The 2014 deep GMM (dense layers) beside locally-connected ones\n\n"
-            "Same protocol (1,600 updates of 100 images; time per update measured inside the "
-            "M-steps of the run, one core, while the other lane ran).\n\n" + table(
+            "Time per update measured inside each run's M-steps (one core, the other lane "
+            "running). The locally-connected models had the common protocol (1,600 updates); "
+            "the dense one a single EM iteration of 300 updates on 10,000 images.\n\n" + table(
                 ["model", "parameters", "paths", "updates/s", "ms/update", "validation LB",
                  "training images", "validation LB after N updates"], rows))
 
@@ -288,8 +298,12 @@ FIGURES = [
      "Figure 6: samples, 2 unshared BD layers"),
     ("table3_gating_L3", "samples.png", "fig6_samples_3_layers.png",
      "Figure 6: samples, 3 unshared BD layers"),
+    ("table3_bottom_L5", "samples.png", "fig6_samples_5_layers_bottom_hc.png",
+     "Figure 6: samples, 5 unshared BD layers, bottom HC only"),
     ("table3_gating_L3/gated", "samples.png", "fig6_samples_3_layers_gated.png",
      "Figure 6: samples, 3 unshared BD layers with gating networks"),
+    ("table3_bottom_L3", "samples.png", "fig6_samples_3_layers_bottom_hc.png",
+     "Figure 6: samples, 3 unshared BD layers, bottom HC only (the best validation lower bound)"),
     ("table2_L8_K4", "samples.png", "fig6_samples_8_shared_layers.png",
      "samples, 8 shared BD layers x 4"),
 ]
@@ -297,7 +311,10 @@ FIGURES = [
 
 def section_figures(runs, out_dir):
     os.makedirs(out_dir, exist_ok=True)
-    lines = ["## Figures 5 and 6", ""]
+    lines = ["## Figures 5 and 6", "",
+             "Written by the runs (`RUN/figures/`); their titles repeat the description of the "
+             "`_cpu` config each run started from, not the overrides (see the protocol above). "
+             "The 5-layer model is Table 3's \"bottom HC only\" row with 5 layers.", ""]
     rel = os.path.relpath(out_dir, ROOT)
     for run, fig, dest, caption in FIGURES:
         src = os.path.join(runs.root, run, "figures", fig)
@@ -323,6 +340,8 @@ def main(argv=None):
     gauss500 = runs.baseline("gaussian500")
     names = [n for n in sorted(os.listdir(args.runs))
              if os.path.isfile(os.path.join(args.runs, n, "metrics.json"))]
+    names = [x for n in names for x in (n, n + "/gated")
+             if os.path.isfile(os.path.join(args.runs, x, "metrics.json"))]
     reading = open(os.path.join(HERE, "reading.md")).read() if os.path.exists(
         os.path.join(HERE, "reading.md")) else ""
     parts = [
