@@ -23,10 +23,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-import tfdgmm  # noqa: E402
 from tfdgmm.cli import load_run_config  # noqa: E402
 from tfdgmm.data import dequantize  # noqa: E402
-from tfdgmm.training import EMConfig, evaluate_bounds, load_model_weights  # noqa: E402
+from tfdgmm.export import load_run_model  # noqa: E402
+from tfdgmm.training import EMConfig, evaluate_bounds  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(HERE, "..", "..", "shared", "data")
@@ -46,8 +46,7 @@ def paired_images(n, shared=SHARED, validation_start=40_000):
 
 def evaluate(run_dir, x_exact, x_jpeg, restarts=None):
     config = load_run_config(os.path.join(run_dir, "config.yaml"))
-    model = tfdgmm.DeepGMM.from_config(config["model"])
-    ckpt = load_model_weights(model, run_dir)
+    model, ckpt = load_run_model(run_dir)
     em = EMConfig.from_dict(config["training"])
     out = {"checkpoint": ckpt, "num_images": int(len(x_exact))}
     for name, x in (("exact", x_exact), ("jpeg75", x_jpeg)):

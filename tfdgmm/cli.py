@@ -536,12 +536,11 @@ def _tfp_version():
 # ---------------------------------------------------------------------- other commands
 
 def _run_model(run_dir):
-    import tfdgmm
-    from tfdgmm.training import load_model_weights
+    """`(run config, model with its best weights, checkpoint prefix)` of a run directory."""
+    from tfdgmm.export import load_run_model
 
     config = load_run_config(os.path.join(run_dir, "config.yaml"))
-    model = tfdgmm.DeepGMM.from_config(config["model"])
-    ckpt = load_model_weights(model, run_dir)
+    model, ckpt = load_run_model(run_dir)
     return config, model, ckpt
 
 

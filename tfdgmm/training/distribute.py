@@ -271,11 +271,7 @@ def build_sharded_search(search, strategy):
             lo, idx = search._window(bb)
             out = strategy.run(replica_fn, args=(lo, fold_seed(step_seed, bb)))
             path, joint, upper = local_value(strategy, out)
-            ops = [v.scatter_update(tf.IndexedSlices(p, idx))
-                   for v, p in zip(search.paths, path)]
-            ops.append(search.lower.scatter_update(tf.IndexedSlices(joint, idx)))
-            ops.append(search.upper.scatter_update(tf.IndexedSlices(upper, idx)))
-            with tf.control_dependencies(ops):
+            with tf.control_dependencies(search._store(idx, path, joint, upper)):
                 return [bb + 1]
 
         bb, = tf.while_loop(lambda bb: bb < stop, body, [start], parallel_iterations=1)

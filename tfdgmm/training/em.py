@@ -396,10 +396,12 @@ class EMTrainer:
         # loss with the best chunk so far, and, before every checkpoint, the loss of a fixed
         # probe minibatch with the best probe so far, so that a checkpoint never holds
         # parameters that blew up in the last update of a chunk (after its losses were taken).
+        check = cfg.divergence_nats > 0
         best_chunk = float("inf")
-        best_probe = self._probe_loss() if cfg.divergence_nats > 0 else float("inf")
+        best_probe = self._probe_loss() if check else float("inf")
         while True:
-            while u < total:
+            problem, due = None, u >= total  # at the end: probe before the final checkpoint
+            if u < total:
                 n = self._chunk(meter, 5, total - u)
                 start = time.monotonic()
                 done, ok, loss_sum = self._mstep_fn(tf.constant(n, tf.int64),
@@ -410,46 +412,37 @@ class EMTrainer:
                 u = int(self.state.mstep_update.numpy())
                 self._call_hooks("mstep", {"em_iteration": t, "update": u, "updates": total})
                 chunk_loss = loss_sum / max(done, 1)
-                diverged = (ok and cfg.divergence_nats > 0
-                            and chunk_loss > best_chunk + cfg.divergence_nats)
-                rolled_back = False
-                if not ok or diverged or not self._parameters_finite():
-                    self._rollback(t, u, "non-finite loss" if not ok else (
-                        f"diverging loss ({chunk_loss:.4g} nats/image over the last {done} "
-                        f"updates against {best_chunk:.4g} earlier in this M-step)"
-                        if diverged else "non-finite parameters"))
-                    rolled_back = True
+                if not ok:
+                    problem = "non-finite loss"
+                elif check and chunk_loss > best_chunk + cfg.divergence_nats:
+                    problem = (f"diverging loss ({chunk_loss:.4g} nats/image over the last "
+                               f"{done} updates against {best_chunk:.4g} earlier in this M-step)")
+                elif not self._parameters_finite():
+                    problem = "non-finite parameters"
                 else:
                     loss = chunk_loss
                     best_chunk = min(best_chunk, loss)
-                    lr = learning_rate_at(cfg, t, u - 1, total,
-                                          float(self.state.lr_scale.numpy()))
-                    step = int(self.optimizer.iterations.numpy())
-                    self.summaries.scalars(step, {"mstep/loss": loss, "mstep/learning_rate": lr,
-                                                  "mstep/lower_bound_bpd": self._bpd(-loss),
-                                                  "mstep/updates_per_second": meter.rate})
-                    self._progress(t, f"M-step {u}/{total} ({100 * u / total:.0f}%), loss "
-                                      f"{loss:.2f} nats/image, lr {lr:.2e}, "
-                                      f"{meter.rate or 0:.1f} updates/s"
-                                      f"{self._replicas_text()}, "
-                                      f"ETA {format_duration(meter.eta(total - u))}")
-                    if self.keeper.seconds_since_save() >= cfg.checkpoint_interval_seconds:
-                        ok, best_probe = self._probe_check(t, u, best_probe)
-                        if ok:
-                            self._save()
-                        rolled_back = not ok
-                if rolled_back:
-                    u = int(self.state.mstep_update.numpy())
-                    best_chunk = float("inf")
-                    if int(self.state.stage.numpy()) != MSTEP:
-                        return
-            ok, best_probe = self._probe_check(t, u, best_probe)
-            if ok:
+                    self._mstep_progress(t, u, total, loss, meter)
+                    due = self.keeper.seconds_since_save() >= cfg.checkpoint_interval_seconds
+            if problem is None and due and check:
+                probe = self._probe_loss()
+                if probe <= best_probe + cfg.divergence_nats:  # (False for NaN)
+                    best_probe = min(best_probe, probe)
+                else:
+                    problem = (f"diverging loss (a fixed probe minibatch: {probe:.4g} "
+                               f"nats/image against {best_probe:.4g} earlier in this M-step)")
+            if problem is not None:
+                self._rollback(t, u, problem)
+                if int(self.state.stage.numpy()) != MSTEP:
+                    return
+                u = int(self.state.mstep_update.numpy())
+                best_chunk = float("inf")
+                best_probe = self._probe_loss() if check else float("inf")
+                continue
+            if u >= total:
                 break
-            u = int(self.state.mstep_update.numpy())
-            best_chunk = float("inf")
-            if int(self.state.stage.numpy()) != MSTEP:
-                return
+            if due:
+                self._save()
         current = _jget(self.state.current)
         current.update(updates=total, final_loss=loss,
                        mstep_seconds=current.get("mstep_seconds", 0)
@@ -459,6 +452,17 @@ class EMTrainer:
         _jset(self.state.current, current)
         self.state.stage.assign(BOUNDS)
         self._save()
+
+    def _mstep_progress(self, t, u, total, loss, meter):
+        lr = learning_rate_at(self.config, t, u - 1, total, float(self.state.lr_scale.numpy()))
+        step = int(self.optimizer.iterations.numpy())
+        self.summaries.scalars(step, {"mstep/loss": loss, "mstep/learning_rate": lr,
+                                      "mstep/lower_bound_bpd": self._bpd(-loss),
+                                      "mstep/updates_per_second": meter.rate})
+        self._progress(t, f"M-step {u}/{total} ({100 * u / total:.0f}%), loss {loss:.2f} "
+                          f"nats/image, lr {lr:.2e}, {meter.rate or 0:.1f} updates/s"
+                          f"{self._replicas_text()}, "
+                          f"ETA {format_duration(meter.eta(total - u))}")
 
     def _bounds(self, t):
         cfg = self.config
@@ -534,53 +538,21 @@ class EMTrainer:
     # ------------------------------------------------------------------ the M-step graph
 
     def _build_mstep(self):
-        cfg = self.config
-        model = self.model
-        variables = self.variables
-        optimizer = self.optimizer
-        state = self.state
-        data = self.train_search.data
-        paths = self.train_search.paths
-        n = self.train_search.num_images
-        b = self.batch_size
-        per_epoch = n // b
-        seed = fold_seed(cfg.seed, 0x3A57E9)
+        model, variables = self.model, self.variables
+        data, paths = self.train_search.data, self.train_search.paths
 
         def loss_and_grads(x, path):
             with tf.GradientTape() as tape:
                 loss = -tf.reduce_mean(model.joint_log_prob(x, path))
             return loss, tape.gradient(loss, variables)
 
-        if cfg.jit_compile:
+        if self.config.jit_compile:
             loss_and_grads = tf.function(loss_and_grads, jit_compile=True)
 
-        @tf.function
-        def run(num, total, em_iteration):
-            def body(i, ok, loss_sum):
-                u = state.mstep_update.read_value()
-                epoch, pos = u // per_epoch, u % per_epoch
-                order = tf.random.experimental.stateless_shuffle(
-                    tf.range(n), seed=fold_seed(seed, em_iteration, epoch))
-                idx = tf.slice(order, [tf.cast(pos, tf.int32) * b], [b])
-                x = tf.gather(data, idx)
-                path = tuple(tf.gather(v, idx) for v in paths)
-                loss, grads = loss_and_grads(x, path)
-                lr = learning_rate_at(cfg, em_iteration, u, total, state.lr_scale)
-                optimizer.learning_rate.assign(tf.cast(lr, optimizer.learning_rate.dtype))
-                optimizer.apply_gradients(zip(grads, variables))
-                finite = tf.math.is_finite(loss)
-                for g in grads:
-                    finite = finite & tf.reduce_all(tf.math.is_finite(g))
-                with tf.control_dependencies([finite]):
-                    state.mstep_update.assign_add(1)
-                return i + 1, finite, loss_sum + tf.cast(loss, tf.float64)
+        def minibatch_step(idx):
+            return loss_and_grads(tf.gather(data, idx), tuple(tf.gather(v, idx) for v in paths))
 
-            return tf.while_loop(
-                lambda i, ok, s: (i < num) & ok, body,
-                [tf.constant(0, tf.int64), tf.constant(True), tf.constant(0., tf.float64)],
-                parallel_iterations=1)
-
-        return run
+        return self._mstep_loop(minibatch_step)
 
     def _build_distributed_mstep(self):
         """The M-step under `self.strategy`: the single-device minibatch (same stateless
@@ -589,19 +561,10 @@ class EMTrainer:
         `tfdgmm.training.distribute`)."""
         from tfdgmm.training import distribute
 
-        cfg = self.config
-        strategy = self.strategy
-        model = self.model
-        variables = self.variables
-        optimizer = self.optimizer
-        state = self.state
-        data = self.train_search.data
-        paths = self.train_search.paths
-        n = self.train_search.num_images
+        strategy, model, variables = self.strategy, self.model, self.variables
+        data, paths = self.train_search.data, self.train_search.paths
         b = self.batch_size
         per = distribute.split_size(b, strategy, "batch_size (M-step minibatch)")
-        per_epoch = n // b
-        seed = fold_seed(cfg.seed, 0x3A57E9)
         sum_op = tf.distribute.ReduceOp.SUM
 
         def replica_loss_and_grads(idx):
@@ -612,13 +575,30 @@ class EMTrainer:
                 loss = -tf.reduce_sum(model.joint_log_prob(x, path)) / b
             return loss, tape.gradient(loss, variables)
 
-        if cfg.jit_compile:
+        if self.config.jit_compile:
             replica_loss_and_grads = tf.function(replica_loss_and_grads, jit_compile=True)
 
         def replica_step(idx):
             loss, grads = replica_loss_and_grads(idx)
             # one batched all-reduce (sum) of the loss and every gradient
             return tf.distribute.get_replica_context().all_reduce(sum_op, [loss] + list(grads))
+
+        def minibatch_step(idx):
+            loss, *grads = distribute.local_value(
+                strategy, strategy.run(replica_step, args=(idx,)))
+            return loss, grads
+
+        return self._mstep_loop(minibatch_step)
+
+    def _mstep_loop(self, minibatch_step):
+        """`run(num, total, em_iteration)`: up to `num` updates in one `tf.function`, stopping
+        at the first non-finite loss or gradient; `minibatch_step(idx) -> (loss, grads)` on
+        the minibatch of training indices `idx` (a stateless shuffle per epoch)."""
+        cfg, state, optimizer, variables = self.config, self.state, self.optimizer, self.variables
+        n = self.train_search.num_images
+        b = self.batch_size
+        per_epoch = n // b
+        seed = fold_seed(cfg.seed, 0x3A57E9)
 
         @tf.function
         def run(num, total, em_iteration):
@@ -628,8 +608,7 @@ class EMTrainer:
                 order = tf.random.experimental.stateless_shuffle(
                     tf.range(n), seed=fold_seed(seed, em_iteration, epoch))
                 idx = tf.slice(order, [tf.cast(pos, tf.int32) * b], [b])
-                loss, *grads = distribute.local_value(
-                    strategy, strategy.run(replica_step, args=(idx,)))
+                loss, grads = minibatch_step(idx)
                 lr = learning_rate_at(cfg, em_iteration, u, total, state.lr_scale)
                 optimizer.learning_rate.assign(tf.cast(lr, optimizer.learning_rate.dtype))
                 optimizer.apply_gradients(zip(grads, variables))
@@ -663,18 +642,6 @@ class EMTrainer:
 
             self._probe_fn = probe
         return float(self._probe_fn())
-
-    def _probe_check(self, t, u, best_probe):
-        """`(ok, best_probe)`; rolls back when the probe loss shows a divergence (or NaN)."""
-        cfg = self.config
-        if cfg.divergence_nats <= 0:
-            return True, best_probe
-        probe = self._probe_loss()
-        if probe <= best_probe + cfg.divergence_nats:
-            return True, min(best_probe, probe)
-        self._rollback(t, u, f"diverging loss (a fixed probe minibatch: {probe:.4g} nats/image "
-                             f"against {best_probe:.4g} earlier in this M-step)")
-        return False, self._probe_loss()
 
     def _parameters_finite(self):
         return all(bool(tf.reduce_all(tf.math.is_finite(v)))

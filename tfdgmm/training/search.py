@@ -114,6 +114,13 @@ class DatasetSearch(tf.Module):
 
     # ------------------------------------------------------------------ the search
 
+    def _store(self, idx, path, joint, upper):
+        """Ops writing a batch's found paths and bounds at rows `idx`."""
+        ops = [v.scatter_update(tf.IndexedSlices(p, idx)) for v, p in zip(self.paths, path)]
+        ops.append(self.lower.scatter_update(tf.IndexedSlices(joint, idx)))
+        ops.append(self.upper.scatter_update(tf.IndexedSlices(upper, idx)))
+        return ops
+
     def _window(self, b):
         lo = tf.minimum(tf.cast(b, tf.int32) * self.batch_size,
                         self.num_images - self.batch_size)
@@ -138,11 +145,7 @@ class DatasetSearch(tf.Module):
                     location_method=self.location_method,
                     location_options=self.location_options or None)
                 upper = model.log_prob_upper_bound(x, path=path)
-                ops = [v.scatter_update(tf.IndexedSlices(p, idx))
-                       for v, p in zip(self.paths, path)]
-                ops.append(self.lower.scatter_update(tf.IndexedSlices(joint, idx)))
-                ops.append(self.upper.scatter_update(tf.IndexedSlices(upper, idx)))
-                with tf.control_dependencies(ops):
+                with tf.control_dependencies(self._store(idx, path, joint, upper)):
                     return [b + 1]
 
             b, = tf.while_loop(lambda b: b < stop, body, [start],
