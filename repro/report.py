@@ -155,7 +155,7 @@ def val_baseline(b, split="validation"):
     return None if b is None else b["splits"][split]["nats"]
 
 
-def section_table1(runs, gauss, gauss500):
+def section_table1(runs, gauss500):
     paper = {0: 3829, 1: 4349, 2: 4927, 3: 5059, 4: 5074}
     g = val_baseline(gauss500)
     rows = [["full-covariance Gaussian (closed form, 40k images)", "4,717,056 (paper)", "4989",
@@ -352,7 +352,7 @@ def main(argv=None):
         "`../shared/notes/paper-facts.md`.",
         reading,
         section_protocol(runs, gauss500),
-        section_table1(runs, gauss, gauss500),
+        section_table1(runs, gauss500),
         section_table2(runs),
         section_table3(runs),
         section_table4(runs, gauss),
