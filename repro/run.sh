@@ -7,6 +7,9 @@
 #   bash repro/run.sh lane_a      # Table 3 (unshared BD, gating)
 #   bash repro/run.sh lane_b      # Gaussian, Table 1, Table 2, Dense, Table 3 bottom L3
 #   bash repro/run.sh final       # exact-subset evaluation and the one test-set evaluation
+#   bash repro/run.sh identity_a  # the same protocol with the current default initialisation
+#   bash repro/run.sh identity_b  #   (half-convolutions below the whitened layer start as the
+#                                 #   identity): Table 1, Table 2 (L1-L4 x 4), Table 3 bottom L1-L3
 #
 # Lanes are meant to run side by side, one core each (TF_NUM_INTRAOP_THREADS=1).
 # Results: runs/repro/NAME/{metrics.json,train.log,figures/}; report: python repro/report.py.
@@ -27,10 +30,14 @@ mkdir -p "$OUT"
 # 500 validation images, no early stopping, no test evaluation (the test split is touched once,
 # by `final`). Training images: 10,000 for Table 1 (single path: no search), 3,000 for Table 2
 # and the dense model, 1,000 for Table 3 (whose search runs at ~3-10 images/s here).
-COMMON="--set data.validation_limit=500 --set data.evaluate_test=false
+BASE="--set data.validation_limit=500 --set data.evaluate_test=false
     --set training.em_iterations=3 --set training.updates_first=800 --set training.updates_later=400
     --set training.lr_final_updates=100 --set training.early_stopping_patience=0
     --set training.learning_rate=0.001 --set training.estep_batch_size=250"
+# The lanes a/b/final ran (2026-11-25) before training.data_init_identity existed: their
+# half-convolutions kept their small random kernels through the data-dependent init, which is
+# data_init_identity=false. The identity lanes run the same protocol with the default (true).
+COMMON="$BASE --set training.data_init_identity=false"
 T1="$COMMON --set data.train_limit=10000"
 T2="$COMMON --set data.train_limit=3000"
 T3="$COMMON --set data.train_limit=1000"
@@ -86,6 +93,17 @@ dense() {
   train dense_L1_K2 dense_L1_K2_cpu $COMMON --set data.train_limit=10000 \
       --set training.em_iterations=1 --set training.updates_first=300 \
       --set training.lr_final_updates=50
+}
+
+identity_a() {  # Table 1 and Table 3 (bottom HC only), identity-initialised half-convolutions
+  mkdir -p "$OUT/identity"
+  for k in 0 1 2 3 4; do train identity/table1_hc$k table1_hc${k}_cpu $BASE --set data.train_limit=10000; done
+  for l in 1 2 3; do train identity/table3_bottom_L$l table3_bottom_L${l}_cpu $BASE --set data.train_limit=1000; done
+}
+
+identity_b() {  # Table 2 (1 to 4 shared BD layers x 4), identity-initialised half-convolutions
+  mkdir -p "$OUT/identity"
+  for l in 1 2 3 4; do train identity/table2_L${l}_K4 table2_L${l}_K4_cpu $BASE --set data.train_limit=3000; done
 }
 
 final() {  # after both lanes: exact pixels against the JPEG copy; then the test split, once

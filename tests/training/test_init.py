@@ -71,3 +71,50 @@ def test_init_of_a_dense_layer(synthetic, alternatives):
         maha = np.einsum("ni,ij,nj->n", c, np.linalg.inv(cov), c)
         expected = -0.5 * (maha + logdet + flat.shape[1] * np.log(2 * np.pi))
         np.testing.assert_allclose(model.log_prob(x).numpy(), expected, rtol=1e-9, atol=1e-7)
+
+
+def _per_location_gaussian_log_lik(x, patch_size):
+    """Closed form: the maximum-likelihood Gaussian of every patch location, fitted on `x`."""
+    p = Patchify(patch_size).forward(tf.constant(x, tf.float64)).numpy()
+    n, hp, wp, d = p.shape
+    total = np.zeros(n)
+    for loc in p.reshape(n, hp * wp, d).transpose(1, 0, 2):
+        c = loc - loc.mean(0)
+        cov = c.T @ c / n
+        _, logdet = np.linalg.slogdet(cov)
+        maha = np.einsum("ni,ij,nj->n", c, np.linalg.inv(cov), c)
+        total += -0.5 * (maha + logdet + d * np.log(2 * np.pi))
+    return total
+
+
+def test_init_with_identity_below_starts_as_the_per_location_gaussian(synthetic):
+    """[HC, HC, BD]: the half-convolutions below become the identity, so the model starts as
+    exactly the maximum-likelihood per-location Gaussian of the data (closed form)."""
+    _, x, _ = synthetic
+    model = tfdgmm.DeepGMM.from_config(
+        {"image_shape": [4, 4, 3], "patch_size": 2,
+         "layers": [HC, HC, {"type": "block_diagonal"}]}, dtype=tf.float64)
+    assert initialize_from_data(model, x, ridge=0.0) == 2
+    for layer in model.layers[:2]:
+        np.testing.assert_array_equal(layer.kernel.numpy(), 0.0)
+    lb = model.log_prob_lower_bound(tf.constant(x, tf.float64)).numpy()
+    np.testing.assert_allclose(lb, _per_location_gaussian_log_lik(x, 2), rtol=1e-9, atol=1e-7)
+
+
+@pytest.mark.parametrize("identity_below", [True, False])
+def test_init_zeroes_only_single_alternative_half_convolutions_below(synthetic, identity_below):
+    """[HC, HC (2 alternatives), BD, HC]: only the first is zeroed (with identity_below); the
+    two-alternative one (identical alternatives could not be told apart) and the one above
+    keep their kernels."""
+    _, x, _ = synthetic
+    model = tfdgmm.DeepGMM.from_config(
+        {"image_shape": [4, 4, 3], "patch_size": 2,
+         "layers": [HC, dict(HC, alternatives=2), {"type": "block_diagonal"}, HC]},
+        dtype=tf.float64)
+    before = [model.layers[i].kernel.numpy() for i in (0, 1, 3)]
+    assert all(np.abs(k).max() > 0 for k in before)
+    assert initialize_from_data(model, x, identity_below=identity_below) == 2
+    after = [model.layers[i].kernel.numpy() for i in (0, 1, 3)]
+    np.testing.assert_array_equal(after[0], 0.0 * before[0] if identity_below else before[0])
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_array_equal(after[2], before[2])

@@ -221,7 +221,7 @@ class EMTrainer:
         if self.keeper.latest is None:
             if cfg.data_init:
                 initialize_from_data(self.model, self.train_search.data[:cfg.data_init_images],
-                                     log=self.log)
+                                     log=self.log, identity_below=cfg.data_init_identity)
             self._save()
         while not int(self.state.finished.numpy()):
             t = self.em_iteration

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfdgmm.bijectors import BlockDiagonal, Dense, Patchify
+from tfdgmm.bijectors import BlockDiagonal, Dense, HalfConvolution, Patchify
 
 __all__ = ["initialize_from_data", "whitening_lu"]
 
@@ -82,9 +82,20 @@ def _group_moments(units, mask):
     return mean, cov, count
 
 
-def initialize_from_data(model, x, max_images=5000, ridge=1e-6, log=None):
+def initialize_from_data(model, x, max_images=5000, ridge=1e-6, log=None,
+                         identity_below=True):
     """Set the lowest `BlockDiagonal` or `Dense` layer of `model` to a whitening of the data `x`
     (`[N, H, W, C]`, the preprocessed training images; at most `max_images` are used).
+
+    With `identity_below`, the single-alternative half-convolutions below that layer first
+    become the identity (zero kernel), so the model starts as exactly the best Gaussian the
+    layer can give on its own (for one per-location block-diagonal layer, the maximum-likelihood
+    per-location Gaussian) and training the half-convolutions moves on from there. Their own
+    small random start is a random volume-preserving mixing of neighbouring patches, which no
+    per-location Gaussian fits as well: 3 such half-convolutions start about 2,000 nats per
+    CIFAR-10 image below the model without them. Half-convolutions with several alternatives keep
+    their random start (identical alternatives could never be told apart).
+
     Returns the index of the layer initialised, or None when the model has no such layer."""
     layers = model.layers
     b = next((i for i, layer in enumerate(layers)
@@ -92,6 +103,13 @@ def initialize_from_data(model, x, max_images=5000, ridge=1e-6, log=None):
     if b is None:
         return None
     layer = layers[b]
+    zeroed = []
+    if identity_below:
+        for i in range(b):
+            below = layers[i]
+            if isinstance(below, HalfConvolution) and below.num_alternatives == 1:
+                below.kernel.assign(tf.zeros_like(below.kernel))
+                zeroed.append(i)
     x = np.asarray(x[:max_images])
     h = Patchify(model.patch_size).forward(tf.constant(x, model.dtype))
     for i in range(b):  # the layers below, alternative 0 where they have several
@@ -149,5 +167,6 @@ def initialize_from_data(model, x, max_images=5000, ridge=1e-6, log=None):
     if log is not None:
         log(f"data-dependent init: layer {b} ({type(layer).__name__}, {k} alternative"
             f"{'s' if k > 1 else ''}) set to whiten {n} images"
-            f"{' by energy quantile groups' if k > 1 else ''}")
+            f"{' by energy quantile groups' if k > 1 else ''}"
+            f"{'; half-convolution layers ' + str(zeroed) + ' start as the identity' if zeroed else ''}")
     return b
