@@ -139,3 +139,29 @@ def test_a_diverging_loss_rolls_back_like_a_nan(synthetic, make_model, tmp_path)
     history_off = off.fit()
     assert fired_off and int(off.state.rollbacks.numpy()) == 0
     assert history[0]["train_lower_bound"] > history_off[0]["train_lower_bound"] + 1000.0
+
+
+def test_divergence_within_a_single_chunk_m_step_is_caught(synthetic, make_model, tmp_path):
+    """An M-step that runs as one chunk (a long progress interval) has no earlier chunk to
+    compare with: its chunk is compared with the loss it started from (minus the E-step's
+    training lower bound). A hook at the end of EM iteration 1 raises the learning rate 300x,
+    so the second M-step blows up (finite losses) within its only chunk."""
+    x_train, x_val = _data(synthetic)
+    lines = []
+
+    def boost(trainer, event, info):
+        if event == "iteration" and info["em_iteration"] == 0:
+            trainer.state.lr_scale.assign(300.0)
+
+    cfg = CONFIG.replace(em_iterations=2, updates_later=30, max_chunk=0,
+                         progress_interval_seconds=1000, checkpoint_interval_seconds=3600)
+    trainer = EMTrainer(make_model(seed=1), cfg, x_train, x_val, str(tmp_path),
+                        hooks=[boost], log=lines.append)
+    history = trainer.fit()
+    rolled = [line for line in lines if "rolled back" in line]
+    assert rolled and "diverging loss" in rolled[0] and "(its start)" in rolled[0], lines
+    assert "over the last 30 updates" in rolled[0]
+    assert float(trainer.state.lr_scale.numpy()) <= 300.0 * CONFIG.nan_lr_factor
+    assert len(history) == 2
+    # the rollbacks kept the second M-step from ending far below where it started
+    assert history[1]["train_lower_bound"] > history[1]["estep_lower_bound"] - cfg.divergence_nats

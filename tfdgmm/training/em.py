@@ -393,11 +393,16 @@ class EMTrainer:
         start_stage = time.monotonic()
         loss = None
         # Divergence checks (cfg.divergence_nats) compare within this M-step: every chunk's mean
-        # loss with the best chunk so far, and, before every checkpoint, the loss of a fixed
-        # probe minibatch with the best probe so far, so that a checkpoint never holds
-        # parameters that blew up in the last update of a chunk (after its losses were taken).
+        # loss with the best so far, starting from the loss the M-step started from (minus the
+        # E-step's training lower bound: the mean loss over all training images with the paths
+        # this M-step fits; without it, an M-step that runs as a single chunk had nothing to be
+        # compared with), and, before every checkpoint, the loss of a fixed probe minibatch
+        # with the best probe so far, so that a checkpoint never holds parameters that blew up
+        # in the last update of a chunk (after its losses were taken).
         check = cfg.divergence_nats > 0
-        best_chunk = float("inf")
+        start_lower = _jget(self.state.current).get("estep_lower_bound")
+        start_loss = float("inf") if start_lower is None else -float(start_lower)
+        best_chunk = start_loss
         best_probe = self._probe_loss() if check else float("inf")
         while True:
             problem, due = None, u >= total  # at the end: probe before the final checkpoint
@@ -416,7 +421,8 @@ class EMTrainer:
                     problem = "non-finite loss"
                 elif check and chunk_loss > best_chunk + cfg.divergence_nats:
                     problem = (f"diverging loss ({chunk_loss:.4g} nats/image over the last "
-                               f"{done} updates against {best_chunk:.4g} earlier in this M-step)")
+                               f"{done} updates against {best_chunk:.4g} earlier in this M-step"
+                               f"{' (its start)' if best_chunk == start_loss else ''})")
                 elif not self._parameters_finite():
                     problem = "non-finite parameters"
                 else:
@@ -436,7 +442,7 @@ class EMTrainer:
                 if int(self.state.stage.numpy()) != MSTEP:
                     return
                 u = int(self.state.mstep_update.numpy())
-                best_chunk = float("inf")
+                best_chunk = start_loss
                 best_probe = self._probe_loss() if check else float("inf")
                 continue
             if u >= total:
