@@ -9,7 +9,8 @@
 #   bash repro/run.sh final       # exact-subset evaluation and the one test-set evaluation
 #   bash repro/run.sh identity_a  # the same protocol with the current default initialisation
 #   bash repro/run.sh identity_b  #   (half-convolutions below the whitened layer start as the
-#                                 #   identity): Table 1, Table 2 (L1-L4 x 4), Table 3 bottom L1-L3
+#   bash repro/run.sh identity_c  #   identity): Table 1, Table 2 (L1-L4 x 4), Table 3 bottom
+#                                 #   L1-L3, intermediate and gated L2-L3
 #
 # Lanes are meant to run side by side, one core each (TF_NUM_INTRAOP_THREADS=1).
 # Results: runs/repro/NAME/{metrics.json,train.log,figures/}; report: python repro/report.py.
@@ -104,6 +105,14 @@ identity_a() {  # Table 1 and Table 3 (bottom HC only), identity-initialised hal
 identity_b() {  # Table 2 (1 to 4 shared BD layers x 4), identity-initialised half-convolutions
   mkdir -p "$OUT/identity"
   for l in 1 2 3 4; do train identity/table2_L${l}_K4 table2_L${l}_K4_cpu $BASE --set data.train_limit=3000; done
+}
+
+identity_c() {  # Table 3 with intermediate HC, then gating; identity-initialised bottom HC
+  mkdir -p "$OUT/identity"
+  for l in 2 3; do
+    train identity/table3_gating_L$l table3_gating_L${l}_cpu $BASE --set data.train_limit=1000 \
+        --set gating.steps=600
+  done
 }
 
 final() {  # after both lanes: exact pixels against the JPEG copy; then the test split, once
