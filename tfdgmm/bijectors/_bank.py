@@ -450,7 +450,7 @@ def bank_linear(x, op, bias, choice, selection):
     y = partition_apply(tf.reshape(xf, [n, l, d]), cf, k, apply)
   elif not per_loc:
     def apply(j, xj):                                    # [m_j, d]
-      y = op.one(j, xj[None])[0]
+      y = tf.squeeze(op.one(j, xj[None]), 0)  # (a squeeze's gradient is a reshape)
       return y if bias is None else y + bias[j, 0]
     y = partition_apply(tf.reshape(xf, [n * l, d]), tf.reshape(cf, [-1]), k,
                         apply)

@@ -161,9 +161,13 @@ class HalfConvolution(_bank.BankBijector):
   # -- implementation ---------------------------------------------------------
 
   def _split(self, x):
+    # `tf.split`, not slicing: the gradient of a slice is a zero-filled copy of
+    # the whole input per half (`StridedSliceGrad`, a third of an M-step's time
+    # in the Table-3 model), that of a split a single concat.
     if self._update == "second":
-      return x[..., :self._cond_channels], x[..., self._cond_channels:]
-    return x[..., self._upd_channels:], x[..., :self._upd_channels]
+      return tf.split(x, [self._cond_channels, self._upd_channels], axis=-1)
+    upd, cond = tf.split(x, [self._upd_channels, self._cond_channels], axis=-1)
+    return cond, upd
 
   def _join(self, cond, upd):
     if self._update == "second":
@@ -191,7 +195,9 @@ class HalfConvolution(_bank.BankBijector):
         y = tf.reshape(y, [-1, hp, wp, k, du])
         y = tf.transpose(y, [0, 3, 1, 2, 4])             # [M, K, Hp, Wp, Du]
       else:
-        y = tf.stack([conv(xr[:, j], kernel[j]) for j in range(k)], axis=1)
+        # (unstack: the gradient of `xr[:, j]` would be a zero-filled copy of xr)
+        y = tf.stack([conv(xj, kernel[j]) for j, xj in
+                      enumerate(tf.unstack(xr, num=k, axis=1))], axis=1)
       return tf.reshape(y, _bank.concat_shape(out_batch, [hp, wp, du]))
 
     xf, cf, out_batch = _bank.broadcast_with_choice(cond, choice, 3,
