@@ -113,7 +113,8 @@ class EMConfig:
     """A NaN/Inf loss rolls back to the last good checkpoint and multiplies the rate by this."""
     divergence_nats: float = 1000.0
     """A diverging M-step rolls back like a NaN: a chunk of updates whose mean loss is more than
-    this many nats per image above the best chunk mean of the same M-step (e.g. a deep model
+    this many nats per image above the best of the same M-step (its starting loss, minus the
+    E-step's training lower bound, or a better chunk mean since) (e.g. a deep model
     whose loss jumps from -4,700 to +10^6 after an Adam step). 0 disables the check."""
     max_rollbacks: int = 8
 
