@@ -63,28 +63,25 @@ def test_init_of_a_dense_layer(synthetic, alternatives):
     after = float(tf.reduce_mean(model.best_path(x, seed=[1, 2])[1]))
     assert after > before + 5.0
     if alternatives == 1:
-        flat = x.numpy().reshape(len(x), -1)
-        mean = flat.mean(0)
-        cov = np.cov(flat.T, bias=True)
-        _, logdet = np.linalg.slogdet(cov)
-        c = flat - mean
-        maha = np.einsum("ni,ij,nj->n", c, np.linalg.inv(cov), c)
-        expected = -0.5 * (maha + logdet + flat.shape[1] * np.log(2 * np.pi))
+        expected = _gaussian_log_lik(x.numpy().reshape(len(x), -1))
         np.testing.assert_allclose(model.log_prob(x).numpy(), expected, rtol=1e-9, atol=1e-7)
+
+
+def _gaussian_log_lik(units):
+    """Closed form: log-likelihood of each row of `units [n, d]` under the maximum-likelihood
+    Gaussian fitted on them."""
+    c = units - units.mean(0)
+    cov = c.T @ c / len(units)
+    _, logdet = np.linalg.slogdet(cov)
+    maha = np.einsum("ni,ij,nj->n", c, np.linalg.inv(cov), c)
+    return -0.5 * (maha + logdet + units.shape[1] * np.log(2 * np.pi))
 
 
 def _per_location_gaussian_log_lik(x, patch_size):
     """Closed form: the maximum-likelihood Gaussian of every patch location, fitted on `x`."""
     p = Patchify(patch_size).forward(tf.constant(x, tf.float64)).numpy()
     n, hp, wp, d = p.shape
-    total = np.zeros(n)
-    for loc in p.reshape(n, hp * wp, d).transpose(1, 0, 2):
-        c = loc - loc.mean(0)
-        cov = c.T @ c / n
-        _, logdet = np.linalg.slogdet(cov)
-        maha = np.einsum("ni,ij,nj->n", c, np.linalg.inv(cov), c)
-        total += -0.5 * (maha + logdet + d * np.log(2 * np.pi))
-    return total
+    return sum(_gaussian_log_lik(loc) for loc in p.reshape(n, hp * wp, d).transpose(1, 0, 2))
 
 
 def test_init_with_identity_below_starts_as_the_per_location_gaussian(synthetic):
