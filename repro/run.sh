@@ -39,9 +39,12 @@ BASE="--set data.validation_limit=500 --set data.evaluate_test=false
 # half-convolutions kept their small random kernels through the data-dependent init, which is
 # data_init_identity=false. The identity lanes run the same protocol with the default (true).
 COMMON="$BASE --set training.data_init_identity=false"
-T1="$COMMON --set data.train_limit=10000"
-T2="$COMMON --set data.train_limit=3000"
-T3="$COMMON --set data.train_limit=1000"
+N1="--set data.train_limit=10000"  # training images: Table 1 (and dense), Table 2, Table 3
+N2="--set data.train_limit=3000"
+N3="--set data.train_limit=1000"
+T1="$COMMON $N1"
+T2="$COMMON $N2"
+T3="$COMMON $N3"
 
 train() {  # NAME CONFIG [--set ...]: train into $OUT/NAME, resuming an interrupted run
   local name=$1 config=$2; shift 2
@@ -91,26 +94,26 @@ bottom_L5() {  # a 5-layer model for Figure 6 (samples from 1, 3 and 5 layer mod
 # full covariance per alternative needs more images than dimensions: with 3,000 the training
 # loss ran to -9,000 nats/image, i.e. overfitting, in a first attempt).
 dense() {
-  train dense_L1_K2 dense_L1_K2_cpu $COMMON --set data.train_limit=10000 \
+  train dense_L1_K2 dense_L1_K2_cpu $COMMON $N1 \
       --set training.em_iterations=1 --set training.updates_first=300 \
       --set training.lr_final_updates=50
 }
 
 identity_a() {  # Table 1 and Table 3 (bottom HC only), identity-initialised half-convolutions
   mkdir -p "$OUT/identity"
-  for k in 0 1 2 3 4; do train identity/table1_hc$k table1_hc${k}_cpu $BASE --set data.train_limit=10000; done
-  for l in 1 2 3; do train identity/table3_bottom_L$l table3_bottom_L${l}_cpu $BASE --set data.train_limit=1000; done
+  for k in 0 1 2 3 4; do train identity/table1_hc$k table1_hc${k}_cpu $BASE $N1; done
+  for l in 1 2 3; do train identity/table3_bottom_L$l table3_bottom_L${l}_cpu $BASE $N3; done
 }
 
 identity_b() {  # Table 2 (1 to 4 shared BD layers x 4), identity-initialised half-convolutions
   mkdir -p "$OUT/identity"
-  for l in 1 2 3 4; do train identity/table2_L${l}_K4 table2_L${l}_K4_cpu $BASE --set data.train_limit=3000; done
+  for l in 1 2 3 4; do train identity/table2_L${l}_K4 table2_L${l}_K4_cpu $BASE $N2; done
 }
 
 identity_c() {  # Table 3 with intermediate HC, then gating; identity-initialised bottom HC
   mkdir -p "$OUT/identity"
   for l in 2 3; do
-    train identity/table3_gating_L$l table3_gating_L${l}_cpu $BASE --set data.train_limit=1000 \
+    train identity/table3_gating_L$l table3_gating_L${l}_cpu $BASE $N3 \
         --set gating.steps=600
   done
 }
