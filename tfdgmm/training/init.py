@@ -4,7 +4,8 @@ A freshly built deep GMM maps the data through near-identity layers to the stand
 latent, so its starting log-likelihood is poor (about -3,300 nats per CIFAR-10 image on the
 [-1, 1] scale) and the first thousands of M-step updates only learn the scale and correlations
 of patches. `initialize_from_data` sets the lowest block-diagonal layer to a whitening of the
-data as it arrives there (through the layers below it, e.g. near-identity half-convolutions):
+data as it arrives there (through the layers below it; single-alternative half-convolutions
+below it first become the identity, see `identity_below`):
 
 * its shift is the mean of the patch vectors and its matrix the ZCA whitening
   `W = Sigma^{-1/2}` of their covariance (the whitening closest to the identity), so the
