@@ -351,6 +351,42 @@ class DeepGMM(tfd.Distribution):
         return self._joint_from_patches(self._patchify.forward(x), self._check_path(path))
 
     @_no_autograph
+    def layer_inputs_and_output_gradients(self, x, path, indices, latent_probe=None):
+        """Curvature statistics of layers `indices` on `path` (for Kronecker-factored
+        preconditioning, `tfdgmm.training.preconditioning`).
+
+        Returns `(inputs, grads)`, one `[N, Hp, Wp, D]` tensor per index: the input `h_i` of
+        layer `i` in the density direction (`h_{i+1} = layer_i.inverse(h_i)`) and the gradient
+        of the negative joint `-sum_n log(pi_p p_p(x_n))` with respect to its output `h_{i+1}`
+        (per datapoint, since datapoints do not interact). With `latent_probe` (a tensor shaped
+        like the latent `z`, e.g. standard normal), the gradient of `sum(latent_probe * z)`
+        instead: `J^T probe`, whose second moment is the Gauss-Newton matrix `J^T J` of the
+        Gaussian term whatever the fit."""
+        x, _ = self._prepare(x)
+        path = self._check_path(path)
+        indices = sorted(set(int(i) for i in indices))
+        h = self._patchify.forward(x)
+        batch_shape = tf.shape(h)[:-3]
+        inputs, outputs, acts = [], [], []
+        with tf.GradientTape() as tape:
+            for i, layer in enumerate(self._layers):
+                if i in indices:
+                    inputs.append(h)
+                h = layer.inverse(h, **_kw(self._choice(i, path[i], batch_shape)))
+                if i in indices:
+                    tape.watch(h)
+                    outputs.append(h)
+                acts.append(h)
+            if latent_probe is not None:
+                loss = tf.reduce_sum(tf.cast(latent_probe, h.dtype) * h)
+            else:
+                score = self._base_log_prob(h)
+                if self._path_prior.is_conditional:
+                    score += self._path_prior.log_prob(path, acts)
+                loss = -tf.reduce_sum(score)
+        return inputs, tape.gradient(loss, outputs)
+
+    @_no_autograph
     def enumerate_paths(self):
         """Every path, as a tuple of `[P]` / `[P, Hp, Wp]` int32 arrays (row-major, layer 0
         most significant). Raises when `num_paths > exact_limit`."""

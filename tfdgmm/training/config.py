@@ -26,6 +26,7 @@ import tensorflow as tf
 __all__ = ["EMConfig", "learning_rate_at", "mstep_updates"]
 
 _OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamax")
+_HC_OPTIMIZERS = ("kfac", "optimizer")
 
 
 @dataclasses.dataclass
@@ -59,6 +60,26 @@ class EMConfig:
     lr_warmup_updates: int = 100
     """Ramp the rate up linearly over the first updates of the first M-step (from a good,
     data-dependent start, full-size first Adam steps can throw the model far off)."""
+    hc_optimizer: str = "kfac"
+    """How half-convolution kernels are stepped: `'kfac'`, momentum SGD on Kronecker-factored
+    Gauss-Newton steps (`tfdgmm.training.preconditioning`; Adam on these kernels is what made
+    training diverge from its data-dependent start); `'optimizer'`: the same Keras optimizer as
+    every other variable (the behaviour before 2026-11-30)."""
+    hc_learning_rate: float = 0.05
+    """With `hc_optimizer='kfac'`: the fraction of a (Kronecker-model) Newton step per update,
+    scaled by the same schedule as `learning_rate` (warm-up, final factor, EM decay,
+    rollbacks)."""
+    hc_momentum: float = 0.9
+    hc_damping: float = 1e-3
+    """Relative damping of the Kronecker factors (times the mean of each factor's diagonal)."""
+    hc_fisher: str = "sampled"
+    """Curvature of the layers above a half-convolution: `'sampled'` (Gauss-Newton by
+    standard-normal latent probes) or `'empirical'` (the datapoints' own gradients; see
+    `tfdgmm.training.preconditioning`)."""
+    hc_statistics_interval: int = 50
+    """Recompute the Kronecker factors every this many updates (by update count)."""
+    hc_statistics_images: int = 500
+    """Training images (with their E-step paths) the factors are estimated from."""
     jit_compile: bool = False
     """XLA-compile the M-step's loss and gradient (slower on CPU; try it on a GPU)."""
 
@@ -149,20 +170,28 @@ class EMConfig:
 
         for name in ("em_iterations", "updates_first", "updates_later", "batch_size",
                      "learning_rate", "estep_batch_size", "progress_interval_seconds",
-                     "keep_checkpoints", "lr_final_factor", "lr_min_factor", "nan_lr_factor"):
+                     "keep_checkpoints", "lr_final_factor", "lr_min_factor", "nan_lr_factor",
+                     "hc_learning_rate", "hc_statistics_interval", "hc_statistics_images"):
             positive(name)
         for name in ("first_iterations", "lr_final_updates", "estep_init_passes",
                      "estep_restarts", "estep_restart_passes", "eval_restarts",
                      "early_stopping_patience", "early_stopping_min_delta",
                      "checkpoint_interval_seconds", "prior_pseudo_count", "max_rollbacks",
                      "max_chunk", "data_init_images", "lr_warmup_updates",
-                     "lr_em_decay", "divergence_nats"):
+                     "lr_em_decay", "divergence_nats", "hc_momentum", "hc_damping"):
             positive(name, allow_zero=True)
         if self.estep_init_passes + self.estep_restarts * self.estep_restart_passes < 1:
             raise ValueError("the E-step needs at least one pass (estep_init_passes or "
                              "estep_restarts x estep_restart_passes)")
         if self.optimizer.lower() not in _OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {_OPTIMIZERS}; got {self.optimizer!r}")
+        if self.hc_optimizer not in _HC_OPTIMIZERS:
+            raise ValueError(f"hc_optimizer must be one of {_HC_OPTIMIZERS}; "
+                             f"got {self.hc_optimizer!r}")
+        if self.hc_fisher not in ("sampled", "empirical"):
+            raise ValueError(f"hc_fisher must be 'sampled' or 'empirical'; got {self.hc_fisher!r}")
+        if self.hc_momentum >= 1:
+            raise ValueError(f"hc_momentum must be in [0, 1); got {self.hc_momentum!r}")
         if self.first_estep not in ("auto", "random", "search"):
             raise ValueError("first_estep must be 'auto', 'random' or 'search'; "
                              f"got {self.first_estep!r}")
@@ -182,6 +211,13 @@ class EMConfig:
                "rmsprop": keras.optimizers.RMSprop,
                "adamax": keras.optimizers.Adamax}[self.optimizer.lower()]
         return cls(learning_rate=self.learning_rate, **self.optimizer_kwargs)
+
+    def make_hc_optimizer(self):
+        """The momentum SGD that applies the half-convolutions' K-FAC steps."""
+        import keras
+
+        return keras.optimizers.SGD(learning_rate=self.hc_learning_rate,
+                                    momentum=self.hc_momentum)
 
 
 def mstep_updates(config: EMConfig, em_iteration: int) -> int:

@@ -42,6 +42,7 @@ import tensorflow as tf
 from tfdgmm.training import checkpointing
 from tfdgmm.training.config import EMConfig, learning_rate_at, mstep_updates
 from tfdgmm.training.init import initialize_from_data
+from tfdgmm.training.preconditioning import HalfConvolutionKFAC
 from tfdgmm.training.search import DatasetSearch, fold_seed, path_usage_entropy
 from tfdgmm.training.summaries import Clock, RateMeter, Summaries, default_log, format_duration
 
@@ -172,11 +173,27 @@ class EMTrainer:
         self.variables = [v for v in model.trainable_variables if v.ref() not in skip]
         if not self.variables:
             raise ValueError("the model has no trainable variables")
+        # half-convolution kernels take K-FAC steps (cfg.hc_optimizer, see
+        # tfdgmm.training.preconditioning); every other variable the Keras optimizer's
+        self.preconditioner = None
+        if cfg.hc_optimizer == "kfac":
+            pre = HalfConvolutionKFAC(model, damping=cfg.hc_damping, fisher=cfg.hc_fisher)
+            trainable = {v.ref() for v in self.variables}
+            if pre and all(k.ref() in trainable for k in pre.kernels):
+                self.preconditioner = pre
+        hc = {k.ref() for k in self.preconditioner.kernels} if self.preconditioner else set()
+        self._hc_index = [i for i, v in enumerate(self.variables) if v.ref() in hc]
+        self._main_index = [i for i, v in enumerate(self.variables) if v.ref() not in hc]
         self.optimizer = cfg.make_optimizer()
-        self.optimizer.build(self.variables)
+        self.optimizer.build([self.variables[i] for i in self._main_index])
+        items = {}
+        if self.preconditioner is not None:
+            self.hc_optimizer = cfg.make_hc_optimizer()
+            self.hc_optimizer.build([self.variables[i] for i in self._hc_index])
+            items.update(hc_optimizer=self.hc_optimizer, hc_kfac=self.preconditioner)
 
-        items = {"model": model, "optimizer": self.optimizer, "state": self.state,
-                 "train": self.train_search.checkpoint_items()}
+        items.update(model=model, optimizer=self.optimizer, state=self.state,
+                     train=self.train_search.checkpoint_items())
         if self.validation_search is not None:
             items["validation"] = self.validation_search.checkpoint_items()
         self.checkpoint = tf.train.Checkpoint(**items)
@@ -605,6 +622,21 @@ class EMTrainer:
         b = self.batch_size
         per_epoch = n // b
         seed = fold_seed(cfg.seed, 0x3A57E9)
+        pre = self.preconditioner
+        main_vars = [variables[i] for i in self._main_index]
+        hc_vars = [variables[i] for i in self._hc_index]
+        data, paths = self.train_search.data, self.train_search.paths
+        stats_images = min(cfg.hc_statistics_images, n)
+        stats_seed = fold_seed(cfg.seed, 0x4FAC)
+
+        def refresh_statistics(em_iteration, u):
+            """The K-FAC factors from `stats_images` training images (a stateless draw per
+            update count) on their E-step paths."""
+            idx = tf.random.experimental.stateless_shuffle(
+                tf.range(n), seed=fold_seed(stats_seed, em_iteration, u))[:stats_images]
+            pre.update(tf.gather(data, idx), tuple(tf.gather(v, idx) for v in paths),
+                       seed=fold_seed(stats_seed, em_iteration, u, 1))
+            return tf.constant(0)
 
         @tf.function
         def run(num, total, em_iteration):
@@ -614,10 +646,22 @@ class EMTrainer:
                 order = tf.random.experimental.stateless_shuffle(
                     tf.range(n), seed=fold_seed(seed, em_iteration, epoch))
                 idx = tf.slice(order, [tf.cast(pos, tf.int32) * b], [b])
+                if pre is not None:
+                    tf.cond(u % cfg.hc_statistics_interval == 0,
+                            lambda: refresh_statistics(em_iteration, u),
+                            lambda: tf.constant(0))
                 loss, grads = minibatch_step(idx)
                 lr = learning_rate_at(cfg, em_iteration, u, total, state.lr_scale)
-                optimizer.learning_rate.assign(tf.cast(lr, optimizer.learning_rate.dtype))
-                optimizer.apply_gradients(zip(grads, variables))
+                if main_vars:
+                    optimizer.learning_rate.assign(tf.cast(lr, optimizer.learning_rate.dtype))
+                    optimizer.apply_gradients(
+                        zip([grads[i] for i in self._main_index], main_vars))
+                if pre is not None:
+                    hc_lr = lr * (cfg.hc_learning_rate / cfg.learning_rate)
+                    self.hc_optimizer.learning_rate.assign(
+                        tf.cast(hc_lr, self.hc_optimizer.learning_rate.dtype))
+                    steps = pre.precondition([grads[i] for i in self._hc_index])
+                    self.hc_optimizer.apply_gradients(zip(steps, hc_vars))
                 finite = tf.math.is_finite(loss)
                 for g in grads:
                     finite = finite & tf.reduce_all(tf.math.is_finite(g))

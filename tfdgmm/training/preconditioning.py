@@ -1,0 +1,172 @@
+r"""Kronecker-factored (K-FAC) preconditioning of the half-convolution kernels in the M-step.
+
+**Why** (measured 2026-11-30, `BENCHMARKS.md`, "Why training diverged"): after the
+data-dependent init, the block-diagonal layer above the half-convolutions whitens their output,
+and its smallest variances are those of the dequantisation noise (a pixel's uniform noise has
+standard deviation `1 / (128 sqrt(12)) ~ 0.0023` on the [-1, 1] scale). The loss is quadratic in a
+half-convolution's kernel `w` (log-det 0), with curvature `J^T W^T W J`: a change of the kernel
+that leaks into a noise direction is amplified about 400-fold by the whitening. Adam moves every
+kernel entry by about the learning rate per update whatever the curvature: at 1e-3 a step changes
+each updated pixel by about `sqrt(25 * 24) * 1e-3 * 0.5 ~ 0.01`, several noise standard
+deviations, and the bound falls by hundreds of nats per update (3 HC + BD on CIFAR-10: 5,641 to
+5,369 nats/image on validation within the first 100 updates of the warm-up, training the kernels
+alone; the block-diagonal layer alone trains stably at the same rate). A smaller rate is stable
+but slow (3e-5: +230 nats in 3,000 updates).
+
+**What**: a Gauss-Newton step in Kronecker form (Martens & Grosse, 2015; Grosse & Martens, 2016,
+for convolutions). For a half-convolution updating `x_b` from `x_a` (density direction
+`y_b = x_b - conv(x_a, w)`), the gradient of the loss with respect to the kernel is a sum over
+datapoints and locations of `p (x) g`, with `p` the `kh kw D_a` patch of the conditioning half
+around the location and `g` the gradient with respect to the updated half's output there. Its
+curvature is approximated by
+
+```none
+H ~ L * A (x) B,   A = E[p p^T]  ([kh kw D_a]^2),   B = E[g g^T]  ([D_b]^2),
+```
+
+with `L` the number of locations and expectations over datapoints and locations. `B` is the
+Gauss-Newton matrix `J^T J` of the layers above, estimated by back-propagating standard-normal
+probes from the latent (`fisher='sampled'`, the default; the curvature of the Gaussian term
+whatever the fit), or the empirical Fisher of the datapoints' own gradients
+(`fisher='empirical'`, equal in expectation while the latent is white, as after the init; it
+shrinks as a small training set is fitted, and 3 HC + BD on 500 CIFAR-10 images then diverged
+after about 60 updates with K-FAC steps through Keras). The step for the kernel gradient `G` (`[kh kw D_a, D_b]`
+per alternative) is
+
+```none
+P = (A + a I)^{-1} G (B + b I)^{-1} / (L f_k)
+```
+
+with damping `a = damping * mean(diag A)`, `b = damping * mean(diag B)`, and `f_k` the fraction
+of (datapoint, location) units that choose alternative `k` (1 for one alternative; at least
+`0.1 / K`). `P` is the Newton step of the Kronecker model, so the rate `hc_learning_rate` is a
+fraction of a Newton step (momentum SGD, `tfdgmm.training.config`), not a per-parameter size.
+
+The factors are recomputed from `statistics_images` training images with their E-step paths every
+`statistics_interval` updates (by update count, so resumed runs equal uninterrupted ones), and
+are kept in variables, so a checkpoint holds them.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfdgmm.bijectors import HalfConvolution
+
+__all__ = ["FISHERS", "HalfConvolutionKFAC"]
+
+FISHERS = ("sampled", "empirical")
+
+
+class HalfConvolutionKFAC(tf.Module):
+    """K-FAC factors of every `HalfConvolution` of `model` (see the module docstring).
+
+    Args:
+      model: a `tfdgmm.DeepGMM`. (`update` and `kernel_gradient_factors` take another
+        `DeepGMM` of the same architecture through `model=`: the Keras model builds a fresh one
+        from its weights at every step.)
+      damping: relative Tikhonov damping of each factor (`>= 0`).
+      fisher: `'sampled'` (Gauss-Newton by standard-normal latent probes) or `'empirical'`.
+    """
+
+    def __init__(self, model, damping: float = 1e-3, fisher: str = "sampled",
+                 name: str = "hc_kfac"):
+        super().__init__(name=name)
+        if fisher not in FISHERS:
+            raise ValueError(f"fisher must be one of {FISHERS}; got {fisher!r}")
+        self.model = model
+        self.damping = float(damping)
+        self.fisher = fisher
+        self.indices = [i for i, layer in enumerate(model.layers)
+                        if isinstance(layer, HalfConvolution)]
+        self.layers = [model.layers[i] for i in self.indices]
+        hp, wp = model.patch_shape[:2]
+        self.num_locations = int(hp) * int(wp)
+        dtype = model.dtype
+        self.ready = tf.Variable(False, trainable=False, name="ready")
+        """False until the first `update`: identity factors are no preconditioner."""
+        self.a_inverse, self.b_inverse, self.usage = [], [], []
+        for layer in self.layers:
+            k, kh, kw, dc, du = (int(s) for s in layer.kernel.shape)
+            self.a_inverse.append(tf.Variable(tf.eye(kh * kw * dc, dtype=dtype),
+                                              trainable=False, name="a_inverse"))
+            self.b_inverse.append(tf.Variable(tf.eye(du, dtype=dtype), trainable=False,
+                                              name="b_inverse"))
+            self.usage.append(tf.Variable(tf.ones([k], dtype) / k, trainable=False,
+                                          name="usage"))
+
+    @property
+    def kernels(self) -> list:
+        """The kernel variables this preconditioner acts on, in layer order."""
+        return [layer.kernel for layer in self.layers]
+
+    def __bool__(self) -> bool:
+        return bool(self.layers)
+
+    def _halves(self, layer, h, g):
+        """`(x_a, g_b)`: the conditioning half of the input and the updated half of the output
+        gradient."""
+        _, _, _, dc, du = (int(s) for s in layer.kernel.shape)
+        if layer.update == "second":
+            return h[..., :dc], g[..., dc:]
+        return h[..., du:], g[..., :du]
+
+    def kernel_gradient_factors(self, x, path, model=None, latent_probe=None) -> list:
+        """Per layer, `(p, g)`: the conditioning-half patches `[U, kh kw D_a]` and the
+        gradients of the negative joint with respect to the updated half's output `[U, D_b]`,
+        one row per (datapoint, location) unit `U`. The gradient of `-sum_n log(pi p(x_n))` with
+        respect to alternative `k`'s kernel is `-p_k^T g_k` over the units that choose `k`.
+        With `latent_probe`, `g` back-propagates it instead (see
+        `DeepGMM.layer_inputs_and_output_gradients`)."""
+        model = self.model if model is None else model
+        inputs, grads = model.layer_inputs_and_output_gradients(x, path, self.indices,
+                                                                latent_probe=latent_probe)
+        out = []
+        for layer, h, g in zip(self.layers, inputs, grads):
+            _, kh, kw, dc, du = (int(s) for s in layer.kernel.shape)
+            cond, g = self._halves(layer, h, g)
+            # patches ordered (row, column, channel), like the kernel's [kh, kw, D_a] axes
+            p = tf.image.extract_patches(cond, [1, kh, kw, 1], [1, 1, 1, 1], [1, 1, 1, 1],
+                                         "SAME")
+            out.append((tf.reshape(p, [-1, kh * kw * dc]), tf.reshape(g, [-1, du])))
+        return out
+
+    def update(self, x, path, model=None, seed=(0, 0)):
+        """Recompute the factors from images `x` `[N, H, W, C]` on their paths `path`
+        (`seed`: stateless seed of the latent probes)."""
+        probe = None
+        if self.fisher == "sampled":
+            shape = tf.concat([tf.shape(x)[:1], tf.constant(self.model.patch_shape)], 0)
+            probe = tf.random.stateless_normal(shape, seed, dtype=self.model.dtype)
+        factors = self.kernel_gradient_factors(x, path, model, latent_probe=probe)
+        for j, (i, (p, g)) in enumerate(zip(self.indices, factors)):
+            k = int(self.layers[j].kernel.shape[0])
+            count = tf.cast(tf.shape(p)[0], p.dtype)
+            a = tf.matmul(p, p, transpose_a=True) / count
+            b = tf.matmul(g, g, transpose_a=True) / count
+            self.a_inverse[j].assign(_damped_inverse(a, self.damping))
+            self.b_inverse[j].assign(_damped_inverse(b, self.damping))
+            if k > 1:
+                choice = tf.reshape(path[i], [-1])
+                self.usage[j].assign(tf.reduce_mean(tf.one_hot(choice, k, dtype=p.dtype), 0))
+        self.ready.assign(True)
+
+    def precondition(self, grads) -> list:
+        """The K-FAC steps `P` for the kernels' gradients `grads` (in `kernels` order)."""
+        out = []
+        for j, (layer, g) in enumerate(zip(self.layers, grads)):
+            k, kh, kw, dc, du = (int(s) for s in layer.kernel.shape)
+            usage = tf.maximum(self.usage[j], 0.1 / k)
+            gm = tf.reshape(g, [k, kh * kw * dc, du])
+            step = tf.matmul(tf.matmul(self.a_inverse[j], gm), self.b_inverse[j])
+            step /= (self.num_locations * usage)[:, None, None]
+            out.append(tf.reshape(step, tf.shape(g)))
+        return out
+
+
+def _damped_inverse(m, damping):
+    n = tf.shape(m)[0]
+    scale = damping * tf.reduce_mean(tf.linalg.diag_part(m))
+    # a tiny absolute floor keeps an all-zero factor (e.g. an unused layer) invertible
+    m = m + (scale + tf.constant(1e-12, m.dtype)) * tf.eye(n, dtype=m.dtype)
+    return tf.linalg.cholesky_solve(tf.linalg.cholesky(m), tf.eye(n, dtype=m.dtype))
