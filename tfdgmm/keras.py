@@ -79,7 +79,8 @@ class DeepGMMModel(keras.Model):
 
     def __init__(self, architecture, estep_options=None, bin_width=2.0 / 256.0, seed=None,
                  hc_optimizer="kfac", hc_learning_rate=0.05, hc_momentum=0.9, hc_damping=1e-3,
-                 hc_statistics_interval=50, warmup_updates=100, **kwargs):
+                 hc_statistics_interval=50, hc_max_step_nats=1000.0, warmup_updates=100,
+                 **kwargs):
         kwargs.setdefault("dtype", None)
         cfg = architectures.normalize(architecture)
         if cfg["path_prior"] != "uniform":
@@ -116,6 +117,7 @@ class DeepGMMModel(keras.Model):
                            "hc_learning_rate": float(hc_learning_rate),
                            "hc_momentum": float(hc_momentum), "hc_damping": float(hc_damping),
                            "hc_statistics_interval": int(hc_statistics_interval),
+                           "hc_max_step_nats": float(hc_max_step_nats),
                            "warmup_updates": int(warmup_updates)}
         self._kfac = None
         if hc_optimizer == "kfac" and any(s["type"] == "half_convolution"
@@ -331,7 +333,8 @@ class DeepGMMModel(keras.Model):
                             interval=opts["hc_statistics_interval"],
                             learning_rate=WarmUp(opts["hc_learning_rate"],
                                                  opts["warmup_updates"])(step),
-                            momentum=opts["hc_momentum"])
+                            momentum=opts["hc_momentum"],
+                            max_step_nats=opts["hc_max_step_nats"])
         self.optimizer.apply_gradients(zip(grads[:len(main)], main))
         return self._update_metrics(loss, joint, sample_weight)
 
@@ -456,7 +459,7 @@ class _KerasKFAC(tf.Module):
         return self.pre.indices
 
     def step(self, kernels, grads, iteration, x, paths, make_gmm, interval, learning_rate,
-             momentum):
+             momentum, max_step_nats):
         pre = self.pre
 
         def refresh():
@@ -467,7 +470,9 @@ class _KerasKFAC(tf.Module):
 
         tf.cond((iteration % interval == 0) | tf.logical_not(pre.ready), refresh,
                 lambda: tf.constant(0))
-        for v, p, kernel in zip(self.velocity, pre.precondition(grads), kernels):
+        steps = pre.precondition(grads, learning_rate=learning_rate,
+                                 max_step_nats=max_step_nats)
+        for v, p, kernel in zip(self.velocity, steps, kernels):
             v.assign(momentum * v + tf.cast(p, v.dtype))
             kernel.assign_sub(tf.cast(learning_rate, v.dtype) * v)
 

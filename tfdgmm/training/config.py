@@ -12,6 +12,7 @@ iteration `t` (0-based):
 ```none
 lr = learning_rate * max(lr_em_decay ** t, lr_min_factor)
                    * (lr_final_factor  if u >= U - min(lr_final_updates, U // 2)  else 1)
+                     [lr_decay='cosine': f + (1 - f) (1 + cos(pi u / U)) / 2, f = lr_final_factor]
                    * min(1, (u + 1) / lr_warmup_updates)   (first M-step only, t = 0)
                    * lr_scale          (1, lowered by nan_lr_factor at every NaN/divergence rollback)
 ```
@@ -20,6 +21,7 @@ lr = learning_rate * max(lr_em_decay ** t, lr_min_factor)
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import tensorflow as tf
 
@@ -57,6 +59,10 @@ class EMConfig:
     lr_final_updates: int = 4_000
     """The last updates of every M-step run at a lower rate (at most half of the M-step)."""
     lr_final_factor: float = 0.1
+    lr_decay: str = "final"
+    """Within an M-step: `'final'` (the paper's: the last `lr_final_updates` updates at
+    `lr_final_factor`) or `'cosine'` (from 1 down to `lr_final_factor` along a half cosine over
+    the M-step's updates)."""
     lr_warmup_updates: int = 100
     """Ramp the rate up linearly over the first updates of the first M-step (from a good,
     data-dependent start, full-size first Adam steps can throw the model far off)."""
@@ -72,6 +78,12 @@ class EMConfig:
     hc_momentum: float = 0.9
     hc_damping: float = 1e-3
     """Relative damping of the Kronecker factors (times the mean of each factor's diagonal)."""
+    hc_max_step_nats: float = 1000.0
+    """Trust region of the K-FAC steps: an update's predicted decrease of the loss
+    (`lr * <P, G>`, nats per image) is at most this (0: no limit), the scale of
+    `divergence_nats`. Far from the quadratic model (a loss blown up by another variable's
+    step) it keeps steps finite; see BENCHMARKS.md for a check that it does not bind in
+    ordinary training."""
     hc_fisher: str = "sampled"
     """Curvature of the layers above a half-convolution: `'sampled'` (Gauss-Newton by
     standard-normal latent probes) or `'empirical'` (the datapoints' own gradients; see
@@ -178,7 +190,8 @@ class EMConfig:
                      "early_stopping_patience", "early_stopping_min_delta",
                      "checkpoint_interval_seconds", "prior_pseudo_count", "max_rollbacks",
                      "max_chunk", "data_init_images", "lr_warmup_updates",
-                     "lr_em_decay", "divergence_nats", "hc_momentum", "hc_damping"):
+                     "lr_em_decay", "divergence_nats", "hc_momentum", "hc_damping",
+                     "hc_max_step_nats"):
             positive(name, allow_zero=True)
         if self.estep_init_passes + self.estep_restarts * self.estep_restart_passes < 1:
             raise ValueError("the E-step needs at least one pass (estep_init_passes or "
@@ -188,6 +201,8 @@ class EMConfig:
         if self.hc_optimizer not in _HC_OPTIMIZERS:
             raise ValueError(f"hc_optimizer must be one of {_HC_OPTIMIZERS}; "
                              f"got {self.hc_optimizer!r}")
+        if self.lr_decay not in ("final", "cosine"):
+            raise ValueError(f"lr_decay must be 'final' or 'cosine'; got {self.lr_decay!r}")
         if self.hc_fisher not in ("sampled", "empirical"):
             raise ValueError(f"hc_fisher must be 'sampled' or 'empirical'; got {self.hc_fisher!r}")
         if self.hc_momentum >= 1:
@@ -232,8 +247,12 @@ def learning_rate_at(config: EMConfig, em_iteration, update, num_updates, lr_sca
     warm = config.lr_warmup_updates
     if all(isinstance(v, (int, float)) for v in (em_iteration, update, num_updates, lr_scale)):
         em = max(config.lr_em_decay ** em_iteration, config.lr_min_factor)
-        final = min(config.lr_final_updates, num_updates // 2)
-        fin = config.lr_final_factor if update >= num_updates - final else 1.0
+        if config.lr_decay == "cosine":
+            f = config.lr_final_factor
+            fin = f + (1 - f) * 0.5 * (1 + math.cos(math.pi * update / max(num_updates, 1)))
+        else:
+            final = min(config.lr_final_updates, num_updates // 2)
+            fin = config.lr_final_factor if update >= num_updates - final else 1.0
         if warm and em_iteration == 0 and update < warm:
             fin *= (update + 1) / warm
         return config.learning_rate * em * fin * lr_scale
@@ -242,9 +261,15 @@ def learning_rate_at(config: EMConfig, em_iteration, update, num_updates, lr_sca
     num_updates = tf.cast(num_updates, tf.int64)
     em = tf.maximum(tf.pow(tf.constant(config.lr_em_decay, tf.float32), em_iteration),
                     config.lr_min_factor)
-    final = tf.minimum(tf.constant(config.lr_final_updates, tf.int64), num_updates // 2)
-    fin = tf.where(update >= num_updates - final, tf.constant(config.lr_final_factor, tf.float32),
-                   tf.constant(1.0, tf.float32))
+    if config.lr_decay == "cosine":
+        f = config.lr_final_factor
+        frac = tf.cast(update, tf.float32) / tf.cast(tf.maximum(num_updates, 1), tf.float32)
+        fin = f + (1 - f) * 0.5 * (1 + tf.cos(math.pi * frac))
+    else:
+        final = tf.minimum(tf.constant(config.lr_final_updates, tf.int64), num_updates // 2)
+        fin = tf.where(update >= num_updates - final,
+                       tf.constant(config.lr_final_factor, tf.float32),
+                       tf.constant(1.0, tf.float32))
     if warm:
         ramp = tf.minimum(tf.cast(update + 1, tf.float32) / warm, 1.0)
         fin *= tf.where(em_iteration == 0, ramp, tf.constant(1.0, tf.float32))

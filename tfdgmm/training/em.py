@@ -660,7 +660,9 @@ class EMTrainer:
                     hc_lr = lr * (cfg.hc_learning_rate / cfg.learning_rate)
                     self.hc_optimizer.learning_rate.assign(
                         tf.cast(hc_lr, self.hc_optimizer.learning_rate.dtype))
-                    steps = pre.precondition([grads[i] for i in self._hc_index])
+                    steps = pre.precondition([grads[i] for i in self._hc_index],
+                                             learning_rate=hc_lr,
+                                             max_step_nats=cfg.hc_max_step_nats)
                     self.hc_optimizer.apply_gradients(zip(steps, hc_vars))
                 finite = tf.math.is_finite(loss)
                 for g in grads:

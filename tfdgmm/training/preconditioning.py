@@ -151,8 +151,27 @@ class HalfConvolutionKFAC(tf.Module):
                 self.usage[j].assign(tf.reduce_mean(tf.one_hot(choice, k, dtype=p.dtype), 0))
         self.ready.assign(True)
 
-    def precondition(self, grads) -> list:
-        """The K-FAC steps `P` for the kernels' gradients `grads` (in `kernels` order)."""
+    def precondition(self, grads, learning_rate=None, max_step_nats=0.0) -> list:
+        """The K-FAC steps `P` for the kernels' gradients `grads` (in `kernels` order).
+
+        With `max_step_nats > 0` the steps are scaled down together so that the predicted
+        first-order decrease of the loss of a step of `learning_rate * P`,
+        `learning_rate * sum <P, G>` (nats per image), is at most `max_step_nats` (a trust
+        region in the Gauss-Newton norm, like K-FAC's KL clipping [Ba et al., 2017]). In
+        ordinary training it does not bind; it keeps a state far from the quadratic model (a
+        loss blown up by another variable's step) from taking a Newton step of its own size."""
+        steps = self._steps(grads)
+        if max_step_nats and learning_rate is not None:
+            decrease = tf.add_n([tf.reduce_sum(p * g) for p, g in zip(steps, grads)])
+            decrease = tf.cast(learning_rate, decrease.dtype) * decrease
+            scale = tf.where(decrease > max_step_nats,
+                             max_step_nats / tf.maximum(decrease, 1e-30),
+                             tf.ones_like(decrease))
+            scale = tf.where(tf.math.is_finite(scale), scale, tf.zeros_like(scale))
+            steps = [scale * p for p in steps]
+        return steps
+
+    def _steps(self, grads) -> list:
         out = []
         for j, (layer, g) in enumerate(zip(self.layers, grads)):
             k, kh, kw, dc, du = (int(s) for s in layer.kernel.shape)
