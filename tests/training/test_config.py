@@ -17,6 +17,14 @@ def test_round_trip_and_unknown_keys():
         EMConfig(location_method="nope")
 
 
+def test_new_training_fields_are_validated():
+    for bad in ({"hc_optimizer": "adam"}, {"hc_fisher": "true"}, {"hc_momentum": 1.0},
+                {"hc_learning_rate": 0}, {"lr_decay": "linear"}, {"hc_max_step_nats": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            EMConfig.from_dict(bad)
+    assert EMConfig().hc_optimizer == "kfac" and EMConfig().hc_fisher == "sampled"
+
+
 def test_schedule_python_and_tensor_agree():
     cfg = EMConfig(learning_rate=1e-2, lr_em_decay=0.5, lr_min_factor=0.2, lr_final_updates=30,
                    lr_final_factor=0.1, updates_first=100, updates_later=40, first_iterations=2,
@@ -34,7 +42,12 @@ def test_schedule_python_and_tensor_agree():
     assert learning_rate_at(warm, 0, 4, 100) == pytest.approx(5e-3)
     assert learning_rate_at(warm, 0, 10, 100) == pytest.approx(1e-2)
     assert learning_rate_at(warm, 1, 0, 100) == pytest.approx(5e-3)   # first M-step only
-    for c in (cfg, warm):
+    cosine = cfg.replace(lr_decay="cosine", lr_final_factor=0.01)
+    assert learning_rate_at(cosine, 0, 0, 100) == pytest.approx(1e-2)
+    assert learning_rate_at(cosine, 0, 50, 100) == pytest.approx(1e-2 * (0.01 + 0.99 * 0.5))
+    assert learning_rate_at(cosine, 0, 100, 100) == pytest.approx(1e-4)
+    assert learning_rate_at(cosine, 1, 20, 40) == pytest.approx(5e-3 * 0.505)
+    for c in (cfg, warm, cosine):
         for t, u, n in [(0, 0, 100), (0, 4, 100), (0, 70, 100), (3, 25, 40), (7, 3, 40)]:
             tensor = learning_rate_at(c, tf.constant(t, tf.int64), tf.constant(u, tf.int64),
                                       tf.constant(n, tf.int64), tf.constant(0.5))
