@@ -205,7 +205,8 @@ def load_data(data_cfg: dict, spec=None):
             validation_limit=data_cfg.get("validation_limit"),
             test_limit=data_cfg.get("test_limit"))
     except DataError as e:
-        hint = ("" if spec not in ("tfds",) and not str(spec).startswith("tfds:") else
+        tfds = spec in ("tfds",) or str(spec).startswith("tfds:")
+        hint = ("" if not tfds or "--data" in str(e) else
                 " Pass a local copy of CIFAR-10 with --data PATH (a directory holding train.npz "
                 "+ test.npz, e.g. ../shared/data/cifar10-jpeg75, or the official batches).")
         raise DataLoadError(f"could not load the data ({spec}): {e}{hint}") from e
