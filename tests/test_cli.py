@@ -45,12 +45,13 @@ def test_train_evaluate_sample_end_to_end(small_npz, tmp_path, capsys):
     out = str(tmp_path / "run")
     assert cli.main(["train", "--config", TINY, "--data", small_npz, "--out", out] + FAST) == 0
     for name in ("config.yaml", "command.txt", "train.log", "metrics.json",
-                 "figures/samples.png", "figures/filters.png"):
+                 "figures/samples.png", "figures/filters.png", "figures/training_curve.png"):
         assert os.path.exists(os.path.join(out, name)), name
     tags = _tensorboard_tags(os.path.join(out, "tensorboard"))
     for tag in ("mstep/loss", "mstep/learning_rate", "em/validation_lower_bound",
                 "em/validation_upper_bound", "em/validation_lower_bound_bpd",
-                "em/train_lower_bound", "paths/entropy_layer1"):
+                "em/train_lower_bound", "paths/entropy_layer1", "figures/samples",
+                "figures/filters", "figures/training_curve"):
         assert tag in tags, (tag, sorted(tags))
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)
@@ -66,6 +67,7 @@ def test_train_evaluate_sample_end_to_end(small_npz, tmp_path, capsys):
     assert "train" in metrics["command"] and metrics["config"]["training"]["updates_first"] == 30
     text = capsys.readouterr().out
     assert "[EM 2/2] done" in text and "metrics:" in text
+    assert text.count("devices: ") == 1 and "replica" in text.split("devices: ")[1].split("\n")[0]
 
     assert cli.main(["evaluate", out, "--split", "validation", "--restarts", "1"]) == 0
     with open(os.path.join(out, "evaluation-validation.json")) as f:

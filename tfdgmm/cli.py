@@ -319,6 +319,9 @@ def train_run(config: dict, out_dir: str, data_spec=None, resume=False, argv=Non
 
     if strategy is None or isinstance(strategy, str):
         strategy = distribute.make_strategy(strategy)
+    from tfdgmm.training.summaries import device_report
+
+    log(device_report(strategy))
     with distribute.scope(strategy):
         model = tfdgmm.DeepGMM.from_config(config["model"])
     summary = _model_summary(model)
@@ -358,7 +361,19 @@ def train_run(config: dict, out_dir: str, data_spec=None, resume=False, argv=Non
         p = os.path.join(fig_dir, "filters.png")
         figs.save_filters(model, p)
         figure_paths["filters"] = p
+        baseline = _known_baseline(out_dir, data_cfg)
+        p = os.path.join(fig_dir, "training_curve.png")
+        figs.save_training_curve(history, p, nats_to_bpd=to_bpd, baseline=baseline,
+                                 title=f"training curve ({config.get('description') or 'deep GMM'})")
+        figure_paths["training_curve"] = p
         log(f"figures: {', '.join(figure_paths.values())}")
+        if trainer.write_dir == out_dir:  # the chief: the figures in TensorBoard's Images tab
+            from tfdgmm.training.summaries import Summaries
+
+            images = Summaries(os.path.join(out_dir, "tensorboard"))
+            for name, fig_path in figure_paths.items():
+                images.image(len(history), f"figures/{name}", fig_path)
+            images.close()
 
     gating_block = None
     if (config.get("gating") or {}).get("enabled"):
@@ -399,6 +414,22 @@ def train_run(config: dict, out_dir: str, data_spec=None, resume=False, argv=Non
     _dump_json(metrics, path)
     log(f"metrics: {path}")
     return metrics
+
+
+def _known_baseline(out_dir, data_cfg):
+    """The Gaussian baseline's nats per split, when `tfdgmm baseline --out RUN_DIR` wrote a
+    `baseline.json` into the run directory for the same noise seed; else None."""
+    path = os.path.join(out_dir, "baseline.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            result = json.load(f)
+        if result.get("noise_seed", 0) != data_cfg.get("noise_seed", 0):
+            return None
+        return {name: float(r["nats"]) for name, r in result["splits"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # ---------------------------------------------------------------------- gating
