@@ -192,3 +192,13 @@ def test_baseline_jitter(small_npz, tmp_path, capsys):
         result = json.load(f)
     assert result["jitter"] == 0.01
     assert all(np.isfinite(r["nats"]) for r in result["splits"].values())
+
+
+def test_training_curve_uses_a_baseline_of_the_same_noise(tmp_path):
+    assert cli._known_baseline(str(tmp_path), {"noise_seed": 0}) is None
+    with open(tmp_path / "baseline.json", "w") as f:
+        json.dump({"noise_seed": 0, "splits": {"train": {"nats": 100.5},
+                                               "validation": {"nats": 90.0}}}, f)
+    assert cli._known_baseline(str(tmp_path), {"noise_seed": 0}) == {"train": 100.5,
+                                                                     "validation": 90.0}
+    assert cli._known_baseline(str(tmp_path), {"noise_seed": 1}) is None

@@ -827,9 +827,10 @@ def _import_tensorflow_quietly():
     """Import TensorFlow with its start-up log lines silenced.
 
     `TF_CPP_MIN_LOG_LEVEL` must be set before TensorFlow is imported, and some C++ lines
-    (absl's "All log messages before absl::InitializeLog()", oneDNN and CUDA notices) ignore
-    it: stderr is redirected while TensorFlow loads (Python errors still show: they are raised
-    after it is restored). `TFDGMM_VERBOSE_TF=1` keeps everything.
+    (absl's "All log messages before absl::InitializeLog()", oneDNN and CUDA notices, a failed
+    `cuInit` without a GPU) ignore it: stderr is redirected while TensorFlow loads and lists
+    its devices (Python errors still show: they are raised after it is restored).
+    `TFDGMM_VERBOSE_TF=1` keeps everything.
     """
     if "tensorflow" in sys.modules or os.environ.get("TFDGMM_VERBOSE_TF") == "1":
         import tensorflow  # noqa: F401
@@ -844,8 +845,12 @@ def _import_tensorflow_quietly():
     try:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
-            import tensorflow  # noqa: F401
+            import tensorflow as tf
             import tensorflow_probability  # noqa: F401
+
+            # the first device query initialises CUDA, which logs an error on machines
+            # without a GPU; the run's device report says what was found
+            tf.config.list_physical_devices()
     finally:
         os.dup2(saved, 2)
         os.close(saved)
