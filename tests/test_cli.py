@@ -134,7 +134,7 @@ def _run_cli(*args, env_extra=None, timeout=300):
                           cwd=root, timeout=timeout)
 
 
-def test_help_and_version_do_not_import_tensorflow():
+def test_help_and_version_do_not_import_tensorflow(tmp_path):
     import tfdgmm
 
     res = _run_cli("-X", "importtime", "-m", "tfdgmm", "--help")
@@ -143,6 +143,15 @@ def test_help_and_version_do_not_import_tensorflow():
                 if line.startswith("import time:")}
     assert "argparse" in imported
     assert not {"tensorflow", "keras", "tensorflow_probability"} & imported
+    # the console script pip writes (`tfdgmm`): `from tfdgmm.cli import main`
+    script = os.path.join(str(tmp_path), "tfdgmm")
+    with open(script, "w") as f:
+        f.write("import sys\nfrom tfdgmm.cli import main\nsys.exit(main())\n")
+    res = _run_cli("-X", "importtime", script, "--help")
+    assert res.returncode == 0 and "usage: tfdgmm" in res.stdout
+    imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "tfdgmm.cli" in imported and "tensorflow" not in imported
     res = _run_cli("-m", "tfdgmm", "train", "--help")
     assert res.returncode == 0 and "--no-figures" in res.stdout and res.stderr == ""
     res = _run_cli("-m", "tfdgmm", "--version")
