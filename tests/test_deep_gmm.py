@@ -407,6 +407,8 @@ def test_closed_form_mean_and_covariance_match_the_mixture(name, prior):
     cov = model.covariance().numpy()
     ref = second - np.outer(mu, mu)
     np.testing.assert_allclose(cov, ref, atol=1e-9 * np.abs(ref).max())
+    np.testing.assert_allclose(model.stddev().numpy().reshape(-1), np.sqrt(np.diag(ref)),
+                               rtol=1e-8)
 
 
 def test_mean_refuses_priors_without_a_closed_form():

@@ -565,6 +565,10 @@ class DeepGMM(tfd.Distribution):
             h = self._mix_layer(i, weights[i], h)
         return self._patchify.inverse(h)[0]
 
+    def _variance(self):
+        """Per-pixel variances `[H, W, C]` (the diagonal of `covariance()`)."""
+        return tf.reshape(tf.linalg.diag_part(self._covariance()), self._image_shape)
+
     @_no_autograph
     def _covariance(self):
         """`Cov[x]`, `[H*W*C, H*W*C]` (row-major flattening of the image), by propagating the
@@ -580,7 +584,6 @@ class DeepGMM(tfd.Distribution):
         hp, wp, d = self._patch_shape
         n = hp * wp * d
         m = tf.eye(n + 1, dtype=self.dtype)  # [1, z]: E[z] = 0, E[z z^T] = I
-        m = tf.tensor_scatter_nd_update(m, [[0, 0]], tf.ones([1], self.dtype))
         loc = np.repeat(np.arange(hp * wp), d)
         # blocks of one location (the homogeneous row and column, i.e. the mean, come from
         # the pi-weighted map)
@@ -618,7 +621,7 @@ class DeepGMM(tfd.Distribution):
                 m = tf.add_n([w[j] * sandwich(i, m, j) for j in range(k)])
                 continue
             wl = tf.reshape(tf.repeat(tf.reshape(w, [hp * wp, k]), d, axis=0), [n, k])
-            wl = tf.concat([tf.fill([1, k], tf.constant(1. / k, self.dtype)), wl], 0)
+            wl = tf.concat([tf.zeros([1, k], self.dtype), wl], 0)  # (row 0: not same_loc)
             diag = 0.
             for j in range(k):  # rows weighted by the alternative's probability at their loc
                 diag += wl[:, j:j + 1] * sandwich(i, m, j)
