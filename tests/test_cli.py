@@ -45,12 +45,13 @@ def test_train_evaluate_sample_end_to_end(small_npz, tmp_path, capsys):
     out = str(tmp_path / "run")
     assert cli.main(["train", "--config", TINY, "--data", small_npz, "--out", out] + FAST) == 0
     for name in ("config.yaml", "command.txt", "train.log", "metrics.json",
-                 "figures/samples.png", "figures/filters.png"):
+                 "figures/samples.png", "figures/filters.png", "figures/training_curve.png"):
         assert os.path.exists(os.path.join(out, name)), name
     tags = _tensorboard_tags(os.path.join(out, "tensorboard"))
     for tag in ("mstep/loss", "mstep/learning_rate", "em/validation_lower_bound",
                 "em/validation_upper_bound", "em/validation_lower_bound_bpd",
-                "em/train_lower_bound", "paths/entropy_layer1"):
+                "em/train_lower_bound", "paths/entropy_layer1", "figures/samples",
+                "figures/filters", "figures/training_curve"):
         assert tag in tags, (tag, sorted(tags))
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)
@@ -66,6 +67,7 @@ def test_train_evaluate_sample_end_to_end(small_npz, tmp_path, capsys):
     assert "train" in metrics["command"] and metrics["config"]["training"]["updates_first"] == 30
     text = capsys.readouterr().out
     assert "[EM 2/2] done" in text and "metrics:" in text
+    assert text.count("devices: ") == 1 and "replica" in text.split("devices: ")[1].split("\n")[0]
 
     assert cli.main(["evaluate", out, "--split", "validation", "--restarts", "1"]) == 0
     with open(os.path.join(out, "evaluation-validation.json")) as f:
@@ -116,3 +118,96 @@ def test_every_shipped_config_is_valid():
     assert t1.num_paths == 1
     bd = [v for v in t1.trainable_variables if "lower_upper" in v.name]
     assert sum(int(np.prod(v.shape)) for v in bd) == 48 * 48 * 64
+
+
+# ---------------------------------------------------------------------- issue 16: first use
+
+def _run_cli(*args, env_extra=None, timeout=300):
+    import subprocess
+    import sys
+
+    root = os.path.normpath(os.path.join(HERE, ".."))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user's shell has it
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                          cwd=root, timeout=timeout)
+
+
+def test_help_and_version_do_not_import_tensorflow(tmp_path):
+    import tfdgmm
+
+    res = _run_cli("-X", "importtime", "-m", "tfdgmm", "--help")
+    assert res.returncode == 0 and "usage: tfdgmm" in res.stdout
+    imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "argparse" in imported
+    assert not {"tensorflow", "keras", "tensorflow_probability"} & imported
+    # the console script pip writes (`tfdgmm`): `from tfdgmm.cli import main`
+    script = os.path.join(str(tmp_path), "tfdgmm")
+    with open(script, "w") as f:
+        f.write("import sys\nfrom tfdgmm.cli import main\nsys.exit(main())\n")
+    res = _run_cli("-X", "importtime", script, "--help")
+    assert res.returncode == 0 and "usage: tfdgmm" in res.stdout
+    imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "tfdgmm.cli" in imported and "tensorflow" not in imported
+    res = _run_cli("-m", "tfdgmm", "train", "--help")
+    assert res.returncode == 0 and "--no-figures" in res.stdout and res.stderr == ""
+    res = _run_cli("-m", "tfdgmm", "--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"tfdgmm {tfdgmm.__version__}"
+
+
+def test_errors_after_tensorflow_loads_are_one_line(tmp_path):
+    """TensorFlow is imported (quietly) after parsing: its C++ start-up lines do not leak."""
+    missing = str(tmp_path / "no_such_run")
+    res = _run_cli("-m", "tfdgmm", "evaluate", missing)
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"tfdgmm evaluate: error: no run directory at {missing} " \
+        f"(train one with `tfdgmm train --config FILE --out {missing}`)"
+
+
+def test_every_option_has_help():
+    parser = cli._parser()
+    sub = next(a for a in parser._actions if a.choices and "train" in a.choices)
+    missing = []
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.option_strings and action.dest != "help" and not action.help:
+                missing.append(f"{name} {action.option_strings[0]}")
+    assert not missing, missing
+
+
+def test_missing_run_directory_messages(tmp_path, capsys):
+    nope = str(tmp_path / "nope")
+    for argv in (["evaluate", nope], ["sample", nope]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"tfdgmm {argv[0]}: error: no run directory at {nope}"), err
+    os.makedirs(tmp_path / "empty")
+    assert cli.main(["evaluate", str(tmp_path / "empty")]) == 2
+    assert "has no config.yaml" in capsys.readouterr().err
+
+
+def test_baseline_jitter(small_npz, tmp_path, capsys):
+    # 20 training images in 3072 dimensions: the ML covariance is singular
+    args = ["baseline", "--data", small_npz, "--validation-size", "40", "--train-limit", "20",
+            "--validation-limit", "10"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "--jitter" in err and "not positive definite" in err
+    assert cli.main(args + ["--jitter", "0.01", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "baseline.json") as f:
+        result = json.load(f)
+    assert result["jitter"] == 0.01
+    assert all(np.isfinite(r["nats"]) for r in result["splits"].values())
+
+
+def test_training_curve_uses_a_baseline_of_the_same_noise(tmp_path):
+    assert cli._known_baseline(str(tmp_path), {"noise_seed": 0}) is None
+    with open(tmp_path / "baseline.json", "w") as f:
+        json.dump({"noise_seed": 0, "splits": {"train": {"nats": 100.5},
+                                               "validation": {"nats": 90.0}}}, f)
+    assert cli._known_baseline(str(tmp_path), {"noise_seed": 0}) == {"train": 100.5,
+                                                                     "validation": 90.0}
+    assert cli._known_baseline(str(tmp_path), {"noise_seed": 1}) is None

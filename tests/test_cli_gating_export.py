@@ -47,7 +47,7 @@ def test_export_command(tmp_path, capsys):
     np.testing.assert_allclose(loaded.log_prob_lower_bound(x).numpy(), lower.numpy(), rtol=1e-6)
 
     # errors: one line on stderr, exit code 2
-    for argv, text in (([run, out], "exists"),
+    for argv, text in (([run, out], "pass --overwrite"),
                        ([str(tmp_path / "nope"), str(tmp_path / "o2")], "does not exist"),
                        ([run, str(tmp_path / "o3"), "--restarts", "0"], "restarts"),
                        ([run, str(tmp_path / "o4"), "--which", "latest"], "no checkpoint")):

@@ -324,3 +324,94 @@ def test_tfp_citizen_properties():
     assert x.shape == [2, 3, *IMAGE]
     assert model.log_prob(x).shape == [2, 3]
     assert list(itertools.chain(*[p.shape for p in model.enumerate_paths()])) == [6, 6, 6, 6]
+
+
+# ---------------------------------------------------------------- issue 16: TFP user checks
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+def test_validate_args_accepts_valid_paths_and_rejects_out_of_range(graph):
+    """`validate_args=True` used to rebind a path to the assert's return value (None / an
+    Operation), so every method taking a path failed and the range check never ran."""
+    plain = make(SMALL_CONFIGS["mixed"])
+    model = make(SMALL_CONFIGS["mixed"], validate_args=True)
+    x = data(model, n=3)
+    path, _ = plain.best_path(x, seed=[1, 2])
+
+    def run(fn, *args):
+        return (tf.function(fn, autograph=False) if graph else fn)(*args)
+
+    expect = plain.joint_log_prob(x, path)
+    np.testing.assert_allclose(run(model.joint_log_prob, x, path), expect, rtol=1e-10)
+    np.testing.assert_allclose(run(model.log_prob_lower_bound, x, path), expect, rtol=1e-10)
+    np.testing.assert_allclose(run(model.component_log_prob, x, path),
+                               plain.component_log_prob(x, path), rtol=1e-10)
+    np.testing.assert_allclose(run(model.latent, x, path), plain.latent(x, path), rtol=1e-10)
+    p2, s2 = run(lambda x, *p: model.best_path(x, init=p, seed=[3, 4]), x, *path)
+    assert s2.shape == [3] and np.all(s2.numpy() >= expect.numpy() - 1e-8)
+
+    bad = list(path)
+    bad[0] = tf.fill(tf.shape(path[0]), 2)  # layer 0 has 2 alternatives
+    if graph:  # a run-time value: caught by the assertion in the graph
+        fn = tf.function(lambda x, z: model.joint_log_prob(x, (z,) + tuple(path[1:])),
+                         autograph=False)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"path entry 0.*\[0, 2\)"):
+            fn(x, bad[0])
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"path entry 0.*negative"):
+            fn(x, -tf.ones_like(path[0]))
+    else:
+        with pytest.raises((ValueError, tf.errors.InvalidArgumentError),
+                           match=r"path entry 0.*\[0, 2\)"):
+            model.joint_log_prob(x, tuple(bad))
+        with pytest.raises((ValueError, tf.errors.InvalidArgumentError),
+                           match=r"path entry 0.*\[0, 2\)"):
+            model.latent(x, tuple(bad))
+
+
+def test_bad_seed_says_what_a_seed_is():
+    model = make(SMALL_CONFIGS["shared_bd"])
+    for seed in ([1, 2, 3], [1.5, 2.0], "abc"):
+        with pytest.raises(ValueError, match=r"seed must be an int or an int32 \[2\] tensor"):
+            model.sample(2, seed=seed)
+    with pytest.raises(ValueError, match=r"seed must be an int or an int32 \[2\] tensor"):
+        model.best_path(data(model, n=2), seed=[1, 2, 3])
+    assert model.sample(2, seed=5).shape == [2, *IMAGE]
+    assert model.sample(2, seed=tf.constant([1, 2])).shape == [2, *IMAGE]
+
+
+def test_default_event_space_bijector_is_identity():
+    model = make(SMALL_CONFIGS["shared_bd"])
+    b = model.experimental_default_event_space_bijector()
+    assert isinstance(b, tfp.bijectors.Identity)
+    x = data(model, n=2)
+    np.testing.assert_array_equal(b.forward(x), x)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_CONFIGS))
+@pytest.mark.parametrize("prior", ["uniform", "factorized"])
+def test_closed_form_mean_and_covariance_match_the_mixture(name, prior):
+    model = make(SMALL_CONFIGS[name], prior)
+    if prior == "factorized":
+        rng = np.random.default_rng(3)
+        for v in model.path_prior.logits:
+            v.assign(rng.standard_normal(v.shape))
+    paths = model.enumerate_paths()
+    beta, omega = (t.numpy() for t in model.component_params(paths))
+    pi = tf.nn.softmax(model.path_prior.log_prob(paths)).numpy()
+    mu = pi @ beta
+    second = np.einsum("p,pij->ij", pi, omega @ omega.transpose(0, 2, 1)
+                       + beta[:, :, None] * beta[:, None, :])
+    mean = model.mean()
+    assert mean.shape == IMAGE
+    np.testing.assert_allclose(mean.numpy().reshape(-1), mu, atol=1e-10)
+    np.testing.assert_allclose(model.as_mixture().mean().numpy().reshape(-1), mu, atol=1e-10)
+    cov = model.covariance().numpy()
+    ref = second - np.outer(mu, mu)
+    np.testing.assert_allclose(cov, ref, atol=1e-9 * np.abs(ref).max())
+    np.testing.assert_allclose(model.stddev().numpy().reshape(-1), np.sqrt(np.diag(ref)),
+                               rtol=1e-8)
+
+
+def test_mean_refuses_priors_without_a_closed_form():
+    model = make(SMALL_CONFIGS["shared_bd"], "table")
+    with pytest.raises(NotImplementedError, match="uniform and factorized"):
+        model.mean()

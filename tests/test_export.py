@@ -64,6 +64,10 @@ _LOADER = textwrap.dedent(r"""
         m = tf.saved_model.load(name + "/saved_model")
         x = np.load(name + "/input.npz")["x"]
         out = {"sample": m.sample(%(n)d, %(seed)s).numpy(),
+               "sample_keyword": m.sample(%(n)d, seed=%(seed)s).numpy(),
+               "sample_unseeded": m.sample(%(n)d).numpy(),
+               "sample_unseeded_again": m.sample(%(n)d).numpy(),
+               "bits_per_dim": m.bits_per_dim(x).numpy(),
                "sample_signature": m.signatures["sample"](
                    n=tf.constant(%(n)d), seed=tf.constant(%(seed)s))["images"].numpy(),
                "lower": m.log_prob_lower_bound(x).numpy(),
@@ -153,6 +157,11 @@ def test_sample_is_bit_identical(round_trip, name):
                                                                          *model.image_shape)
     np.testing.assert_array_equal(got["sample"], live["sample"])
     np.testing.assert_array_equal(got["sample_signature"], live["sample"])
+    # the seed as a keyword, and no seed (a fresh one, as TFP's seed=None)
+    np.testing.assert_array_equal(got["sample_keyword"], live["sample"])
+    assert got["sample_unseeded"].shape == (N_SAMPLES, *model.image_shape)
+    assert np.all(np.isfinite(got["sample_unseeded"]))
+    assert not np.array_equal(got["sample_unseeded"], got["sample_unseeded_again"])
 
 
 @pytest.mark.slow
@@ -164,7 +173,11 @@ def test_search_matches_live_model(round_trip, name):
         np.testing.assert_array_equal(got[f"best_path/path_{i}"], z)
         assert got[f"best_path/path_{i}"].dtype == np.int32
     assert sorted(k for k in got if k.startswith("best_path/")) == sorted(
-        [f"best_path/path_{i}" for i in range(len(live["path"]))] + ["best_path/lower_bound"])
+        [f"best_path/path_{i}" for i in range(len(live["path"]))]
+        + ["best_path/bits_per_dim", "best_path/lower_bound"])
+    bpd = 7.0 - live["lower"] / (np.prod(model.image_shape) * np.log(2.0))  # bin width 2/256
+    np.testing.assert_allclose(got["bits_per_dim"], bpd, rtol=max(rtol, 1e-10))
+    np.testing.assert_allclose(got["best_path/bits_per_dim"], bpd, rtol=max(rtol, 1e-10))
     np.testing.assert_allclose(got["best_path/lower_bound"], live["lower"], rtol=rtol)
     np.testing.assert_allclose(got["lower"], live["lower"], rtol=rtol)
     np.testing.assert_array_equal(got["lower"], got["lower_again"])  # deterministic
@@ -194,6 +207,8 @@ def test_metadata(round_trip, name):
     assert int(got["patch_size"]) == model.patch_size == int(meta["patch_size"])
     assert int(meta["num_paths"]) == model.num_paths == int(str(got["num_paths_variable"]))
     assert meta["dtype"] == model.dtype.name
+    assert int(meta["num_dims"]) == model.num_dims and float(meta["bin_width"]) == 2 / 256
+    assert "bits_per_dim" in json.loads(meta["functions"])
     assert json.loads(meta["search_config"]) == settings
     assert json.loads(meta["config"]) == export._plain(model.get_config())
     assert ("log_prob" in json.loads(meta["functions"])) == (name == "tiny")

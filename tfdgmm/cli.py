@@ -4,12 +4,16 @@
 tfdgmm train --config FILE [--data SPEC] --out DIR [--resume] [--set KEY=VALUE ...]
 tfdgmm evaluate RUN_DIR [--split validation|test|train|all] [--data SPEC] [--restarts N]
 tfdgmm sample RUN_DIR [--n 64] [--seed 0] [--out PNG]
-tfdgmm baseline [--data SPEC] [--out DIR] [--noise-seed 0]
+tfdgmm baseline [--data SPEC] [--out DIR] [--noise-seed 0] [--jitter J]
 tfdgmm export RUN_DIR OUT_DIR [--which best|latest] [--restarts 2] [--restart-passes 2]
               [--seed A B] [--overwrite]
 tfdgmm tune --config FILE --max-trials N [--tuner random|bayesian|hyperband] [--data SPEC]
             --out DIR [--space YAML] [--max-epochs E] [--factor 3] [--set KEY=VALUE ...]
 ```
+
+`tfdgmm --help` and `tfdgmm --version` answer without importing TensorFlow; every command
+parses its arguments first, then loads TensorFlow with its start-up log lines silenced
+(`TFDGMM_VERBOSE_TF=1` shows them).
 
 A run config (YAML or JSON) has three sections:
 
@@ -205,7 +209,8 @@ def load_data(data_cfg: dict, spec=None):
             validation_limit=data_cfg.get("validation_limit"),
             test_limit=data_cfg.get("test_limit"))
     except DataError as e:
-        hint = ("" if spec not in ("tfds",) and not str(spec).startswith("tfds:") else
+        tfds = spec in ("tfds",) or str(spec).startswith("tfds:")
+        hint = ("" if not tfds or "--data" in str(e) else
                 " Pass a local copy of CIFAR-10 with --data PATH (a directory holding train.npz "
                 "+ test.npz, e.g. ../shared/data/cifar10-jpeg75, or the official batches).")
         raise DataLoadError(f"could not load the data ({spec}): {e}{hint}") from e
@@ -314,6 +319,9 @@ def train_run(config: dict, out_dir: str, data_spec=None, resume=False, argv=Non
 
     if strategy is None or isinstance(strategy, str):
         strategy = distribute.make_strategy(strategy)
+    from tfdgmm.training.summaries import device_report
+
+    log(device_report(strategy))
     with distribute.scope(strategy):
         model = tfdgmm.DeepGMM.from_config(config["model"])
     summary = _model_summary(model)
@@ -353,7 +361,19 @@ def train_run(config: dict, out_dir: str, data_spec=None, resume=False, argv=Non
         p = os.path.join(fig_dir, "filters.png")
         figs.save_filters(model, p)
         figure_paths["filters"] = p
+        baseline = _known_baseline(out_dir, data_cfg)
+        p = os.path.join(fig_dir, "training_curve.png")
+        figs.save_training_curve(history, p, nats_to_bpd=to_bpd, baseline=baseline,
+                                 title=f"training curve ({config.get('description') or 'deep GMM'})")
+        figure_paths["training_curve"] = p
         log(f"figures: {', '.join(figure_paths.values())}")
+        if trainer.write_dir == out_dir:  # the chief: the figures in TensorBoard's Images tab
+            from tfdgmm.training.summaries import Summaries
+
+            images = Summaries(os.path.join(out_dir, "tensorboard"))
+            for name, fig_path in figure_paths.items():
+                images.image(len(history), f"figures/{name}", fig_path)
+            images.close()
 
     gating_block = None
     if (config.get("gating") or {}).get("enabled"):
@@ -394,6 +414,22 @@ def train_run(config: dict, out_dir: str, data_spec=None, resume=False, argv=Non
     _dump_json(metrics, path)
     log(f"metrics: {path}")
     return metrics
+
+
+def _known_baseline(out_dir, data_cfg):
+    """The Gaussian baseline's nats per split, when `tfdgmm baseline --out RUN_DIR` wrote a
+    `baseline.json` into the run directory for the same noise seed; else None."""
+    path = os.path.join(out_dir, "baseline.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            result = json.load(f)
+        if result.get("noise_seed", 0) != data_cfg.get("noise_seed", 0):
+            return None
+        return {name: float(r["nats"]) for name, r in result["splits"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # ---------------------------------------------------------------------- gating
@@ -535,10 +571,20 @@ def _tfp_version():
 
 # ---------------------------------------------------------------------- other commands
 
+def _check_run_dir(run_dir):
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"no run directory at {run_dir} (train one with `tfdgmm train "
+                                f"--config FILE --out {run_dir}`)")
+    if not os.path.isfile(os.path.join(run_dir, "config.yaml")):
+        raise FileNotFoundError(f"{run_dir} is not a run directory: it has no config.yaml "
+                                "(written by `tfdgmm train`)")
+
+
 def _run_model(run_dir):
     """`(run config, model with its best weights, checkpoint prefix)` of a run directory."""
     from tfdgmm.export import load_run_model
 
+    _check_run_dir(run_dir)
     config = load_run_config(os.path.join(run_dir, "config.yaml"))
     model, ckpt = load_run_model(run_dir)
     return config, model, ckpt
@@ -584,7 +630,8 @@ def sample_run(run_dir, n=64, seed=0, out=None):
 
 
 def baseline_run(data_spec=None, out_dir=None, noise_seed=0, train_limit=None,
-                 validation_limit=None, test_limit=None, validation_size=10_000, log=print):
+                 validation_limit=None, test_limit=None, validation_size=10_000, jitter=0.0,
+                 log=print):
     """The closed-form full-covariance Gaussian on the same data and protocol."""
     from tfdgmm.gaussian import run_gaussian_baseline
 
@@ -593,7 +640,7 @@ def baseline_run(data_spec=None, out_dir=None, noise_seed=0, train_limit=None,
                     noise_seed=noise_seed)
     splits = load_data(data_cfg, data_spec)
     log(f"data: {splits.describe()}")
-    result = run_gaussian_baseline(splits, noise_seed=noise_seed)
+    result = run_gaussian_baseline(splits, noise_seed=noise_seed, jitter=jitter)
     result["data"] = splits.source
     for name, r in result["splits"].items():
         log(f"  {name:10s} {r['nats']:9.1f} nats  {r['bits_per_dim']:.3f} bits/dim  "
@@ -613,7 +660,12 @@ def export_command(run_dir, out_dir, which="best", restarts=2, restart_passes=2,
 
     search = export.search_settings(restarts=restarts, restart_passes=restart_passes,
                                     location_method=location_method, seed=list(seed))
-    path = export.export_run(run_dir, out_dir, which=which, search=search, overwrite=overwrite)
+    try:
+        path = export.export_run(run_dir, out_dir, which=which, search=search,
+                                 overwrite=overwrite)
+    except FileExistsError as err:
+        raise FileExistsError(str(err).replace("pass overwrite=True", "pass --overwrite")) \
+            from err
     log(f"exported {run_dir} ({which}) to {path} (search: {restarts} restarts x "
         f"{restart_passes} passes, seed {list(seed)})")
     return path
@@ -662,9 +714,16 @@ def tune_command(config_path, out_dir, max_trials, tuner="random", data_spec=Non
 
 # ---------------------------------------------------------------------- argparse
 
+def _version():
+    from tfdgmm import __version__
+
+    return __version__
+
+
 def _parser():
     p = argparse.ArgumentParser(
         prog="tfdgmm", description="Deep GMMs with locally-connected transformations.")
+    p.add_argument("--version", action="version", version=f"tfdgmm {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a deep GMM by hard EM")
@@ -675,7 +734,8 @@ def _parser():
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set training.em_iterations=3")
-    t.add_argument("--no-figures", action="store_true")
+    t.add_argument("--no-figures", action="store_true",
+                   help="skip the PNG figures (samples, filters, training curve) at the end")
     t.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker"],
                    help="tf.distribute: one device (default), all local GPUs (mirrored) or "
                         "the workers of TF_CONFIG (multiworker)")
@@ -683,25 +743,35 @@ def _parser():
     e = sub.add_parser("evaluate", help="bounds of a trained run by a fresh E-step")
     e.add_argument("run_dir")
     e.add_argument("--split", default="validation",
-                   choices=["train", "validation", "test", "all"])
+                   choices=["train", "validation", "test", "all"],
+                   help="which split of the run's data to evaluate (default: validation)")
     e.add_argument("--data", help="data spec (default: the run's)")
     e.add_argument("--restarts", type=int, help="random restarts (default: eval_restarts)")
-    e.add_argument("--batch-size", type=int)
+    e.add_argument("--batch-size", type=int,
+                   help="images per E-step batch (default: the run's estep_batch_size)")
 
     s = sub.add_parser("sample", help="a PNG grid of samples from a trained run")
     s.add_argument("run_dir")
-    s.add_argument("--n", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="sampling seed; the same seed gives the same images (default 0)")
     s.add_argument("--out", help="PNG path (default RUN_DIR/figures/samples-seedS.png)")
 
     b = sub.add_parser("baseline", help="closed-form full-covariance Gaussian baseline")
     b.add_argument("--data", help="data spec (default 'tfds')")
     b.add_argument("--out", help="directory for baseline.json")
-    b.add_argument("--noise-seed", type=int, default=0)
-    b.add_argument("--train-limit", type=int)
-    b.add_argument("--validation-limit", type=int)
-    b.add_argument("--test-limit", type=int)
-    b.add_argument("--validation-size", type=int, default=10_000)
+    b.add_argument("--noise-seed", type=int, default=0,
+                   help="seed of the fixed dequantization noise (default 0, as training runs)")
+    b.add_argument("--train-limit", type=int, help="use only the first N training images")
+    b.add_argument("--validation-limit", type=int,
+                   help="use only the first N validation images")
+    b.add_argument("--test-limit", type=int, help="use only the first N test images")
+    b.add_argument("--validation-size", type=int, default=10_000,
+                   help="the last N images of the training file are the validation split "
+                        "(default 10000, the paper's protocol)")
+    b.add_argument("--jitter", type=float, default=0.0,
+                   help="added to the covariance diagonal; > 0 when there are fewer training "
+                        "images than dimensions (default 0: the exact ML fit)")
 
     x = sub.add_parser("export", help="write a run's model as a TensorFlow SavedModel "
                                       "(usable without tfdgmm)")
@@ -725,7 +795,8 @@ def _parser():
                         "sets the layers, patch size and learning rate)")
     u.add_argument("--max-trials", type=int, required=True,
                    help="number of trials (an upper bound for hyperband)")
-    u.add_argument("--tuner", default="random", choices=["random", "bayesian", "hyperband"])
+    u.add_argument("--tuner", default="random", choices=["random", "bayesian", "hyperband"],
+                   help="keras-tuner oracle (default random; bayesian needs the tune extra)")
     u.add_argument("--data", help="data spec (overrides data.spec)")
     u.add_argument("--out", required=True, help="project directory (trials, best.json)")
     u.add_argument("--space", help="YAML mapping overriding the default search space, e.g. "
@@ -752,7 +823,41 @@ class _NoRetracingWarning:
         return "triggered tf.function retracing" not in record.getMessage()
 
 
+def _import_tensorflow_quietly():
+    """Import TensorFlow with its start-up log lines silenced.
+
+    `TF_CPP_MIN_LOG_LEVEL` must be set before TensorFlow is imported, and some C++ lines
+    (absl's "All log messages before absl::InitializeLog()", oneDNN and CUDA notices, a failed
+    `cuInit` without a GPU) ignore it: stderr is redirected while TensorFlow loads and lists
+    its devices (Python errors still show: they are raised after it is restored).
+    `TFDGMM_VERBOSE_TF=1` keeps everything.
+    """
+    if "tensorflow" in sys.modules or os.environ.get("TFDGMM_VERBOSE_TF") == "1":
+        import tensorflow  # noqa: F401
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (e.g. captured): nothing to silence
+        import tensorflow  # noqa: F401
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            import tensorflow as tf
+            import tensorflow_probability  # noqa: F401
+
+            # the first device query initialises CUDA, which logs an error on machines
+            # without a GPU; the run's device report says what was found
+            tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _quiet_tensorflow():
+    _import_tensorflow_quietly()
     import tensorflow as tf
 
     logger = tf.get_logger()
@@ -761,11 +866,16 @@ def _quiet_tensorflow():
 
 
 def main(argv=None):
-    """Entry point of the `tfdgmm` command (and `python -m tfdgmm`). Returns an exit code."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _quiet_tensorflow()
+    """Entry point of the `tfdgmm` command (and `python -m tfdgmm`). Returns an exit code.
+
+    Arguments are parsed before TensorFlow is imported (`--help` and `--version` are
+    instant, and TensorFlow's log level is set before it loads)."""
     args = _parser().parse_args(argv)
     full_argv = ["tfdgmm"] + list(sys.argv[1:] if argv is None else argv)
+    _quiet_tensorflow()
+    import tfdgmm
+
+    tfdgmm.load_all()
     try:
         if args.command == "train":
             config = load_run_config(args.config, args.set) if args.config else None
@@ -781,7 +891,8 @@ def main(argv=None):
             print(sample_run(args.run_dir, args.n, args.seed, args.out))
         elif args.command == "baseline":
             baseline_run(args.data, args.out, args.noise_seed, args.train_limit,
-                         args.validation_limit, args.test_limit, args.validation_size)
+                         args.validation_limit, args.test_limit, args.validation_size,
+                         args.jitter)
         elif args.command == "export":
             export_command(args.run_dir, args.out_dir, args.which, args.restarts,
                            args.restart_passes, args.seed, args.location_method, args.overwrite)

@@ -219,8 +219,7 @@ class DeepGMM(tfd.Distribution):
                 raise ValueError(f"path entry {i} must have shape [N{''.join(', %d' % s for s in shape)}]"
                                  f"; got {z.shape}")
             if self.validate_args:
-                z = tf.debugging.assert_less(z, k, message=f"path entry {i}: choice >= {k}")
-                z = tf.debugging.assert_non_negative(z, message=f"path entry {i}: choice < 0")
+                z = _checked_choices(z, k, i)
             out.append(z)
         return tuple(out)
 
@@ -481,6 +480,7 @@ class DeepGMM(tfd.Distribution):
           `use_prior=False`), `[N]`.
         """
         x, _ = self._prepare(x)
+        check_seed(seed)
         if init is not None:
             init = self._check_path(init)
         return path_search.best_path(
@@ -522,8 +522,11 @@ class DeepGMM(tfd.Distribution):
 
     @_no_autograph
     def sample_with_path(self, n, seed=None):
-        """Draw `n` images and the paths they came from: `(x [n, H, W, C], path)`."""
-        seed = tfp.random.sanitize_seed(seed, salt="DeepGMM")
+        """Draw `n` images and the paths they came from: `(x [n, H, W, C], path)`.
+
+        `seed`: an int, an int32 `[2]` tensor (stateless: reproduces exactly) or None.
+        """
+        seed = tfp.random.sanitize_seed(check_seed(seed), salt="DeepGMM")
         path_seed, z_seed = tfp.random.split_seed(seed, n=2)
         z = tf.random.stateless_normal([n, *self._patch_shape], seed=z_seed, dtype=self.dtype)
         if not self._path_prior.is_conditional:
@@ -548,6 +551,129 @@ class DeepGMM(tfd.Distribution):
     @_no_autograph
     def _sample_n(self, n, seed=None):
         return self.sample_with_path(n, seed=seed)[0]
+
+    # ------------------------------------------------------------------ TFP extras
+
+    def _default_event_space_bijector(self):
+        # The support is all of R^(H x W x C): TFP's MCMC and VI helpers need no constraint.
+        return tfb.Identity(validate_args=self.validate_args)
+
+    def _layer_weights(self, what):
+        """Per layer, the mixing weights of its alternatives when choices are independent
+        across layers (and locations): `[K]` or `[Hp, Wp, K]` probabilities (None for K = 1).
+        Uniform and factorized priors only."""
+        if not isinstance(self._path_prior, (path_priors.UniformPathPrior,
+                                             path_priors.FactorizedPathPrior)):
+            raise NotImplementedError(
+                f"{what}: closed form only for the uniform and factorized path priors; this "
+                f"model has a {type(self._path_prior).__name__}. For small models use "
+                f"as_mixture().{what}().")
+        out = []
+        for i, (k, _) in enumerate(self._layer_specs):
+            if k == 1:
+                out.append(None)
+                continue
+            logits = tf.convert_to_tensor(self._path_prior.layer_logits(i), self.dtype)
+            out.append(tf.nn.softmax(logits, axis=-1))
+        return out
+
+    def _mix_layer(self, i, weights, h):
+        """`sum_k w_k * forward_k(h)` (per location for per-location weights): `h` is
+        `[M, Hp, Wp, D]`; every alternative gets the same inputs."""
+        layer = self._layers[i]
+        if weights is None:
+            return layer.forward(h)
+        y = layer.forward(h[:, None])  # batch form: [M, K, Hp, Wp, D]
+        if weights.shape.rank == 1:                      # [K]
+            w = tf.reshape(weights, [1, -1, 1, 1, 1])
+        else:                                            # [Hp, Wp, K]
+            w = tf.transpose(weights, [2, 0, 1])[None, :, :, :, None]
+        return tf.reduce_sum(w * y, axis=1)
+
+    @_no_autograph
+    def _mean(self):
+        """`E[x] = sum_p pi_p beta_p`, top-down without enumerating paths: the layers are
+        affine and the choices independent, so `E[f_z(h)] = sum_k pi_k f_k(E[h])` (per
+        location for per-location choices: output location l depends only on its choice)."""
+        weights = self._layer_weights("mean")
+        h = tf.zeros([1, *self._patch_shape], self.dtype)
+        for i in reversed(range(len(self._layers))):
+            h = self._mix_layer(i, weights[i], h)
+        return self._patchify.inverse(h)[0]
+
+    def _variance(self):
+        """Per-pixel variances `[H, W, C]` (the diagonal of `covariance()`)."""
+        return tf.reshape(tf.linalg.diag_part(self._covariance()), self._image_shape)
+
+    @_no_autograph
+    def _covariance(self):
+        """`Cov[x]`, `[H*W*C, H*W*C]` (row-major flattening of the image), by propagating the
+        second moment `M = E[[1, h][1, h]^T]` down the layers.
+
+        A layer with alternative `k` is the affine map `A_k` in homogeneous coordinates.
+        Per-sample choice: `M' = sum_k pi_k A_k M A_k^T`. Per-location choices, independent
+        across locations: the blocks of distinct locations `l != l'` are those of
+        `Abar M Abar^T` (`Abar` the pi-weighted map), the blocks on the diagonal those of
+        `sum_k pi_k A_k M A_k^T`. Costs `O(K)` applications of a layer to `1 + D` vectors.
+        """
+        weights = self._layer_weights("covariance")
+        hp, wp, d = self._patch_shape
+        n = hp * wp * d
+        m = tf.eye(n + 1, dtype=self.dtype)  # [1, z]: E[z] = 0, E[z z^T] = I
+        loc = np.repeat(np.arange(hp * wp), d)
+        # blocks of one location (the homogeneous row and column, i.e. the mean, come from
+        # the pi-weighted map)
+        same_loc = tf.constant(np.pad(loc[:, None] == loc[None, :], [[1, 0], [1, 0]],
+                                      constant_values=False))
+
+        def apply(i, cols, alt):
+            """`A_k` (alt = k) or `Abar` (alt = None) on homogeneous columns `[1 + n, B]`."""
+            b = tf.shape(cols)[1]
+            c0 = cols[:1]                                             # [1, B]
+            h = tf.reshape(tf.transpose(cols[1:]), [b, hp, wp, d])
+            zero = tf.zeros([1, hp, wp, d], self.dtype)
+            both = tf.concat([zero, h], 0)
+            layer = self._layers[i]
+            if alt is None:
+                y = self._mix_layer(i, weights[i], both)
+            else:
+                y = layer.forward(both, choice=self._fixed_choice(i, alt, b + 1))
+            f0, fh = tf.reshape(y[:1], [1, n]), tf.reshape(y[1:], [b, n])
+            lin = fh - f0                                             # linear part
+            out = lin + tf.transpose(c0) * f0                         # + c0 * offset
+            return tf.concat([c0, tf.transpose(out)], 0)
+
+        def sandwich(i, mm, alt):
+            left = apply(i, mm, alt)                                  # A M
+            return apply(i, tf.transpose(left), alt)                  # A (A M)^T = A M A^T
+
+        for i in reversed(range(len(self._layers))):
+            k, shape = self._layer_specs[i]
+            if k == 1:
+                m = sandwich(i, m, None)
+                continue
+            w = weights[i]
+            if not shape:
+                m = tf.add_n([w[j] * sandwich(i, m, j) for j in range(k)])
+                continue
+            wl = tf.reshape(tf.repeat(tf.reshape(w, [hp * wp, k]), d, axis=0), [n, k])
+            wl = tf.concat([tf.zeros([1, k], self.dtype), wl], 0)  # (row 0: not same_loc)
+            diag = 0.
+            for j in range(k):  # rows weighted by the alternative's probability at their loc
+                diag += wl[:, j:j + 1] * sandwich(i, m, j)
+            m = tf.where(same_loc, diag, sandwich(i, m, None))
+        mean = m[0, 1:]
+        cov = m[1:, 1:] - mean[:, None] * mean[None, :]
+        # patch-tensor order -> image order, on both sides
+        perm = tf.reshape(self._patchify.inverse(tf.reshape(
+            tf.range(n, dtype=tf.float64), [1, hp, wp, d])), [n])
+        perm = tf.cast(perm, tf.int32)
+        cov = tf.gather(tf.gather(cov, perm, axis=0), perm, axis=1)
+        return cov
+
+    def _fixed_choice(self, i, alt, n):
+        k, shape = self._layer_specs[i]
+        return tf.fill([n, *shape], tf.constant(alt, tf.int32))
 
     # ------------------------------------------------------------------ dense equivalents
 
@@ -586,6 +712,40 @@ class DeepGMM(tfd.Distribution):
         return tfd.MixtureSameFamily(
             tfd.Categorical(logits=self._path_prior.log_prob(paths)), components,
             validate_args=self.validate_args)
+
+
+def _checked_choices(z, k, i):
+    """`z` with run-time checks that every choice is in `[0, k)` (a static value is checked
+    at once). The assertions are control dependencies of the returned tensor, so they run
+    eagerly and in graphs."""
+    static = tf.get_static_value(z)
+    msg = f"path entry {i}: choices must be in [0, {k})"
+    if static is not None and np.size(static):
+        lo, hi = int(np.min(static)), int(np.max(static))
+        if lo < 0 or hi >= k:
+            raise ValueError(f"{msg}; got min {lo}, max {hi}")
+        return z
+    checks = [tf.debugging.assert_non_negative(z, message=f"{msg} (got a negative choice)"),
+              tf.debugging.assert_less(z, tf.constant(k, tf.int32),
+                                       message=f"{msg} (got a choice >= {k})")]
+    with tf.control_dependencies(checks):
+        return tf.identity(z)
+
+
+def check_seed(seed, where="seed"):
+    """A stateless seed: None, a Python int, or an int32 `[2]` tensor; a clear error otherwise."""
+    if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
+        return seed
+    try:
+        t = tf.convert_to_tensor(seed)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where} must be an int or an int32 [2] tensor (a stateless seed); "
+                         f"got {seed!r}") from err
+    if not t.dtype.is_integer or (t.shape.rank is not None and t.shape.as_list() not in (
+            [], [2], [None])):
+        raise ValueError(f"{where} must be an int or an int32 [2] tensor (a stateless seed); "
+                         f"got {t.dtype.name} of shape {t.shape.as_list()}")
+    return seed
 
 
 def _ints(seq):

@@ -7,8 +7,10 @@ tfdgmm.export.export_run("runs/cifar10", "saved_models/cifar10")  # a training r
 
 # anywhere with TensorFlow (no tfdgmm):
 m = tf.saved_model.load("saved_models/cifar10")
-x = m.sample(16, [1, 2])                 # float32 [16, H, W, C], stateless int32[2] seed
+x = m.sample(16, seed=[1, 2])            # float32 [16, H, W, C], stateless int32[2] seed
+x = m.sample(16)                         # a fresh random seed
 lower = m.log_prob_lower_bound(x)        # [16]: E-step search with fixed settings
+bpd = m.bits_per_dim(x)                  # [16]: the same lower bound in bits/dim
 path = m.best_path(x)                    # {"path_0": [16] or [16, Hp, Wp] int32, ...,
                                          #  "lower_bound": [16]}
 ```
@@ -17,8 +19,12 @@ A SavedModel keeps `tf.function` graphs and variables, not Python objects. The e
 has these functions (inputs are float32 images `[None, H, W, C]`; densities come out in the
 model's dtype, nats per image):
 
-* `sample(n, seed)`: `n` int32 scalar, `seed` int32 `[2]` (stateless) -> float32 `[n, H, W, C]`;
-  bit for bit `model.sample(n, seed=seed)` of the live model (cast to float32).
+* `sample(n, seed=None)`: `n` int32 scalar, `seed` int32 `[2]` (stateless; positional or
+  keyword) -> float32 `[n, H, W, C]`; bit for bit `model.sample(n, seed=seed)` of the live model
+  (cast to float32). Without a seed, a fresh random one (as TFP's `seed=None`).
+* `bits_per_dim(x)` -> `[N]`: the lower bound in bits per dimension,
+  `-log2(bin_width) - lower / (D ln 2)` (`bin_width = 2/256`: data on the [-1, 1] scale, see
+  `tfdgmm.units`); `best_path(x)` has it too, as `bits_per_dim`.
 * `log_prob_lower_bound(x)` -> `[N]` and `best_path(x)` -> `{path_i, lower_bound}`: the live
   model's `best_path(x, **search_settings(...))` with the settings and the *fixed* stateless
   seed recorded at export (`search_config`), so results are deterministic. As in the live
@@ -28,7 +34,8 @@ model's dtype, nats per image):
 * `log_prob(x)` -> `[N]` (exact): only for models with at most `exact_limit` paths.
 * `metadata()` -> dict of string scalars; the same values are variables of the module:
   `image_shape` (int32 `[3]`), `patch_size`, `num_paths` (decimal string, exact),
-  `log_num_paths`, `dtype`, `config` (architecture JSON), `search_config` (JSON),
+  `log_num_paths`, `dtype`, `num_dims`, `bin_width`, `config` (architecture JSON),
+  `search_config` (JSON),
   `functions`, `tfdgmm_version`.
 
 The same functions are also exported as serving signatures (dict outputs) for TF Serving and
@@ -37,6 +44,7 @@ live model's; the bijectors' own XLA-compiled parameter preparation is kept as i
 """
 
 import json
+import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -141,7 +149,7 @@ class _ExportModule(tf.Module):
     functions' graphs.
     """
 
-    def __init__(self, model, settings):
+    def __init__(self, model, settings, bin_width=2.0 / 256.0):
         super().__init__(name="tfdgmm_saved_model")
         from tfdgmm import __version__
 
@@ -173,6 +181,7 @@ class _ExportModule(tf.Module):
             path, joint = search_fn(x)
             out = {f"path_{i}": tf.cast(z, tf.int32) for i, z in enumerate(path)}
             out["lower_bound"] = joint
+            out["bits_per_dim"] = bits_per_dim(joint)
             return out
 
         # The model's graphs are traced once, here, into concrete functions; the exported
@@ -182,8 +191,18 @@ class _ExportModule(tf.Module):
         n_spec = tf.TensorSpec([], tf.int32, name="n")
         seed_spec = tf.TensorSpec([2], tf.int32, name="seed")
         search_fn = _traced(search, images)
-        bodies = {"sample": (_traced(sample, n_spec, seed_spec), [n_spec, seed_spec], "images"),
+        log2_bin = math.log2(bin_width)
+        nats_per_bit = float(model.num_dims) * math.log(2.0)
+
+        def bits_per_dim(lower):  # -log2(bin_width) - LL / (D ln 2), see tfdgmm.units
+            return (tf.constant(-log2_bin, lower.dtype)
+                    - lower / tf.constant(nats_per_bit, lower.dtype))
+
+        sample_fn = _traced(sample, n_spec, seed_spec)
+        bodies = {"sample": (sample_fn, [n_spec, seed_spec], "images"),
                   "log_prob_lower_bound": (lambda x: search_fn(x)[1], [images], "lower_bound"),
+                  "bits_per_dim": (lambda x: bits_per_dim(search_fn(x)[1]), [images],
+                                   "bits_per_dim"),
                   "log_prob_upper_bound": (_traced(log_prob_upper_bound, images), [images],
                                            "upper_bound"),
                   "best_path": (_traced(best_path, images), [images], None)}
@@ -191,7 +210,9 @@ class _ExportModule(tf.Module):
             bodies["log_prob"] = (_traced(log_prob, images), [images], "log_prob")
         functions = list(bodies) + ["metadata"]
         for name, (body, specs, _) in bodies.items():
-            setattr(self, name, _thin(body, specs))
+            if name != "sample":
+                setattr(self, name, _thin(body, specs))
+        self.sample = _sample_with_default_seed(sample_fn, n_spec, seed_spec)
 
         meta = {
             "image_shape": json.dumps(list(model.image_shape)),
@@ -199,6 +220,8 @@ class _ExportModule(tf.Module):
             "num_paths": str(model.num_paths),
             "log_num_paths": repr(float(model.log_num_paths)),
             "dtype": dtype.name,
+            "num_dims": str(model.num_dims),
+            "bin_width": repr(float(bin_width)),
             "config": _model_config_json(model),
             "search_config": json.dumps(settings, sort_keys=True),
             "functions": json.dumps(functions),
@@ -229,6 +252,22 @@ class _ExportModule(tf.Module):
         `upper_bound`, `log_prob`; `best_path` and `metadata` return dicts already)."""
         return {name: _thin(body, specs, key)
                 for name, (body, specs, key) in self._signature_bodies().items()}
+
+
+def _sample_with_default_seed(sample_fn, n_spec, seed_spec):
+    """`sample(n, seed=None)`: with a seed (positional or keyword), stateless and exactly
+    reproducible; without one, a fresh random seed (as TFP's `seed=None`). Two traced
+    signatures, so the loaded function accepts both calls."""
+    def sample(n, seed=None):
+        if seed is None:
+            seed = tf.random.uniform([2], minval=-_INT32_MAX - 1, maxval=_INT32_MAX,
+                                     dtype=tf.int32)
+        return sample_fn(n, seed)
+
+    fn = tf.function(sample, autograph=False)
+    fn.get_concrete_function(n_spec)
+    fn.get_concrete_function(n_spec, seed_spec)
+    return fn
 
 
 def _traced(fn, *specs):

@@ -205,8 +205,29 @@ class DeepGMMModel(keras.Model):
             x = x["images"]
             if paths is not None:
                 paths = tuple(tf.cast(p, tf.int32) for p in paths)
-        x = tf.cast(x, self.compute_dtype)
+        x = self._check_images(x)
         return x, paths, sample_weight
+
+    def _check_images(self, x):
+        """Float images `[N, H, W, C]` on the model's scale, or a clear error: raw pixels
+        (uint8 or any integer dtype) are refused, since the model is a density of dequantized
+        data on [-1, 1] (`tfdgmm.data.dequantize`; bits/dim assume that scale)."""
+        dtype = getattr(x, "dtype", None)
+        if dtype is not None and tf.as_dtype(dtype).is_integer:
+            raise ValueError(
+                f"DeepGMMModel expects dequantized float images on [-1, 1]; got "
+                f"{tf.as_dtype(dtype).name} (raw pixels?). Dequantize them first, e.g. "
+                "tfdgmm.data.dequantize(pixels, np.random.default_rng(0).random(pixels.shape))"
+                " or split.dequantized(seed) of tfdgmm.data.load_cifar10.")
+        x = tf.cast(x, self.compute_dtype)
+        if x.shape.rank is not None:
+            shape = x.shape.as_list()
+            if len(shape) != 4 or any(s is not None and s != e
+                                      for s, e in zip(shape[1:], self.image_shape)):
+                expected = ", ".join(map(str, self.image_shape))
+                raise ValueError(f"DeepGMMModel expects images [N, {expected}]; got shape "
+                                 f"{shape}")
+        return x
 
     def bits_per_dim(self, lower_bound):
         """`-log2(bin_width) - LL / (D ln 2)`, elementwise (`7 - LL/(D ln 2)` by default)."""
@@ -293,6 +314,24 @@ class DeepGMMModel(keras.Model):
         if paths is not None:
             return gmm.joint_log_prob(x, paths)
         return gmm.best_path(x, seed=self._estep_seed(-1), **self.estep_options)[1]
+
+    def compute_output_shape(self, input_shape):
+        """`[N]`: one lower bound per image."""
+        if isinstance(input_shape, dict):
+            input_shape = input_shape["images"]
+        return (tuple(input_shape)[0],)
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+               **kwargs):
+        """`keras.Model.export`; the default `input_signature` is float images
+        `[None, H, W, C]` (the serving endpoint returns the per-image lower bound, `call`)."""
+        if input_signature is None and format == "tf_saved_model":
+            input_signature = [tf.TensorSpec([None, *self.image_shape], self.compute_dtype,
+                                             name="images")]
+        if verbose is not None:
+            kwargs["verbose"] = verbose
+        return super().export(filepath, format=format, input_signature=input_signature,
+                              **kwargs)
 
     @property
     def metrics(self):

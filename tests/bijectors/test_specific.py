@@ -309,3 +309,84 @@ def test_forward_routes_agree(selection):
   small = b.forward(x[:3], choice=c[:3])             # < d per alternative
   np.testing.assert_allclose(big[:3].numpy(), small.numpy(), atol=1e-12)
   np.testing.assert_allclose(b.inverse(testing.fresh(big), choice=c).numpy(), x.numpy(), atol=1e-12)
+
+
+# ----------------------------------------------------------------------------
+# A conditioned bank as a TFP object (issue 16).
+# ----------------------------------------------------------------------------
+
+
+def test_with_choice_follows_tfp_batch_rules():
+  import tensorflow_probability as tfp
+  tfd = tfp.distributions
+  bd = _perturb(BlockDiagonal.new(12, 3, (2, 2), seed=0, dtype=tf.float64))
+  base = tfd.Sample(tfd.Normal(tf.constant(0., tf.float64), 1.), EVENT)
+  c = tf.constant([0, 2, 1, 1, 0])
+  td = tfd.TransformedDistribution(base, bd.with_choice(c))
+  assert td.batch_shape == [5]
+  assert td.batch_shape_tensor().numpy().tolist() == [5]
+  x = _x((5,))
+  lp = td.log_prob(x)
+  assert lp.shape == [5]
+  expect = base.log_prob(bd.inverse(x, choice=c)) + bd.inverse_log_det_jacobian(
+      x, event_ndims=3, choice=c)
+  np.testing.assert_allclose(lp.numpy(), expect.numpy(), rtol=1e-12)
+  s = td.sample(4, seed=[1, 2])
+  assert s.shape == [4, 5, *EVENT]
+  assert td.log_prob(s).shape == [4, 5]
+  # per-location choices: batch shape is the choice's without [Hp, Wp]
+  bl = BlockDiagonal.new(12, 3, (2, 2), selection="location", seed=1, dtype=tf.float64)
+  cl = tf.constant(np.random.default_rng(0).integers(0, 3, [5, 2, 2]), tf.int32)
+  tl = tfd.TransformedDistribution(base, bl.with_choice(cl))
+  assert tl.batch_shape == [5]
+  assert tl.sample(3, seed=[3, 4]).shape == [3, 5, *EVENT]
+  np.testing.assert_allclose(
+      tl.log_prob(x).numpy(),
+      (base.log_prob(bl.inverse(x, choice=cl))
+       + bl.inverse_log_det_jacobian(x, event_ndims=3, choice=cl)).numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: BlockDiagonal.new(12, 3, (2, 2), seed=0, dtype=tf.float64),
+    lambda: BlockDiagonal.new(12, 3, (2, 2), selection="location", seed=0,
+                              dtype=tf.float64),
+    lambda: Diagonal.new(12, 3, seed=0, dtype=tf.float64),
+    lambda: HalfConvolution.new(12, 3, num_alternatives=3, seed=0, dtype=tf.float64),
+])
+def test_integer_index_is_one_alternative(make):
+  b = _perturb(make())
+  x = _x((4,))
+  one = b[2]
+  assert one.experimental_batch_shape() == []
+  choice = tf.fill([4, 2, 2] if b.selection == "location" else [4], 2)
+  np.testing.assert_allclose(one.forward(x).numpy(), b.forward(x, choice=choice).numpy(),
+                             atol=1e-12)
+  np.testing.assert_allclose(
+      one.inverse_log_det_jacobian(x, event_ndims=3).numpy(),
+      b.inverse_log_det_jacobian(x, event_ndims=3, choice=choice).numpy(), atol=1e-12)
+  with pytest.raises(IndexError, match="out of range for a bank of 3"):
+    b[3]
+
+
+def test_integer_index_of_shared_location_bank_says_why():
+  b = Diagonal.new(12, 3, selection="location", seed=0)
+  with pytest.raises(ValueError, match="with_choice"):
+    b[0]
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_batch_form_mismatch_names_choice(graph):
+  for b in (BlockDiagonal.new(12, 4, seed=0), Diagonal.new(12, 4, seed=0),
+            HalfConvolution.new(12, 3, num_alternatives=4, seed=0)):
+    x = tf.zeros([8, *EVENT])
+    if graph:
+      fn = tf.function(lambda x: b.inverse(x),
+                       input_signature=[tf.TensorSpec([None, *EVENT], tf.float32)])
+      with pytest.raises(tf.errors.InvalidArgumentError, match="without `choice`"):
+        fn(x)
+    else:
+      with pytest.raises(ValueError, match=r"without `choice`.*batch shape \[8\] does not "
+                                           r"broadcast against \[4\].*choice="):
+        b.forward(x)
+    # shapes that broadcast still give every alternative
+    assert b.inverse(tf.zeros([8, 1, *EVENT])).shape == [8, 4, *EVENT]

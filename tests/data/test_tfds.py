@@ -43,3 +43,56 @@ def test_tfds_failure_suggests_local_data(monkeypatch):
 def test_tfds_not_prepared_and_download_disabled(tmp_path):
     with pytest.raises(DataUnavailableError, match=r"data_dir=.*--data PATH"):
         load_cifar10("tfds", tfds_data_dir=str(tmp_path), download=False)
+
+
+def _offline(monkeypatch):
+    """No network: every TCP connection fails at once (as it would after a timeout)."""
+    import socket
+
+    from tfdgmm.data import tfds_source
+
+    calls = []
+
+    def refuse(address, timeout=None, *args, **kwargs):
+        calls.append((address, timeout))
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+    def never_downloads(*args, **kwargs):  # tfds would retry for minutes here
+        if kwargs.get("download"):
+            raise AssertionError("tfds.load(download=True) called although the host is down")
+        raise AssertionError("Dataset cifar10: could not find data in /nowhere. Please make "
+                             "sure to call dataset_builder.download_and_prepare()")
+
+    monkeypatch.setattr(tfds, "load", never_downloads)
+    return calls, tfds_source
+
+
+def test_offline_default_source_fails_fast_with_one_hint(monkeypatch):
+    import time
+
+    calls, tfds_source = _offline(monkeypatch)
+    start = time.monotonic()
+    with pytest.raises(DataUnavailableError, match=r"not downloaded yet.*www\.cs\.toronto\.edu"
+                                                   r".*--data PATH") as info:
+        load_cifar10("tfds")
+    assert time.monotonic() - start < 10
+    assert calls == [(("www.cs.toronto.edu", 443), tfds_source.REACHABILITY_TIMEOUT)]
+    assert tfds_source.REACHABILITY_TIMEOUT <= 5
+    assert str(info.value).count("--data") == 1
+
+
+def test_offline_cli_names_data_once(monkeypatch, tmp_path, capsys):
+    from tfdgmm import cli
+
+    _offline(monkeypatch)
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {image_shape: [4, 4, 3], patch_size: 2, layers: [{type: diagonal}]}\n"
+                      "training: {em_iterations: 1}\n")
+    assert cli.main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "not downloaded yet" in err and err.count("--data") == 1
+    assert cli.main(["baseline"]) == 2
+    err = capsys.readouterr().err
+    assert "not downloaded yet" in err and err.count("--data") == 1

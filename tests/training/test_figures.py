@@ -47,3 +47,60 @@ def test_pngs_are_written(tmp_path):
         with open(tmp_path / name, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
         assert os.path.getsize(tmp_path / name) > 500
+
+
+def _label_extents(fig):
+    """Window extents (pixels) of the axes' title and labels, and the figure's size."""
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    texts = [ax.title, ax.xaxis.label, ax.yaxis.label]
+    return [t.get_window_extent(renderer) for t in texts if t.get_text()], fig.bbox
+
+
+def test_grid_labels_fit_inside_narrow_figures():
+    """A 2-column grid used to be drawn into the whole figure: the y-label fell off the left."""
+    grid = figures.image_grid(np.zeros((12, 10, 10, 3)), cols=2)
+    fig = figures._grid_figure(grid, title="filters", scale=6, xlabel="alternative",
+                               ylabel="latent feature (by norm)")
+    extents, bbox = _label_extents(fig)
+    assert len(extents) == 3
+    for e in extents:
+        assert e.x0 >= 0 and e.y0 >= 0 and e.x1 <= bbox.width and e.y1 <= bbox.height, e
+
+
+def test_filters_with_two_alternatives_are_not_a_thin_strip(tmp_path):
+    from matplotlib.image import imread
+
+    arch = dict(ARCH, layers=[ARCH["layers"][0], dict(ARCH["layers"][1], alternatives=2)])
+    model = tfdgmm.DeepGMM.from_config(arch)
+    info = figures.save_filters(model, str(tmp_path / "f.png"), max_features=12)
+    assert info["blocks"] == 2 and figures.filter_layout(2, 12) == (2, 6)
+    h, w = imread(str(tmp_path / "f.png")).shape[:2]
+    assert 0.5 < h / w < 2.0, (h, w)
+    assert figures.filter_layout(8, 12) == (1, 12)  # many alternatives: one block
+
+
+def test_training_curve(tmp_path):
+    from tfdgmm.units import nats_to_bits_per_dim
+
+    history = [{"iteration": 1, "updates": 30, "train_lower_bound": 100.0,
+                "validation_lower_bound": 90.0, "train_upper_bound": 101.0},
+               {"iteration": 2, "updates": 15, "train_lower_bound": 120.0,
+                "validation_lower_bound": 105.0, "train_upper_bound": 121.0}]
+    path = str(tmp_path / "curve.png")
+    figures.save_training_curve(history, path,
+                                nats_to_bpd=lambda n: nats_to_bits_per_dim(n, num_dims=192),
+                                baseline={"validation": 80.0})
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    fig = figures.training_curve_figure(
+        history, nats_to_bpd=lambda n: nats_to_bits_per_dim(n, num_dims=192),
+        baseline={"validation": 80.0})
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_array_equal(lines["train LB"].get_xdata(), [30, 45])  # cumulative
+    np.testing.assert_array_equal(lines["validation LB"].get_ydata(), [90, 105])
+    np.testing.assert_array_equal(lines["Gaussian baseline (validation)"].get_ydata(), [80, 80])
+    assert ax.get_xlabel() == "M-step updates" and "nats" in ax.get_ylabel()
+    assert any(getattr(c, "get_ylabel", lambda: "")() == "bits / dim" for c in ax.child_axes)

@@ -273,7 +273,15 @@ def broadcast_with_choice(x, choice, event_rank, selection):
   return x_flat, c_flat, out_batch
 
 
-def batch_form_layout(x, event_rank, num_alternatives):
+def batch_form_error(name, k, batch_shape):
+  return (f"{name}: called without `choice`, a bank of {k} alternatives is a batch of {k} "
+          f"bijectors (batch shape [{k}]), and the input's batch shape {batch_shape} does "
+          f"not broadcast against [{k}]. Pass `choice=` (one alternative per sample, or per "
+          f"sample and location) or use `bank.with_choice(choice)`; for all alternatives at "
+          f"once give the input a batch axis of size 1 or {k} last, e.g. x[..., None, :, :, :].")
+
+
+def batch_form_layout(x, event_rank, num_alternatives, name="bank"):
   """Lays out `x` for the batch form (`choice=None`, batch shape `[K]`).
 
   Returns `(mode, x_r, out_batch)`:
@@ -293,7 +301,16 @@ def batch_form_layout(x, event_rank, num_alternatives):
   if b.rank is not None and b[-1] == k:
     return ("aligned", tf.reshape(x, concat_shape([-1, k], event)),
             shape_list(x)[:b.rank])
+  if k > 1 and b.rank is not None and b[-1] is not None:
+    raise ValueError(batch_form_error(name, k, b.as_list()))
   xs = tf.shape(x)[:-event_rank]
+  if k > 1:
+    last = tf.concat([[1], xs], 0)[-1]  # (an empty batch broadcasts)
+    check = tf.debugging.Assert(
+        tf.logical_or(tf.equal(last, 1), tf.equal(last, k)),
+        [batch_form_error(name, k, "(see below)"), "input batch shape:", xs])
+    with tf.control_dependencies([check]):
+      xs = tf.identity(xs)
   out_batch = tf.broadcast_dynamic_shape(xs, tf.constant([k], tf.int32))
   x = tf.broadcast_to(x, concat_shape(out_batch, event))
   return "aligned", tf.reshape(x, concat_shape([-1, k], event)), out_batch
@@ -385,7 +402,7 @@ class LUSolveOp:
     return self.aligned(xl)
 
 
-def bank_linear(x, op, bias, choice, selection):
+def bank_linear(x, op, bias, choice, selection, name="bank"):
   """Applies `y[..., h, w, :] = A[c, (h, w)] x[..., h, w, :] + b[c, (h, w)]`.
 
   Args:
@@ -420,7 +437,7 @@ def bank_linear(x, op, bias, choice, selection):
     return tf.reshape(xs, [1, -1, d])
 
   if choice is None:
-    mode, xr, out_batch = batch_form_layout(x, 3, k)
+    mode, xr, out_batch = batch_form_layout(x, 3, k, name)
     m = tf.shape(xr)[0]
     if mode == "expand":
       y = op.all(rows_of(tf.reshape(xr, [m, l, d])))     # [K, Lg, n', d]
@@ -494,13 +511,13 @@ def select_params(params, choice, selection, x, event_rank=3):
       tf.broadcast_to(params[0], concat_shape(shape_list(choice), [dd]))
 
 
-def bank_scale(x, scale, bias, choice, selection):
+def bank_scale(x, scale, bias, choice, selection, name="bank"):
   """`y = scale[c] * x + bias[c]` (params `[K, (Hp, Wp,) D]`)."""
   if choice is None:
     if scale.shape.rank == 2:
       scale, bias = scale[:, None, None, :], bias[:, None, None, :]
     # TFP batch broadcasting: x [..., Hp, Wp, D] against [K, Hp|1, Wp|1, D].
-    mode, xr, out_batch = batch_form_layout(x, 3, int(scale.shape[0]))
+    mode, xr, out_batch = batch_form_layout(x, 3, int(scale.shape[0]), name)
     if mode == "expand":
       y = xr[:, None] * scale + bias
     else:
@@ -600,3 +617,114 @@ class BankBijector(tfp.bijectors.Bijector):
       event_shape = event_shape.as_list()
     event_shape = list(event_shape)
     return event_shape[-3], event_shape[-2]
+
+  def with_choice(self, choice, validate_args=None, name=None):
+    """This bank conditioned on `choice`: a TFP bijector with a consistent batch shape.
+
+    `bank.with_choice(c)` is the bijector `x -> bank.forward(x, choice=c)` as a TFP
+    object of its own: its batch shape is the batch shape of `c` (`c.shape` for
+    `selection='sample'`, `c.shape[:-2]` for `'location'`), so
+    `tfd.TransformedDistribution(base, bank.with_choice(c))` has `batch_shape` equal to
+    that and its `log_prob` and `sample` follow TFP's batch rules. (Passing
+    `bijector_kwargs={"choice": c}` to a distribution of the unconditioned bank does not:
+    that distribution's batch shape is the bank's `[K]`.) `with_choice(k)` with a scalar
+    `k` (sample selection) is alternative `k` alone, batch shape `[]`, as `bank[k]`.
+    """
+    return WithChoice(self, choice,
+                      validate_args=(self.validate_args if validate_args is None
+                                     else validate_args),
+                      name=name)
+
+  def __getitem__(self, slices):
+    """Batch slicing of the `[K]` alternatives.
+
+    A slice keeps the `K` axis and gives a smaller bank (`bank[1:3]`, `bank[::2]`, as
+    TFP slices parameters). An integer drops it: `bank[k]` is alternative `k` alone,
+    `bank.with_choice(k)` (batch shape `[]`; with `selection='location'` the same
+    alternative at every location, which needs per-location parameters).
+    """
+    k = self._num_alternatives
+    if isinstance(slices, (int, np.integer)) and not isinstance(slices, bool):
+      if not -k <= int(slices) < k:
+        raise IndexError(f"{self.name}: alternative {int(slices)} out of range for a "
+                         f"bank of {k} alternatives (batch shape [{k}])")
+      idx = np.int32(int(slices) % k)
+      if self._selection == "location":
+        spatial = getattr(self, "_spatial_shape", None)
+        if spatial is None:
+          raise ValueError(
+              f"{self.name}: bank[{int(slices)}] with selection='location' needs the "
+              "spatial shape, which parameters shared by all locations do not fix; use "
+              "bank.with_choice(c) with c of shape batch + [Hp, Wp].")
+        idx = np.full(tuple(spatial), idx, np.int32)
+      return self.with_choice(tf.constant(idx, tf.int32))
+    try:
+      return super().__getitem__(slices)
+    except (ValueError, IndexError, TypeError) as err:
+      raise type(err)(
+          f"{self.name}: cannot slice a bank of {k} alternatives (batch shape [{k}]) "
+          f"with {slices!r}: use a slice of the alternatives (bank[1:3]), an integer "
+          f"(bank[1]) or bank.with_choice(c). ({err})") from err
+
+
+class WithChoice(tfp.bijectors.Bijector):
+  """A bank of alternatives (`BankBijector`) with a fixed `choice` (see
+  `BankBijector.with_choice`). Its batch shape is the choice's batch shape."""
+
+  def __init__(self, bank, choice, validate_args=False, name=None):
+    parameters = dict(locals())
+    if not isinstance(bank, BankBijector):
+      raise TypeError(f"with_choice needs a bank of alternatives; got "
+                      f"{type(bank).__name__}")
+    name = name or f"{bank.name}_with_choice"
+    with tf.name_scope(name) as name:
+      self._bank = bank
+      spatial = getattr(bank, "_spatial_shape", None) or (None, None)
+      self._chosen = prepare_choice(choice, bank.num_alternatives, bank.selection,
+                                    list(spatial), validate_args, bank.name)
+      if bank.selection == "location" and self._chosen.shape.rank is None:
+        raise ValueError(f"{bank.name}: with selection='location', `choice` needs a known "
+                         "rank (batch + [Hp, Wp]).")
+      super().__init__(
+          forward_min_event_ndims=bank.forward_min_event_ndims,
+          inverse_min_event_ndims=bank.inverse_min_event_ndims,
+          is_constant_jacobian=bank.is_constant_jacobian,
+          validate_args=validate_args,
+          parameters=parameters,
+          dtype=bank.dtype,
+          name=name)
+
+  @classmethod
+  def _parameter_properties(cls, dtype):
+    def event_ndims(self, x_event_ndims=None):
+      extra = (0 if x_event_ndims is None
+               else x_event_ndims - self.forward_min_event_ndims)
+      return (0 if self._bank.selection == "sample" else 2) + extra
+    return dict(choice=parameter_properties.ParameterProperties(
+        event_ndims=event_ndims,
+        default_constraining_bijector_fn=(
+            parameter_properties.BIJECTOR_NOT_IMPLEMENTED)))
+
+  @property
+  def bank(self):
+    """The unconditioned bank of alternatives."""
+    return self._bank
+
+  @property
+  def choice(self):
+    """The fixed choice (int32)."""
+    return self._chosen
+
+  def _forward(self, x):
+    return self._bank.forward(x, choice=self._chosen)
+
+  def _inverse(self, y):
+    return self._bank.inverse(y, choice=self._chosen)
+
+  def _forward_log_det_jacobian(self, x):
+    return self._bank.forward_log_det_jacobian(
+        x, event_ndims=self.forward_min_event_ndims, choice=self._chosen)
+
+  def _inverse_log_det_jacobian(self, y):
+    return self._bank.inverse_log_det_jacobian(
+        y, event_ndims=self.inverse_min_event_ndims, choice=self._chosen)

@@ -242,7 +242,7 @@ class BlockDiagonal(_bank.BankBijector):
         tf.convert_to_tensor(self._permutation), shift)
     mats_t, bias = self._lg_params(mats_t, bias)
     return _bank.bank_linear(y, _bank.MatmulOp(mats_t), bias, choice,
-                             self._selection)
+                             self._selection, self.name)
 
   def _forward(self, x, choice=None):
     x = self._check_input(x, "input to forward")
@@ -254,13 +254,13 @@ class BlockDiagonal(_bank.BankBijector):
     def by_inverses():
       inv_t, sh = self._lg_params(_bank.lu_inverse_params(lu, perm), shift)
       return _bank.bank_linear(x, _bank.MatmulOp(inv_t), sh, choice,
-                               self._selection)
+                               self._selection, self.name)
 
     def by_solves():
       lower, upper, inv_perm, sh = self._lg_params(
           *_bank.lu_sampling_params(lu, perm), shift)
       return _bank.bank_linear(x, _bank.LUSolveOp(lower, upper, inv_perm), sh,
-                               choice, self._selection)
+                               choice, self._selection, self.name)
 
     if self._spatial_shape is None:
       return by_inverses()      # K blocks only: their inverses are cheap.

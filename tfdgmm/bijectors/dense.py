@@ -216,7 +216,7 @@ class Dense(_bank.BankBijector):
 
     fn = density if inverse else sampling
     if choice is None:
-      mode, xr, out_batch = _bank.batch_form_layout(x, 1, k)
+      mode, xr, out_batch = _bank.batch_form_layout(x, 1, k, self.name)
       if mode == "expand" and k == 1:
         y = fn(0, xr)[:, None]
       else:

@@ -171,13 +171,14 @@ class Diagonal(_bank.BankBijector):
     ls, shift = self._params()
     inv_scale = tf.exp(-ls)
     return _bank.bank_scale(y, inv_scale, -shift * inv_scale, choice,
-                            self._selection)
+                            self._selection, self.name)
 
   def _forward(self, x, choice=None):
     x = self._check_input(x, "input to forward")
     choice = self._choice(choice, x)
     ls, shift = self._params()
-    return _bank.bank_scale(x, tf.exp(ls), shift, choice, self._selection)
+    return _bank.bank_scale(x, tf.exp(ls), shift, choice, self._selection,
+                            self.name)
 
   def _ildj(self, x, choice):
     _bank.check_event(x, 3, [None, None, self._channels], self.name)

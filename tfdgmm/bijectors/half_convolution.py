@@ -189,7 +189,7 @@ class HalfConvolution(_bank.BankBijector):
                         tf.concat([tf.shape(kernel)[1:4], [k * du]], 0))
 
     if choice is None:
-      mode, xr, out_batch = _bank.batch_form_layout(cond, 3, k)
+      mode, xr, out_batch = _bank.batch_form_layout(cond, 3, k, self.name)
       if mode == "expand":
         y = conv(xr, cat_kernel())                       # [M, Hp, Wp, K Du]
         y = tf.reshape(y, [-1, hp, wp, k, du])

@@ -8,6 +8,7 @@ example's position in the official files, so the examples are sorted back by it.
 from __future__ import annotations
 
 import re
+import socket
 
 import numpy as np
 
@@ -18,9 +19,32 @@ _ID = re.compile(r"^(?:train|test)_(\d+)$")
 
 NO_DOWNLOAD_HINT = (
     "This machine may not be able to download it (no network). Pass a local copy instead with "
-    "--data PATH (a directory holding train.npz + test.npz, the official CIFAR-10 binary or "
-    "python batches, or a single .npz with 'images' and 'labels')."
+    "--data PATH (Python: load_cifar10(PATH)), PATH a directory holding train.npz + test.npz "
+    "(e.g. ../shared/data/cifar10-jpeg75), the official CIFAR-10 binary or python batches, or "
+    "a single .npz with 'images' and 'labels'."
 )
+
+
+#: Where tensorflow-datasets downloads a dataset from (checked before a download is tried).
+DOWNLOAD_HOSTS = {"cifar10": ("www.cs.toronto.edu", 443)}
+#: Seconds to wait for the download host before giving up (tfds itself retries for minutes).
+REACHABILITY_TIMEOUT = 5.0
+
+
+def host_reachable(address, timeout=REACHABILITY_TIMEOUT) -> bool:
+    """Whether a TCP connection to `(host, port)` opens within `timeout` seconds."""
+    try:
+        with socket.create_connection(address, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _not_prepared(err) -> bool:
+    """tfds' error when a dataset is not downloaded and prepared in its data_dir."""
+    text = str(err)
+    return isinstance(err, AssertionError) or "download_and_prepare" in text or \
+        "could not find data" in text
 
 
 def official_order(ids) -> np.ndarray | None:
@@ -63,18 +87,30 @@ def load_tfds(name: str = "cifar10", data_dir: str | None = None, download: bool
     Raises :class:`DataUnavailableError` (suggesting ``--data PATH``) when tfds cannot provide
     the data, e.g. because it cannot be downloaded.
     """
+    where = f"tfds:{name}" + (f" (data_dir={data_dir})" if data_dir else "")
     try:
         import tensorflow_datasets as tfds
 
-        datasets = tfds.load(
-            name,
-            split=["train", "test"],
-            data_dir=data_dir,
-            download=download,
-            shuffle_files=False,
-        )
+        def load(download):
+            return tfds.load(name, split=["train", "test"], data_dir=data_dir,
+                             download=download, shuffle_files=False)
+
+        try:  # prepared already: no network needed
+            datasets = load(False)
+        except Exception as first:  # noqa: BLE001
+            if not (download and _not_prepared(first)):
+                raise
+            # Not downloaded yet. Offline, tfds would retry the download for minutes: check
+            # the download host first and fail fast.
+            host = DOWNLOAD_HOSTS.get(name.split("/")[0].split(":")[0])
+            if host is not None and not host_reachable(host):
+                raise DataUnavailableError(
+                    f"{where}: not downloaded yet, and the download host {host[0]} cannot be "
+                    f"reached within {REACHABILITY_TIMEOUT:g} s. {NO_DOWNLOAD_HINT}") from first
+            datasets = load(True)
+    except DataUnavailableError:
+        raise
     except Exception as e:  # tfds raises many types (network, missing optional modules, ...)
-        where = f"tfds:{name}" + (f" (data_dir={data_dir})" if data_dir else "")
         raise DataUnavailableError(
             f"{where}: tensorflow-datasets could not load the dataset "
             f"({type(e).__name__}: {e}). {NO_DOWNLOAD_HINT}"

@@ -130,6 +130,17 @@ class TransformLayer(keras.layers.Layer):
         fldj = b.forward_log_det_jacobian(z, event_ndims=self._event_ndims(), **kw)
         return x, self._broadcast(fldj, x)
 
+    def compute_output_shape(self, input_shape):
+        """`(z shape, log_det shape)` of `call` with a `choice` (or one alternative): the
+        input's shape and its batch dims. (`model.summary()` shows it for built layers.)"""
+        shape = tuple(input_shape)
+        return shape, shape[:-self._event_ndims()]
+
+    def compute_output_spec(self, *args, **kwargs):
+        # Symbolic calls trace `call` as Keras does by default: the output shape depends on
+        # `choice` (the batch form adds a K axis), which `compute_output_shape` does not see.
+        return super(keras.layers.Layer, self).compute_output_spec(*args, **kwargs)
+
     def _broadcast(self, log_det, out):
         batch = tf.shape(out)[:-self._event_ndims()]
         return tf.broadcast_to(tf.cast(log_det, out.dtype), batch)

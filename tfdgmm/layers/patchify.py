@@ -43,6 +43,13 @@ class Patchify(TransformLayer):
         z = b.forward(x)
         return z, self._broadcast(b.forward_log_det_jacobian(x, event_ndims=3), z)
 
+    def compute_output_shape(self, input_shape):
+        """`(patches shape, log_det shape)`: `[N, H/r, W/r, r*r*C]` and `[N]`."""
+        *batch, h, w, c = tuple(input_shape)
+        r = self.patch_size
+        div = lambda v: None if v is None else v // r  # noqa: E731
+        return (*batch, div(h), div(w), None if c is None else r * r * c), tuple(batch)
+
     def forward(self, z, choice=None):
         if choice is not None:
             raise ValueError(f"{self.name}: Patchify takes no `choice`.")

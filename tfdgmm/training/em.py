@@ -523,7 +523,8 @@ class EMTrainer:
 
         scalars = {f"em/{k}": v for k, v in record.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and (
-                       "bound" in k or k in ("final_loss", "learning_rate"))}
+                       "bound" in k or k in ("final_loss", "learning_rate"))
+                   and not k.startswith("estep_")}  # (written once, after the E-step)
         scalars.update({f"paths/entropy_layer{i}": h
                         for i, h in enumerate(record["path_entropy"])})
         self.summaries.scalars(t + 1, scalars)
@@ -713,6 +714,7 @@ class EMTrainer:
                 f"{what} at EM iteration {t + 1}, update {u}, after "
                 f"{cfg.max_rollbacks} rollbacks; giving up (last good checkpoint: "
                 f"{self.keeper.latest})")
+        step = int(self.optimizer.iterations.numpy())  # (the restore may reset it)
         path = self.keeper.restore_latest()
         # the checkpoint's scale already includes earlier rollbacks (saved after each one)
         scale = float(self.state.lr_scale.numpy()) * cfg.nan_lr_factor
@@ -725,8 +727,7 @@ class EMTrainer:
                  f"update {int(self.state.mstep_update.numpy())}) and lowered the learning rate "
                  f"by {cfg.nan_lr_factor} (scale now {scale:.3g}); rollback {rollbacks} of at "
                  f"most {cfg.max_rollbacks}")
-        self.summaries.scalars(int(self.optimizer.iterations.numpy()),
-                               {"mstep/rollback_lr_scale": scale})
+        self.summaries.scalars(step, {"mstep/rollback_lr_scale": scale})
         self._save()
 
     def _call_hooks(self, event, info):

@@ -1,4 +1,5 @@
-"""PNG figures of a trained deep GMM: samples (paper figure 6) and first-layer filters (figure 5).
+"""PNG figures of a trained deep GMM: samples (paper figure 6), first-layer filters (figure 5)
+and the training curve (bounds in nats and bits/dim against M-step updates).
 
 Filters, as in the paper: activate one latent feature at one patch location just above the first
 block-diagonal layer, push it down through that layer (with a given alternative) and the layers
@@ -17,7 +18,7 @@ import tensorflow as tf
 from tfdgmm.bijectors import BlockDiagonal, Patchify
 
 __all__ = ["image_grid", "save_image_grid", "save_samples", "first_layer_filters",
-           "save_filters"]
+           "save_filters", "filter_layout", "save_training_curve", "training_curve_figure"]
 
 
 def _to_unit(images, value_range):
@@ -38,16 +39,21 @@ def image_grid(images, cols, pad=1, pad_value=1.0):
     return out
 
 
-def save_image_grid(grid, path, title=None, scale=3, xlabel=None, ylabel=None):
-    """Write a grid (from `image_grid`) to a PNG, with an optional title and axis labels."""
+def _grid_figure(grid, title=None, scale=3, xlabel=None, ylabel=None, min_width=2.5):
+    """A matplotlib `Figure` showing `grid`, with margins (in inches) reserved for the title
+    and the axis labels, so that none of them is cut off however narrow the grid."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     h, w = grid.shape[:2]
     dpi = 100
-    fig = Figure(figsize=(max(w * scale / dpi, 2.5), max(h * scale / dpi, 2.5) + 0.4), dpi=dpi)
+    left, right = (0.35 if ylabel else 0.08), 0.08
+    bottom, top = (0.35 if xlabel else 0.08), (0.4 if title else 0.08)
+    img_w, img_h = max(w * scale / dpi, min_width), max(h * scale / dpi, 1.0)
+    fig_w, fig_h = img_w + left + right, img_h + bottom + top
+    fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
     FigureCanvasAgg(fig)
-    ax = fig.add_axes([0.02, 0.02, 0.96, 0.9 if title else 0.96])
+    ax = fig.add_axes([left / fig_w, bottom / fig_h, img_w / fig_w, img_h / fig_h])
     ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid,
               cmap="gray" if grid.shape[-1] == 1 else None, interpolation="nearest",
               vmin=0.0, vmax=1.0)
@@ -59,7 +65,12 @@ def save_image_grid(grid, path, title=None, scale=3, xlabel=None, ylabel=None):
         ax.set_ylabel(ylabel, fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.savefig(path)
+    return fig
+
+
+def save_image_grid(grid, path, title=None, scale=3, xlabel=None, ylabel=None):
+    """Write a grid (from `image_grid`) to a PNG, with an optional title and axis labels."""
+    _grid_figure(grid, title, scale, xlabel, ylabel).savefig(path)
     return path
 
 
@@ -116,8 +127,18 @@ def first_layer_filters(model, layer=None, max_alternatives=8, max_features=12, 
     return np.stack(out), {"layer": b, "location": [int(ci), int(cj)], "features": shown}
 
 
+def filter_layout(num_alternatives, num_features):
+    """`(blocks, rows)`: the features are split into `blocks` side-by-side blocks of `rows`
+    rows (each block has one column per alternative), so that the figure is roughly square
+    even with few alternatives (2 alternatives x 12 features: 2 blocks of 6 rows)."""
+    a, f = max(1, num_alternatives), max(1, num_features)
+    blocks = max(1, min(f, int(round(np.sqrt(f / a)))))
+    return blocks, int(np.ceil(f / blocks))
+
+
 def save_filters(model, path, layer=None, max_alternatives=8, max_features=12, crop=None):
-    """Save the figure-5 style filters as a PNG (rows: features, columns: alternatives).
+    """Save the figure-5 style filters as a PNG: one column per alternative, one row per
+    feature; with few alternatives the features wrap into side-by-side blocks.
 
     `crop`: side in pixels of the window around the activated location (default: 5 patches).
     """
@@ -131,11 +152,77 @@ def save_filters(model, path, layer=None, max_alternatives=8, max_features=12, c
     tiles = filters[:, :, top:top + crop, left:left + crop]
     scale = np.max(np.abs(tiles), axis=(2, 3, 4), keepdims=True)
     tiles = 0.5 + 0.5 * tiles / np.where(scale > 0, scale, 1.0)
-    tiles = np.transpose(tiles, (1, 0, 2, 3, 4)).reshape(f * a, crop, crop, c)  # row = feature
-    grid = image_grid(tiles, cols=a, pad=1, pad_value=1.0)
+    tiles = np.transpose(tiles, (1, 0, 2, 3, 4))                  # [feature, alternative, ...]
+    blocks, rows = filter_layout(a, f)
+    pad_rows = blocks * rows - f
+    if pad_rows:
+        tiles = np.concatenate([tiles, np.ones((pad_rows,) + tiles.shape[1:])], 0)
+    grids = [image_grid(tiles[b * rows:(b + 1) * rows].reshape(rows * a, crop, crop, c),
+                        cols=a, pad=1, pad_value=1.0) for b in range(blocks)]
+    gap = np.ones((grids[0].shape[0], 2 * crop // 3 + 1, c))
+    grid = np.concatenate([x for g in grids for x in (g, gap)][:-1], axis=1)
+    xlabel = "alternative (local transformation)"
+    if blocks > 1:
+        xlabel += f"; features continue in {blocks} blocks"
     save_image_grid(
         grid, path, scale=6,
         title=f"filters above layer {info['layer']} "
               f"({type(model.layers[info['layer']]).__name__})",
-        xlabel="alternative (local transformation)", ylabel="latent feature (by norm)")
+        xlabel=xlabel, ylabel="latent feature (by norm)")
+    info["blocks"] = blocks
     return info
+
+
+def save_training_curve(history, path, nats_to_bpd=None, baseline=None, title=None):
+    """`training_curve_figure(...)` saved as a PNG at `path`; returns `path`."""
+    training_curve_figure(history, nats_to_bpd, baseline, title).savefig(path)
+    return path
+
+
+def training_curve_figure(history, nats_to_bpd=None, baseline=None, title=None):
+    """Bounds against M-step updates (a matplotlib `Figure`): nats on the left axis and
+    bits/dim on the right, one point per EM iteration.
+
+    Args:
+      history: the trainer's per-iteration records (`metrics.json` `history`): `updates`,
+        `train_lower_bound`, `validation_lower_bound`, `train_upper_bound`, ...
+      nats_to_bpd: nats -> bits/dim (affine and decreasing, e.g. `tfdgmm.units`); None: no
+        bits/dim axis.
+      baseline: `{split: nats}` of the Gaussian baseline (`tfdgmm baseline`), drawn as
+        horizontal lines; None when not known.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    history = [r for r in history if isinstance(r, dict)]
+    updates = np.cumsum([float(r.get("updates") or 0) for r in history])
+    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    styles = {"train_lower_bound": ("C0", "-", "train LB"),
+              "validation_lower_bound": ("C1", "-", "validation LB"),
+              "train_upper_bound": ("C0", ":", "train UB*"),
+              "validation_upper_bound": ("C1", ":", "validation UB*")}
+    for key, (color, line, label) in styles.items():
+        pts = [(u, r[key]) for u, r in zip(updates, history)
+               if isinstance(r.get(key), (int, float)) and np.isfinite(r[key])]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, color=color, linestyle=line, marker="o", markersize=3, label=label)
+    for i, (split, nats) in enumerate(sorted((baseline or {}).items())):
+        ax.axhline(float(nats), color="0.4", linestyle="--", linewidth=1,
+                   label=f"Gaussian baseline ({split})" if i < 3 else None)
+    ax.set_xlabel("M-step updates")
+    ax.set_ylabel("log-likelihood bound (nats / image)")
+    if nats_to_bpd is not None:
+        a0, a1 = float(nats_to_bpd(0.0)), float(nats_to_bpd(1.0))
+        slope = a1 - a0  # bpd = a0 + slope * nats (affine)
+        sec = ax.secondary_yaxis("right", functions=(lambda n: a0 + slope * np.asarray(n),
+                                                     lambda b: (np.asarray(b) - a0) / slope))
+        sec.set_ylabel("bits / dim")
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title or "training curve", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,4 +1,5 @@
-"""Visibility: TensorBoard scalars and periodic progress lines with an ETA."""
+"""Visibility: TensorBoard scalars and images, periodic progress lines with an ETA, and the
+one-line device report at the start of a run."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 
 import tensorflow as tf
 
-__all__ = ["Summaries", "format_duration", "default_log", "RateMeter"]
+__all__ = ["Summaries", "format_duration", "default_log", "RateMeter", "device_report"]
 
 
 def default_log(message: str):
@@ -61,6 +62,22 @@ class Summaries:
                     continue
                 tf.summary.scalar(name, float(value))
 
+    def image(self, step, name, image):
+        """An image for TensorBoard's Images tab: a PNG file path, or an array `[H, W, C]`
+        (uint8, or floats in [0, 1])."""
+        if self._writer is None:
+            return
+        if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+            image = tf.io.decode_png(tf.io.read_file(str(image)), channels=0)
+        image = tf.convert_to_tensor(image)
+        if image.dtype != tf.uint8:
+            image = tf.image.convert_image_dtype(tf.clip_by_value(
+                tf.cast(image, tf.float32), 0.0, 1.0), tf.uint8)
+        if image.shape[-1] == 4:  # RGBA PNGs from matplotlib
+            image = image[..., :3]
+        with self._writer.as_default(step=int(step)):
+            tf.summary.image(name, image[None])
+
     def flush(self):
         if self._writer is not None:
             self._writer.flush()
@@ -68,6 +85,30 @@ class Summaries:
     def close(self):
         if self._writer is not None:
             self._writer.close()
+
+
+def device_report(strategy=None) -> str:
+    """One line: where the run computes, e.g. `devices: CPU only (2 cores); strategy
+    _DefaultDistributionStrategy, 1 replica` or `devices: 2 GPUs (...); strategy
+    MirroredStrategy, 2 replicas`."""
+    import os
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = []
+        for g in gpus:
+            try:
+                names.append(tf.config.experimental.get_device_details(g).get("device_name")
+                             or g.name)
+            except (ValueError, RuntimeError):
+                names.append(g.name)
+        where = f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''} ({', '.join(names)})"
+    else:
+        where = f"CPU only ({os.cpu_count() or '?'} cores; no GPU visible to TensorFlow)"
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = int(getattr(strategy, "num_replicas_in_sync", 1))
+    return (f"devices: {where}; strategy {type(strategy).__name__}, {replicas} "
+            f"replica{'s' if replicas > 1 else ''}")
 
 
 class Clock:
