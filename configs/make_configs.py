@@ -26,7 +26,12 @@ Every architecture is on 32x32x3 images with 4x4 patches (an 8 x 8 x 48 patch te
 updates) so that a run takes minutes to an hour on a laptop CPU; their numbers are not the
 paper's. The full variants follow section 4.1: 20 EM iterations, 50,000 updates in the first
 M-step and 7,500 in later ones, the learning rate lowered for the last 4,000 updates of each
-M-step and across EM iterations.
+M-step and across EM iterations, except that within an M-step the learning rate follows a
+cosine from 1 down to 0.01 (`lr_decay: cosine`) instead of the paper's drop to 0.1 for the
+last 4,000 updates: on the Table-1 benchmark (`bench/convergence.py`, BENCHMARKS.md) it ends
+7 nats/image higher after 20,000 updates. `--set training.lr_decay=final --set
+training.lr_final_factor=0.1` restores the paper's schedule. The `_cpu` variants keep the
+paper's drop (their budget was not benchmarked with the cosine).
 """
 
 import os
@@ -85,8 +90,9 @@ FULL_TRAINING = {
     "learning_rate": 1.0e-3,
     "lr_em_decay": 0.85,
     "lr_min_factor": 0.1,
+    "lr_decay": "cosine",
     "lr_final_updates": 4_000,
-    "lr_final_factor": 0.1,
+    "lr_final_factor": 0.01,
     "lr_warmup_updates": 500,
     "estep_batch_size": 500,
     "early_stopping_patience": 3,
@@ -95,7 +101,8 @@ FULL_TRAINING = {
 FULL_DATA = {"train_limit": None, "validation_limit": None, "test_limit": None}
 
 CPU_TRAINING = dict(FULL_TRAINING, em_iterations=4, updates_first=1_500, updates_later=500,
-                    learning_rate=3.0e-3, lr_final_updates=200, lr_warmup_updates=100,
+                    learning_rate=3.0e-3, lr_decay="final", lr_final_factor=0.1,
+                    lr_final_updates=200, lr_warmup_updates=100,
                     early_stopping_patience=2,
                     eval_restarts=1, estep_batch_size=250)
 CPU_DATA = {"train_limit": 4_000, "validation_limit": 1_000, "test_limit": 2_000}
@@ -108,7 +115,8 @@ CPU_GATING = dict(FULL_GATING, steps=1_000)
 
 def write(name, description, paper, arch, gating=False):
     for suffix, training, data, gate, note in (
-            ("", FULL_TRAINING, FULL_DATA, FULL_GATING, "the paper's protocol (section 4.1)"),
+            ("", FULL_TRAINING, FULL_DATA, FULL_GATING,
+             "the paper's protocol (section 4.1), cosine learning-rate decay per M-step"),
             ("_cpu", CPU_TRAINING, CPU_DATA, CPU_GATING,
              "CPU-sized protocol: 4,000 training images, 4 EM iterations")):
         cfg = {"description": f"{description}; {note}", "paper": paper, "model": arch,

@@ -13,7 +13,8 @@ iteration `t` (0-based):
 lr = learning_rate * max(lr_em_decay ** t, lr_min_factor)
                    * (lr_final_factor  if u >= U - min(lr_final_updates, U // 2)  else 1)
                      [lr_decay='cosine': f + (1 - f) (1 + cos(pi u / U)) / 2, f = lr_final_factor]
-                   * min(1, (u + 1) / lr_warmup_updates)   (first M-step only, t = 0)
+                   * min(1, (u + 1) / lr_warmup_updates)   (every M-step; only t = 0 without
+                                                            lr_warmup_every_mstep)
                    * lr_scale          (1, lowered by nan_lr_factor at every NaN/divergence rollback)
 ```
 """
@@ -58,14 +59,22 @@ class EMConfig:
     """... down to at most this factor of `learning_rate`."""
     lr_final_updates: int = 4_000
     """The last updates of every M-step run at a lower rate (at most half of the M-step)."""
-    lr_final_factor: float = 0.1
-    lr_decay: str = "final"
-    """Within an M-step: `'final'` (the paper's: the last `lr_final_updates` updates at
-    `lr_final_factor`) or `'cosine'` (from 1 down to `lr_final_factor` along a half cosine over
-    the M-step's updates)."""
+    lr_final_factor: float = 0.01
+    lr_decay: str = "cosine"
+    """Within an M-step: `'cosine'` (from 1 down to `lr_final_factor` along a half cosine over
+    the M-step's updates; on the Table-1 benchmark it ends 7 nats/image above the paper's
+    schedule after 20,000 updates, BENCHMARKS.md) or `'final'` (the paper's: the last
+    `lr_final_updates` updates at `lr_final_factor`, 0.1 in the paper)."""
+    lr_warmup_every_mstep: bool = True
+    """Ramp the rate up at the start of every M-step, not only the first. After an E-step has
+    moved datapoints to other paths, the first full-rate steps of Adam (block-diagonal layers)
+    and of K-FAC (half-convolutions) together blew up the Table-3 model (3 HC + 3 x (unshared
+    BD x 4, 3 HC), `_cpu` config, M-step 2: -7,342 to +10^5 nats/image within 20 updates),
+    although either alone was stable from the same checkpoint (BENCHMARKS.md)."""
     lr_warmup_updates: int = 100
-    """Ramp the rate up linearly over the first updates of the first M-step (from a good,
-    data-dependent start, full-size first Adam steps can throw the model far off)."""
+    """Ramp the rate up linearly over the first updates of every M-step (of the first only
+    without `lr_warmup_every_mstep`): from a good, data-dependent start, full-size first Adam
+    steps can throw the model far off."""
     hc_optimizer: str = "kfac"
     """How half-convolution kernels are stepped: `'kfac'`, momentum SGD on Kronecker-factored
     Gauss-Newton steps (`tfdgmm.training.preconditioning`; Adam on these kernels is what made
@@ -253,7 +262,7 @@ def learning_rate_at(config: EMConfig, em_iteration, update, num_updates, lr_sca
         else:
             final = min(config.lr_final_updates, num_updates // 2)
             fin = config.lr_final_factor if update >= num_updates - final else 1.0
-        if warm and em_iteration == 0 and update < warm:
+        if warm and (em_iteration == 0 or config.lr_warmup_every_mstep) and update < warm:
             fin *= (update + 1) / warm
         return config.learning_rate * em * fin * lr_scale
     em_iteration = tf.cast(em_iteration, tf.float32)
@@ -272,6 +281,8 @@ def learning_rate_at(config: EMConfig, em_iteration, update, num_updates, lr_sca
                        tf.constant(1.0, tf.float32))
     if warm:
         ramp = tf.minimum(tf.cast(update + 1, tf.float32) / warm, 1.0)
-        fin *= tf.where(em_iteration == 0, ramp, tf.constant(1.0, tf.float32))
+        if not config.lr_warmup_every_mstep:
+            ramp = tf.where(em_iteration == 0, ramp, tf.constant(1.0, tf.float32))
+        fin *= ramp
     return config.learning_rate * em * fin * tf.cast(lr_scale, tf.float32)
 
