@@ -134,7 +134,7 @@ def plot(result, path):
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for run in result["runs"]:
-        extra = "".join(f", {o.split('.')[-1]}" for o in run.get("overrides", []))
+        extra = "".join(f", {o.split('.', 1)[-1]}" for o in run.get("overrides", []))
         label = f"{run['name']} ({run['mode']}{extra}, {run['rollbacks']} rollbacks)"
         axes[0].plot(run["updates"], run["validation_nats"], marker=".", label=label)
         axes[1].plot(run["wall_seconds"], run["validation_nats"], marker=".", label=label)
@@ -146,7 +146,7 @@ def plot(result, path):
         ax.grid(alpha=0.3)
     lo = min(min(r["validation_nats"]) for r in result["runs"])
     for ax in axes:
-        ax.set_ylim(max(lo, g - 2500), g + 300)
+        ax.set_ylim(max(lo, g - 1400), g + 60)
     axes[0].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"Convergence on CIFAR-10 ({result['train_images']} training, "
                  f"{result['validation_images']} validation images), {result['date']}")
