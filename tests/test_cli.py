@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from tfdgmm import cli
+from tfdgmm import cli, runs
+from tfdgmm.runs.train import known_baseline
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TINY = os.path.join(HERE, "..", "configs", "tiny.yaml")
@@ -94,12 +95,12 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
 
 
 def test_config_overrides_and_validation(tmp_path):
-    cfg = cli.load_run_config(TINY, ["training.em_iterations=5", "data.train_limit=100"])
+    cfg = runs.load_run_config(TINY, ["training.em_iterations=5", "data.train_limit=100"])
     assert cfg["training"]["em_iterations"] == 5 and cfg["data"]["train_limit"] == 100
     with pytest.raises(ValueError, match="unknown training config keys"):
-        cli.load_run_config(TINY, ["training.em_iteratons=5"])
+        runs.load_run_config(TINY, ["training.em_iteratons=5"])
     with pytest.raises(ValueError, match="unknown data keys"):
-        cli.load_run_config(TINY, ["data.limit=5"])
+        runs.load_run_config(TINY, ["data.limit=5"])
 
 
 def test_every_shipped_config_is_valid():
@@ -110,10 +111,10 @@ def test_every_shipped_config_is_valid():
     paths = sorted(glob.glob(os.path.join(HERE, "..", "configs", "*.yaml")))
     assert len(paths) >= 2 * (5 + 24 + 15) + 1
     for path in paths:
-        cfg = cli.load_run_config(path)
+        cfg = runs.load_run_config(path)
         assert cfg["model"]["image_shape"] == [32, 32, 3]
     # spot-check the sizes of the paper's architectures (section 4.4, Table 3)
-    t1 = tfdgmm.DeepGMM.from_config(cli.load_run_config(
+    t1 = tfdgmm.DeepGMM.from_config(runs.load_run_config(
         os.path.join(HERE, "..", "configs", "table1_hc3.yaml"))["model"])
     assert t1.num_paths == 1
     bd = [v for v in t1.trainable_variables if "lower_upper" in v.name]
@@ -204,10 +205,10 @@ def test_baseline_jitter(small_npz, tmp_path, capsys):
 
 
 def test_training_curve_uses_a_baseline_of_the_same_noise(tmp_path):
-    assert cli._known_baseline(str(tmp_path), {"noise_seed": 0}) is None
+    assert known_baseline(str(tmp_path), {"noise_seed": 0}) is None
     with open(tmp_path / "baseline.json", "w") as f:
         json.dump({"noise_seed": 0, "splits": {"train": {"nats": 100.5},
                                                "validation": {"nats": 90.0}}}, f)
-    assert cli._known_baseline(str(tmp_path), {"noise_seed": 0}) == {"train": 100.5,
+    assert known_baseline(str(tmp_path), {"noise_seed": 0}) == {"train": 100.5,
                                                                      "validation": 90.0}
-    assert cli._known_baseline(str(tmp_path), {"noise_seed": 1}) is None
+    assert known_baseline(str(tmp_path), {"noise_seed": 1}) is None

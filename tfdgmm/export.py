@@ -52,6 +52,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfdgmm.runs import layout
+
 __all__ = [
     "search_settings",
     "export_saved_model",
@@ -62,11 +64,11 @@ __all__ = [
     "CONFIG_NAMES",
 ]
 
-#: Config file names looked up in a run directory, in this order.
-CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
-#: Checkpoint subdirectories of a run directory (`tfdgmm.training.checkpointing`).
-_BEST_DIR = "best"
-_STATE_DIR = "checkpoints"
+#: Config file names looked up in a run directory, in this order (`tfdgmm.runs.layout`).
+CONFIG_NAMES = layout.CONFIG_NAMES
+#: Checkpoint subdirectories of a run directory.
+_BEST_DIR = layout.BEST
+_STATE_DIR = layout.CHECKPOINTS
 
 _INT32_MAX = 2 ** 31 - 1
 

@@ -18,10 +18,12 @@ import time
 
 import tensorflow as tf
 
+from tfdgmm.runs import layout
+
 __all__ = ["CheckpointKeeper", "load_model_weights", "has_checkpoint"]
 
-STATE_DIR = "checkpoints"
-BEST_DIR = "best"
+STATE_DIR = layout.CHECKPOINTS
+BEST_DIR = layout.BEST
 
 
 class CheckpointKeeper:
