@@ -200,8 +200,15 @@ def main(argv=None):
             runs.tune_run(args.config, args.out, args.max_trials, args.tuner, args.data,
                           args.set, args.space, args.max_epochs, args.factor, args.seed,
                           args.overwrite, verbose=not args.quiet)
-    except (runs.DataLoadError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"tfdgmm {args.command}: error: {e}", file=sys.stderr)
+    except (runs.DataLoadError, runs.RunLockedError, ValueError, OSError) as e:
+        print(f"tfdgmm {args.command}: error: {runs.one_line(e, args.command)}",
+              file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001  (a full disk inside TensorFlow: one line, not 68)
+        if not runs.is_disk_full(e):
+            raise
+        print(f"tfdgmm {args.command}: error: {runs.one_line(e, args.command)}",
+              file=sys.stderr)
         return 2
     return 0
 

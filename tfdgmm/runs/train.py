@@ -13,8 +13,10 @@ from tfdgmm.runs.config import load_run_config
 from tfdgmm.runs.data import bpd_fn, dequantized, load_data, train_images
 from tfdgmm.runs.gating import gate_run, gating_hooks
 from tfdgmm.runs.io import Tee, dump_json, dump_yaml
+from tfdgmm.runs.lock import RunLock
 
-__all__ = ["train_run", "model_summary", "known_baseline"]
+__all__ = ["train_run", "check_run", "has_checkpoints", "model_summary", "known_baseline",
+           "SCHEDULE_KEYS"]
 
 
 def model_summary(model):
@@ -31,6 +33,72 @@ def model_summary(model):
     }
 
 
+#: `training` keys that `--resume` may change (the schedule; recorded in metrics.json): the
+#: model and data sections, and every other training key, must match the saved config.
+SCHEDULE_KEYS = ("em_iterations", "learning_rate", "lr_em_decay", "lr_min_factor",
+                 "lr_final_updates", "lr_final_factor", "lr_warmup_updates", "hc_learning_rate",
+                 "nan_lr_factor", "divergence_nats", "max_rollbacks", "early_stopping_patience",
+                 "early_stopping_min_delta", "checkpoint_interval_seconds",
+                 "progress_interval_seconds", "eval_restarts")
+
+
+def has_checkpoints(out_dir) -> bool:
+    """True when `out_dir/checkpoints/` holds anything a trainer wrote (without reading it)."""
+    directory = layout.path(out_dir, layout.CHECKPOINTS)
+    return os.path.isdir(directory) and any(
+        name == layout.STATE_FILE or name.startswith("ckpt-") for name in os.listdir(directory))
+
+
+def check_run(config, out_dir, data_spec=None, resume=False):
+    """Decide, without writing anything, whether `config` may train into `out_dir`.
+
+    Returns `(config to train, {'training.KEY': (saved, new)} schedule changes)`; raises
+    `FileExistsError` / `ValueError` with one line saying what to do instead. On `resume`, the
+    saved `config.yaml` is the reference: the model and data sections must match (the data
+    source `data.spec` may move), the training section may change only in `SCHEDULE_KEYS`.
+    """
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"--out {out_dir} exists and is not a directory")
+    config_path = os.path.join(out_dir, layout.CONFIG)
+    changes = {}
+    if not resume and has_checkpoints(out_dir):
+        raise FileExistsError(
+            f"{out_dir} already holds checkpoints ({layout.CHECKPOINTS}/); resume with "
+            "--resume, or choose a new output directory (nothing in it was changed)")
+    if resume and os.path.exists(config_path):
+        saved = load_run_config(config_path)
+        if config is not None:
+            if saved["model"] != config["model"]:
+                raise ValueError(f"--resume: the model section differs from {config_path}; "
+                                 "resume with the saved config (omit --config) or train into a "
+                                 "new directory")
+            strip = [{k: v for k, v in c["data"].items() if k != "spec"} for c in (saved, config)]
+            if strip[0] != strip[1]:
+                keys = sorted(k for k in set(strip[0]) | set(strip[1])
+                              if strip[0].get(k) != strip[1].get(k))
+                raise ValueError(f"--resume: the data section differs from {config_path} in "
+                                 f"{keys}; resume with the saved config (omit --config) or "
+                                 "train into a new directory")
+            old, new = saved["training"], config["training"]
+            differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            fixed = [k for k in differ if k not in SCHEDULE_KEYS]
+            if fixed:
+                raise ValueError(f"--resume: training {fixed} differ from {config_path}; only "
+                                 f"the schedule ({', '.join(SCHEDULE_KEYS)}) may change on "
+                                 "resume")
+            changes = {f"training.{k}": (old.get(k), new.get(k)) for k in differ}
+            config = dict(saved, training=new,
+                          **{k: config[k] for k in ("gating", "description") if k in config})
+        else:
+            config = saved
+    if config is None:
+        raise ValueError("no config: pass --config FILE (or --resume a run directory)")
+    if data_spec:
+        config = dict(config, data=dict(config["data"], spec=data_spec))
+    return config, changes
+
+
 def train_run(config: dict, out_dir: str, data_spec=None, resume=False, argv=None,
               figures=True, hooks=(), log=None, strategy="default"):
     """Train from a normalised run config into `out_dir`; returns the metrics dict.
@@ -41,33 +109,53 @@ def train_run(config: dict, out_dir: str, data_spec=None, resume=False, argv=Non
     Steps: load the data, build the model, `EMTrainer.fit` (resumable), final bounds (train and
     validation: one more warm-started E-step; test: a fresh search), `metrics.json`, figures.
     """
+    wall_start = time.monotonic()
+    # check first (nothing in out_dir is written by a refused run), lock, check again under
+    # the lock, and only then write
+    config, changes = check_run(config, out_dir, data_spec=data_spec, resume=resume)
+    os.makedirs(out_dir, exist_ok=True)
+    # the chief owns the run directory; the other workers of a multi-worker run write to
+    # temporary directories of their own (tfdgmm.training.distribute.worker_dir)
+    lock = RunLock(out_dir, what="train", log=log or print)
+    if _owns_run_dir(strategy):
+        lock.acquire()
+    try:
+        config, changes = check_run(config, out_dir, data_spec=data_spec, resume=resume)
+        return _train_locked(config, changes, out_dir, resume, argv, figures, hooks, log,
+                             strategy, wall_start)
+    finally:
+        lock.release()
+
+
+def _owns_run_dir(strategy):
+    """False only for a non-chief worker of `strategy='multiworker'` (from TF_CONFIG)."""
+    if strategy != "multiworker":
+        return True
+    try:
+        cfg = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        task, cluster = cfg.get("task") or {}, cfg.get("cluster") or {}
+        kind, index = task.get("type"), int(task.get("index", 0))
+    except (ValueError, TypeError, AttributeError):
+        return True  # an invalid TF_CONFIG is reported when the strategy is made
+    return kind in (None, "chief") or (kind == "worker" and index == 0 and "chief" not in cluster)
+
+
+def _train_locked(config, changes, out_dir, resume, argv, figures, hooks, log, strategy,
+                  wall_start):
     import tensorflow as tf
 
     import tfdgmm
     from tfdgmm.training import EMConfig, EMTrainer, figures as figs
 
-    wall_start = time.monotonic()
-    os.makedirs(out_dir, exist_ok=True)
     log = log or Tee(os.path.join(out_dir, layout.LOG))
     config_path = os.path.join(out_dir, layout.CONFIG)
-    if resume and os.path.exists(config_path):
-        saved = load_run_config(config_path)
-        if config is not None and (saved["model"] != config["model"]
-                                   or saved["training"] != config["training"]):
-            raise ValueError(f"--resume: {config_path} differs from the given config in its "
-                             "model or training section; resume with the saved config (omit "
-                             "--config) or train into a new directory")
-        config = saved
-    if config is None:
-        raise ValueError("no config: pass --config FILE (or --resume a run directory)")
     data_cfg = config["data"]
-    if data_spec:
-        data_cfg = dict(data_cfg, spec=data_spec)
-        config = dict(config, data=data_cfg)
     dump_yaml(config, config_path)
     command = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv))
     with open(os.path.join(out_dir, layout.COMMAND), "a") as f:
         f.write(command + "\n")
+    for key, (old, new) in changes.items():
+        log(f"resume: {key} changed from {old!r} to {new!r}")
 
     splits = load_data(data_cfg)
     log(f"data: {splits.describe()}")
@@ -170,10 +258,22 @@ def train_run(config: dict, out_dir: str, data_spec=None, resume=False, argv=Non
     }
     if gating_block is not None:
         metrics["gating"] = gating_block
+    previous = _previous_resume_changes(out_dir)
+    if changes or previous:
+        metrics["resume_changes"] = previous + [
+            {"session_command": command, "changes": {k: list(v) for k, v in changes.items()}}]
     path = os.path.join(out_dir, layout.METRICS)
     dump_json(metrics, path)
     log(f"metrics: {path}")
     return metrics
+
+
+def _previous_resume_changes(out_dir):
+    try:
+        with open(os.path.join(out_dir, layout.METRICS)) as f:
+            return list(json.load(f).get("resume_changes") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def known_baseline(out_dir, data_cfg):
