@@ -102,13 +102,20 @@ def export_run(run_dir, out_dir, which="best", restarts=2, restart_passes=2, see
 
     search = export.search_settings(restarts=restarts, restart_passes=restart_passes,
                                     location_method=location_method, seed=list(seed))
+    notes = []
     try:
-        path = export.export_run(run_dir, out_dir, which=which, search=search,
-                                 overwrite=overwrite)
+        model, prefix = export.load_run_model(run_dir, which=which, notes=notes)
+    except ValueError as err:
+        raise ValueError(str(err).replace("which='latest' / ", "")) from err
+    for note in notes:
+        log(f"WARNING: {note}")
+    try:
+        path = export.export_saved_model(model, out_dir, search=search, overwrite=overwrite)
     except FileExistsError as err:
         raise FileExistsError(str(err).replace("pass overwrite=True", "pass --overwrite")) \
             from err
-    log(f"exported {run_dir} ({which}) to {path} (search: {restarts} restarts x "
+    kind = export.checkpoint_kind(run_dir, prefix)
+    log(f"exported {run_dir} ({kind}: {prefix}) to {path} (search: {restarts} restarts x "
         f"{restart_passes} passes, seed {list(seed)})")
     return path
 

@@ -75,6 +75,40 @@ class CheckpointKeeper:
         return path
 
 
+def _numbered(directory):
+    """`[(N, prefix)]` of the `ckpt-N` checkpoints in `directory` with an index file, newest
+    first (read from the file names, not from the state file)."""
+    out = []
+    for name in os.listdir(directory):
+        stem, ext = os.path.splitext(name)
+        if ext == ".index" and stem.startswith("ckpt-") and stem[5:].isdigit():
+            out.append((int(stem[5:]), os.path.join(directory, stem)))
+    return sorted(out, reverse=True)
+
+
+def checkpoint_in(directory):
+    """`(prefix, problem)`: the checkpoint a directory's state file names, or, when the state
+    file is unreadable or names missing files, the newest `ckpt-N` found by its files with
+    `problem` saying so (never silently). `(None, None)`: no checkpoint there."""
+    if not os.path.isdir(directory):
+        return None, None
+    state = os.path.join(directory, "checkpoint")
+    try:
+        prefix = tf.train.latest_checkpoint(directory)
+        reason = "names no checkpoint that exists"
+    except (ValueError, tf.errors.OpError) as err:  # garbage: UnicodeDecodeError, parse errors
+        prefix, reason = None, f"cannot be read ({type(err).__name__})"
+    if prefix is not None:
+        return prefix, None
+    found = _numbered(directory)
+    if not os.path.exists(state):
+        return (found[0][1], f"{state} is missing; using {found[0][1]}") if found else (None,
+                                                                                        None)
+    if found:
+        return found[0][1], f"the state file {state} {reason}; using {found[0][1]}"
+    return None, f"the state file {state} {reason}, and {directory} holds no checkpoint files"
+
+
 def has_checkpoint(run_dir) -> bool:
     return tf.train.latest_checkpoint(os.path.join(run_dir, STATE_DIR)) is not None
 
@@ -84,7 +118,9 @@ def load_model_weights(model, run_dir, which="best"):
     latest state checkpoint) or `'latest'`. Returns the checkpoint path read."""
     candidates = [BEST_DIR, STATE_DIR] if which == "best" else [STATE_DIR]
     for sub in candidates:
-        path = tf.train.latest_checkpoint(os.path.join(run_dir, sub))
+        path, problem = checkpoint_in(os.path.join(run_dir, sub))
+        if path is None and problem is not None:  # never skip an unreadable best/ silently
+            raise ValueError(problem)
         if path is not None:
             tf.train.Checkpoint(model=model).read(path).assert_existing_objects_matched() \
                 .expect_partial()
