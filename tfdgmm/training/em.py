@@ -39,6 +39,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from tfdgmm.deep_gmm import check_float_images
 from tfdgmm.training import checkpointing
 from tfdgmm.training.config import EMConfig, learning_rate_at, mstep_updates
 from tfdgmm.training.init import initialize_from_data
@@ -150,6 +151,8 @@ class EMTrainer:
         self._train_fn = train if callable(train) else None
         self._loaded_iteration = 0 if self._train_fn is not None else None
         x_train = self._train_fn(0) if self._train_fn is not None else train
+        check_float_images(x_train, "training images")
+        check_float_images(validation, "validation images")
 
         self.train_search = DatasetSearch(
             model, x_train, batch_size=cfg.estep_batch_size, init_passes=cfg.estep_init_passes,
@@ -324,7 +327,9 @@ class EMTrainer:
 
     def _ensure_train_data(self, t):
         if self._train_fn is not None and self._loaded_iteration != t:
-            self.train_search.set_data(self._train_fn(t))
+            x = self._train_fn(t)
+            check_float_images(x, "training images")
+            self.train_search.set_data(x)
             self._loaded_iteration = t
 
     def _check_finite_data(self):
