@@ -7,6 +7,7 @@ RUN_DIR/
   train.log          the training log
   metrics.json       final bounds, history, timings
   checkpoints/       rolling checkpoints of the whole training state
+    anchor/          the last checkpoint at an update-count boundary (the rollback target)
   best/              the model with the best validation lower bound so far
   gated/             a run directory of the model with gating networks (gating.enabled)
   figures/           PNGs
@@ -28,6 +29,8 @@ COMMAND = "command.txt"
 LOG = "train.log"
 METRICS = "metrics.json"
 CHECKPOINTS = "checkpoints"
+#: Inside CHECKPOINTS/: the rollback target, saved only at update-count boundaries.
+ANCHOR = "anchor"
 BEST = "best"
 GATED = "gated"
 FIGURES = "figures"

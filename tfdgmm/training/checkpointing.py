@@ -34,6 +34,10 @@ class CheckpointKeeper:
         self._state = state
         self._manager = tf.train.CheckpointManager(
             state, os.path.join(directory, STATE_DIR), max_to_keep=int(keep))
+        # the rollback target: written only at update-count boundaries (never by the timer),
+        # so that which state a rollback restores does not depend on the machine's speed
+        self._anchor_manager = tf.train.CheckpointManager(
+            state, os.path.join(directory, STATE_DIR, layout.ANCHOR), max_to_keep=1)
         self._best = tf.train.Checkpoint(model=model)
         self._best_manager = tf.train.CheckpointManager(
             self._best, os.path.join(directory, BEST_DIR), max_to_keep=1)
@@ -50,8 +54,26 @@ class CheckpointKeeper:
     def seconds_since_save(self):
         return time.monotonic() - self._last_save
 
-    def save(self):
+    def save(self, anchor=False):
+        """A rolling checkpoint; `anchor=True` (at an update-count boundary) also makes it the
+        rollback target (`restore_anchor`)."""
         path = self._manager.save()
+        if anchor:
+            self._anchor_manager.save()
+        self._last_save = time.monotonic()
+        return path
+
+    @property
+    def anchor(self):
+        return self._anchor_manager.latest_checkpoint
+
+    def restore_anchor(self):
+        """Restore the rollback target (the latest checkpoint when there is none); returns its
+        path."""
+        path = self._anchor_manager.latest_checkpoint
+        if path is None:
+            return self.restore_latest()
+        self._state.read(path).assert_existing_objects_matched()
         self._last_save = time.monotonic()
         return path
 
