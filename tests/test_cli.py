@@ -42,7 +42,7 @@ FAST = ["--set", "data.validation_size=40", "--set", "data.train_limit=null",
         "--set", "training.lr_final_updates=5", "--set", "training.estep_batch_size=60"]
 
 
-def test_train_evaluate_sample_end_to_end(small_npz, tmp_path, capsys):
+def test_train_evaluate_sample_end_to_end(small_npz, tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "run")
     assert cli.main(["train", "--config", TINY, "--data", small_npz, "--out", out] + FAST) == 0
     for name in ("config.yaml", "command.txt", "train.log", "metrics.json",
@@ -84,6 +84,44 @@ def test_train_evaluate_sample_end_to_end(small_npz, tmp_path, capsys):
     assert cli.main(["train", "--config", TINY, "--data", small_npz, "--out", out] + FAST) == 2
     assert "--resume" in capsys.readouterr().err
     assert cli.main(["train", "--out", out, "--resume", "--no-figures"]) == 0
+
+    # --resume may change the schedule of the run's own config (recorded), not its model
+    assert cli.main(["train", "--out", out, "--resume", "--no-figures", "--set",
+                     "training.learning_rate=0.001"]) == 0
+    with open(os.path.join(out, "metrics.json")) as f:
+        changes = json.load(f)["resume_changes"]
+    assert changes[-1]["changes"] == {"training.learning_rate": [0.003, 0.001]}
+    capsys.readouterr()
+    assert cli.main(["train", "--out", out, "--resume", "--set",
+                     "model.patch_size=8"]) == 2
+    assert "model section differs" in capsys.readouterr().err
+
+    # counts are checked before anything runs
+    for argv in (["sample", out, "--n", "0"], ["sample", out, "--n", "-3"],
+                 ["evaluate", out, "--restarts", "-1"], ["evaluate", out, "--batch-size", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert exit_.value.code == 2 and "must be at least" in capsys.readouterr().err, argv
+
+    # a read-only run directory: the bounds are printed, then one line says where to write
+    from tfdgmm.runs import commands
+
+    real_dump = commands.dump_json
+
+    def read_only(obj, path):
+        if path.startswith(out):
+            raise PermissionError(13, "Permission denied", path)
+        return real_dump(obj, path)
+
+    monkeypatch.setattr(commands, "dump_json", read_only)
+    assert cli.main(["evaluate", out, "--restarts", "0"]) == 2
+    captured = capsys.readouterr()
+    assert "LB" in captured.out
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and "Permission denied" in err and "--out" in err
+    elsewhere = str(tmp_path / "eval.json")
+    assert cli.main(["evaluate", out, "--restarts", "0", "--out", elsewhere]) == 0
+    assert os.path.isfile(elsewhere)
 
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):

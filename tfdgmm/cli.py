@@ -56,6 +56,7 @@ A run directory is self-describing: `config.yaml` (the resolved config), `comman
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 __all__ = ["main"]
@@ -65,6 +66,21 @@ def _version():
     from tfdgmm import __version__
 
     return __version__
+
+
+def _count(low):
+    """An argparse type: an integer >= `low` (a clear usage error otherwise)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}; got {value}")
+        return value
+
+    parse.__name__ = "count"
+    return parse
 
 
 def _parser():
@@ -93,13 +109,15 @@ def _parser():
                    choices=["train", "validation", "test", "all"],
                    help="which split of the run's data to evaluate (default: validation)")
     e.add_argument("--data", help="data spec (default: the run's)")
-    e.add_argument("--restarts", type=int, help="random restarts (default: eval_restarts)")
-    e.add_argument("--batch-size", type=int,
+    e.add_argument("--restarts", type=_count(0), help="random restarts (default: eval_restarts)")
+    e.add_argument("--batch-size", type=_count(1),
                    help="images per E-step batch (default: the run's estep_batch_size)")
+    e.add_argument("--out", help="where to write the results (default "
+                                 "RUN_DIR/evaluation-SPLIT.json)")
 
     s = sub.add_parser("sample", help="a PNG grid of samples from a trained run")
     s.add_argument("run_dir")
-    s.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    s.add_argument("--n", type=_count(1), default=64, help="number of samples (default 64)")
     s.add_argument("--seed", type=int, default=0,
                    help="sampling seed; the same seed gives the same images (default 0)")
     s.add_argument("--out", help="PNG path (default RUN_DIR/figures/samples-seedS.png)")
@@ -140,7 +158,7 @@ def _parser():
     u.add_argument("--config", required=True,
                    help="base run config (model.image_shape, training, data; the search space "
                         "sets the layers, patch size and learning rate)")
-    u.add_argument("--max-trials", type=int, required=True,
+    u.add_argument("--max-trials", type=_count(1), required=True,
                    help="number of trials (an upper bound for hyperband)")
     u.add_argument("--tuner", default="random", choices=["random", "bayesian", "hyperband"],
                    help="keras-tuner oracle (default random; bayesian needs the tune extra)")
@@ -181,12 +199,16 @@ def main(argv=None):
             config = runs.load_run_config(args.config, args.set) if args.config else None
             if config is None and not args.resume:
                 raise ValueError("train needs --config FILE (or --resume with an existing run)")
-            if config is None and args.set:
-                raise ValueError("--set needs --config")
+            if config is None and args.set:  # --resume --set: the run's own config, changed
+                saved = os.path.join(args.out, runs.layout.CONFIG)
+                if not os.path.isfile(saved):
+                    raise ValueError(f"--set needs --config (there is no {saved} to change)")
+                config = runs.load_run_config(saved, args.set)
             runs.train_run(config, args.out, data_spec=args.data, resume=args.resume,
                            argv=full_argv, figures=not args.no_figures, strategy=args.strategy)
         elif args.command == "evaluate":
-            runs.evaluate_run(args.run_dir, args.split, args.data, args.restarts, args.batch_size)
+            runs.evaluate_run(args.run_dir, args.split, args.data, args.restarts, args.batch_size,
+                              out_path=args.out)
         elif args.command == "sample":
             print(runs.sample_run(args.run_dir, args.n, args.seed, args.out))
         elif args.command == "baseline":
@@ -200,7 +222,8 @@ def main(argv=None):
             runs.tune_run(args.config, args.out, args.max_trials, args.tuner, args.data,
                           args.set, args.space, args.max_epochs, args.factor, args.seed,
                           args.overwrite, verbose=not args.quiet)
-    except (runs.DataLoadError, runs.RunLockedError, ValueError, OSError) as e:
+    except (runs.DataLoadError, runs.RunLockedError, ValueError, OSError,
+            FloatingPointError) as e:
         print(f"tfdgmm {args.command}: error: {runs.one_line(e, args.command)}",
               file=sys.stderr)
         return 2

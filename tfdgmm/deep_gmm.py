@@ -536,6 +536,9 @@ class DeepGMM(tfd.Distribution):
 
         `seed`: an int, an int32 `[2]` tensor (stateless: reproduces exactly) or None.
         """
+        static_n = tf.get_static_value(tf.convert_to_tensor(n))
+        if static_n is not None and np.ndim(static_n) == 0 and int(static_n) < 0:
+            raise ValueError(f"the number of samples must be >= 0; got {int(static_n)}")
         seed = tfp.random.sanitize_seed(check_seed(seed), salt="DeepGMM")
         path_seed, z_seed = tfp.random.split_seed(seed, n=2)
         z = tf.random.stateless_normal([n, *self._patch_shape], seed=z_seed, dtype=self.dtype)

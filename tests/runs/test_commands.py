@@ -132,12 +132,16 @@ def test_no_readable_best_is_an_error_and_never_exported_as_best(tmp_path, capsy
 
 def test_tune_refuses_zero_trials_and_a_falsy_seed(tmp_path, capsys):
     config = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny.yaml")
-    for extra, text in ((["--max-trials", "0"], "--max-trials must be at least 1"),
-                        (["--max-trials", "1", "--seed", "0"], "--seed must be a positive")):
-        assert cli.main(["tune", "--config", config, "--out", str(tmp_path / "t"),
-                         "--data", "/nonexistent"] + extra) == 2
-        assert text in capsys.readouterr().err
-    assert not os.path.exists(tmp_path / "t")
+    out = str(tmp_path / "t")
+    with pytest.raises(SystemExit) as exit_:  # before TensorFlow loads
+        cli.main(["tune", "--config", config, "--out", out, "--max-trials", "0"])
+    assert exit_.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--max-trials must be at least 1"):
+        runs.tune_run(config, out, max_trials=0)
+    assert cli.main(["tune", "--config", config, "--out", out, "--data", "/nonexistent",
+                     "--max-trials", "1", "--seed", "0"]) == 2
+    assert "--seed must be a positive" in capsys.readouterr().err
+    assert not os.path.exists(out)
 
 
 def test_the_oracle_seed_is_deterministic_by_default():

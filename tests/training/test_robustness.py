@@ -202,3 +202,25 @@ def test_divergence_within_a_single_chunk_m_step_is_caught(synthetic, make_model
     assert len(history) == 2
     # the rollbacks kept the second M-step from ending far below where it started
     assert history[1]["train_lower_bound"] > history[1]["estep_lower_bound"] - cfg.divergence_nats
+
+
+def test_an_iteration_below_the_initial_model_is_never_best(synthetic, make_model, tmp_path):
+    """With the divergence guard off (and a warning saying so), a learning rate that blows the
+    model up ends far below where it started: that iteration is not marked best, and the run
+    ends with the initial model rather than the blown-up one."""
+    x_train, x_val = _data(synthetic)
+    cfg = CONFIG.replace(em_iterations=1, updates_first=30, learning_rate=1.0,
+                         lr_warmup_updates=1, hc_optimizer="optimizer", divergence_nats=0.0,
+                         max_chunk=0, checkpoint_interval_seconds=3600)
+    lines = []
+    model = make_model(seed=1)
+    trainer = EMTrainer(model, cfg, x_train, x_val, str(tmp_path), log=lines.append)
+    history = trainer.fit()
+    assert any("divergence guard is off" in line for line in lines)
+    initial = history[0]["estep_lower_bound"]
+    assert history[0]["train_lower_bound"] < initial - 100, history[0]
+    assert history[0]["best"] is False and int(trainer.state.best_iteration.numpy()) == -1
+    assert any("not a best model" in line for line in lines)
+    assert any("restored the initial model" in line for line in lines)
+    restored = float(tf.reduce_mean(trainer.model.log_prob_lower_bound(x_train)))
+    assert restored > history[0]["train_lower_bound"] + 100

@@ -33,10 +33,15 @@ def run_model(run_dir):
 
 
 def evaluate_run(run_dir, split="validation", data_spec=None, restarts=None, batch_size=None,
-                 log=print):
+                 log=print, out_path=None):
     """Bounds of a trained run on one or all splits, by a fresh search; writes
-    `RUN_DIR/evaluation-SPLIT.json` and returns the results."""
+    `RUN_DIR/evaluation-SPLIT.json` (or `out_path`) and returns the results."""
     from tfdgmm.training import EMConfig, evaluate_bounds
+
+    if restarts is not None and int(restarts) < 0:
+        raise ValueError(f"restarts must be >= 0; got {restarts}")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch size must be >= 1; got {batch_size}")
 
     config, model, ckpt = run_model(run_dir)
     em = EMConfig.from_dict(config["training"])
@@ -57,13 +62,21 @@ def evaluate_run(run_dir, split="validation", data_spec=None, restarts=None, bat
         log(f"  {name}: LB {r['lower_bound_nats']:.2f} nats "
             f"({r['lower_bound_bits_per_dim']:.3f} bits/dim), UB* {r['upper_bound_nats']:.2f} "
             f"nats ({r['upper_bound_bits_per_dim']:.3f} bits/dim)")
-    dump_json(out, os.path.join(run_dir, f"evaluation-{split}.json"))
+    path = out_path or os.path.join(run_dir, f"evaluation-{split}.json")
+    try:
+        dump_json(out, path)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {path} ({err.strerror}); the bounds are above; "
+                                 "pass --out FILE to write them elsewhere") from err
+    log(f"results: {path}")
     return out
 
 
 def sample_run(run_dir, n=64, seed=0, out=None):
     from tfdgmm.training import figures
 
+    if isinstance(n, bool) or int(n) < 1:
+        raise ValueError(f"the number of samples must be >= 1; got {n}")
     _, model, ckpt = run_model(run_dir)
     out = out or os.path.join(run_dir, layout.FIGURES, f"samples-seed{seed}.png")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -29,9 +29,12 @@ BEST_DIR = layout.BEST
 class CheckpointKeeper:
     """Saves and restores `state` (a `tf.train.Checkpoint`) and the best `model`."""
 
-    def __init__(self, directory, state: tf.train.Checkpoint, model, keep=2):
+    def __init__(self, directory, state: tf.train.Checkpoint, model, keep=2, log=None):
         self.directory = directory
         self._state = state
+        self.log = log or print
+        for sub in (STATE_DIR, os.path.join(STATE_DIR, layout.ANCHOR), BEST_DIR):
+            remove_temp_leftovers(os.path.join(directory, sub))
         self._manager = tf.train.CheckpointManager(
             state, os.path.join(directory, STATE_DIR), max_to_keep=int(keep))
         # the rollback target: written only at update-count boundaries (never by the timer),
@@ -78,13 +81,34 @@ class CheckpointKeeper:
         return path
 
     def restore_latest(self):
-        """Restore the latest checkpoint; returns its path, or None when there is none."""
-        path = self._manager.latest_checkpoint
-        if path is None:
-            return None
-        self._state.read(path).assert_existing_objects_matched()
-        self._last_save = time.monotonic()
-        return path
+        """Restore the newest readable checkpoint; returns its path, or None when there is none.
+
+        A checkpoint that cannot be read (truncated by a crash or a full disk) is skipped for
+        the one before it, and the log says so; when none can be read, the first error is
+        raised."""
+        directory = os.path.join(self.directory, STATE_DIR)
+        candidates = []
+        for path in [self._manager.latest_checkpoint] + list(reversed(self._manager.checkpoints)) \
+                + [prefix for _, prefix in (_numbered(directory) if os.path.isdir(directory)
+                                            else [])]:
+            if path is not None and path not in candidates:
+                candidates.append(path)
+        first_error = None
+        for path in candidates:
+            try:
+                self._state.read(path).assert_existing_objects_matched()
+            except Exception as err:  # noqa: BLE001  (IndexError, OpError, DataLossError, ...)
+                first_error = first_error or err
+                self.log(f"WARNING: cannot read the checkpoint {path} ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:200]}); trying the one before it")
+                continue
+            if first_error is not None:
+                self.log(f"resumed from {path}, the newest readable checkpoint")
+            self._last_save = time.monotonic()
+            return path
+        if first_error is not None:
+            raise first_error
+        return None
 
     def save_best(self):
         return self._best_manager.save()
@@ -95,6 +119,25 @@ class CheckpointKeeper:
             return None
         self._best.read(path).assert_existing_objects_matched()
         return path
+
+
+def remove_temp_leftovers(directory):
+    """Delete the `ckpt-N_temp*` directories a checkpoint write killed midway leaves behind
+    (TensorFlow writes there, then renames); returns their names."""
+    import shutil
+
+    if not os.path.isdir(directory):
+        return []
+    removed = []
+    for name in os.listdir(directory):
+        if name.startswith("ckpt-") and "_temp" in name:
+            path = os.path.join(directory, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+            removed.append(name)
+    return removed
 
 
 def _numbered(directory):

@@ -139,7 +139,7 @@ class EMTrainer:
                     distribute.split_size(s.batch_size, strategy,
                                           f"{s.name}: estep_batch_size (clipped to the data)")
         self.keeper = checkpointing.CheckpointKeeper(self.write_dir, self.checkpoint, model,
-                                                     keep=cfg.keep_checkpoints)
+                                                     keep=cfg.keep_checkpoints, log=self.log)
         self.summaries = Summaries(os.path.join(self.write_dir, "tensorboard"))
         self._mstep_fn = None
         self._probe_fn = None
@@ -261,7 +261,9 @@ class EMTrainer:
             else:
                 self._bounds(t)
         best = self.keeper.restore_best()
-        if best is not None:
+        if best is not None and int(self.state.best_iteration.numpy()) < 0:
+            self.log(f"restored the initial model from {best}: no EM iteration beat it")
+        elif best is not None:
             self.log(f"restored the best model (validation lower bound "
                      f"{float(self.state.best_validation.numpy()):.2f} nats, EM iteration "
                      f"{int(self.state.best_iteration.numpy()) + 1}) from {best}")
@@ -401,6 +403,8 @@ class EMTrainer:
                                        "em/estep_lower_bound_bpd": self._bpd(lower)})
         self.state.stage.assign(MSTEP)
         self.state.mstep_update.assign(0)
+        if t == 0 and self.keeper.best is None:
+            self.keeper.save_best()  # the initial model, until an EM iteration beats it
         self._save(anchor=True)  # the first rollback target of the M-step
 
     #: Updates per divergence check: every decision that changes the numbers is taken at
@@ -553,7 +557,18 @@ class EMTrainer:
         record["elapsed_seconds"] = self._clock.elapsed()
 
         improved = False
-        if self.validation_search is not None:
+        # never best below the initial model: the first E-step's training bound (its paths
+        # are what the M-steps start from; best/ holds that model until an iteration beats it)
+        done = _jget(self.state.history)
+        initial = (done[0] if done else record).get("estep_lower_bound")
+        below_initial = initial is not None and math.isfinite(initial) and not (
+            train_lo >= initial)
+        if below_initial:
+            self.log(f"WARNING: [EM {t + 1}] the training lower bound {train_lo:.4g} nats is "
+                     f"below the initial model's {initial:.4g}: not a best model")
+        if below_initial:
+            self.state.bad_iterations.assign_add(1)
+        elif self.validation_search is not None:
             val = record["validation_lower_bound"]
             if val > float(self.state.best_validation.numpy()) + cfg.early_stopping_min_delta:
                 improved = True
