@@ -432,3 +432,10 @@ def test_integer_images_are_refused_with_the_expected_range(dtype):
             assert "\n" not in str(err.value), name
     # floats on the data scale still work
     assert np.isfinite(model.log_prob(pixels.astype(np.float64) / 128 - 1).numpy()).all()
+
+
+def test_sample_refuses_a_negative_count():
+    model = make([{"type": "block_diagonal", "alternatives": 2}])
+    assert model.sample(0, seed=[1, 2]).shape[0] == 0
+    with pytest.raises(ValueError, match="number of samples must be >= 0; got -1"):
+        model.sample(-1, seed=[1, 2])
