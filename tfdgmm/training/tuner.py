@@ -204,8 +204,19 @@ def train_trial(config, train, validation, run_dir, continue_from=None, log=None
     Resumable: a `run_dir` with checkpoints continues from them. `continue_from`: a run
     directory whose checkpoints a fresh `run_dir` starts from (Hyperband); when its training
     had finished (its EM budget, or early stopping) it is reopened for the EM iterations of
-    `config` still to run. Writes `config.yaml` and `metrics.json` (with the objective).
+    `config` still to run. Writes `config.yaml` and `metrics.json` (with the objective), holding
+    the run directory's lock (`tfdgmm.runs.lock`) meanwhile.
     """
+    from tfdgmm.runs.lock import RunLock
+
+    os.makedirs(run_dir, exist_ok=True)
+    with RunLock(run_dir, what="tune trial", log=log or print):
+        return _train_trial_locked(config, train, validation, run_dir, continue_from, log,
+                                   extra_metrics)
+
+
+def _train_trial_locked(config, train, validation, run_dir, continue_from, log,
+                        extra_metrics):
     from tfdgmm.deep_gmm import DeepGMM
     from tfdgmm.runs.gating import gating_hooks  # gating.between_steps (post-EM: not run)
     from tfdgmm.runs.io import dump_json, dump_yaml
