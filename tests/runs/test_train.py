@@ -94,3 +94,20 @@ def test_a_locked_run_is_refused_in_one_line_and_left_alone(existing_run, capsys
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "in use by PID" in err
         assert _snapshot(run) == before
+
+
+def test_only_the_chief_of_a_multi_worker_run_owns_the_run_directory(existing_run, monkeypatch):
+    import json
+
+    from tfdgmm.runs.train import _owns_run_dir
+
+    run, config = existing_run
+    cluster = {"worker": ["a:1", "b:2"]}
+    for task, owns in (({"type": "worker", "index": 0}, True),
+                       ({"type": "worker", "index": 1}, False)):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+        assert _owns_run_dir("multiworker") is owns
+    assert _owns_run_dir("default") is True
+    # another worker joins a run whose chief has already written checkpoints
+    resolved, _ = check_run(config, run, refuse_existing=False)
+    assert resolved == config

@@ -49,7 +49,7 @@ def has_checkpoints(out_dir) -> bool:
         name == layout.STATE_FILE or name.startswith("ckpt-") for name in os.listdir(directory))
 
 
-def check_run(config, out_dir, data_spec=None, resume=False):
+def check_run(config, out_dir, data_spec=None, resume=False, refuse_existing=True):
     """Decide, without writing anything, whether `config` may train into `out_dir`.
 
     Returns `(config to train, {'training.KEY': (saved, new)} schedule changes)`; raises
@@ -62,7 +62,7 @@ def check_run(config, out_dir, data_spec=None, resume=False):
         raise FileExistsError(f"--out {out_dir} exists and is not a directory")
     config_path = os.path.join(out_dir, layout.CONFIG)
     changes = {}
-    if not resume and has_checkpoints(out_dir):
+    if not resume and refuse_existing and has_checkpoints(out_dir):
         raise FileExistsError(
             f"{out_dir} already holds checkpoints ({layout.CHECKPOINTS}/); resume with "
             "--resume, or choose a new output directory (nothing in it was changed)")
@@ -112,17 +112,20 @@ def train_run(config: dict, out_dir: str, data_spec=None, resume=False, argv=Non
     wall_start = time.monotonic()
     # check first (nothing in out_dir is written by a refused run), lock, check again under
     # the lock, and only then write
-    config, changes = check_run(config, out_dir, data_spec=data_spec, resume=resume)
-    os.makedirs(out_dir, exist_ok=True)
     # the chief owns the run directory; the other workers of a multi-worker run write to
     # temporary directories of their own (tfdgmm.training.distribute.worker_dir)
+    owner = _owns_run_dir(strategy)
+    config, changes = check_run(config, out_dir, data_spec=data_spec, resume=resume,
+                                refuse_existing=owner)
+    os.makedirs(out_dir, exist_ok=True)
     lock = RunLock(out_dir, what="train", log=log or print)
-    if _owns_run_dir(strategy):
+    if owner:
         lock.acquire()
     try:
-        config, changes = check_run(config, out_dir, data_spec=data_spec, resume=resume)
+        config, changes = check_run(config, out_dir, data_spec=data_spec, resume=resume,
+                                    refuse_existing=owner)
         return _train_locked(config, changes, out_dir, resume, argv, figures, hooks, log,
-                             strategy, wall_start)
+                             strategy, wall_start, owner)
     finally:
         lock.release()
 
@@ -141,7 +144,7 @@ def _owns_run_dir(strategy):
 
 
 def _train_locked(config, changes, out_dir, resume, argv, figures, hooks, log, strategy,
-                  wall_start):
+                  wall_start, owner=True):
     import tensorflow as tf
 
     import tfdgmm
@@ -150,10 +153,11 @@ def _train_locked(config, changes, out_dir, resume, argv, figures, hooks, log, s
     log = log or Tee(os.path.join(out_dir, layout.LOG))
     config_path = os.path.join(out_dir, layout.CONFIG)
     data_cfg = config["data"]
-    dump_yaml(config, config_path)
     command = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv))
-    with open(os.path.join(out_dir, layout.COMMAND), "a") as f:
-        f.write(command + "\n")
+    if owner:  # (the chief's; another worker only reads the run directory)
+        dump_yaml(config, config_path)
+        with open(os.path.join(out_dir, layout.COMMAND), "a") as f:
+            f.write(command + "\n")
     for key, (old, new) in changes.items():
         log(f"resume: {key} changed from {old!r} to {new!r}")
 
