@@ -411,8 +411,8 @@ class EMTrainer:
     #: multiples of this many updates, never by the clock, so that a run gives the same
     #: parameters on a fast and a slow machine, and when resumed.
     CHECK_WINDOW = 10
-    #: Updates between rollback targets (a multiple of CHECK_WINDOW; also the M-step's start,
-    #: its end and every rollback).
+    #: Updates between rollback targets (a multiple of CHECK_WINDOW; the M-step's start and
+    #: the state after every rollback are targets too).
     ANCHOR_EVERY = 100
 
     def _mstep(self, t):
