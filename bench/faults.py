@@ -37,13 +37,13 @@ FAST = ["data.train_limit=200", "data.validation_limit=100", "data.test_limit=10
 
 
 def _command(out, resume, data, config):
-    cmd = [sys.executable, "-m", "tfdgmm", "train", "--data", data, "--out", out, "--no-figures"]
-    if resume:
-        return cmd + ["--resume"]
-    cmd += ["--config", config]
+    """The same command every time, plus `--resume` after a kill (a kill before the run
+    directory was written leaves nothing to resume: `--resume` then starts afresh)."""
+    cmd = [sys.executable, "-m", "tfdgmm", "train", "--data", data, "--out", out, "--no-figures",
+           "--config", config]
     for item in FAST + EXTRA:
         cmd += ["--set", item]
-    return cmd
+    return cmd + (["--resume"] if resume else [])
 
 
 EXTRA = []  # --set items from the command line (e.g. a learning rate that forces rollbacks)
