@@ -43,7 +43,7 @@ def child(names, updates, repeats):
     import tensorflow as tf
 
     import tfdgmm
-    from tfdgmm.cli import load_run_config
+    from tfdgmm.runs import load_run_config
     from tfdgmm.training import EMConfig, EMTrainer
 
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")]

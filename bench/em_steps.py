@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfdgmm  # noqa: E402
-from tfdgmm.cli import load_run_config  # noqa: E402
+from tfdgmm.runs import load_run_config  # noqa: E402
 from tfdgmm.training import EMConfig, EMTrainer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from tfdgmm.cli import load_run_config  # noqa: E402
+from tfdgmm.runs import load_run_config  # noqa: E402
 from tfdgmm.data import dequantize  # noqa: E402
 from tfdgmm.export import load_run_model  # noqa: E402
 from tfdgmm.training import EMConfig, evaluate_bounds  # noqa: E402

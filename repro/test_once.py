@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from tfdgmm import cli
+from tfdgmm import runs
 
 
 def candidates(root):
@@ -42,7 +42,7 @@ def main(argv=None):
         print(f"  validation LB {v:9.2f}  {run}")
     run, v = ranked[0]
     print(f"best on validation: {run} ({v:.2f} nats); evaluating on the test split")
-    result = cli.evaluate_run(run, split="test")
+    result = runs.evaluate_run(run, split="test")
     test = result["splits"]["test"]
     with open(out_path, "w") as f:
         json.dump({"run": os.path.relpath(run, args.runs), "validation_lower_bound": v,

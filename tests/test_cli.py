@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from tfdgmm import cli
+from tfdgmm import cli, runs
+from tfdgmm.runs.train import known_baseline
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TINY = os.path.join(HERE, "..", "configs", "tiny.yaml")
@@ -41,7 +42,7 @@ FAST = ["--set", "data.validation_size=40", "--set", "data.train_limit=null",
         "--set", "training.lr_final_updates=5", "--set", "training.estep_batch_size=60"]
 
 
-def test_train_evaluate_sample_end_to_end(small_npz, tmp_path, capsys):
+def test_train_evaluate_sample_end_to_end(small_npz, tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "run")
     assert cli.main(["train", "--config", TINY, "--data", small_npz, "--out", out] + FAST) == 0
     for name in ("config.yaml", "command.txt", "train.log", "metrics.json",
@@ -84,6 +85,44 @@ def test_train_evaluate_sample_end_to_end(small_npz, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     assert cli.main(["train", "--out", out, "--resume", "--no-figures"]) == 0
 
+    # --resume may change the schedule of the run's own config (recorded), not its model
+    assert cli.main(["train", "--out", out, "--resume", "--no-figures", "--set",
+                     "training.learning_rate=0.001"]) == 0
+    with open(os.path.join(out, "metrics.json")) as f:
+        changes = json.load(f)["resume_changes"]
+    assert changes[-1]["changes"] == {"training.learning_rate": [0.003, 0.001]}
+    capsys.readouterr()
+    assert cli.main(["train", "--out", out, "--resume", "--set",
+                     "model.patch_size=8"]) == 2
+    assert "model section differs" in capsys.readouterr().err
+
+    # counts are checked before anything runs
+    for argv in (["sample", out, "--n", "0"], ["sample", out, "--n", "-3"],
+                 ["evaluate", out, "--restarts", "-1"], ["evaluate", out, "--batch-size", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert exit_.value.code == 2 and "must be at least" in capsys.readouterr().err, argv
+
+    # a read-only run directory: the bounds are printed, then one line says where to write
+    from tfdgmm.runs import commands
+
+    real_dump = commands.dump_json
+
+    def read_only(obj, path):
+        if path.startswith(out):
+            raise PermissionError(13, "Permission denied", path)
+        return real_dump(obj, path)
+
+    monkeypatch.setattr(commands, "dump_json", read_only)
+    assert cli.main(["evaluate", out, "--restarts", "0"]) == 2
+    captured = capsys.readouterr()
+    assert "LB" in captured.out
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and "Permission denied" in err and "--out" in err
+    elsewhere = str(tmp_path / "eval.json")
+    assert cli.main(["evaluate", out, "--restarts", "0", "--out", elsewhere]) == 0
+    assert os.path.isfile(elsewhere)
+
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
     code = cli.main(["train", "--config", TINY, "--data", str(tmp_path / "nope"),
@@ -94,12 +133,12 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
 
 
 def test_config_overrides_and_validation(tmp_path):
-    cfg = cli.load_run_config(TINY, ["training.em_iterations=5", "data.train_limit=100"])
+    cfg = runs.load_run_config(TINY, ["training.em_iterations=5", "data.train_limit=100"])
     assert cfg["training"]["em_iterations"] == 5 and cfg["data"]["train_limit"] == 100
     with pytest.raises(ValueError, match="unknown training config keys"):
-        cli.load_run_config(TINY, ["training.em_iteratons=5"])
+        runs.load_run_config(TINY, ["training.em_iteratons=5"])
     with pytest.raises(ValueError, match="unknown data keys"):
-        cli.load_run_config(TINY, ["data.limit=5"])
+        runs.load_run_config(TINY, ["data.limit=5"])
 
 
 def test_every_shipped_config_is_valid():
@@ -110,10 +149,10 @@ def test_every_shipped_config_is_valid():
     paths = sorted(glob.glob(os.path.join(HERE, "..", "configs", "*.yaml")))
     assert len(paths) >= 2 * (5 + 24 + 15) + 1
     for path in paths:
-        cfg = cli.load_run_config(path)
+        cfg = runs.load_run_config(path)
         assert cfg["model"]["image_shape"] == [32, 32, 3]
     # spot-check the sizes of the paper's architectures (section 4.4, Table 3)
-    t1 = tfdgmm.DeepGMM.from_config(cli.load_run_config(
+    t1 = tfdgmm.DeepGMM.from_config(runs.load_run_config(
         os.path.join(HERE, "..", "configs", "table1_hc3.yaml"))["model"])
     assert t1.num_paths == 1
     bd = [v for v in t1.trainable_variables if "lower_upper" in v.name]
@@ -204,10 +243,10 @@ def test_baseline_jitter(small_npz, tmp_path, capsys):
 
 
 def test_training_curve_uses_a_baseline_of_the_same_noise(tmp_path):
-    assert cli._known_baseline(str(tmp_path), {"noise_seed": 0}) is None
+    assert known_baseline(str(tmp_path), {"noise_seed": 0}) is None
     with open(tmp_path / "baseline.json", "w") as f:
         json.dump({"noise_seed": 0, "splits": {"train": {"nats": 100.5},
                                                "validation": {"nats": 90.0}}}, f)
-    assert cli._known_baseline(str(tmp_path), {"noise_seed": 0}) == {"train": 100.5,
+    assert known_baseline(str(tmp_path), {"noise_seed": 0}) == {"train": 100.5,
                                                                      "validation": 90.0}
-    assert cli._known_baseline(str(tmp_path), {"noise_seed": 1}) is None
+    assert known_baseline(str(tmp_path), {"noise_seed": 1}) is None

@@ -9,7 +9,7 @@ import tensorflow as tf
 import yaml
 
 import tfdgmm
-from tfdgmm import cli, export, path_priors
+from tfdgmm import cli, export, path_priors, runs
 from tfdgmm.training import EMConfig, EMTrainer, load_model_weights
 from tfdgmm.training.gating import GatingBetweenSteps, normalize_gating
 
@@ -62,21 +62,21 @@ def test_export_command(tmp_path, capsys):
 
 def test_gating_section_is_checked_and_sets_the_prior_for_between_steps():
     base = {"model": TINY_ARCH, "training": {}}
-    assert "gating" not in cli.normalize_run_config(base)  # no section: unchanged configs
-    cfg = cli.normalize_run_config(dict(base, gating={"enabled": True, "steps": 10}))
+    assert "gating" not in runs.normalize_run_config(base)  # no section: unchanged configs
+    cfg = runs.normalize_run_config(dict(base, gating={"enabled": True, "steps": 10}))
     assert cfg["gating"]["steps"] == 10 and cfg["gating"]["hidden"] == 32
     assert cfg["model"]["path_prior"] == "uniform"  # after EM only: the trained model is not
-    cfg = cli.normalize_run_config(dict(base, gating={"enabled": True, "between_steps": 5,
+    cfg = runs.normalize_run_config(dict(base, gating={"enabled": True, "between_steps": 5,
                                                       "hidden": 8}))
     assert cfg["model"]["path_prior"] == {"kind": "gating", "hidden": 8, "kernel_size": 3}
-    assert cli.normalize_run_config(cfg) == cfg  # idempotent (config.yaml is read back)
+    assert runs.normalize_run_config(cfg) == cfg  # idempotent (config.yaml is read back)
     for bad, text in (({"enabled": True, "stpes": 3}, "unknown gating keys"),
                       ({"steps": 0}, "gating.steps"),
                       ({"learning_rate": -1}, "learning_rate")):
         with pytest.raises(ValueError, match=text):
-            cli.normalize_run_config(dict(base, gating=bad))
+            runs.normalize_run_config(dict(base, gating=bad))
     with pytest.raises(ValueError, match="path_prior"):
-        cli.normalize_run_config({"model": dict(TINY_ARCH, path_prior="factorized"),
+        runs.normalize_run_config({"model": dict(TINY_ARCH, path_prior="factorized"),
                                   "gating": {"enabled": True, "between_steps": 1}})
     assert normalize_gating(None)["enabled"] is False
 
@@ -86,8 +86,8 @@ def test_table3_gating_configs():
     for suffix in ("", "_cpu"):
         for layers in (1, 3):
             path = os.path.join(here, "..", "configs", f"table3_gating_L{layers}{suffix}.yaml")
-            cfg = cli.load_run_config(path)
-            inter = cli.load_run_config(path.replace("gating", "intermediate"))
+            cfg = runs.load_run_config(path)
+            inter = runs.load_run_config(path.replace("gating", "intermediate"))
             assert cfg["gating"]["enabled"] and cfg["gating"]["between_steps"] == 0
             assert cfg["model"] == inter["model"] and cfg["training"] == inter["training"]
             assert cfg["paper"]["table"] == 3
@@ -177,12 +177,12 @@ def test_gated_run_end_to_end(npz_32, tmp_path, capsys):
 
     # the gated model is a run directory of its own
     gdir = os.path.join(run, "gated")
-    gcfg = cli.load_run_config(os.path.join(gdir, "config.yaml"))
+    gcfg = runs.load_run_config(os.path.join(gdir, "config.yaml"))
     assert gcfg["model"]["path_prior"] == {"kind": "gating", "hidden": 8, "kernel_size": 3}
     model, _ = export.load_run_model(gdir)
     assert isinstance(model.path_prior, path_priors.GatingPathPrior)
     # the ungated run is untouched: its model has the uniform prior
-    plain = tfdgmm.DeepGMM.from_config(cli.load_run_config(os.path.join(run, "config.yaml"))
+    plain = tfdgmm.DeepGMM.from_config(runs.load_run_config(os.path.join(run, "config.yaml"))
                                        ["model"])
     load_model_weights(plain, run)
     for a, b in zip(plain.layers[1].variables, model.layers[1].variables):

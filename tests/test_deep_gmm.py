@@ -415,3 +415,27 @@ def test_mean_refuses_priors_without_a_closed_form():
     model = make(SMALL_CONFIGS["shared_bd"], "table")
     with pytest.raises(NotImplementedError, match="uniform and factorized"):
         model.mean()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32])
+def test_integer_images_are_refused_with_the_expected_range(dtype):
+    model = make([{"type": "block_diagonal", "alternatives": 2}])
+    pixels = np.full([2] + IMAGE, 128, dtype)
+    calls = {"log_prob": lambda x: model.log_prob(x), "prob": lambda x: model.prob(x),
+             "best_path": lambda x: model.best_path(x),
+             "log_prob_lower_bound": lambda x: model.log_prob_lower_bound(x)}
+    for name, call in calls.items():
+        for x in (pixels, tf.constant(pixels)):
+            with pytest.raises(ValueError, match=r"expected dequantised float images on "
+                                                 r"\[-1, 1\]") as err:
+                call(x)
+            assert "\n" not in str(err.value), name
+    # floats on the data scale still work
+    assert np.isfinite(model.log_prob(pixels.astype(np.float64) / 128 - 1).numpy()).all()
+
+
+def test_sample_refuses_a_negative_count():
+    model = make([{"type": "block_diagonal", "alternatives": 2}])
+    assert model.sample(0, seed=[1, 2]).shape[0] == 0
+    with pytest.raises(ValueError, match="number of samples must be >= 0; got -1"):
+        model.sample(-1, seed=[1, 2])

@@ -195,6 +195,7 @@ class DeepGMM(tfd.Distribution):
 
     def _prepare(self, x):
         """Convert `x`, check its trailing shape, flatten leading dims: `([N, H, W, C], lead)`."""
+        check_float_images(x)
         x = tf.convert_to_tensor(x, dtype=self.dtype, name="x")
         if x.shape.rank is not None and x.shape.rank < 3:
             raise ValueError(f"expected images [..., {', '.join(map(str, self._image_shape))}]"
@@ -406,6 +407,15 @@ class DeepGMM(tfd.Distribution):
                 f"exact_limit={self._exact_limit}; exact enumeration is infeasible. Use "
                 "log_prob_lower_bound / log_prob_upper_bound (or raise exact_limit).")
 
+    def _call_log_prob(self, value, name, **kwargs):
+        # before TFP converts `value` to the model's dtype: raw integer pixels are an error
+        check_float_images(value)
+        return super()._call_log_prob(value, name, **kwargs)
+
+    def _call_prob(self, value, name, **kwargs):
+        check_float_images(value)
+        return super()._call_prob(value, name, **kwargs)
+
     @_no_autograph
     def _log_prob(self, x):
         self._require_enumerable("log_prob")
@@ -526,6 +536,9 @@ class DeepGMM(tfd.Distribution):
 
         `seed`: an int, an int32 `[2]` tensor (stateless: reproduces exactly) or None.
         """
+        static_n = tf.get_static_value(tf.convert_to_tensor(n))
+        if static_n is not None and np.ndim(static_n) == 0 and int(static_n) < 0:
+            raise ValueError(f"the number of samples must be >= 0; got {int(static_n)}")
         seed = tfp.random.sanitize_seed(check_seed(seed), salt="DeepGMM")
         path_seed, z_seed = tfp.random.split_seed(seed, n=2)
         z = tf.random.stateless_normal([n, *self._patch_shape], seed=z_seed, dtype=self.dtype)
@@ -730,6 +743,23 @@ def _checked_choices(z, k, i):
                                        message=f"{msg} (got a choice >= {k})")]
     with tf.control_dependencies(checks):
         return tf.identity(z)
+
+
+def check_float_images(x, where="images"):
+    """Refuse integer images (numpy arrays or tensors of any integer dtype): the model is a
+    density of dequantised data on [-1, 1]; raw pixels would be silently scored ~1e7 nats off."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        return
+    try:
+        dtype = tf.as_dtype(dtype)
+    except TypeError:
+        return
+    if dtype.is_integer or dtype == tf.bool:
+        raise ValueError(
+            f"{where} are {dtype.name} (raw pixels?); expected dequantised float images on "
+            "[-1, 1]: tfdgmm.data.dequantize(pixels, np.random.default_rng(0).random("
+            "pixels.shape)) or split.dequantized(seed) of tfdgmm.data.load_cifar10")
 
 
 def check_seed(seed, where="seed"):

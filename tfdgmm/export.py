@@ -52,6 +52,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfdgmm.runs import layout
+
 __all__ = [
     "search_settings",
     "export_saved_model",
@@ -59,14 +61,15 @@ __all__ = [
     "load_run_model",
     "find_run_config",
     "find_run_checkpoint",
+    "checkpoint_kind",
     "CONFIG_NAMES",
 ]
 
-#: Config file names looked up in a run directory, in this order.
-CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
-#: Checkpoint subdirectories of a run directory (`tfdgmm.training.checkpointing`).
-_BEST_DIR = "best"
-_STATE_DIR = "checkpoints"
+#: Config file names looked up in a run directory, in this order (`tfdgmm.runs.layout`).
+CONFIG_NAMES = layout.CONFIG_NAMES
+#: Checkpoint subdirectories of a run directory.
+_BEST_DIR = layout.BEST
+_STATE_DIR = layout.CHECKPOINTS
 
 _INT32_MAX = 2 ** 31 - 1
 
@@ -297,30 +300,85 @@ def export_saved_model(model, path, *, search=None, overwrite=False):
       search: E-step settings for `best_path` / `log_prob_lower_bound` /
         `log_prob_upper_bound`, a dict of `search_settings` arguments (or its result);
         defaults to `search_settings()`.
-      overwrite: replace an existing SavedModel at `path` (a non-empty `path` is an
-        error otherwise; a directory that is not a SavedModel is never replaced).
+      overwrite: replace an existing SavedModel at `path` (an error otherwise; a directory
+        that is neither a SavedModel nor the remains of an interrupted export is never
+        replaced). The export is written to a temporary sibling and renamed into place, so the
+        old model stays until the new one is complete.
     """
     from tfdgmm.deep_gmm import DeepGMM
 
     if not isinstance(model, DeepGMM):
         raise TypeError(f"export_saved_model needs a tfdgmm.DeepGMM; got {type(model).__name__}")
     settings = search_settings(**(search or {}))
-    path = os.fspath(path)
+    path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not os.path.isdir(path):
         raise FileExistsError(f"{path} exists and is not a directory")
-    replace = os.path.isdir(path) and bool(os.listdir(path))
-    if replace and not overwrite:
-        raise FileExistsError(f"{path} exists and is not empty (pass overwrite=True to "
-                              "replace a SavedModel)")
-    if replace and not os.path.isfile(os.path.join(path, "saved_model.pb")):
-        raise FileExistsError(f"{path} is not a SavedModel (no saved_model.pb); refusing to "
-                              "replace it")
+    _recover_interrupted(path)
+    state = _target_state(path)
+    if state == "savedmodel" and not overwrite:
+        raise FileExistsError(f"{path} holds a SavedModel (pass overwrite=True to replace it)")
+    if state == "other":
+        raise FileExistsError(f"{path} is not empty and is not a SavedModel (nor what an "
+                              "interrupted export leaves); refusing to replace it")
     module = _ExportModule(model, settings)
     signatures = module.signatures()
-    if replace:  # only now that tracing has succeeded
-        shutil.rmtree(path)
-    tf.saved_model.save(module, path, signatures=signatures)
+    # write a temporary sibling, then rename it into place: `path` always holds either the old
+    # SavedModel or the complete new one
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}{_PARTIAL}{os.getpid()}")
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    try:
+        tf.saved_model.save(module, tmp, signatures=signatures)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if state == "savedmodel":
+        old = os.path.join(parent, f".{name}{_OLD}{os.getpid()}")
+        os.rename(path, old)
+        os.rename(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if state == "leftover":  # an empty directory or an interrupted export's remains
+            shutil.rmtree(path)
+        os.rename(tmp, path)
     return path
+
+
+#: Suffixes of the temporary siblings of an export (`.NAME.partial-PID`, `.NAME.old-PID`).
+_PARTIAL = ".partial-"
+_OLD = ".old-"
+#: What `tf.saved_model.save` writes; a directory holding only (some of) these but no
+#: `saved_model.pb` is the remains of an interrupted export.
+_SAVEDMODEL_ENTRIES = {"saved_model.pb", "variables", "assets", "fingerprint.pb"}
+
+
+def _target_state(path):
+    """`'absent'`, `'leftover'` (empty, or an interrupted export), `'savedmodel'` or `'other'`."""
+    if not os.path.isdir(path):
+        return "absent"
+    entries = set(os.listdir(path))
+    if "saved_model.pb" in entries and os.path.isdir(os.path.join(path, "variables")):
+        return "savedmodel"
+    return "leftover" if entries <= _SAVEDMODEL_ENTRIES else "other"
+
+
+def _recover_interrupted(path):
+    """Clean up after an export that was killed: partial siblings are deleted; an old
+    SavedModel moved aside by an interrupted `overwrite` comes back when `path` is gone."""
+    parent, name = os.path.split(path)
+    if not os.path.isdir(parent):
+        return
+    for entry in sorted(os.listdir(parent)):
+        full = os.path.join(parent, entry)
+        if entry.startswith(f".{name}{_PARTIAL}"):
+            shutil.rmtree(full, ignore_errors=True)
+        elif entry.startswith(f".{name}{_OLD}"):
+            if not os.path.exists(path) and _target_state(full) == "savedmodel":
+                os.rename(full, path)
+            else:
+                shutil.rmtree(full, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------- run directories
@@ -393,10 +451,17 @@ def _architecture_of(config, path, run_dir):
                      "a 'model' section")
 
 
-def find_run_checkpoint(run_dir, which="best"):
+def find_run_checkpoint(run_dir, which="best", notes=None):
     """The checkpoint prefix to export: `which='best'` reads `run_dir/best/` and falls back
-    to the latest of `run_dir/checkpoints/` (then `run_dir` itself); `'latest'` skips
-    `best/`."""
+    to the latest of `run_dir/checkpoints/` (then `run_dir` itself) only when the run has no
+    best model; `'latest'` skips `best/`.
+
+    A `best/checkpoint` state file that cannot be read is never skipped silently: the newest
+    `ckpt-N` in `best/` is used and a note is appended to `notes` (a list), or, when `best/`
+    holds no checkpoint files, a `ValueError` says to pass `which='latest'`.
+    """
+    from tfdgmm.training.checkpointing import checkpoint_in
+
     if which not in ("best", "latest"):
         raise ValueError(f"which must be 'best' or 'latest'; got {which!r}")
     subdirs = ([_BEST_DIR] if which == "best" else []) + [_STATE_DIR, ""]
@@ -404,20 +469,29 @@ def find_run_checkpoint(run_dir, which="best"):
     for sub in subdirs:
         directory = os.path.join(run_dir, sub) if sub else run_dir
         looked.append(directory)
-        if not os.path.isdir(directory):
-            continue
-        try:
-            prefix = tf.train.latest_checkpoint(directory)
-        except (tf.errors.OpError, ValueError) as err:  # unreadable 'checkpoint' state file
-            raise ValueError(f"{os.path.join(directory, 'checkpoint')}: cannot read the "
-                             f"checkpoint state file: {err}") from err
+        prefix, problem = checkpoint_in(directory)
+        if problem is not None:
+            if prefix is None:
+                hint = (" (pass which='latest' / --which latest to use the latest training "
+                        "checkpoint instead)" if sub == _BEST_DIR else "")
+                raise ValueError(f"{problem}{hint}")
+            if notes is not None:
+                notes.append(problem)
         if prefix is not None:
+            if sub != subdirs[0] and notes is not None:
+                notes.append(f"{run_dir} has no {subdirs[0] or 'checkpoint'}; using {prefix}")
             return prefix
     raise FileNotFoundError(f"{run_dir}: no checkpoint found (looked in "
                             f"{', '.join(looked)})")
 
 
-def load_run_model(run_dir, which="best"):
+def checkpoint_kind(run_dir, prefix):
+    """`'best'`, `'latest'` or `'checkpoint'`: which of a run's checkpoints `prefix` is."""
+    parent = os.path.basename(os.path.dirname(os.path.abspath(prefix)))
+    return {_BEST_DIR: "best", _STATE_DIR: "latest"}.get(parent, "checkpoint")
+
+
+def load_run_model(run_dir, which="best", notes=None):
     """Rebuild a run's model from its config and restore its weights.
 
     Returns `(model, checkpoint prefix)`. The checkpoint must hold the model under the key
@@ -432,7 +506,7 @@ def load_run_model(run_dir, which="best"):
         model = DeepGMM.from_config(arch)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{config_path}: invalid architecture: {err}") from err
-    prefix = find_run_checkpoint(run_dir, which)
+    prefix = find_run_checkpoint(run_dir, which, notes=notes)
     try:
         status = tf.train.Checkpoint(model=model).read(prefix)
         # fails when a model variable has no value in the checkpoint

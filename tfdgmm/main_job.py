@@ -38,7 +38,7 @@ def _host_reachable(address, timeout=5.0):
 def choose_data(data_cfg, log=print):
     """The data spec to use: tfds when possible (without waiting minutes for retries on a
     machine without network), else the local copy."""
-    from tfdgmm.cli import DataLoadError, load_data
+    from tfdgmm.runs import DataLoadError, load_data
 
     try:  # already downloaded and prepared: no network needed
         from tfdgmm.data import load_cifar10
@@ -77,31 +77,32 @@ def main(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
 
-    from tfdgmm import cli
+    from tfdgmm import runs
 
-    cli._quiet_tensorflow()
+    runs.quiet_tensorflow()
     start = time.monotonic()
-    config = cli.load_run_config(args.config, args.set)
+    config = runs.load_run_config(args.config, args.set)
     try:
         spec = args.data or choose_data(config["data"])
-    except cli.DataLoadError as e:
+    except runs.DataLoadError as e:
         print(f"main job: error: {e}", file=sys.stderr)
         return 2
     if args.fresh and os.path.isdir(args.out):
         shutil.rmtree(args.out)
-    resume = os.path.isdir(os.path.join(args.out, "checkpoints"))
+    resume = os.path.isdir(os.path.join(args.out, runs.layout.CHECKPOINTS))
     if resume:
         print(f"main job: resuming the run in {args.out} (--fresh to start over)", flush=True)
     argv_record = ["python", "-m", "tfdgmm.main_job"] + list(
         sys.argv[1:] if argv is None else argv)
-    metrics = cli.train_run(config, args.out, data_spec=spec, resume=resume, argv=argv_record)
+    metrics = runs.train_run(config, args.out, data_spec=spec, resume=resume, argv=argv_record)
     splits = metrics["splits"]
     print("\nmain job done in {:.0f} s. Outputs in {}:".format(time.monotonic() - start,
                                                                args.out))
-    for name in ("metrics.json", "figures/samples.png", "figures/filters.png", "train.log",
-                 "tensorboard/"):
+    lay = runs.layout
+    for name in (lay.METRICS, os.path.join(lay.FIGURES, "samples.png"),
+                 os.path.join(lay.FIGURES, "filters.png"), lay.LOG, lay.TENSORBOARD + "/"):
         print(f"  {os.path.join(args.out, name)}")
-    print("  (tensorboard --logdir {})".format(os.path.join(args.out, "tensorboard")))
+    print("  (tensorboard --logdir {})".format(os.path.join(args.out, lay.TENSORBOARD)))
     for name, r in splits.items():
         print(f"  {name:10s} lower bound {r['lower_bound_nats']:8.1f} nats/image = "
               f"{r['lower_bound_bits_per_dim']:.3f} bits/dim")

@@ -1,5 +1,7 @@
 """Hard EM on data drawn from a known deep GMM: the bound rises and approaches the truth."""
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -95,3 +97,15 @@ def test_data_redrawn_every_em_iteration(synthetic, make_model, tmp_path):
     history = trainer.fit()
     assert len(history) == 2 and calls[0] == 0 and 1 in calls
     np.testing.assert_allclose(trainer.train_search.data.numpy(), x + np.float32(0.01), atol=1e-6)
+
+
+def test_the_trainer_refuses_integer_images(synthetic, make_model, tmp_path):
+    import pytest
+
+    _, x_train, x_val = synthetic
+    pixels = np.clip(np.round((np.asarray(x_train) + 1) * 127.5), 0, 255).astype(np.uint8)
+    for train, val in ((pixels, x_val), (x_train, tf.constant(pixels[:10])),
+                       (lambda t: pixels, x_val)):
+        with pytest.raises(ValueError, match=r"uint8 .*\[-1, 1\]"):
+            EMTrainer(make_model(seed=0), CONFIG, train, val, str(tmp_path))
+    assert not os.listdir(tmp_path)

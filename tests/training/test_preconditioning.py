@@ -147,7 +147,7 @@ def test_kfac_step_approaches_the_exact_newton_step_of_a_half_convolution():
 def _tiny_run(shared_data_dir, tmp_path, **training):
     """configs/tiny.yaml's model on its 500 training images, one M-step of 200 updates in
     chunks of 10 (fixed by update count, so the divergence checks are deterministic)."""
-    from tfdgmm.cli import load_data, load_run_config
+    from tfdgmm.runs import load_data, load_run_config
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cfg = load_run_config(os.path.join(root, "configs", "tiny.yaml"))

@@ -13,7 +13,7 @@ r"""Multi-device and multi-worker hard EM with `tf.distribute`.
 How `EMTrainer` uses a strategy (everything else is the single-device algorithm):
 
 * **Variables** (model, optimizer slots, E-step path tables, data, loop state) are mirrored: the
-  model must be built under `strategy.scope()` (the trainer checks; `tfdgmm.cli.train_run` does
+  model must be built under `strategy.scope()` (the trainer checks; `tfdgmm.runs.train_run` does
   it), the trainer creates the rest under the scope.
 * **M-step**: data-parallel on the *same* global minibatch as a single device: the stateless
   shuffle picks the global minibatch of `batch_size` (100) indices, replica `r` of `R` takes

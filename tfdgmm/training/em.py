@@ -39,6 +39,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from tfdgmm.deep_gmm import check_float_images
 from tfdgmm.training import checkpointing
 from tfdgmm.training.config import EMConfig, learning_rate_at, mstep_updates
 from tfdgmm.training.init import initialize_from_data
@@ -138,7 +139,7 @@ class EMTrainer:
                     distribute.split_size(s.batch_size, strategy,
                                           f"{s.name}: estep_batch_size (clipped to the data)")
         self.keeper = checkpointing.CheckpointKeeper(self.write_dir, self.checkpoint, model,
-                                                     keep=cfg.keep_checkpoints)
+                                                     keep=cfg.keep_checkpoints, log=self.log)
         self.summaries = Summaries(os.path.join(self.write_dir, "tensorboard"))
         self._mstep_fn = None
         self._probe_fn = None
@@ -150,6 +151,8 @@ class EMTrainer:
         self._train_fn = train if callable(train) else None
         self._loaded_iteration = 0 if self._train_fn is not None else None
         x_train = self._train_fn(0) if self._train_fn is not None else train
+        check_float_images(x_train, "training images")
+        check_float_images(validation, "validation images")
 
         self.train_search = DatasetSearch(
             model, x_train, batch_size=cfg.estep_batch_size, init_passes=cfg.estep_init_passes,
@@ -235,6 +238,9 @@ class EMTrainer:
                 "--resume / fit(resume=True), or choose a new output directory")
         self._clock = Clock(float(self.state.elapsed.numpy()))
         self._check_finite_data()
+        if cfg.divergence_nats <= 0:
+            self.log("WARNING: training.divergence_nats is 0: the divergence guard is off (only "
+                     "a NaN or Inf rolls back; a finite blow-up goes through)")
         if self.keeper.latest is None:
             if cfg.data_init:
                 initialize_from_data(self.model, self.train_search.data[:cfg.data_init_images],
@@ -255,7 +261,9 @@ class EMTrainer:
             else:
                 self._bounds(t)
         best = self.keeper.restore_best()
-        if best is not None:
+        if best is not None and int(self.state.best_iteration.numpy()) < 0:
+            self.log(f"restored the initial model from {best}: no EM iteration beat it")
+        elif best is not None:
             self.log(f"restored the best model (validation lower bound "
                      f"{float(self.state.best_validation.numpy()):.2f} nats, EM iteration "
                      f"{int(self.state.best_iteration.numpy()) + 1}) from {best}")
@@ -324,7 +332,9 @@ class EMTrainer:
 
     def _ensure_train_data(self, t):
         if self._train_fn is not None and self._loaded_iteration != t:
-            self.train_search.set_data(self._train_fn(t))
+            x = self._train_fn(t)
+            check_float_images(x, "training images")
+            self.train_search.set_data(x)
             self._loaded_iteration = t
 
     def _check_finite_data(self):
@@ -393,7 +403,17 @@ class EMTrainer:
                                        "em/estep_lower_bound_bpd": self._bpd(lower)})
         self.state.stage.assign(MSTEP)
         self.state.mstep_update.assign(0)
-        self._save()
+        if t == 0 and self.keeper.best is None:
+            self.keeper.save_best()  # the initial model, until an EM iteration beats it
+        self._save(anchor=True)  # the first rollback target of the M-step
+
+    #: Updates per divergence check: every decision that changes the numbers is taken at
+    #: multiples of this many updates, never by the clock, so that a run gives the same
+    #: parameters on a fast and a slow machine, and when resumed.
+    CHECK_WINDOW = 10
+    #: Updates between rollback targets (a multiple of CHECK_WINDOW; the M-step's start and
+    #: the state after every rollback are targets too).
+    ANCHOR_EVERY = 100
 
     def _mstep(self, t):
         cfg = self.config
@@ -408,23 +428,28 @@ class EMTrainer:
             self.log(f"[EM {t + 1}/{cfg.em_iterations}] M-step: {total} updates of "
                      f"{self.batch_size} images, learning rate {lr0:.2e}")
         start_stage = time.monotonic()
-        loss = None
-        # Divergence checks (cfg.divergence_nats) compare within this M-step: every chunk's mean
-        # loss with the best so far, starting from the loss the M-step started from (minus the
-        # E-step's training lower bound: the mean loss over all training images with the paths
-        # this M-step fits; without it, an M-step that runs as a single chunk had nothing to be
-        # compared with), and, before every checkpoint, the loss of a fixed probe minibatch
-        # with the best probe so far, so that a checkpoint never holds parameters that blew up
-        # in the last update of a chunk (after its losses were taken).
+        # Divergence checks (cfg.divergence_nats) compare within this M-step, at the end of
+        # every window of CHECK_WINDOW updates (chunks never cross a window's end): the window's
+        # mean loss with the best window mean so far, starting from the loss the M-step started
+        # from (minus the E-step's training lower bound); every ANCHOR_EVERY updates and at the
+        # end, also the loss of a fixed probe minibatch with the best probe so far, and if that
+        # passes too the state is saved as the rollback target (`keeper.save(anchor=True)`). A
+        # NaN or a divergence restores the last target.
+        # The guard's running values are part of the checkpoint (`state.current`), so a
+        # resumed run takes the same decisions as an uninterrupted one.
         check = cfg.divergence_nats > 0
+        window = max(1, int(self.CHECK_WINDOW))
+        every = max(1, int(self.ANCHOR_EVERY) // window) * window
         start_lower = _jget(self.state.current).get("estep_lower_bound")
         start_loss = float("inf") if start_lower is None else -float(start_lower)
-        best_chunk = start_loss
-        best_probe = self._probe_loss() if check else float("inf")
+        guard = _jget(self.state.current).get("mstep_guard")
+        if guard is None:
+            guard = self._new_guard(start_loss, check)
+        loss = guard.get("last_window_loss")
         while True:
-            problem, due = None, u >= total  # at the end: probe before the final checkpoint
+            problem, boundary = None, u >= total
             if u < total:
-                n = self._chunk(meter, 5, total - u)
+                n = min(self._chunk(meter, 5, total - u), window - u % window)
                 start = time.monotonic()
                 done, ok, loss_sum = self._mstep_fn(tf.constant(n, tf.int64),
                                                     tf.constant(total, tf.int64),
@@ -433,40 +458,55 @@ class EMTrainer:
                 meter.update(done, time.monotonic() - start)
                 u = int(self.state.mstep_update.numpy())
                 self._call_hooks("mstep", {"em_iteration": t, "update": u, "updates": total})
-                chunk_loss = loss_sum / max(done, 1)
+                guard["sum"] += loss_sum
+                guard["done"] += done
                 if not ok:
                     problem = "non-finite loss"
-                elif check and chunk_loss > best_chunk + cfg.divergence_nats:
-                    problem = (f"diverging loss ({chunk_loss:.4g} nats/image over the last "
-                               f"{done} updates against {best_chunk:.4g} earlier in this M-step"
-                               f"{' (its start)' if best_chunk == start_loss else ''})")
                 elif not self._parameters_finite():
                     problem = "non-finite parameters"
                 else:
-                    loss = chunk_loss
-                    best_chunk = min(best_chunk, loss)
-                    self._mstep_progress(t, u, total, loss, meter)
-                    due = self.keeper.seconds_since_save() >= cfg.checkpoint_interval_seconds
-            if problem is None and due and check:
-                probe = self._probe_loss()
-                if probe <= best_probe + cfg.divergence_nats:  # (False for NaN)
-                    best_probe = min(best_probe, probe)
-                else:
-                    problem = (f"diverging loss (a fixed probe minibatch: {probe:.4g} "
-                               f"nats/image against {best_probe:.4g} earlier in this M-step)")
+                    self._mstep_progress(t, u, total, loss_sum / max(done, 1), meter)
+                    boundary = u % window == 0 or u >= total
+            if problem is None and boundary and guard["done"]:
+                mean = guard["sum"] / guard["done"]
+                if check and mean > guard["best"] + cfg.divergence_nats:
+                    problem = (f"diverging loss ({mean:.4g} nats/image over updates "
+                               f"{u - guard['done']}-{u} against {guard['best']:.4g} earlier "
+                               f"in this M-step"
+                               f"{' (its start)' if guard['best'] == start_loss else ''})")
+                elif check and (u % every == 0 or u >= total):
+                    probe = self._probe_loss()
+                    if probe <= guard["best_probe"] + cfg.divergence_nats:  # (False for NaN)
+                        guard["best_probe"] = min(guard["best_probe"], probe)
+                    else:
+                        problem = (f"diverging loss (a fixed probe minibatch: {probe:.4g} "
+                                   f"nats/image against {guard['best_probe']:.4g} earlier in "
+                                   "this M-step)")
+                if problem is None:
+                    loss = guard["last_window_loss"] = mean
+                    guard["best"] = min(guard["best"], mean)
+                    guard["sum"], guard["done"] = 0.0, 0
             if problem is not None:
                 self._rollback(t, u, problem)
                 if int(self.state.stage.numpy()) != MSTEP:
+                    self._save(anchor=True)
                     return
                 u = int(self.state.mstep_update.numpy())
-                best_chunk = start_loss
-                best_probe = self._probe_loss() if check else float("inf")
+                guard = self._new_guard(start_loss, check)
+                loss = None
+                self._store_guard(guard)
+                self._save(anchor=True)  # the rollback's lowered rate is the new target
                 continue
             if u >= total:
                 break
-            if due:
+            if boundary and u % every == 0:
+                self._store_guard(guard)
+                self._save(anchor=True)
+            elif self.keeper.seconds_since_save() >= cfg.checkpoint_interval_seconds:
+                self._store_guard(guard)  # a timer checkpoint: for resuming, never a target
                 self._save()
         current = _jget(self.state.current)
+        current.pop("mstep_guard", None)
         current.update(updates=total, final_loss=loss,
                        mstep_seconds=current.get("mstep_seconds", 0)
                        + time.monotonic() - start_stage,
@@ -475,6 +515,16 @@ class EMTrainer:
         _jset(self.state.current, current)
         self.state.stage.assign(BOUNDS)
         self._save()
+
+    def _new_guard(self, start_loss, check):
+        return {"sum": 0.0, "done": 0, "best": start_loss,
+                "best_probe": self._probe_loss() if check else float("inf"),
+                "last_window_loss": None}
+
+    def _store_guard(self, guard):
+        current = _jget(self.state.current)
+        current["mstep_guard"] = guard
+        _jset(self.state.current, current)
 
     def _mstep_progress(self, t, u, total, loss, meter):
         lr = learning_rate_at(self.config, t, u - 1, total, float(self.state.lr_scale.numpy()))
@@ -507,7 +557,18 @@ class EMTrainer:
         record["elapsed_seconds"] = self._clock.elapsed()
 
         improved = False
-        if self.validation_search is not None:
+        # never best below the initial model: the first E-step's training bound (its paths
+        # are what the M-steps start from; best/ holds that model until an iteration beats it)
+        done = _jget(self.state.history)
+        initial = (done[0] if done else record).get("estep_lower_bound")
+        below_initial = initial is not None and math.isfinite(initial) and not (
+            train_lo >= initial)
+        if below_initial:
+            self.log(f"WARNING: [EM {t + 1}] the training lower bound {train_lo:.4g} nats is "
+                     f"below the initial model's {initial:.4g}: not a best model")
+        if below_initial:
+            self.state.bad_iterations.assign_add(1)
+        elif self.validation_search is not None:
             val = record["validation_lower_bound"]
             if val > float(self.state.best_validation.numpy()) + cfg.early_stopping_min_delta:
                 improved = True
@@ -700,22 +761,25 @@ class EMTrainer:
         return all(bool(tf.reduce_all(tf.math.is_finite(v)))
                    for v in self.model.trainable_variables)
 
-    def _save(self):
+    def _save(self, anchor=False):
         if not self._parameters_finite():
             raise FloatingPointError("refusing to checkpoint non-finite parameters")
         self.state.elapsed.assign(self._clock.elapsed())
-        return self.keeper.save()
+        return self.keeper.save(anchor=anchor)
 
     def _rollback(self, t, u, what):
         cfg = self.config
         rollbacks = int(self.state.rollbacks.numpy()) + 1
         if rollbacks > cfg.max_rollbacks:
-            raise FloatingPointError(
-                f"{what} at EM iteration {t + 1}, update {u}, after "
-                f"{cfg.max_rollbacks} rollbacks; giving up (last good checkpoint: "
-                f"{self.keeper.latest})")
+            message = (f"{what} at EM iteration {t + 1}, update {u}, after "
+                       f"{cfg.max_rollbacks} rollbacks; giving up (last good checkpoint: "
+                       f"{self.keeper.anchor or self.keeper.latest}). To go on, resume with a "
+                       "lower training.learning_rate or a higher training.max_rollbacks "
+                       "(e.g. --resume --set training.learning_rate=...)")
+            self.log(f"ERROR: {message}")
+            raise FloatingPointError(message)
         step = int(self.optimizer.iterations.numpy())  # (the restore may reset it)
-        path = self.keeper.restore_latest()
+        path = self.keeper.restore_anchor()  # chosen by update count, never by the timer
         # the checkpoint's scale already includes earlier rollbacks (saved after each one)
         scale = float(self.state.lr_scale.numpy()) * cfg.nan_lr_factor
         self.state.lr_scale.assign(scale)
@@ -728,7 +792,6 @@ class EMTrainer:
                  f"by {cfg.nan_lr_factor} (scale now {scale:.3g}); rollback {rollbacks} of at "
                  f"most {cfg.max_rollbacks}")
         self.summaries.scalars(step, {"mstep/rollback_lr_scale": scale})
-        self._save()
 
     def _call_hooks(self, event, info):
         for hook in self.hooks:

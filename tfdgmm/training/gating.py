@@ -99,7 +99,7 @@ def fit_gating(model, images, paths, steps=1000, batch_size=100, learning_rate=1
 
 # ---------------------------------------------------------------------- gating in training runs
 
-#: The `gating:` section of a run config (see `tfdgmm.cli`): defaults (gating off).
+#: The `gating:` section of a run config (see `tfdgmm.runs.config`): defaults (gating off).
 GATING_DEFAULTS = {
     "enabled": False,
     "hidden": 32,

@@ -41,7 +41,6 @@ or unshared (`selection: location`, the same blocks at every location) blocks.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import shutil
@@ -49,6 +48,8 @@ import time
 
 import keras_tuner
 import numpy as np
+
+from tfdgmm.runs import layout
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -70,6 +71,8 @@ OBJECTIVE = "val_lower_bound"
 #: The objective's search seed is `training.seed + OBJECTIVE_SEED_OFFSET` (as `tfdgmm evaluate`).
 OBJECTIVE_SEED_OFFSET = 104729
 TUNERS = ("random", "bayesian", "hyperband")
+#: The oracle's seed when none is given (keras-tuner turns a falsy seed into a random one).
+DEFAULT_SEED = 1
 
 #: Choices of the default search space. A list is a `hp.Choice` (a single value: `hp.Fixed`);
 #: a `(low, high)` tuple a log-uniform `hp.Float`; `patch_size: None` means every r in
@@ -172,10 +175,10 @@ def objective_bounds(model, validation, training, log=None):
 
 
 def normalize_base_config(base):
-    """Check a base config and fill in defaults (`tfdgmm.cli.normalize_run_config`); its model
+    """Check a base config and fill in defaults (`tfdgmm.runs.normalize_run_config`); its model
     needs `image_shape` (and whatever the search space keeps, e.g. `path_prior`), not
     `layers` or `patch_size`, which the search space sets."""
-    from tfdgmm.cli import normalize_run_config
+    from tfdgmm.runs.config import normalize_run_config
 
     if not isinstance(base, dict) or not isinstance(base.get("model"), dict) or (
             "image_shape" not in base["model"]):
@@ -191,7 +194,7 @@ def normalize_base_config(base):
 def _has_checkpoint(run_dir):
     import tensorflow as tf
 
-    return tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")) is not None
+    return tf.train.latest_checkpoint(layout.path(run_dir, layout.CHECKPOINTS)) is not None
 
 
 def train_trial(config, train, validation, run_dir, continue_from=None, log=None,
@@ -201,17 +204,28 @@ def train_trial(config, train, validation, run_dir, continue_from=None, log=None
     Resumable: a `run_dir` with checkpoints continues from them. `continue_from`: a run
     directory whose checkpoints a fresh `run_dir` starts from (Hyperband); when its training
     had finished (its EM budget, or early stopping) it is reopened for the EM iterations of
-    `config` still to run. Writes `config.yaml` and `metrics.json` (with the objective).
+    `config` still to run. Writes `config.yaml` and `metrics.json` (with the objective), holding
+    the run directory's lock (`tfdgmm.runs.lock`) meanwhile.
     """
-    import yaml
+    from tfdgmm.runs.lock import RunLock
 
+    os.makedirs(run_dir, exist_ok=True)
+    with RunLock(run_dir, what="tune trial", log=log or print):
+        return _train_trial_locked(config, train, validation, run_dir, continue_from, log,
+                                   extra_metrics)
+
+
+def _train_trial_locked(config, train, validation, run_dir, continue_from, log,
+                        extra_metrics):
     from tfdgmm.deep_gmm import DeepGMM
+    from tfdgmm.runs.gating import gating_hooks  # gating.between_steps (post-EM: not run)
+    from tfdgmm.runs.io import dump_json, dump_yaml
     from tfdgmm.training.config import EMConfig
     from tfdgmm.training.em import EMTrainer
 
     start = time.monotonic()
     os.makedirs(run_dir, exist_ok=True)
-    log_path = os.path.join(run_dir, "train.log")
+    log_path = layout.path(run_dir, layout.LOG)
 
     def write_log(line):
         with open(log_path, "a") as f:
@@ -219,20 +233,17 @@ def train_trial(config, train, validation, run_dir, continue_from=None, log=None
         if log is not None:
             log(line)
 
-    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-        yaml.safe_dump(config, f, sort_keys=False, default_flow_style=None)
+    dump_yaml(config, layout.path(run_dir, layout.CONFIG))
     if continue_from and not _has_checkpoint(run_dir):
-        for sub in ("checkpoints", "best"):
+        for sub in (layout.CHECKPOINTS, layout.BEST):
             src = os.path.join(continue_from, sub)
             if os.path.isdir(src):
                 shutil.copytree(src, os.path.join(run_dir, sub), dirs_exist_ok=True)
         write_log(f"continuing the training of {continue_from}")
     em_cfg = EMConfig.from_dict(config["training"])
     model = DeepGMM.from_config(config["model"])
-    from tfdgmm.cli import _gating_hooks  # gating.between_steps (post-EM gating: not run)
-
     trainer = EMTrainer(model, em_cfg, train, validation, run_dir, log=write_log,
-                        hooks=_gating_hooks(config, write_log))
+                        hooks=gating_hooks(config, write_log))
     if _has_checkpoint(run_dir):
         trainer.keeper.restore_latest()
         state = trainer.state
@@ -268,21 +279,10 @@ def train_trial(config, train, validation, run_dir, continue_from=None, log=None
         "checkpoint": trainer.keeper.best,
         "seconds": time.monotonic() - start,
     })
-    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
-        json.dump(report, f, indent=2, default=_json_default)
+    dump_json(report, layout.path(run_dir, layout.METRICS))
     write_log(f"trial objective: validation lower bound {metrics[OBJECTIVE]:.3f} nats "
               f"(fresh search), warm-started {metrics['val_lower_bound_warm']:.3f}")
     return metrics
-
-
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 class EMTuner(keras_tuner.Tuner):
@@ -319,7 +319,7 @@ class EMTuner(keras_tuner.Tuner):
 
     def trial_config(self, hp):
         """The normalised run config of hyperparameters `hp` (with Hyperband's budget)."""
-        from tfdgmm.cli import normalize_run_config
+        from tfdgmm.runs.config import normalize_run_config
 
         config = self.search_space(hp, self.base_config, self.space)
         budget = hyperband_budget(hp.values)
@@ -364,18 +364,29 @@ class EMTuner(keras_tuner.Tuner):
                    OBJECTIVE: best.score,
                    "hyperparameters": {k: (v.item() if hasattr(v, "item") else v)
                                        for k, v in best.hyperparameters.values.items()},
-                   "trials": len(self.oracle.trials)}
+                   "trials": len(self.oracle.trials), "oracle_seed": self.oracle.seed}
         path = path or os.path.join(self.project_dir, "best.json")
-        with open(path, "w") as f:
-            json.dump(summary, f, indent=2, default=_json_default)
+        from tfdgmm.runs.io import dump_json
+
+        dump_json(summary, path)
         return summary
 
 
-def make_oracle(tuner="random", max_trials=10, seed=0, max_epochs=None, factor=3,
+def make_oracle(tuner="random", max_trials=10, seed=DEFAULT_SEED, max_epochs=None, factor=3,
                 hyperband_iterations=1, **kwargs):
     """A keras-tuner oracle maximising `OBJECTIVE`: `'random'` (RandomSearchOracle),
     `'bayesian'` (BayesianOptimizationOracle; needs scipy and scikit-learn) or `'hyperband'`
-    (HyperbandOracle with `max_epochs` EM iterations, stopped after `max_trials` trials)."""
+    (HyperbandOracle with `max_epochs` EM iterations, stopped after `max_trials` trials).
+
+    `seed` must be a positive integer: keras-tuner replaces a falsy seed (0, None) by
+    `random.randint`, so that two runs of one command would search different values."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 1:
+        raise ValueError(f"seed must be a positive integer (keras-tuner replaces 0 or None by a "
+                         f"random seed); got {seed!r}")
+    if isinstance(max_trials, bool) or not isinstance(max_trials, (int, np.integer)) or \
+            max_trials < 1:
+        raise ValueError(f"max_trials must be a positive integer; got {max_trials!r}")
+    seed = int(seed)
     objective = keras_tuner.Objective(OBJECTIVE, "max")
     oracles = keras_tuner.oracles
     if tuner == "random":
@@ -402,8 +413,8 @@ def make_oracle(tuner="random", max_trials=10, seed=0, max_epochs=None, factor=3
 
 
 def tune(base_config, train, validation, *, max_trials=10, tuner="random", directory="tuning",
-         project_name="tfdgmm", search_space=None, space=None, seed=0, max_epochs=None,
-         factor=3, overwrite=False, verbose=True, oracle_kwargs=None):
+         project_name="tfdgmm", search_space=None, space=None, seed=DEFAULT_SEED,
+         max_epochs=None, factor=3, overwrite=False, verbose=True, oracle_kwargs=None):
     """Run a keras-tuner search of deep GMM hyperparameters; returns the `EMTuner`.
 
     Args:
@@ -415,7 +426,8 @@ def tune(base_config, train, validation, *, max_trials=10, tuner="random", direc
       directory, project_name: the project directory `directory/project_name` (trials in
         `trial_ID/`; an existing project is resumed unless `overwrite`).
       search_space, space: see `EMTuner`.
-      seed: the oracle's seed (trials use the base config's `training.seed`).
+      seed: the oracle's seed, a positive integer (trials use the base config's
+        `training.seed`); recorded in `best.json`.
       max_epochs, factor: Hyperband's budget in EM iterations (default: the base config's
         `training.em_iterations`) and its reduction factor.
     """
