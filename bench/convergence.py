@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfdgmm  # noqa: E402
-from tfdgmm.cli import load_data, load_run_config  # noqa: E402
+from tfdgmm.runs import load_data, load_run_config  # noqa: E402
 from tfdgmm.gaussian import run_gaussian_baseline  # noqa: E402
 from tfdgmm.training import EMTrainer  # noqa: E402
 from tfdgmm.training.init import initialize_from_data  # noqa: E402

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfdgmm  # noqa: E402
-from tfdgmm.cli import load_data, load_run_config  # noqa: E402
+from tfdgmm.runs import load_data, load_run_config  # noqa: E402
 from tfdgmm.keras import DeepGMMModel, DivergenceGuard  # noqa: E402
 from tfdgmm.training import EMTrainer, evaluate_bounds  # noqa: E402
 from tfdgmm.units import nats_to_bits_per_dim  # noqa: E402

@@ -32,7 +32,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tfdgmm  # noqa: E402
-from tfdgmm.cli import load_data, load_run_config  # noqa: E402
+from tfdgmm.runs import load_data, load_run_config  # noqa: E402
 from tfdgmm.training import EMTrainer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
