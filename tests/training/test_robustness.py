@@ -151,7 +151,8 @@ def test_rollbacks_do_not_depend_on_machine_speed(synthetic, make_model, tmp_pat
 
     x_train, x_val = _data(synthetic)
     cfg = CONFIG.replace(em_iterations=1, updates_first=60, learning_rate=1.0,
-                         lr_warmup_updates=40, hc_optimizer="optimizer", max_chunk=0,
+                         lr_warmup_updates=40, lr_decay="final", hc_optimizer="optimizer",
+                         max_chunk=0,
                          checkpoint_interval_seconds=0.0, progress_interval_seconds=1000)
 
     def slow(trainer, event, info):
@@ -191,7 +192,8 @@ def test_divergence_within_a_single_chunk_m_step_is_caught(synthetic, make_model
 
     cfg = CONFIG.replace(em_iterations=2, updates_later=30, max_chunk=0,
                          progress_interval_seconds=1000, checkpoint_interval_seconds=3600,
-                         hc_optimizer="optimizer")  # (K-FAC steps NaN at once at 300x)
+                         hc_optimizer="optimizer",  # (K-FAC steps NaN at once at 300x)
+                         lr_warmup_every_mstep=False)  # full rate from the M-step's start
     trainer = EMTrainer(make_model(seed=1), cfg, x_train, x_val, str(tmp_path),
                         hooks=[boost], log=lines.append)
     history = trainer.fit()
