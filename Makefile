@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.setup-stamp
 
-.PHONY: setup main test bench
+.PHONY: setup main lint test bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ setup: $(STAMP)
 main: setup
 	$(PY) -m tfdgmm.main_job
 
-test: setup
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: setup lint
 	$(PY) -m pytest -q
 
 bench: setup

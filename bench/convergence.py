@@ -35,12 +35,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfdgmm  # noqa: E402
-from tfdgmm.runs import load_data, load_run_config  # noqa: E402
 from tfdgmm.gaussian import run_gaussian_baseline  # noqa: E402
+from tfdgmm.runs import load_data, load_run_config  # noqa: E402
 from tfdgmm.training import EMTrainer  # noqa: E402
 from tfdgmm.training.init import initialize_from_data  # noqa: E402
 
@@ -59,8 +58,9 @@ def machine() -> str:
 
 def commit() -> str:
     try:
-        return subprocess.check_output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                                       text=True).strip()
+        return subprocess.check_output(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], text=True
+        ).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -71,22 +71,36 @@ def validation_bound(model, x, batch=1000):
         raise ValueError("bench/convergence.py evaluates single-path models only")
     total = 0.0
     for i in range(0, len(x), batch):
-        xb = x[i:i + batch]
+        xb = x[i : i + batch]
         path = tuple(tf.zeros([len(xb), *shape], tf.int32) for _, shape in model.layer_specs)
         total += float(tf.reduce_sum(tf.cast(model.joint_log_prob(xb, path), tf.float64)))
     return total / len(x)
 
 
 def run_one(name, mode, splits, x_train, x_val, args):
-    cfg = load_run_config(os.path.join(ROOT, "configs", f"{name}.yaml"), [
-        "training.em_iterations=1", f"training.updates_first={args.updates}",
-        "training.early_stopping_patience=0", f"training.max_chunk={args.eval_every}",
-        "training.checkpoint_interval_seconds=1000000000", "training.progress_interval_seconds=60",
-        f"training.hc_optimizer={mode}", *args.overrides])
+    cfg = load_run_config(
+        os.path.join(ROOT, "configs", f"{name}.yaml"),
+        [
+            "training.em_iterations=1",
+            f"training.updates_first={args.updates}",
+            "training.early_stopping_patience=0",
+            f"training.max_chunk={args.eval_every}",
+            "training.checkpoint_interval_seconds=1000000000",
+            "training.progress_interval_seconds=60",
+            f"training.hc_optimizer={mode}",
+            *args.overrides,
+        ],
+    )
     model = tfdgmm.DeepGMM.from_config(cfg["model"])
-    record = {"name": name, "mode": mode, "overrides": list(args.overrides),
-              "commit": commit(), "updates": [0], "validation_nats": [],
-              "wall_seconds": [0.0]}
+    record = {
+        "name": name,
+        "mode": mode,
+        "overrides": list(args.overrides),
+        "commit": commit(),
+        "updates": [0],
+        "validation_nats": [],
+        "wall_seconds": [0.0],
+    }
     clock = {"start": None, "eval": 0.0, "last": 0}
 
     def evaluate():
@@ -106,19 +120,22 @@ def run_one(name, mode, splits, x_train, x_val, args):
             record["updates"].append(u)
             record["validation_nats"].append(v)
             record["wall_seconds"].append(wall)
-            print(f"  {name} [{mode}] update {u}: validation {v:.1f} nats ({wall:.0f} s)",
-                  flush=True)
+            print(
+                f"  {name} [{mode}] update {u}: validation {v:.1f} nats ({wall:.0f} s)", flush=True
+            )
 
     # the start: the trainer's own data-dependent init (fit() repeats it, deterministically)
     tc = cfg["training"]
-    initialize_from_data(model, x_train[:tc["data_init_images"]],
-                         identity_below=tc["data_init_identity"])
+    initialize_from_data(
+        model, x_train[: tc["data_init_images"]], identity_below=tc["data_init_identity"]
+    )
     record["validation_nats"].append(evaluate())
     clock["eval"] = 0.0
     print(f"  {name} [{mode}] start: validation {record['validation_nats'][0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory() as out:
-        trainer = EMTrainer(model, cfg["training"], x_train, None, out, hooks=[hook],
-                            log=lambda s: None)
+        trainer = EMTrainer(
+            model, cfg["training"], x_train, None, out, hooks=[hook], log=lambda s: None
+        )
         clock["start"] = time.monotonic()
         trainer.fit()
         record["rollbacks"] = int(trainer.state.rollbacks.numpy())
@@ -148,8 +165,10 @@ def plot(result, path):
     for ax in axes:
         ax.set_ylim(max(lo, g - 1400), g + 60)
     axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"Convergence on CIFAR-10 ({result['train_images']} training, "
-                 f"{result['validation_images']} validation images), {result['date']}")
+    fig.suptitle(
+        f"Convergence on CIFAR-10 ({result['train_images']} training, "
+        f"{result['validation_images']} validation images), {result['date']}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -163,16 +182,25 @@ def main(argv=None):
     p.add_argument("--modes", nargs="+", default=["kfac", "optimizer"])
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--validation-limit", type=int, default=None)
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   help="config override for every run (e.g. training.hc_learning_rate=0.1)")
-    p.add_argument("--merge", action="store_true",
-                   help="add the runs to an existing --out (same data) instead of replacing it")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="config override for every run (e.g. training.hc_learning_rate=0.1)",
+    )
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="add the runs to an existing --out (same data) instead of replacing it",
+    )
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "convergence.json"))
     args = p.parse_args(argv)
 
     data_cfg = load_run_config(os.path.join(ROOT, "configs", f"{args.configs[0]}.yaml"))["data"]
-    data_cfg.update(train_limit=args.train_limit, validation_limit=args.validation_limit,
-                    test_limit=1)
+    data_cfg.update(
+        train_limit=args.train_limit, validation_limit=args.validation_limit, test_limit=1
+    )
     splits = load_data(data_cfg, args.data)
     x_train = splits.train.dequantized(0)
     x_val = splits.validation.dequantized(0)
@@ -180,12 +208,17 @@ def main(argv=None):
     gauss = run_gaussian_baseline(splits)
     g_val = gauss["splits"]["validation"]["nats"]
     print(f"full-covariance Gaussian: validation {g_val:.1f} nats", flush=True)
-    result = {"gaussian_validation_nats": g_val,
-              "gaussian_train_nats": gauss["splits"]["train"]["nats"],
-              "train_images": len(x_train), "validation_images": len(x_val),
-              "updates_budget": args.updates, "runs": [],
-              "date": datetime.date.today().isoformat(), "commit": commit(),
-              "machine": machine()}
+    result = {
+        "gaussian_validation_nats": g_val,
+        "gaussian_train_nats": gauss["splits"]["train"]["nats"],
+        "train_images": len(x_train),
+        "validation_images": len(x_val),
+        "updates_budget": args.updates,
+        "runs": [],
+        "date": datetime.date.today().isoformat(),
+        "commit": commit(),
+        "machine": machine(),
+    }
     if args.merge and os.path.exists(args.out):
         with open(args.out) as f:
             result["runs"] = json.load(f)["runs"]
@@ -193,16 +226,24 @@ def main(argv=None):
     for name in args.configs:
         for mode in args.modes:
             if mode != args.modes[0] and not any(
-                    layer.get("type") == "half_convolution"
-                    for layer in load_run_config(os.path.join(
-                        ROOT, "configs", f"{name}.yaml"))["model"]["layers"]):
+                layer.get("type") == "half_convolution"
+                for layer in load_run_config(os.path.join(ROOT, "configs", f"{name}.yaml"))[
+                    "model"
+                ]["layers"]
+            ):
                 continue  # no half-convolution: every mode is the same run
             result["runs"].append(run_one(name, mode, splits, x_train, x_val, args))
             with open(args.out, "w") as f:  # after every run: a stopped benchmark keeps its runs
                 json.dump(result, f, indent=1)
             plot(result, os.path.splitext(args.out)[0] + ".png")
-    print(json.dumps({r["name"] + "/" + r["mode"]: (r["validation_nats"][-1], r["rollbacks"])
-                      for r in result["runs"]}))
+    print(
+        json.dumps(
+            {
+                r["name"] + "/" + r["mode"]: (r["validation_nats"][-1], r["rollbacks"])
+                for r in result["runs"]
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -52,23 +52,31 @@ def child(names, updates, repeats):
     # one strategy object per device set for the whole process: two MirroredStrategy objects
     # over the same CPUs reuse collective instance keys (measured: "Shape mismatch in the
     # collective instance 100" when a second strategy's all-reduce ran)
-    strategies = [("1 device", None),
-                  ("mirrored x1", distribute.make_strategy("mirrored", cpus[:1])),
-                  ("mirrored x2", distribute.make_strategy("mirrored", cpus))]
+    strategies = [
+        ("1 device", None),
+        ("mirrored x1", distribute.make_strategy("mirrored", cpus[:1])),
+        ("mirrored x2", distribute.make_strategy("mirrored", cpus)),
+    ]
     for name in names:
         arch = load_run_config(os.path.join(ROOT, "configs", f"{name}.yaml"))["model"]
         x = rng.uniform(-1, 1, [1000, *arch["image_shape"]]).astype(np.float32)
-        cfg = EMConfig(em_iterations=1, updates_first=10 ** 6, batch_size=100,
-                       estep_batch_size=500, progress_interval_seconds=1e9, seed=0)
+        cfg = EMConfig(
+            em_iterations=1,
+            updates_first=10**6,
+            batch_size=100,
+            estep_batch_size=500,
+            progress_interval_seconds=1e9,
+            seed=0,
+        )
         rec = {}
         for label, strategy in strategies:
             with distribute.scope(strategy):
                 model = tfdgmm.DeepGMM.from_config(arch)
-            trainer = EMTrainer(model, cfg, x, None, tempfile.mkdtemp(), strategy=strategy,
-                                log=lambda s: None)
-            fn = (trainer._build_mstep() if strategy is None
-                  else trainer._build_distributed_mstep())
-            args = (tf.constant(10 ** 6, tf.int64), tf.constant(0, tf.int64))
+            trainer = EMTrainer(
+                model, cfg, x, None, tempfile.mkdtemp(), strategy=strategy, log=lambda s: None
+            )
+            fn = trainer._build_mstep() if strategy is None else trainer._build_distributed_mstep()
+            args = (tf.constant(10**6, tf.int64), tf.constant(0, tf.int64))
             fn(tf.constant(2, tf.int64), *args)  # trace and warm up
             best = float("inf")
             for _ in range(repeats):
@@ -79,8 +87,9 @@ def child(names, updates, repeats):
             rec[label] = updates / best
             if strategy is None:
                 rec["num_parameters"] = int(sum(np.prod(v.shape) for v in trainer.variables))
-                rec["flops"] = update_flops(model, trainer.variables, x[:100],
-                                            trainer.train_search.path())
+                rec["flops"] = update_flops(
+                    model, trainer.variables, x[:100], trainer.train_search.path()
+                )
                 rec["num_ops"] = rec["flops"].pop("num_ops")
             print(f"{name} {label}: {rec[label]:.2f} updates/s", file=sys.stderr, flush=True)
         out["models"][name] = rec
@@ -112,52 +121,69 @@ def estimate(rec):
     flops = rec["flops"]["profiled"] + 10 * rec["num_parameters"]  # + Adam
     nbytes = 4 * rec["num_parameters"]
     ops = rec["num_ops"]
-    gpu_eff = 5e12        # effective FLOP/s of one GPU on these small batched GEMMs/convs
-    launch = 8e-6         # seconds per kernel launch (a step is launch bound when tiny)
+    gpu_eff = 5e12  # effective FLOP/s of one GPU on these small batched GEMMs/convs
+    launch = 8e-6  # seconds per kernel launch (a step is launch bound when tiny)
     out = {}
-    for label, r, bw, lat in [("8 GPUs, NVLink", 8, 100e9, 10e-6),
-                              ("8 GPUs, PCIe", 8, 10e9, 20e-6),
-                              ("4 hosts x 1 GPU, 25 GbE", 4, 2.5e9, 50e-6),
-                              ("4 hosts x 1 GPU, 10 GbE", 4, 1.1e9, 50e-6)]:
+    for label, r, bw, lat in [
+        ("8 GPUs, NVLink", 8, 100e9, 10e-6),
+        ("8 GPUs, PCIe", 8, 10e9, 20e-6),
+        ("4 hosts x 1 GPU, 25 GbE", 4, 2.5e9, 50e-6),
+        ("4 hosts x 1 GPU, 10 GbE", 4, 1.1e9, 50e-6),
+    ]:
         t1 = max(flops / gpu_eff, ops * launch)
         compute = max(flops / r / gpu_eff, ops * launch)
         comm = 2 * (r - 1) / r * nbytes / bw + 2 * (r - 1) * lat
-        out[label] = {"replicas": r, "t1_ms": 1e3 * t1, "compute_ms": 1e3 * compute,
-                      "allreduce_ms": 1e3 * comm, "speedup": t1 / (compute + comm)}
+        out[label] = {
+            "replicas": r,
+            "t1_ms": 1e3 * t1,
+            "compute_ms": 1e3 * compute,
+            "allreduce_ms": 1e3 * comm,
+            "speedup": t1 / (compute + comm),
+        }
     return out
 
 
 def markdown(res, updates, repeats):
-    lines = [f"## Multi-replica M-step (`bench/distribute.py`), "
-             f"{datetime.date.today().isoformat()}", "",
-             f"Machine: {platform.machine()}, {res['cpu_count']} CPU cores (shared with other "
-             f"jobs), TensorFlow {res['tensorflow']}; the CPU split into 2 logical devices. "
-             f"Best of {repeats} timings of {updates} updates (minibatch 100, Adam) after a "
-             "warm-up; 2 replicas take 50 images each of the same minibatch and all-reduce "
-             "the gradients.", "",
-             "| architecture | parameters | all-reduce / update | FLOPs / update (measured) "
-             "| graph ops | 1 device | mirrored x1 | mirrored x2 | x2 vs 1 device |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"## Multi-replica M-step (`bench/distribute.py`), {datetime.date.today().isoformat()}",
+        "",
+        f"Machine: {platform.machine()}, {res['cpu_count']} CPU cores (shared with other "
+        f"jobs), TensorFlow {res['tensorflow']}; the CPU split into 2 logical devices. "
+        f"Best of {repeats} timings of {updates} updates (minibatch 100, Adam) after a "
+        "warm-up; 2 replicas take 50 images each of the same minibatch and all-reduce "
+        "the gradients.",
+        "",
+        "| architecture | parameters | all-reduce / update | FLOPs / update (measured) "
+        "| graph ops | 1 device | mirrored x1 | mirrored x2 | x2 vs 1 device |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, r in res["models"].items():
         lines.append(
             f"| {name} | {r['num_parameters']:,} | {4 * r['num_parameters'] / 1e6:.2f} MB | "
             f"{r['flops']['profiled'] / 1e9:.2f} GFLOP | {r['num_ops']:,} | "
             f"{r['1 device']:.2f}/s | {r['mirrored x1']:.2f}/s | {r['mirrored x2']:.2f}/s | "
-            f"{r['mirrored x2'] / r['1 device']:.2f}x |")
-    lines += ["", "Estimate for GPUs (not measured here: no GPU on this machine). Assumptions: "
-              "5 TFLOP/s effective per GPU on these small batched GEMMs and convolutions "
-              "(~1/3 of a V100/A100-class fp32 peak), 8 us per kernel launch (a step cannot "
-              "be faster than its op count x launch time), ring all-reduce of the float32 "
-              "gradients (2 (R-1)/R x bytes / bandwidth + 2 (R-1) x latency) with NVLink "
-              "100 GB/s, PCIe 10 GB/s, 25 GbE 2.5 GB/s, 10 GbE 1.1 GB/s, latencies 10-50 us; "
-              "global minibatch kept at 100 (8 replicas need a batch divisible by 8, e.g. 96 or "
-              "104; every replica then takes 12-13 images).", "",
-              "| architecture | setup | 1 GPU ms/update | compute ms (R) | all-reduce ms | "
-              "speedup |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+            f"{r['mirrored x2'] / r['1 device']:.2f}x |"
+        )
+    lines += [
+        "",
+        "Estimate for GPUs (not measured here: no GPU on this machine). Assumptions: "
+        "5 TFLOP/s effective per GPU on these small batched GEMMs and convolutions "
+        "(~1/3 of a V100/A100-class fp32 peak), 8 us per kernel launch (a step cannot "
+        "be faster than its op count x launch time), ring all-reduce of the float32 "
+        "gradients (2 (R-1)/R x bytes / bandwidth + 2 (R-1) x latency) with NVLink "
+        "100 GB/s, PCIe 10 GB/s, 25 GbE 2.5 GB/s, 10 GbE 1.1 GB/s, latencies 10-50 us; "
+        "global minibatch kept at 100 (8 replicas need a batch divisible by 8, e.g. 96 or "
+        "104; every replica then takes 12-13 images).",
+        "",
+        "| architecture | setup | 1 GPU ms/update | compute ms (R) | all-reduce ms | speedup |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     for name, r in res["models"].items():
         for label, e in estimate(r).items():
-            lines.append(f"| {name} | {label} | {e['t1_ms']:.2f} | {e['compute_ms']:.2f} | "
-                         f"{e['allreduce_ms']:.2f} | {e['speedup']:.2f}x |")
+            lines.append(
+                f"| {name} | {label} | {e['t1_ms']:.2f} | {e['compute_ms']:.2f} | "
+                f"{e['allreduce_ms']:.2f} | {e['speedup']:.2f}x |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -173,11 +199,26 @@ def main():
         return child(a.configs, a.updates, a.repeats)
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1")
     env.pop("TF_CONFIG", None)
-    proc = subprocess.run([sys.executable, __file__, "--child", "--updates", str(a.updates),
-                           "--repeats", str(a.repeats), "--configs", *a.configs],
-                          env=env, stdout=subprocess.PIPE, text=True, check=True)
-    res = json.loads(next(line for line in proc.stdout.splitlines()
-                          if line.startswith("RESULT "))[7:])
+    proc = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            "--updates",
+            str(a.updates),
+            "--repeats",
+            str(a.repeats),
+            "--configs",
+            *a.configs,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    res = json.loads(
+        next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:]
+    )
     text = markdown(res, a.updates, a.repeats)
     print(text)
     if a.append:

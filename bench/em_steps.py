@@ -42,8 +42,10 @@ from tfdgmm.runs import load_run_config  # noqa: E402
 from tfdgmm.training import EMConfig, EMTrainer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NAMES = {"table1_hc3": "Table 1: 3 HC + BD (1 path)",
-         "table3_intermediate_L3": "Table 3 best: 3 HC + 3 x unshared BD(4), HC between"}
+NAMES = {
+    "table1_hc3": "Table 1: 3 HC + BD (1 path)",
+    "table3_intermediate_L3": "Table 3 best: 3 HC + 3 x unshared BD(4), HC between",
+}
 
 
 def matmul_gflops(n=2048, repeats=5):
@@ -58,7 +60,7 @@ def matmul_gflops(n=2048, repeats=5):
             c = f(a, b)
         c.numpy()
         best = min(best, (time.perf_counter() - t0) / 4)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def nominal_flops_per_evaluation(model):
@@ -113,18 +115,23 @@ def bench_config(name, updates, estep_images, repeats, jit):
     n = max(estep_images, 1000)
     x = rng.uniform(-1, 1, size=(n, 32, 32, 3)).astype(np.float32)
     em = EMConfig.from_dict(cfg["training"]).replace(
-        jit_compile=jit, estep_batch_size=min(500, estep_images), progress_interval_seconds=1e9)
+        jit_compile=jit, estep_batch_size=min(500, estep_images), progress_interval_seconds=1e9
+    )
     with tempfile.TemporaryDirectory() as out:
         trainer = EMTrainer(model, em, x, None, out, log=lambda s: None)
         mstep = trainer._build_mstep()
-        args = (tf.constant(updates, tf.int64), tf.constant(10 ** 9, tf.int64),
-                tf.constant(0, tf.int64))
+        args = (
+            tf.constant(updates, tf.int64),
+            tf.constant(10**9, tf.int64),
+            tf.constant(0, tf.int64),
+        )
         t0 = time.perf_counter()
         mstep(tf.constant(1, tf.int64), *args[1:])[0].numpy()  # trace + warm up
         trace_m = time.perf_counter() - t0
         flops = nominal_flops_per_evaluation(model)
-        m_sec, m_frac, m_ref = paired(lambda: mstep(*args)[0].numpy(),
-                                      3 * flops * updates * trainer.batch_size, repeats)
+        m_sec, m_frac, m_ref = paired(
+            lambda: mstep(*args)[0].numpy(), 3 * flops * updates * trainer.batch_size, repeats
+        )
         m_rate = updates * trainer.batch_size / m_sec
 
         search = trainer.train_search
@@ -132,8 +139,9 @@ def bench_config(name, updates, estep_images, repeats, jit):
         passes = em.estep_init_passes + em.estep_restarts * em.estep_restart_passes
         extra = {"mstep_fraction": m_frac, "mstep_ref": m_ref}
         if jit:  # XLA only changes the M-step; the E-step row is the same as without it
-            return _row(name, model, em, m_rate, None, trace_m, None, search.batch_size, jit,
-                        **extra)
+            return _row(
+                name, model, em, m_rate, None, trace_m, None, search.batch_size, jit, **extra
+            )
 
         def estep():
             search.reset()
@@ -143,29 +151,50 @@ def bench_config(name, updates, estep_images, repeats, jit):
         search.reset()
         search.run(step=0, max_batches=1)  # trace + warm up
         trace_e = time.perf_counter() - t0
-        e_sec, e_frac, e_ref = paired(estep, passes * flops * batches * search.batch_size,
-                                      repeats)
+        e_sec, e_frac, e_ref = paired(estep, passes * flops * batches * search.batch_size, repeats)
         e_rate = batches * search.batch_size / e_sec
-    return _row(name, model, em, m_rate, e_rate, trace_m, trace_e, search.batch_size, jit,
-                estep_fraction=e_frac, estep_ref=e_ref, **extra)
+    return _row(
+        name,
+        model,
+        em,
+        m_rate,
+        e_rate,
+        trace_m,
+        trace_e,
+        search.batch_size,
+        jit,
+        estep_fraction=e_frac,
+        estep_ref=e_ref,
+        **extra,
+    )
 
 
 def _row(name, model, em, m_rate, e_rate, trace_m, trace_e, estep_batch, jit, **extra):
     flops = nominal_flops_per_evaluation(model)
     passes = em.estep_init_passes + em.estep_restarts * em.estep_restart_passes
     return {
-        "name": name, "parameters": model.num_parameters(), "log10_paths": model.log_num_paths
-        / np.log(10), "flops": flops, "mstep_rate": m_rate, "estep_rate": e_rate,
+        "name": name,
+        "parameters": model.num_parameters(),
+        "log10_paths": model.log_num_paths / np.log(10),
+        "flops": flops,
+        "mstep_rate": m_rate,
+        "estep_rate": e_rate,
         "mstep_gflops": m_rate * 3 * flops / 1e9,
         "estep_gflops": None if e_rate is None else e_rate * passes * flops / 1e9,
-        "trace_m": trace_m, "trace_e": trace_e, "passes": passes,
-        "estep_batch": estep_batch, "jit": jit, **extra}
+        "trace_m": trace_m,
+        "trace_e": trace_e,
+        "passes": passes,
+        "estep_batch": estep_batch,
+        "jit": jit,
+        **extra,
+    }
 
 
 def git_commit():
     try:
-        return subprocess.check_output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                                       text=True).strip()
+        return subprocess.check_output(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], text=True
+        ).strip()
     except Exception:  # noqa: BLE001
         return "unknown"
 
@@ -176,13 +205,19 @@ def main(argv=None):
     p.add_argument("--updates", type=int, default=30)
     p.add_argument("--estep-images", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--jit", action="store_true",
-                   help="also time the M-step with XLA (jit_compile=True; the E-step is not "
-                        "compiled, so it is not timed again)")
-    p.add_argument("--jit-configs", nargs="+",
-                   help="with --jit: only these configs (XLA's CPU compile of the Table-3 "
-                        "M-step failed with 'LLVM ERROR: Unable to allocate section memory' "
-                        "and aborted the whole run on the 2-core development machine)")
+    p.add_argument(
+        "--jit",
+        action="store_true",
+        help="also time the M-step with XLA (jit_compile=True; the E-step is not "
+        "compiled, so it is not timed again)",
+    )
+    p.add_argument(
+        "--jit-configs",
+        nargs="+",
+        help="with --jit: only these configs (XLA's CPU compile of the Table-3 "
+        "M-step failed with 'LLVM ERROR: Unable to allocate section memory' "
+        "and aborted the whole run on the 2-core development machine)",
+    )
     p.add_argument("--append", action="store_true", help="append the section to BENCHMARKS.md")
     args = p.parse_args(argv)
 
@@ -190,13 +225,17 @@ def main(argv=None):
     rows = []
     for name in args.configs:
         with_jit = args.jit and (not args.jit_configs or name in args.jit_configs)
-        for jit in ([False, True] if with_jit else [False]):
+        for jit in [False, True] if with_jit else [False]:
             try:
-                rows.append(bench_config(name, args.updates, args.estep_images, args.repeats,
-                                         jit))
+                rows.append(bench_config(name, args.updates, args.estep_images, args.repeats, jit))
             except Exception as e:  # noqa: BLE001  (XLA may not compile some graphs)
-                rows.append({"name": name, "jit": jit, "error": f"{type(e).__name__}: "
-                                                               f"{str(e).splitlines()[0][:120]}"})
+                rows.append(
+                    {
+                        "name": name,
+                        "jit": jit,
+                        "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}",
+                    }
+                )
             print(rows[-1], file=sys.stderr, flush=True)
     ref_after = matmul_gflops()
     load = os.getloadavg()
@@ -230,17 +269,23 @@ def main(argv=None):
     for r in rows:
         label = NAMES.get(r["name"], r["name"])
         if "error" in r:
-            lines.append(f"| {label} | {'yes' if r['jit'] else 'no'} | failed: {r['error']} "
-                         "| | | | | | | |")
+            lines.append(
+                f"| {label} | {'yes' if r['jit'] else 'no'} | failed: {r['error']} | | | | | | | |"
+            )
             continue
-        e_cols = ("(not compiled) | | " if r["estep_rate"] is None else
-                  f"{r['estep_rate']:.1f} | {r['estep_fraction']:.3f} ({r['estep_ref']:.0f}) | ")
+        e_cols = (
+            "(not compiled) | | "
+            if r["estep_rate"] is None
+            else f"{r['estep_rate']:.1f} | {r['estep_fraction']:.3f} ({r['estep_ref']:.0f}) | "
+        )
         trace_e = "-" if r["trace_e"] is None else f"{r['trace_e']:.0f}"
         lines.append(
             f"| {label} | {'yes' if r['jit'] else 'no'} | {r['parameters']:,} | "
             f"{r['log10_paths']:.1f} | {r['flops'] / 1e6:.2f} | {r['mstep_rate']:.0f} | "
-            f"{r['mstep_fraction']:.2f} ({r['mstep_ref']:.0f}) | " + e_cols
-            + f"{r['trace_m']:.0f} / {trace_e} |")
+            f"{r['mstep_fraction']:.2f} ({r['mstep_ref']:.0f}) | "
+            + e_cols
+            + f"{r['trace_m']:.0f} / {trace_e} |"
+        )
     lines.append("")
     text = "\n".join(lines)
     print(text)

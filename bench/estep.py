@@ -22,10 +22,14 @@ import tfdgmm  # noqa: E402
 from tfdgmm import path_search  # noqa: E402
 
 TABLE3 = {
-    "image_shape": [32, 32, 3], "patch_size": 4,
-    "layers": [{"type": "half_convolution", "kernel_size": 5, "repeat": 3}] + [
+    "image_shape": [32, 32, 3],
+    "patch_size": 4,
+    "layers": [{"type": "half_convolution", "kernel_size": 5, "repeat": 3}]
+    + [
         {"type": "block_diagonal", "alternatives": 4, "selection": "location"},
-        {"type": "half_convolution", "kernel_size": 5, "repeat": 3}] * 3,
+        {"type": "half_convolution", "kernel_size": 5, "repeat": 3},
+    ]
+    * 3,
 }
 
 
@@ -69,6 +73,7 @@ def main():
             h0 = model._patchify.forward(x)
             new = path_search.coordinate_ascent_pass(model, h0, path, method, seed=seed)
             return new, path_search.objective(model, h0, new)
+
         return one_pass
 
     # quality: every method from the same random start on the same images (brute-force batch)
@@ -87,7 +92,7 @@ def main():
         start = path_search.random_path(model, n, tf.constant([3, 4]))
         out = {}
 
-        def run():
+        def run(fn=fn, x=x, start=start, out=out):
             out["path"], out["score"] = fn(x, start, tf.constant([5, 6]))
             out["score"].numpy()
 
@@ -96,18 +101,26 @@ def main():
         gain = float(tf.reduce_mean(score_q - before_q))
         results[method] = (n / t, t, gain, n)
 
-    print(f"# E-step benchmark, {datetime.date.today()}, {os.cpu_count()} cores, {cpu_name()}, "
-          f"TensorFlow {tf.__version__}")
-    print(f"model: Table-3 (3 unshared BD layers x 4 blocks, 12 HC), {model.num_parameters():,}"
-          f" parameters, 4^{64 * 3} paths; one pass from a random start")
+    print(
+        f"# E-step benchmark, {datetime.date.today()}, {os.cpu_count()} cores, {cpu_name()}, "
+        f"TensorFlow {tf.__version__}"
+    )
+    print(
+        f"model: Table-3 (3 unshared BD layers x 4 blocks, 12 HC), {model.num_parameters():,}"
+        f" parameters, 4^{64 * 3} paths; one pass from a random start"
+    )
     brute_gain = results["brute_force"][2]
     for name, (ips, t, gain, n) in results.items():
-        print(f"{name:12s} batch {n:4d}: {t:8.3f} s/pass, {ips:8.2f} images/s, "
-              f"objective gain on the {n_q} shared images {gain:8.1f} nats "
-              f"({100 * gain / brute_gain:5.1f}% of brute force)")
+        print(
+            f"{name:12s} batch {n:4d}: {t:8.3f} s/pass, {ips:8.2f} images/s, "
+            f"objective gain on the {n_q} shared images {gain:8.1f} nats "
+            f"({100 * gain / brute_gain:5.1f}% of brute force)"
+        )
     for name in methods[:-1]:
-        print(f"speed-up of {name} over brute force: "
-              f"{results[name][0] / results['brute_force'][0]:.1f}x")
+        print(
+            f"speed-up of {name} over brute force: "
+            f"{results[name][0] / results['brute_force'][0]:.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -25,12 +25,10 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import tfdgmm  # noqa: E402
-from tfdgmm.runs import load_data, load_run_config  # noqa: E402
 from tfdgmm.keras import DeepGMMModel, DivergenceGuard  # noqa: E402
+from tfdgmm.runs import load_data, load_run_config  # noqa: E402
 from tfdgmm.training import EMTrainer, evaluate_bounds  # noqa: E402
 from tfdgmm.units import nats_to_bits_per_dim  # noqa: E402
 
@@ -51,8 +49,15 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     cfg = load_run_config(os.path.join(ROOT, "configs", f"{args.config}.yaml"))
-    data = load_data(dict(cfg["data"], train_limit=args.train_limit,
-                          validation_limit=args.validation_limit, test_limit=1), args.data)
+    data = load_data(
+        dict(
+            cfg["data"],
+            train_limit=args.train_limit,
+            validation_limit=args.validation_limit,
+            test_limit=1,
+        ),
+        args.data,
+    )
     x_train, x_val = data.train.dequantized(0), data.validation.dequantized(0)
     bpd = lambda nats: float(nats_to_bits_per_dim(nats, num_dims=3072))  # noqa: E731
 
@@ -61,28 +66,36 @@ def main(argv=None):
     model.compile()
     start = model.evaluate(x_val, batch_size=500, return_dict=True, verbose=0)["lower_bound"]
     guard = DivergenceGuard(x_train)
-    model.fit(x_train, batch_size=args.batch_size, epochs=args.epochs, verbose=2,
-              callbacks=[guard])
+    model.fit(x_train, batch_size=args.batch_size, epochs=args.epochs, verbose=2, callbacks=[guard])
     updates = int(model.optimizer.iterations.numpy())
     keras_val = evaluate_bounds(model.to_deep_gmm(), x_val, restarts=1)["lower_bound_nats"]
 
     gmm = tfdgmm.DeepGMM.from_config(cfg["model"])
-    training = dict(cfg["training"], em_iterations=1, updates_first=updates,
-                    early_stopping_patience=0)
+    training = dict(
+        cfg["training"], em_iterations=1, updates_first=updates, early_stopping_patience=0
+    )
     with tempfile.TemporaryDirectory() as out:
         trainer = EMTrainer(gmm, training, x_train, None, out, log=lambda s: None)
         trainer.fit()
         rollbacks = int(trainer.state.rollbacks.numpy())
     cli_val = evaluate_bounds(gmm, x_val, restarts=1)["lower_bound_nats"]
-    result = {"config": args.config, "train_images": len(x_train),
-              "validation_images": len(x_val), "updates": updates,
-              "batch_size": args.batch_size,
-              "keras": {"start_nats": start, "validation_nats": keras_val,
-                        "validation_bpd": bpd(keras_val), "rollbacks": guard.rollbacks},
-              "cli": {"validation_nats": cli_val, "validation_bpd": bpd(cli_val),
-                      "rollbacks": rollbacks},
-              "gap_bpd": bpd(keras_val) - bpd(cli_val),
-              "commit": commit(), "machine": machine()}
+    result = {
+        "config": args.config,
+        "train_images": len(x_train),
+        "validation_images": len(x_val),
+        "updates": updates,
+        "batch_size": args.batch_size,
+        "keras": {
+            "start_nats": start,
+            "validation_nats": keras_val,
+            "validation_bpd": bpd(keras_val),
+            "rollbacks": guard.rollbacks,
+        },
+        "cli": {"validation_nats": cli_val, "validation_bpd": bpd(cli_val), "rollbacks": rollbacks},
+        "gap_bpd": bpd(keras_val) - bpd(cli_val),
+        "commit": commit(),
+        "machine": machine(),
+    }
     print(json.dumps(result, indent=1))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

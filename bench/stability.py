@@ -41,24 +41,30 @@ from convergence import commit, machine  # noqa: E402
 
 
 def run_config(name, data_spec, overrides):
-    cfg = load_run_config(os.path.join(ROOT, "configs", f"{name}.yaml"),
-                          ["training.em_iterations=2", "training.early_stopping_patience=0",
-                           *overrides])
+    cfg = load_run_config(
+        os.path.join(ROOT, "configs", f"{name}.yaml"),
+        ["training.em_iterations=2", "training.early_stopping_patience=0", *overrides],
+    )
     splits = load_data(dict(cfg["data"], validation_limit=1, test_limit=1), data_spec)
     model = tfdgmm.DeepGMM.from_config(cfg["model"])
     lines = []
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as out:
-        trainer = EMTrainer(model, cfg["training"], splits.train.dequantized(0), None, out,
-                            log=lines.append)
+        trainer = EMTrainer(
+            model, cfg["training"], splits.train.dequantized(0), None, out, log=lines.append
+        )
         history = trainer.fit()
         rollbacks = int(trainer.state.rollbacks.numpy())
-    return {"config": name, "overrides": list(overrides), "rollbacks": rollbacks,
-            "updates": sum(r["updates"] for r in history),
-            "start_train_lower_bound": history[0]["estep_lower_bound"],
-            "train_lower_bound": [r["train_lower_bound"] for r in history],
-            "rollback_messages": [line for line in lines if "rolled back" in line],
-            "seconds": time.monotonic() - start}
+    return {
+        "config": name,
+        "overrides": list(overrides),
+        "rollbacks": rollbacks,
+        "updates": sum(r["updates"] for r in history),
+        "start_train_lower_bound": history[0]["estep_lower_bound"],
+        "train_lower_bound": [r["train_lower_bound"] for r in history],
+        "rollback_messages": [line for line in lines if "rolled back" in line],
+        "seconds": time.monotonic() - start,
+    }
 
 
 def main(argv=None):
@@ -71,15 +77,19 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "stability.json"))
     args = p.parse_args(argv)
     names = args.configs or sorted(
-        os.path.basename(f)[:-5] for f in glob.glob(os.path.join(ROOT, "configs", "*_cpu.yaml")))
-    names = names[args.lane::args.lanes]
+        os.path.basename(f)[:-5] for f in glob.glob(os.path.join(ROOT, "configs", "*_cpu.yaml"))
+    )
+    names = names[args.lane :: args.lanes]
     for name in names:
         record = run_config(name, args.data, args.overrides)
         record.update(commit=commit(), machine=machine())
-        print(f"{name}: {record['rollbacks']} rollbacks, train LB "
-              f"{record['start_train_lower_bound']:.1f} -> "
-              f"{', '.join(f'{v:.1f}' for v in record['train_lower_bound'])} "
-              f"({record['seconds']:.0f} s)", flush=True)
+        print(
+            f"{name}: {record['rollbacks']} rollbacks, train LB "
+            f"{record['start_train_lower_bound']:.1f} -> "
+            f"{', '.join(f'{v:.1f}' for v in record['train_lower_bound'])} "
+            f"({record['seconds']:.0f} s)",
+            flush=True,
+        )
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out + ".lock", "w") as lock:  # lanes merge one at a time
             fcntl.flock(lock, fcntl.LOCK_EX)

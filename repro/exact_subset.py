@@ -23,9 +23,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from tfdgmm.runs import load_run_config  # noqa: E402
 from tfdgmm.data import dequantize  # noqa: E402
 from tfdgmm.export import load_run_model  # noqa: E402
+from tfdgmm.runs import load_run_config  # noqa: E402
 from tfdgmm.training import EMConfig, evaluate_bounds  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -40,8 +40,11 @@ def paired_images(n, shared=SHARED, validation_start=40_000):
     if not np.array_equal(jpeg["labels"][index], exact["labels"][keep]):
         raise ValueError("label mismatch between the exact subset and the JPEG copy")
     noise = np.random.default_rng(0).random(exact["images"][keep].shape)
-    return (index, dequantize(exact["images"][keep], noise),
-            dequantize(np.asarray(jpeg["images"][index]), noise))
+    return (
+        index,
+        dequantize(exact["images"][keep], noise),
+        dequantize(np.asarray(jpeg["images"][index]), noise),
+    )
 
 
 def evaluate(run_dir, x_exact, x_jpeg, restarts=None):
@@ -51,12 +54,18 @@ def evaluate(run_dir, x_exact, x_jpeg, restarts=None):
     out = {"checkpoint": ckpt, "num_images": int(len(x_exact))}
     for name, x in (("exact", x_exact), ("jpeg75", x_jpeg)):
         out[name] = evaluate_bounds(
-            model, x, batch_size=em.estep_batch_size,
+            model,
+            x,
+            batch_size=em.estep_batch_size,
             restarts=em.eval_restarts if restarts is None else restarts,
-            location_method=em.location_method, location_options=em.location_options,
-            seed=em.seed + 104729, label=name)
-    out["jpeg_minus_exact_lower_bound_nats"] = (out["jpeg75"]["lower_bound_nats"]
-                                                - out["exact"]["lower_bound_nats"])
+            location_method=em.location_method,
+            location_options=em.location_options,
+            seed=em.seed + 104729,
+            label=name,
+        )
+    out["jpeg_minus_exact_lower_bound_nats"] = (
+        out["jpeg75"]["lower_bound_nats"] - out["exact"]["lower_bound_nats"]
+    )
     with open(os.path.join(run_dir, "exact-subset.json"), "w") as f:
         json.dump(out, f, indent=1)
     return out
@@ -68,9 +77,11 @@ def gaussian(out_path, x_exact, x_jpeg, shared=SHARED):
 
     splits = load_cifar10(os.path.join(shared, "cifar10-jpeg75"))
     dist = g.fit_full_covariance_gaussian(splits.train.iter_dequantized(seed=0))
-    out = {"num_images": int(len(x_exact)),
-           "exact": g.mean_log_prob(dist, x_exact.astype(np.float64)),
-           "jpeg75": g.mean_log_prob(dist, x_jpeg.astype(np.float64))}
+    out = {
+        "num_images": int(len(x_exact)),
+        "exact": g.mean_log_prob(dist, x_exact.astype(np.float64)),
+        "jpeg75": g.mean_log_prob(dist, x_jpeg.astype(np.float64)),
+    }
     with open(out_path, "w") as f:
         json.dump(out, f, indent=1)
     return out
@@ -90,9 +101,12 @@ def main(argv=None):
         print(f"Gaussian: exact {r['exact']:.1f}, JPEG {r['jpeg75']:.1f} nats", flush=True)
     for run_dir in args.run_dirs:
         r = evaluate(run_dir, x_exact, x_jpeg, args.restarts)
-        print(f"{run_dir}: LB exact {r['exact']['lower_bound_nats']:.1f}, JPEG "
-              f"{r['jpeg75']['lower_bound_nats']:.1f} nats (JPEG - exact "
-              f"{r['jpeg_minus_exact_lower_bound_nats']:+.1f})", flush=True)
+        print(
+            f"{run_dir}: LB exact {r['exact']['lower_bound_nats']:.1f}, JPEG "
+            f"{r['jpeg75']['lower_bound_nats']:.1f} nats (JPEG - exact "
+            f"{r['jpeg_minus_exact_lower_bound_nats']:+.1f})",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

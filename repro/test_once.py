@@ -18,8 +18,10 @@ from tfdgmm import runs
 
 
 def candidates(root):
-    for path in sorted(glob.glob(os.path.join(root, "*", "metrics.json"))
-                       + glob.glob(os.path.join(root, "*", "gated", "metrics.json"))):
+    for path in sorted(
+        glob.glob(os.path.join(root, "*", "metrics.json"))
+        + glob.glob(os.path.join(root, "*", "gated", "metrics.json"))
+    ):
         with open(path) as f:
             m = json.load(f)
         v = m.get("splits", {}).get("validation")
@@ -45,9 +47,16 @@ def main(argv=None):
     result = runs.evaluate_run(run, split="test")
     test = result["splits"]["test"]
     with open(out_path, "w") as f:
-        json.dump({"run": os.path.relpath(run, args.runs), "validation_lower_bound": v,
-                   "candidates": [[os.path.relpath(r, args.runs), x] for r, x in ranked],
-                   "test": test}, f, indent=1)
+        json.dump(
+            {
+                "run": os.path.relpath(run, args.runs),
+                "validation_lower_bound": v,
+                "candidates": [[os.path.relpath(r, args.runs), x] for r, x in ranked],
+                "test": test,
+            },
+            f,
+            indent=1,
+        )
     print(f"test: LB {test['lower_bound_nats']:.2f} nats on {test['num_images']} images")
     return 0
 

@@ -36,23 +36,52 @@ def _tensorboard_tags(logdir):
     return tags
 
 
-FAST = ["--set", "data.validation_size=40", "--set", "data.train_limit=null",
-        "--set", "data.validation_limit=null", "--set", "data.test_limit=null",
-        "--set", "training.updates_first=30", "--set", "training.updates_later=15",
-        "--set", "training.lr_final_updates=5", "--set", "training.estep_batch_size=60"]
+FAST = [
+    "--set",
+    "data.validation_size=40",
+    "--set",
+    "data.train_limit=null",
+    "--set",
+    "data.validation_limit=null",
+    "--set",
+    "data.test_limit=null",
+    "--set",
+    "training.updates_first=30",
+    "--set",
+    "training.updates_later=15",
+    "--set",
+    "training.lr_final_updates=5",
+    "--set",
+    "training.estep_batch_size=60",
+]
 
 
 def test_train_evaluate_sample_end_to_end(small_npz, tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "run")
     assert cli.main(["train", "--config", TINY, "--data", small_npz, "--out", out] + FAST) == 0
-    for name in ("config.yaml", "command.txt", "train.log", "metrics.json",
-                 "figures/samples.png", "figures/filters.png", "figures/training_curve.png"):
+    for name in (
+        "config.yaml",
+        "command.txt",
+        "train.log",
+        "metrics.json",
+        "figures/samples.png",
+        "figures/filters.png",
+        "figures/training_curve.png",
+    ):
         assert os.path.exists(os.path.join(out, name)), name
     tags = _tensorboard_tags(os.path.join(out, "tensorboard"))
-    for tag in ("mstep/loss", "mstep/learning_rate", "em/validation_lower_bound",
-                "em/validation_upper_bound", "em/validation_lower_bound_bpd",
-                "em/train_lower_bound", "paths/entropy_layer1", "figures/samples",
-                "figures/filters", "figures/training_curve"):
+    for tag in (
+        "mstep/loss",
+        "mstep/learning_rate",
+        "em/validation_lower_bound",
+        "em/validation_upper_bound",
+        "em/validation_lower_bound_bpd",
+        "em/train_lower_bound",
+        "paths/entropy_layer1",
+        "figures/samples",
+        "figures/filters",
+        "figures/training_curve",
+    ):
         assert tag in tags, (tag, sorted(tags))
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)
@@ -61,7 +90,8 @@ def test_train_evaluate_sample_end_to_end(small_npz, tmp_path, capsys, monkeypat
         assert np.isfinite(r["lower_bound_nats"]) and np.isfinite(r["lower_bound_bits_per_dim"])
         assert r["upper_bound_nats"] == pytest.approx(r["lower_bound_nats"] + np.log(2), abs=1e-3)
         assert r["lower_bound_bits_per_dim"] == pytest.approx(
-            7 - r["lower_bound_nats"] / (3072 * np.log(2)))
+            7 - r["lower_bound_nats"] / (3072 * np.log(2))
+        )
     assert metrics["model"]["num_parameters"] > 0 and metrics["model"]["num_paths"] == "2"
     assert metrics["data"]["num_images"] == {"train": 120, "validation": 40}
     assert len(metrics["history"]) == 2 and metrics["wall_time_seconds"]["training_total"] > 0
@@ -86,19 +116,34 @@ def test_train_evaluate_sample_end_to_end(small_npz, tmp_path, capsys, monkeypat
     assert cli.main(["train", "--out", out, "--resume", "--no-figures"]) == 0
 
     # --resume may change the schedule of the run's own config (recorded), not its model
-    assert cli.main(["train", "--out", out, "--resume", "--no-figures", "--set",
-                     "training.learning_rate=0.001"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--out",
+                out,
+                "--resume",
+                "--no-figures",
+                "--set",
+                "training.learning_rate=0.001",
+            ]
+        )
+        == 0
+    )
     with open(os.path.join(out, "metrics.json")) as f:
         changes = json.load(f)["resume_changes"]
     assert changes[-1]["changes"] == {"training.learning_rate": [0.003, 0.001]}
     capsys.readouterr()
-    assert cli.main(["train", "--out", out, "--resume", "--set",
-                     "model.patch_size=8"]) == 2
+    assert cli.main(["train", "--out", out, "--resume", "--set", "model.patch_size=8"]) == 2
     assert "model section differs" in capsys.readouterr().err
 
     # counts are checked before anything runs
-    for argv in (["sample", out, "--n", "0"], ["sample", out, "--n", "-3"],
-                 ["evaluate", out, "--restarts", "-1"], ["evaluate", out, "--batch-size", "0"]):
+    for argv in (
+        ["sample", out, "--n", "0"],
+        ["sample", out, "--n", "-3"],
+        ["evaluate", out, "--restarts", "-1"],
+        ["evaluate", out, "--batch-size", "0"],
+    ):
         with pytest.raises(SystemExit) as exit_:
             cli.main(argv)
         assert exit_.value.code == 2 and "must be at least" in capsys.readouterr().err, argv
@@ -125,8 +170,17 @@ def test_train_evaluate_sample_end_to_end(small_npz, tmp_path, capsys, monkeypat
 
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
-    code = cli.main(["train", "--config", TINY, "--data", str(tmp_path / "nope"),
-                     "--out", str(tmp_path / "run")])
+    code = cli.main(
+        [
+            "train",
+            "--config",
+            TINY,
+            "--data",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "nope" in err and "error" in err
@@ -152,14 +206,16 @@ def test_every_shipped_config_is_valid():
         cfg = runs.load_run_config(path)
         assert cfg["model"]["image_shape"] == [32, 32, 3]
     # spot-check the sizes of the paper's architectures (section 4.4, Table 3)
-    t1 = tfdgmm.DeepGMM.from_config(runs.load_run_config(
-        os.path.join(HERE, "..", "configs", "table1_hc3.yaml"))["model"])
+    t1 = tfdgmm.DeepGMM.from_config(
+        runs.load_run_config(os.path.join(HERE, "..", "configs", "table1_hc3.yaml"))["model"]
+    )
     assert t1.num_paths == 1
     bd = [v for v in t1.trainable_variables if "lower_upper" in v.name]
     assert sum(int(np.prod(v.shape)) for v in bd) == 48 * 48 * 64
 
 
 # ---------------------------------------------------------------------- issue 16: first use
+
 
 def _run_cli(*args, env_extra=None, timeout=300):
     import subprocess
@@ -169,8 +225,9 @@ def _run_cli(*args, env_extra=None, timeout=300):
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user's shell has it
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
-                          cwd=root, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, cwd=root, timeout=timeout
+    )
 
 
 def test_help_and_version_do_not_import_tensorflow(tmp_path):
@@ -178,8 +235,11 @@ def test_help_and_version_do_not_import_tensorflow(tmp_path):
 
     res = _run_cli("-X", "importtime", "-m", "tfdgmm", "--help")
     assert res.returncode == 0 and "usage: tfdgmm" in res.stdout
-    imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines()
-                if line.startswith("import time:")}
+    imported = {
+        line.split("|")[-1].strip()
+        for line in res.stderr.splitlines()
+        if line.startswith("import time:")
+    }
     assert "argparse" in imported
     assert not {"tensorflow", "keras", "tensorflow_probability"} & imported
     # the console script pip writes (`tfdgmm`): `from tfdgmm.cli import main`
@@ -188,8 +248,11 @@ def test_help_and_version_do_not_import_tensorflow(tmp_path):
         f.write("import sys\nfrom tfdgmm.cli import main\nsys.exit(main())\n")
     res = _run_cli("-X", "importtime", script, "--help")
     assert res.returncode == 0 and "usage: tfdgmm" in res.stdout
-    imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines()
-                if line.startswith("import time:")}
+    imported = {
+        line.split("|")[-1].strip()
+        for line in res.stderr.splitlines()
+        if line.startswith("import time:")
+    }
     assert "tfdgmm.cli" in imported and "tensorflow" not in imported
     res = _run_cli("-m", "tfdgmm", "train", "--help")
     assert res.returncode == 0 and "--no-figures" in res.stdout and res.stderr == ""
@@ -202,8 +265,10 @@ def test_errors_after_tensorflow_loads_are_one_line(tmp_path):
     missing = str(tmp_path / "no_such_run")
     res = _run_cli("-m", "tfdgmm", "evaluate", missing)
     assert res.returncode == 2
-    assert res.stderr.strip() == f"tfdgmm evaluate: error: no run directory at {missing} " \
+    assert (
+        res.stderr.strip() == f"tfdgmm evaluate: error: no run directory at {missing} "
         f"(train one with `tfdgmm train --config FILE --out {missing}`)"
+    )
 
 
 def test_every_option_has_help():
@@ -230,8 +295,17 @@ def test_missing_run_directory_messages(tmp_path, capsys):
 
 def test_baseline_jitter(small_npz, tmp_path, capsys):
     # 20 training images in 3072 dimensions: the ML covariance is singular
-    args = ["baseline", "--data", small_npz, "--validation-size", "40", "--train-limit", "20",
-            "--validation-limit", "10"]
+    args = [
+        "baseline",
+        "--data",
+        small_npz,
+        "--validation-size",
+        "40",
+        "--train-limit",
+        "20",
+        "--validation-limit",
+        "10",
+    ]
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert "--jitter" in err and "not positive definite" in err
@@ -245,8 +319,8 @@ def test_baseline_jitter(small_npz, tmp_path, capsys):
 def test_training_curve_uses_a_baseline_of_the_same_noise(tmp_path):
     assert known_baseline(str(tmp_path), {"noise_seed": 0}) is None
     with open(tmp_path / "baseline.json", "w") as f:
-        json.dump({"noise_seed": 0, "splits": {"train": {"nats": 100.5},
-                                               "validation": {"nats": 90.0}}}, f)
-    assert known_baseline(str(tmp_path), {"noise_seed": 0}) == {"train": 100.5,
-                                                                     "validation": 90.0}
+        json.dump(
+            {"noise_seed": 0, "splits": {"train": {"nats": 100.5}, "validation": {"nats": 90.0}}}, f
+        )
+    assert known_baseline(str(tmp_path), {"noise_seed": 0}) == {"train": 100.5, "validation": 90.0}
     assert known_baseline(str(tmp_path), {"noise_seed": 1}) is None

@@ -13,8 +13,11 @@ from tfdgmm import cli, export, path_priors, runs
 from tfdgmm.training import EMConfig, EMTrainer, load_model_weights
 from tfdgmm.training.gating import GatingBetweenSteps, normalize_gating
 
-TINY_ARCH = {"image_shape": [4, 4, 1], "patch_size": 2,
-             "layers": [{"type": "block_diagonal", "alternatives": 2}]}
+TINY_ARCH = {
+    "image_shape": [4, 4, 1],
+    "patch_size": 2,
+    "layers": [{"type": "block_diagonal", "alternatives": 2}],
+}
 
 
 def _write_run(run_dir, model):
@@ -35,22 +38,29 @@ def test_export_command(tmp_path, capsys):
         v.assign_add(0.1 * tf.ones_like(v))
     run, out = str(tmp_path / "run"), str(tmp_path / "saved" / "tiny")
     _write_run(run, model)
-    assert cli.main(["export", run, out, "--restarts", "1", "--restart-passes", "1",
-                     "--seed", "3", "4"]) == 0
+    assert (
+        cli.main(
+            ["export", run, out, "--restarts", "1", "--restart-passes", "1", "--seed", "3", "4"]
+        )
+        == 0
+    )
     assert "exported" in capsys.readouterr().out
     loaded = tf.saved_model.load(out)
     search = json.loads(loaded.metadata()["search_config"].numpy().decode())
     assert search["restarts"] == 1 and search["restart_passes"] == 1 and search["seed"] == [3, 4]
     x = model.sample(5, seed=[1, 1])
-    _, lower = model.best_path(x, **export.search_settings(restarts=1, restart_passes=1,
-                                                           seed=[3, 4]))
+    _, lower = model.best_path(
+        x, **export.search_settings(restarts=1, restart_passes=1, seed=[3, 4])
+    )
     np.testing.assert_allclose(loaded.log_prob_lower_bound(x).numpy(), lower.numpy(), rtol=1e-6)
 
     # errors: one line on stderr, exit code 2
-    for argv, text in (([run, out], "pass --overwrite"),
-                       ([str(tmp_path / "nope"), str(tmp_path / "o2")], "does not exist"),
-                       ([run, str(tmp_path / "o3"), "--restarts", "0"], "restarts"),
-                       ([run, str(tmp_path / "o4"), "--which", "latest"], "no checkpoint")):
+    for argv, text in (
+        ([run, out], "pass --overwrite"),
+        ([str(tmp_path / "nope"), str(tmp_path / "o2")], "does not exist"),
+        ([run, str(tmp_path / "o3"), "--restarts", "0"], "restarts"),
+        ([run, str(tmp_path / "o4"), "--which", "latest"], "no checkpoint"),
+    ):
         assert cli.main(["export"] + argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("tfdgmm export: error:") and text in err and "\n" not in err, err
@@ -66,18 +76,25 @@ def test_gating_section_is_checked_and_sets_the_prior_for_between_steps():
     cfg = runs.normalize_run_config(dict(base, gating={"enabled": True, "steps": 10}))
     assert cfg["gating"]["steps"] == 10 and cfg["gating"]["hidden"] == 32
     assert cfg["model"]["path_prior"] == "uniform"  # after EM only: the trained model is not
-    cfg = runs.normalize_run_config(dict(base, gating={"enabled": True, "between_steps": 5,
-                                                      "hidden": 8}))
+    cfg = runs.normalize_run_config(
+        dict(base, gating={"enabled": True, "between_steps": 5, "hidden": 8})
+    )
     assert cfg["model"]["path_prior"] == {"kind": "gating", "hidden": 8, "kernel_size": 3}
     assert runs.normalize_run_config(cfg) == cfg  # idempotent (config.yaml is read back)
-    for bad, text in (({"enabled": True, "stpes": 3}, "unknown gating keys"),
-                      ({"steps": 0}, "gating.steps"),
-                      ({"learning_rate": -1}, "learning_rate")):
+    for bad, text in (
+        ({"enabled": True, "stpes": 3}, "unknown gating keys"),
+        ({"steps": 0}, "gating.steps"),
+        ({"learning_rate": -1}, "learning_rate"),
+    ):
         with pytest.raises(ValueError, match=text):
             runs.normalize_run_config(dict(base, gating=bad))
     with pytest.raises(ValueError, match="path_prior"):
-        runs.normalize_run_config({"model": dict(TINY_ARCH, path_prior="factorized"),
-                                  "gating": {"enabled": True, "between_steps": 1}})
+        runs.normalize_run_config(
+            {
+                "model": dict(TINY_ARCH, path_prior="factorized"),
+                "gating": {"enabled": True, "between_steps": 1},
+            }
+        )
     assert normalize_gating(None)["enabled"] is False
 
 
@@ -95,17 +112,29 @@ def test_table3_gating_configs():
 
 def test_gating_between_e_and_m_steps_hook(tmp_path):
     """The hook fits the gating networks after every searched E-step; EM still runs."""
-    arch = {"image_shape": [4, 4, 3], "patch_size": 2, "path_prior": {"kind": "gating",
-                                                                      "hidden": 4},
-            "layers": [{"type": "block_diagonal", "alternatives": 2},
-                       {"type": "block_diagonal", "alternatives": 3}]}
+    arch = {
+        "image_shape": [4, 4, 3],
+        "patch_size": 2,
+        "path_prior": {"kind": "gating", "hidden": 4},
+        "layers": [
+            {"type": "block_diagonal", "alternatives": 2},
+            {"type": "block_diagonal", "alternatives": 3},
+        ],
+    }
     model = tfdgmm.DeepGMM.from_config(arch)
     x = np.random.default_rng(0).normal(size=(120, 4, 4, 3)).astype(np.float32)
     lines = []
     hook = GatingBetweenSteps(steps=20, batch_size=60, learning_rate=1e-2, log=lines.append)
-    cfg = EMConfig(em_iterations=1, updates_first=5, learning_rate=1e-2, lr_final_updates=2,
-                   estep_batch_size=120, early_stopping_patience=0, first_estep="search",
-                   progress_interval_seconds=1000)
+    cfg = EMConfig(
+        em_iterations=1,
+        updates_first=5,
+        learning_rate=1e-2,
+        lr_final_updates=2,
+        estep_batch_size=120,
+        early_stopping_patience=0,
+        first_estep="search",
+        progress_interval_seconds=1000,
+    )
     trainer = EMTrainer(model, cfg, x, None, str(tmp_path), hooks=[hook], log=lambda s: None)
     history = trainer.fit()
     assert len(history) == 1 and [r["em_iteration"] for r in hook.history] == [1]
@@ -122,29 +151,46 @@ def npz_32(tmp_path_factory):
     """100 32x32x3 uint8 images whose two halves differ in brightness (the last 30 are the
     validation split)."""
     rng = np.random.default_rng(1)
-    low = rng.normal(size=(100, 8, 8, 3)) + np.where(np.arange(100) % 2, 1.0, -1.0)[:, None,
-                                                                                   None, None]
+    low = (
+        rng.normal(size=(100, 8, 8, 3))
+        + np.where(np.arange(100) % 2, 1.0, -1.0)[:, None, None, None]
+    )
     images = np.repeat(np.repeat(low, 4, axis=1), 4, axis=2) + 0.3 * rng.normal(
-        size=(100, 32, 32, 3))
+        size=(100, 32, 32, 3)
+    )
     path = tmp_path_factory.mktemp("data") / "small.npz"
-    np.savez(path, images=np.clip(128 + 40 * images, 0, 255).astype(np.uint8),
-             labels=np.zeros(100, np.int64))
+    np.savez(
+        path,
+        images=np.clip(128 + 40 * images, 0, 255).astype(np.uint8),
+        labels=np.zeros(100, np.int64),
+    )
     return str(path)
 
 
 GATED_CONFIG = {
     "description": "tiny gated run",
-    "model": {"image_shape": [32, 32, 3], "patch_size": 4,
-              "layers": [{"type": "half_convolution", "kernel_size": 3},
-                         {"type": "block_diagonal", "alternatives": 2},
-                         {"type": "block_diagonal", "alternatives": 2}]},
-    "training": {"em_iterations": 2, "updates_first": 20, "updates_later": 10,
-                 "learning_rate": 0.01, "lr_final_updates": 4, "estep_batch_size": 70,
-                 "eval_restarts": 1, "early_stopping_patience": 0,
-                 "progress_interval_seconds": 1000},
+    "model": {
+        "image_shape": [32, 32, 3],
+        "patch_size": 4,
+        "layers": [
+            {"type": "half_convolution", "kernel_size": 3},
+            {"type": "block_diagonal", "alternatives": 2},
+            {"type": "block_diagonal", "alternatives": 2},
+        ],
+    },
+    "training": {
+        "em_iterations": 2,
+        "updates_first": 20,
+        "updates_later": 10,
+        "learning_rate": 0.01,
+        "lr_final_updates": 4,
+        "estep_batch_size": 70,
+        "eval_restarts": 1,
+        "early_stopping_patience": 0,
+        "progress_interval_seconds": 1000,
+    },
     "data": {"validation_size": 30},
-    "gating": {"enabled": True, "hidden": 8, "steps": 60, "batch_size": 70,
-               "learning_rate": 0.01},
+    "gating": {"enabled": True, "hidden": 8, "steps": 60, "batch_size": 70, "learning_rate": 0.01},
 }
 
 
@@ -153,8 +199,10 @@ def test_gated_run_end_to_end(npz_32, tmp_path, capsys):
     with open(config_path, "w") as f:
         yaml.safe_dump(GATED_CONFIG, f)
     run = str(tmp_path / "run")
-    assert cli.main(["train", "--config", config_path, "--data", npz_32, "--out", run,
-                     "--no-figures"]) == 0
+    assert (
+        cli.main(["train", "--config", config_path, "--data", npz_32, "--out", run, "--no-figures"])
+        == 0
+    )
     with open(os.path.join(run, "metrics.json")) as f:
         metrics = json.load(f)
     block = metrics["gating"]
@@ -168,12 +216,17 @@ def test_gated_run_end_to_end(npz_32, tmp_path, capsys):
     # starts from them: the gated training bound cannot be lower (up to float32 sums)
     assert gated["lower_bound_nats"] >= ungated["lower_bound_nats"] - 1e-2
     assert block["lower_bound_gain_nats"]["train"] == pytest.approx(
-        gated["lower_bound_nats"] - ungated["lower_bound_nats"])
-    assert gated["lower_bound_nats"] - ungated["lower_bound_nats"] >= (
-        fit["train_neg_log_prior_before"] - fit["train_neg_log_prior_after"]) - 1e-2
-    print(f"train LB ungated {ungated['lower_bound_nats']:.3f}, gated "
-          f"{gated['lower_bound_nats']:.3f}; validation {metrics['splits']['validation']}"
-          f" -> {block['splits']['validation']}; -log pi {fit}")
+        gated["lower_bound_nats"] - ungated["lower_bound_nats"]
+    )
+    assert (
+        gated["lower_bound_nats"] - ungated["lower_bound_nats"]
+        >= (fit["train_neg_log_prior_before"] - fit["train_neg_log_prior_after"]) - 1e-2
+    )
+    print(
+        f"train LB ungated {ungated['lower_bound_nats']:.3f}, gated "
+        f"{gated['lower_bound_nats']:.3f}; validation {metrics['splits']['validation']}"
+        f" -> {block['splits']['validation']}; -log pi {fit}"
+    )
 
     # the gated model is a run directory of its own
     gdir = os.path.join(run, "gated")
@@ -182,8 +235,9 @@ def test_gated_run_end_to_end(npz_32, tmp_path, capsys):
     model, _ = export.load_run_model(gdir)
     assert isinstance(model.path_prior, path_priors.GatingPathPrior)
     # the ungated run is untouched: its model has the uniform prior
-    plain = tfdgmm.DeepGMM.from_config(runs.load_run_config(os.path.join(run, "config.yaml"))
-                                       ["model"])
+    plain = tfdgmm.DeepGMM.from_config(
+        runs.load_run_config(os.path.join(run, "config.yaml"))["model"]
+    )
     load_model_weights(plain, run)
     for a, b in zip(plain.layers[1].variables, model.layers[1].variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -196,6 +250,7 @@ def test_gated_run_end_to_end(npz_32, tmp_path, capsys):
     loaded = tf.saved_model.load(out)
     assert '"kind": "gating"' in loaded.metadata()["config"].numpy().decode()
     x = loaded.sample(3, tf.constant([1, 2], tf.int32))
-    np.testing.assert_array_equal(x.numpy(), tf.cast(model.sample(3, seed=[1, 2]),
-                                                     tf.float32).numpy())
+    np.testing.assert_array_equal(
+        x.numpy(), tf.cast(model.sample(3, seed=[1, 2]), tf.float32).numpy()
+    )
     assert np.all(np.isfinite(loaded.log_prob_lower_bound(x).numpy()))

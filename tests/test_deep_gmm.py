@@ -18,23 +18,45 @@ IMAGE = [4, 4, 3]  # patch 2 -> patch tensor [2, 2, 12]
 HC = {"type": "half_convolution", "kernel_size": 3}
 
 SMALL_CONFIGS = {
-    "shared_bd": [HC, {"type": "block_diagonal", "alternatives": 3}, HC,
-                  {"type": "block_diagonal", "alternatives": 2}],
-    "unshared_bd": [HC, {"type": "block_diagonal", "alternatives": 2, "selection": "location"},
-                    HC],
-    "diag_dense_hc": [{"type": "diagonal", "alternatives": 2}, HC,
-                      {"type": "dense", "alternatives": 2},
-                      {"type": "half_convolution", "kernel_size": 3, "alternatives": 2}],
-    "mixed": [{"type": "block_diagonal", "alternatives": 2, "selection": "location",
-               "per_location": True}, HC, {"type": "diagonal", "alternatives": 2,
-                                            "selection": "location"}],
+    "shared_bd": [
+        HC,
+        {"type": "block_diagonal", "alternatives": 3},
+        HC,
+        {"type": "block_diagonal", "alternatives": 2},
+    ],
+    "unshared_bd": [HC, {"type": "block_diagonal", "alternatives": 2, "selection": "location"}, HC],
+    "diag_dense_hc": [
+        {"type": "diagonal", "alternatives": 2},
+        HC,
+        {"type": "dense", "alternatives": 2},
+        {"type": "half_convolution", "kernel_size": 3, "alternatives": 2},
+    ],
+    "mixed": [
+        {
+            "type": "block_diagonal",
+            "alternatives": 2,
+            "selection": "location",
+            "per_location": True,
+        },
+        HC,
+        {"type": "diagonal", "alternatives": 2, "selection": "location"},
+    ],
 }
 
 
 def make(layers, prior="uniform", seed=0, **kw):
     model = tfdgmm.DeepGMM.from_config(
-        {"image_shape": IMAGE, "patch_size": 2, "layers": layers, "path_prior": prior,
-         "exact_limit": 1 << 12, "seed": seed}, dtype=tf.float64, **kw)
+        {
+            "image_shape": IMAGE,
+            "patch_size": 2,
+            "layers": layers,
+            "path_prior": prior,
+            "exact_limit": 1 << 12,
+            "seed": seed,
+        },
+        dtype=tf.float64,
+        **kw,
+    )
     perturb(model, seed)
     return model
 
@@ -57,7 +79,8 @@ def mvn_tril_mixture(model):
     cov = tf.matmul(omega, omega, transpose_b=True)
     return tfd.MixtureSameFamily(
         tfd.Categorical(logits=model.path_prior.log_prob(paths)),
-        tfd.MultivariateNormalTriL(loc=beta, scale_tril=tf.linalg.cholesky(cov)))
+        tfd.MultivariateNormalTriL(loc=beta, scale_tril=tf.linalg.cholesky(cov)),
+    )
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_CONFIGS))
@@ -72,8 +95,9 @@ def test_exact_log_prob_matches_dense_mixtures(name, prior):
     np.testing.assert_allclose(lp, model.as_mixture().log_prob(x).numpy(), rtol=1e-9, atol=1e-7)
     flat = tf.reshape(x, [x.shape[0], -1])
     # the Cholesky of Omega Omega^T squares the condition number: float64 agrees to ~1e-7
-    np.testing.assert_allclose(lp, mvn_tril_mixture(model).log_prob(flat).numpy(),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        lp, mvn_tril_mixture(model).log_prob(flat).numpy(), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_table_prior_log_prob_and_conditionals():
@@ -87,17 +111,18 @@ def test_table_prior_log_prob_and_conditionals():
     np.testing.assert_allclose(model.path_log_prob(paths), logp, rtol=1e-12)
     # conditional over layer 1 (3 alternatives) with the others fixed = a slice of the table
     sizes = [k for k, _ in model.layer_specs]
-    strides = [int(np.prod(sizes[j + 1:])) for j in range(len(sizes))]
+    strides = [int(np.prod(sizes[j + 1 :])) for j in range(len(sizes))]
     cond = model.path_prior.conditional_log_probs(1, paths).numpy()
     for p in [0, 3, 5]:
-        idx = [sum((k if j == 1 else int(z[p])) * st for j, (z, st) in
-                   enumerate(zip(paths, strides))) for k in range(3)]
+        idx = [
+            sum((k if j == 1 else int(z[p])) * st for j, (z, st) in enumerate(zip(paths, strides)))
+            for k in range(3)
+        ]
         np.testing.assert_allclose(cond[p], logp[idx], rtol=1e-12)
 
 
 def test_single_path_model_is_the_closed_form_gaussian():
-    model = make([HC, {"type": "block_diagonal"}, HC, {"type": "diagonal"},
-                  {"type": "dense"}])
+    model = make([HC, {"type": "block_diagonal"}, HC, {"type": "diagonal"}, {"type": "dense"}])
     assert model.num_paths == 1
     path = tuple(tf.zeros([1], tf.int32) for _ in model.layers)
     beta, omega = (t.numpy()[0] for t in model.component_params(path))
@@ -106,15 +131,16 @@ def test_single_path_model_is_the_closed_form_gaussian():
     white = np.linalg.solve(omega, (x - beta).T).T
     _, logdet_omega = np.linalg.slogdet(omega)
     d = x.shape[1]
-    expected = (-0.5 * np.sum(white ** 2, axis=1) - logdet_omega
-                - 0.5 * d * math.log(2 * math.pi))
+    expected = -0.5 * np.sum(white**2, axis=1) - logdet_omega - 0.5 * d * math.log(2 * math.pi)
     # cond(Omega) ~ 4e7 here, so float64 solves agree to ~cond * eps ~ 1e-9
     np.testing.assert_allclose(model.log_prob(x.reshape(5, *IMAGE)), expected, rtol=1e-8)
     # all three evaluations of a single-path model agree
-    np.testing.assert_allclose(model.log_prob_lower_bound(x.reshape(5, *IMAGE)), expected,
-                               rtol=1e-8)
-    np.testing.assert_allclose(model.log_prob_upper_bound(x.reshape(5, *IMAGE)), expected,
-                               rtol=1e-8)
+    np.testing.assert_allclose(
+        model.log_prob_lower_bound(x.reshape(5, *IMAGE)), expected, rtol=1e-8
+    )
+    np.testing.assert_allclose(
+        model.log_prob_upper_bound(x.reshape(5, *IMAGE)), expected, rtol=1e-8
+    )
 
 
 def brute_force_best(model, x):
@@ -153,8 +179,9 @@ def test_passes_never_lower_the_objective():
         path = path_search.random_path(model, 32, tf.constant([1, 2]))
         prev = path_search.objective(model, h0, path).numpy()
         for p in range(3):
-            path = path_search.coordinate_ascent_pass(model, h0, path, method,
-                                                      seed=tf.constant([p, 9]))
+            path = path_search.coordinate_ascent_pass(
+                model, h0, path, method, seed=tf.constant([p, 9])
+            )
             cur = path_search.objective(model, h0, path).numpy()
             assert np.all(cur >= prev - 1e-9), (method, p, (cur - prev).min())
             prev = cur
@@ -162,8 +189,15 @@ def test_passes_never_lower_the_objective():
 
 def test_gram_search_equals_brute_force_coordinate_ascent():
     # per-location layer with only fixed layers above: the Gram scheme is exact
-    model = make([HC, {"type": "block_diagonal", "alternatives": 3, "selection": "location"},
-                  HC, {"type": "diagonal"}], seed=5)
+    model = make(
+        [
+            HC,
+            {"type": "block_diagonal", "alternatives": 3, "selection": "location"},
+            HC,
+            {"type": "diagonal"},
+        ],
+        seed=5,
+    )
     x = data(model, n=24, seed=5)
     h0 = model._patchify.forward(x)
     start = path_search.random_path(model, 24, tf.constant([3, 3]))
@@ -173,19 +207,22 @@ def test_gram_search_equals_brute_force_coordinate_ascent():
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="single alternative"):
         bad = make(SMALL_CONFIGS["mixed"])
-        path_search.coordinate_ascent_pass(bad, bad._patchify.forward(data(bad)),
-                                           path_search.random_path(bad, 6, tf.constant([1, 1])),
-                                           "gram")
+        path_search.coordinate_ascent_pass(
+            bad,
+            bad._patchify.forward(data(bad)),
+            path_search.random_path(bad, 6, tf.constant([1, 1])),
+            "gram",
+        )
 
 
 @pytest.mark.parametrize("method", ["ranked", "linearized"])
 def test_approximate_location_search_close_to_brute_force(method):
     model = make(SMALL_CONFIGS["mixed"], seed=6)
     x = data(model, n=64, seed=8)
-    _, approx = model.best_path(x, restarts=2, seed=tf.constant([1, 1]),
-                                location_method=method)
-    _, brute = model.best_path(x, restarts=2, seed=tf.constant([1, 1]),
-                               location_method="brute_force")
+    _, approx = model.best_path(x, restarts=2, seed=tf.constant([1, 1]), location_method=method)
+    _, brute = model.best_path(
+        x, restarts=2, seed=tf.constant([1, 1]), location_method="brute_force"
+    )
     best, _ = brute_force_best(model, x)
     gap = (best - approx.numpy()).mean()
     gap_brute = (best - brute.numpy()).mean()
@@ -199,19 +236,30 @@ def test_ranked_search_with_every_location_matches_brute_force_quality():
     x = data(model, n=32, seed=4)
     h0 = model._patchify.forward(x)
     start = path_search.random_path(model, 32, tf.constant([7, 7]))
-    ranked = path_search.objective(model, h0, path_search.coordinate_ascent_pass(
-        model, h0, start, "ranked", location_options={"top": 4}))
-    brute = path_search.objective(model, h0, path_search.coordinate_ascent_pass(
-        model, h0, start, "brute_force"))
+    ranked = path_search.objective(
+        model,
+        h0,
+        path_search.coordinate_ascent_pass(model, h0, start, "ranked", location_options={"top": 4}),
+    )
+    brute = path_search.objective(
+        model, h0, path_search.coordinate_ascent_pass(model, h0, start, "brute_force")
+    )
     assert abs(float(tf.reduce_mean(ranked - brute))) < 0.05 * float(
-        tf.reduce_mean(tf.abs(brute - path_search.objective(model, h0, start))))
+        tf.reduce_mean(tf.abs(brute - path_search.objective(model, h0, start)))
+    )
 
 
 def test_log_prob_refuses_too_many_paths_and_points_to_bounds():
-    cfg = {"image_shape": [32, 32, 3], "patch_size": 4,
-           "layers": [{"type": "half_convolution", "kernel_size": 5, "repeat": 3}] + [
-               {"type": "block_diagonal", "alternatives": 4, "selection": "location"},
-               {"type": "half_convolution", "kernel_size": 5, "repeat": 3}] * 3}
+    cfg = {
+        "image_shape": [32, 32, 3],
+        "patch_size": 4,
+        "layers": [{"type": "half_convolution", "kernel_size": 5, "repeat": 3}]
+        + [
+            {"type": "block_diagonal", "alternatives": 4, "selection": "location"},
+            {"type": "half_convolution", "kernel_size": 5, "repeat": 3},
+        ]
+        * 3,
+    }
     model = tfdgmm.DeepGMM.from_config(cfg)
     assert model.num_paths == 4 ** (64 * 3)
     np.testing.assert_allclose(model.log_num_paths, 64 * 3 * math.log(4))
@@ -228,15 +276,17 @@ def test_bad_inputs_have_clear_errors():
     with pytest.raises(ValueError, match="expected images"):
         model.log_prob(tf.zeros([2, 4, 5, 3], tf.float64))
     with pytest.raises(ValueError, match="not divisible by the patch size"):
-        tfdgmm.DeepGMM.from_config({"image_shape": [5, 4, 3], "patch_size": 2,
-                                    "layers": [{"type": "diagonal"}]})
+        tfdgmm.DeepGMM.from_config(
+            {"image_shape": [5, 4, 3], "patch_size": 2, "layers": [{"type": "diagonal"}]}
+        )
     with pytest.raises(tf.errors.InvalidArgumentError, match="NaN"):
         model.log_prob(tf.fill([1, *IMAGE], tf.constant(np.nan, tf.float64)))
     with pytest.raises(ValueError, match="one choice tensor per layer"):
         model.joint_log_prob(tf.zeros([1, *IMAGE], tf.float64), (tf.zeros([1], tf.int32),))
     with pytest.raises(ValueError, match="unknown type"):
-        tfdgmm.DeepGMM.from_config({"image_shape": IMAGE, "patch_size": 2,
-                                    "layers": [{"type": "conv"}]})
+        tfdgmm.DeepGMM.from_config(
+            {"image_shape": IMAGE, "patch_size": 2, "layers": [{"type": "conv"}]}
+        )
 
 
 def test_sampling_is_reproducible_and_matches_moments():
@@ -247,22 +297,24 @@ def test_sampling_is_reproducible_and_matches_moments():
     assert not np.allclose(a, model.sample(3, seed=tf.constant([4, 3])))
     n = 20000
     x = model.sample(n, seed=tf.constant([1, 1])).numpy().reshape(n, -1)
-    beta, omega = (t.numpy()[0] for t in model.component_params(
-        tuple(tf.zeros([1], tf.int32) for _ in model.layers)))
+    beta, omega = (
+        t.numpy()[0]
+        for t in model.component_params(tuple(tf.zeros([1], tf.int32) for _ in model.layers))
+    )
     cov = omega @ omega.T
     sd = np.sqrt(np.diag(cov))
     # mean: standard error sd/sqrt(n); 5 sigma
     assert np.all(np.abs(x.mean(0) - beta) < 5 * sd / math.sqrt(n))
     # covariance: var of a sample covariance entry ~ (s_ii s_jj + s_ij^2)/n; 5 sigma
     emp = np.cov(x, rowvar=False)
-    tol = 5 * np.sqrt((np.outer(sd ** 2, sd ** 2) + cov ** 2) / n)
+    tol = 5 * np.sqrt((np.outer(sd**2, sd**2) + cov**2) / n)
     assert np.all(np.abs(emp - cov) < tol)
 
 
 def test_mixture_samples_follow_path_prior():
     model = make(SMALL_CONFIGS["shared_bd"], prior="factorized")
     logits = model.path_prior.logits[1]
-    logits.assign(tf.constant([[0., 0., 2.]], tf.float64)[0])
+    logits.assign(tf.constant([[0.0, 0.0, 2.0]], tf.float64)[0])
     _, path = model.sample_with_path(20000, seed=tf.constant([3, 3]))
     freq = np.bincount(path[1].numpy(), minlength=3) / 20000
     p = tf.nn.softmax(logits).numpy()
@@ -270,13 +322,16 @@ def test_mixture_samples_follow_path_prior():
 
 
 def test_gradients_reach_chosen_parameters_only():
-    model = make([{"type": "block_diagonal", "alternatives": 3},
-                  {"type": "block_diagonal", "alternatives": 2, "selection": "location"},
-                  {"type": "half_convolution", "kernel_size": 3, "alternatives": 2}],
-                 prior="factorized")
+    model = make(
+        [
+            {"type": "block_diagonal", "alternatives": 3},
+            {"type": "block_diagonal", "alternatives": 2, "selection": "location"},
+            {"type": "half_convolution", "kernel_size": 3, "alternatives": 2},
+        ],
+        prior="factorized",
+    )
     x = data(model, n=4)
-    path = (tf.constant([0, 0, 2, 0]), tf.zeros([4, 2, 2], tf.int32),
-            tf.constant([1, 1, 1, 1]))
+    path = (tf.constant([0, 0, 2, 0]), tf.zeros([4, 2, 2], tf.int32), tf.constant([1, 1, 1, 1]))
     with tf.GradientTape() as tape:
         loss = -tf.reduce_mean(model.joint_log_prob(x, path))
     used = [{0, 2}, {0}, {1}]  # alternatives each layer's path uses
@@ -328,6 +383,7 @@ def test_tfp_citizen_properties():
 
 # ---------------------------------------------------------------- issue 16: TFP user checks
 
+
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
 def test_validate_args_accepts_valid_paths_and_rejects_out_of_range(graph):
     """`validate_args=True` used to rebind a path to the assert's return value (None / an
@@ -343,8 +399,9 @@ def test_validate_args_accepts_valid_paths_and_rejects_out_of_range(graph):
     expect = plain.joint_log_prob(x, path)
     np.testing.assert_allclose(run(model.joint_log_prob, x, path), expect, rtol=1e-10)
     np.testing.assert_allclose(run(model.log_prob_lower_bound, x, path), expect, rtol=1e-10)
-    np.testing.assert_allclose(run(model.component_log_prob, x, path),
-                               plain.component_log_prob(x, path), rtol=1e-10)
+    np.testing.assert_allclose(
+        run(model.component_log_prob, x, path), plain.component_log_prob(x, path), rtol=1e-10
+    )
     np.testing.assert_allclose(run(model.latent, x, path), plain.latent(x, path), rtol=1e-10)
     p2, s2 = run(lambda x, *p: model.best_path(x, init=p, seed=[3, 4]), x, *path)
     assert s2.shape == [3] and np.all(s2.numpy() >= expect.numpy() - 1e-8)
@@ -352,18 +409,21 @@ def test_validate_args_accepts_valid_paths_and_rejects_out_of_range(graph):
     bad = list(path)
     bad[0] = tf.fill(tf.shape(path[0]), 2)  # layer 0 has 2 alternatives
     if graph:  # a run-time value: caught by the assertion in the graph
-        fn = tf.function(lambda x, z: model.joint_log_prob(x, (z,) + tuple(path[1:])),
-                         autograph=False)
+        fn = tf.function(
+            lambda x, z: model.joint_log_prob(x, (z,) + tuple(path[1:])), autograph=False
+        )
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"path entry 0.*\[0, 2\)"):
             fn(x, bad[0])
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"path entry 0.*negative"):
             fn(x, -tf.ones_like(path[0]))
     else:
-        with pytest.raises((ValueError, tf.errors.InvalidArgumentError),
-                           match=r"path entry 0.*\[0, 2\)"):
+        with pytest.raises(
+            (ValueError, tf.errors.InvalidArgumentError), match=r"path entry 0.*\[0, 2\)"
+        ):
             model.joint_log_prob(x, tuple(bad))
-        with pytest.raises((ValueError, tf.errors.InvalidArgumentError),
-                           match=r"path entry 0.*\[0, 2\)"):
+        with pytest.raises(
+            (ValueError, tf.errors.InvalidArgumentError), match=r"path entry 0.*\[0, 2\)"
+        ):
             model.latent(x, tuple(bad))
 
 
@@ -398,8 +458,9 @@ def test_closed_form_mean_and_covariance_match_the_mixture(name, prior):
     beta, omega = (t.numpy() for t in model.component_params(paths))
     pi = tf.nn.softmax(model.path_prior.log_prob(paths)).numpy()
     mu = pi @ beta
-    second = np.einsum("p,pij->ij", pi, omega @ omega.transpose(0, 2, 1)
-                       + beta[:, :, None] * beta[:, None, :])
+    second = np.einsum(
+        "p,pij->ij", pi, omega @ omega.transpose(0, 2, 1) + beta[:, :, None] * beta[:, None, :]
+    )
     mean = model.mean()
     assert mean.shape == IMAGE
     np.testing.assert_allclose(mean.numpy().reshape(-1), mu, atol=1e-10)
@@ -407,8 +468,7 @@ def test_closed_form_mean_and_covariance_match_the_mixture(name, prior):
     cov = model.covariance().numpy()
     ref = second - np.outer(mu, mu)
     np.testing.assert_allclose(cov, ref, atol=1e-9 * np.abs(ref).max())
-    np.testing.assert_allclose(model.stddev().numpy().reshape(-1), np.sqrt(np.diag(ref)),
-                               rtol=1e-8)
+    np.testing.assert_allclose(model.stddev().numpy().reshape(-1), np.sqrt(np.diag(ref)), rtol=1e-8)
 
 
 def test_mean_refuses_priors_without_a_closed_form():
@@ -421,13 +481,19 @@ def test_mean_refuses_priors_without_a_closed_form():
 def test_integer_images_are_refused_with_the_expected_range(dtype):
     model = make([{"type": "block_diagonal", "alternatives": 2}])
     pixels = np.full([2] + IMAGE, 128, dtype)
-    calls = {"log_prob": lambda x: model.log_prob(x), "prob": lambda x: model.prob(x),
-             "best_path": lambda x: model.best_path(x),
-             "log_prob_lower_bound": lambda x: model.log_prob_lower_bound(x)}
+    calls = {
+        "log_prob": lambda x: model.log_prob(x),
+        "prob": lambda x: model.prob(x),
+        "best_path": lambda x: model.best_path(x),
+        "log_prob_lower_bound": lambda x: model.log_prob_lower_bound(x),
+    }
     for name, call in calls.items():
         for x in (pixels, tf.constant(pixels)):
-            with pytest.raises(ValueError, match=r"expected dequantised float images on "
-                                                 r"\[-1, 1\]") as err:
+            with pytest.raises(
+                ValueError,
+                match=r"expected dequantised float images on "
+                r"\[-1, 1\]",
+            ) as err:
                 call(x)
             assert "\n" not in str(err.value), name
     # floats on the data scale still work

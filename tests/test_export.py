@@ -17,19 +17,29 @@ from tfdgmm import export
 # 8x8x3 images, 2x2 patches: a half-convolution, unshared blocks (2 alternatives, chosen per
 # location) and shared blocks (3 alternatives, chosen per sample) above them, so the E-step
 # uses the seeded 'ranked' per-location scheme. 2^16 * 3 paths: no exact log_prob.
-MAIN = {"image_shape": [8, 8, 3], "patch_size": 2, "layers": [
-    {"type": "half_convolution", "kernel_size": 3},
-    {"type": "block_diagonal", "alternatives": 2, "selection": "location"},
-    {"type": "block_diagonal", "alternatives": 3, "selection": "sample"}]}
-MAIN_SEARCH = {"restarts": 2, "restart_passes": 1, "location_options": {"top": 6},
-               "seed": [7, 11]}
+MAIN = {
+    "image_shape": [8, 8, 3],
+    "patch_size": 2,
+    "layers": [
+        {"type": "half_convolution", "kernel_size": 3},
+        {"type": "block_diagonal", "alternatives": 2, "selection": "location"},
+        {"type": "block_diagonal", "alternatives": 3, "selection": "sample"},
+    ],
+}
+MAIN_SEARCH = {"restarts": 2, "restart_passes": 1, "location_options": {"top": 6}, "seed": [7, 11]}
 
 # A float64 model with gating networks (a prior that depends on x), shared blocks below a
 # per-location diagonal, 3 * 2^4 = 48 paths: exact log_prob is exported too.
-TINY = {"image_shape": [4, 4, 1], "patch_size": 2, "dtype": "float64",
-        "path_prior": {"kind": "gating", "hidden": 4},
-        "layers": [{"type": "block_diagonal", "alternatives": 3},
-                   {"type": "diagonal", "alternatives": 2, "selection": "location"}]}
+TINY = {
+    "image_shape": [4, 4, 1],
+    "patch_size": 2,
+    "dtype": "float64",
+    "path_prior": {"kind": "gating", "hidden": 4},
+    "layers": [
+        {"type": "block_diagonal", "alternatives": 3},
+        {"type": "diagonal", "alternatives": 2, "selection": "location"},
+    ],
+}
 
 TINY_SEARCH = {"restarts": 1, "restart_passes": 2}  # the default seed
 
@@ -104,8 +114,7 @@ def round_trip(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     main, tiny = _perturbed(MAIN, 1), _perturbed(TINY, 2)
     rng = np.random.default_rng(3)
-    cases = {"main": (main, MAIN_SEARCH, (6, 8, 8, 3)),
-             "tiny": (tiny, TINY_SEARCH, (7, 4, 4, 1))}
+    cases = {"main": (main, MAIN_SEARCH, (6, 8, 8, 3)), "tiny": (tiny, TINY_SEARCH, (7, 4, 4, 1))}
     for name, (_, _, shape) in cases.items():
         os.makedirs(root / name)
         np.savez(root / name / "input.npz", x=rng.uniform(-1.5, 1.5, shape).astype(np.float32))
@@ -113,8 +122,9 @@ def round_trip(tmp_path_factory):
     # (marked by a 'ready' file), while this process exports the next and computes the live side.
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     with open(root / "stdout.txt", "w") as stdout, open(root / "stderr.txt", "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-c", _LOADER, *cases], cwd=root, env=env,
-                                stdout=stdout, stderr=stderr)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _LOADER, *cases], cwd=root, env=env, stdout=stdout, stderr=stderr
+        )
     try:
         out_dir = str(root / "main" / "saved_model")
         assert export.export_saved_model(main, out_dir, search=MAIN_SEARCH) == out_dir
@@ -131,11 +141,13 @@ def round_trip(tmp_path_factory):
             x = np.load(root / name / "input.npz")["x"]
             xm = tf.cast(x, model.dtype)
             path, joint = model.best_path(xm, **settings)
-            live = {"sample": tf.cast(model.sample(N_SAMPLES, seed=SAMPLE_SEED),
-                                      tf.float32).numpy(),
-                    "path": [z.numpy() for z in path], "lower": joint.numpy(),
-                    # the same as without `path` (which would search again: slow in eager)
-                    "upper": model.log_prob_upper_bound(xm, path=path, **settings).numpy()}
+            live = {
+                "sample": tf.cast(model.sample(N_SAMPLES, seed=SAMPLE_SEED), tf.float32).numpy(),
+                "path": [z.numpy() for z in path],
+                "lower": joint.numpy(),
+                # the same as without `path` (which would search again: slow in eager)
+                "upper": model.log_prob_upper_bound(xm, path=path, **settings).numpy(),
+            }
             if model.num_paths <= model.exact_limit:
                 live["log_prob"] = model.log_prob(xm).numpy()
             out[name] = (model, settings, x, live)
@@ -153,8 +165,10 @@ def round_trip(tmp_path_factory):
 @pytest.mark.parametrize("name", ["main", "tiny"])
 def test_sample_is_bit_identical(round_trip, name):
     model, _, _, live, got = round_trip[name]
-    assert got["sample"].dtype == np.float32 and got["sample"].shape == (N_SAMPLES,
-                                                                         *model.image_shape)
+    assert got["sample"].dtype == np.float32 and got["sample"].shape == (
+        N_SAMPLES,
+        *model.image_shape,
+    )
     np.testing.assert_array_equal(got["sample"], live["sample"])
     np.testing.assert_array_equal(got["sample_signature"], live["sample"])
     # the seed as a keyword, and no seed (a fresh one, as TFP's seed=None)
@@ -174,7 +188,8 @@ def test_search_matches_live_model(round_trip, name):
         assert got[f"best_path/path_{i}"].dtype == np.int32
     assert sorted(k for k in got if k.startswith("best_path/")) == sorted(
         [f"best_path/path_{i}" for i in range(len(live["path"]))]
-        + ["best_path/bits_per_dim", "best_path/lower_bound"])
+        + ["best_path/bits_per_dim", "best_path/lower_bound"]
+    )
     bpd = 7.0 - live["lower"] / (np.prod(model.image_shape) * np.log(2.0))  # bin width 2/256
     np.testing.assert_allclose(got["bits_per_dim"], bpd, rtol=max(rtol, 1e-10))
     np.testing.assert_allclose(got["best_path/bits_per_dim"], bpd, rtol=max(rtol, 1e-10))
@@ -185,8 +200,9 @@ def test_search_matches_live_model(round_trip, name):
     assert np.all(got["upper"] >= got["lower"])
     # the lower bound is the joint of the returned path
     path = tuple(got[f"best_path/path_{i}"] for i in range(len(live["path"])))
-    np.testing.assert_allclose(model.joint_log_prob(tf.cast(x, model.dtype), path),
-                               got["lower"], rtol=rtol)
+    np.testing.assert_allclose(
+        model.joint_log_prob(tf.cast(x, model.dtype), path), got["lower"], rtol=rtol
+    )
 
 
 @pytest.mark.slow
@@ -218,9 +234,13 @@ def test_metadata(round_trip, name):
 
 
 def test_search_settings():
-    assert export.search_settings() == {"restarts": 2, "restart_passes": 2,
-                                        "location_method": "auto", "location_options": None,
-                                        "seed": [0, 0]}
+    assert export.search_settings() == {
+        "restarts": 2,
+        "restart_passes": 2,
+        "location_method": "auto",
+        "location_options": None,
+        "seed": [0, 0],
+    }
     s = export.search_settings(restarts=1, location_options={"top": 4}, seed=np.array([1, 2]))
     assert s["seed"] == [1, 2] and s["location_options"] == {"top": 4}
     with pytest.raises(ValueError, match="seed"):
@@ -238,8 +258,7 @@ def test_export_refuses_non_empty_directory(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         export.export_saved_model(tfdgmm.DeepGMM.from_config(TINY), str(tmp_path))
     with pytest.raises(FileExistsError, match="not a SavedModel"):
-        export.export_saved_model(tfdgmm.DeepGMM.from_config(TINY), str(tmp_path),
-                                  overwrite=True)
+        export.export_saved_model(tfdgmm.DeepGMM.from_config(TINY), str(tmp_path), overwrite=True)
     assert (tmp_path / "keep.txt").read_text() == "x"
     with pytest.raises(TypeError, match="DeepGMM"):
         export.export_saved_model(object(), str(tmp_path / "new"))
@@ -252,6 +271,7 @@ def _write_run(run_dir, config, model, sub="checkpoints", fmt="json"):
             json.dump(config, f)
     else:
         import yaml
+
         with open(os.path.join(run_dir, "config.yaml"), "w") as f:
             yaml.safe_dump(config, f)
     # like the trainer: the model under the key 'model', beside other training state
@@ -310,6 +330,7 @@ def test_run_dir_errors_name_the_path(tmp_path):
 
     # a corrupt checkpoint (data file overwritten with garbage)
     import shutil
+
     shutil.rmtree(os.path.join(run, "checkpoints"))
     prefix = _write_run(run, TINY, tfdgmm.DeepGMM.from_config(TINY))
     data = [p for p in os.listdir(os.path.dirname(prefix)) if ".data-" in p]

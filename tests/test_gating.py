@@ -16,16 +16,26 @@ HC = {"type": "half_convolution", "kernel_size": 3}
 
 def make(layers, prior, seed=0):
     model = tfdgmm.DeepGMM.from_config(
-        {"image_shape": IMAGE, "patch_size": 2, "layers": layers, "path_prior": prior,
-         "seed": seed}, dtype=tf.float64)
+        {
+            "image_shape": IMAGE,
+            "patch_size": 2,
+            "layers": layers,
+            "path_prior": prior,
+            "seed": seed,
+        },
+        dtype=tf.float64,
+    )
     rng = np.random.default_rng(seed)
     for v in model.trainable_variables:
         v.assign_add(0.3 * rng.standard_normal(v.shape))
     return model
 
 
-LAYERS = [{"type": "block_diagonal", "alternatives": 2, "selection": "location"}, HC,
-          {"type": "block_diagonal", "alternatives": 3}]
+LAYERS = [
+    {"type": "block_diagonal", "alternatives": 2, "selection": "location"},
+    HC,
+    {"type": "block_diagonal", "alternatives": 3},
+]
 
 
 def test_gating_exact_log_prob_is_logsumexp_of_joints():
@@ -44,19 +54,27 @@ def test_gated_model_density_integrates_to_one():
     # p(x) = sum_p prod_i p(z_i | h_{i+1}) N(h_n) |det|: a density because sampling is top-down.
     # Importance sampling over a 4-dimensional event: E_q[p(x) / q(x)] = 1.
     model = tfdgmm.DeepGMM.from_config(
-        {"image_shape": [2, 2, 1], "patch_size": 2, "path_prior": {"kind": "gating",
-                                                                   "hidden": 4},
-         "layers": [{"type": "block_diagonal", "alternatives": 2},
-                    {"type": "diagonal", "alternatives": 3}]}, dtype=tf.float64)
+        {
+            "image_shape": [2, 2, 1],
+            "patch_size": 2,
+            "path_prior": {"kind": "gating", "hidden": 4},
+            "layers": [
+                {"type": "block_diagonal", "alternatives": 2},
+                {"type": "diagonal", "alternatives": 3},
+            ],
+        },
+        dtype=tf.float64,
+    )
     rng = np.random.default_rng(0)
     for v in model.trainable_variables:
         v.assign_add(0.5 * rng.standard_normal(v.shape))
     n, scale = 400000, 4.0
     q = rng.standard_normal((n, 2, 2, 1)) * scale
-    log_q = (-0.5 * np.sum(q ** 2, axis=(1, 2, 3)) / scale ** 2
-             - 4 * (math.log(scale) + 0.5 * math.log(2 * math.pi)))
+    log_q = -0.5 * np.sum(q**2, axis=(1, 2, 3)) / scale**2 - 4 * (
+        math.log(scale) + 0.5 * math.log(2 * math.pi)
+    )
     w = np.exp(model.log_prob(q).numpy() - log_q)
-    assert abs(w.mean() - 1.) < 5 * w.std() / math.sqrt(n) + 1e-3, (w.mean(), w.std())
+    assert abs(w.mean() - 1.0) < 5 * w.std() / math.sqrt(n) + 1e-3, (w.mean(), w.std())
 
 
 def test_gating_search_never_lowers_objective_and_bounds_hold():
@@ -67,16 +85,20 @@ def test_gating_search_never_lowers_objective_and_bounds_hold():
         path = path_search.random_path(model, 16, tf.constant([1, 2]))
         prev = path_search.objective(model, h0, path).numpy()
         for p in range(2):
-            path = path_search.coordinate_ascent_pass(model, h0, path, method,
-                                                      seed=tf.constant([p, 1]))
+            path = path_search.coordinate_ascent_pass(
+                model, h0, path, method, seed=tf.constant([p, 1])
+            )
             cur = path_search.objective(model, h0, path).numpy()
             assert np.all(cur >= prev - 1e-9), (method, (cur - prev).min())
             prev = cur
-    top_only = make([HC, {"type": "block_diagonal", "alternatives": 2, "selection": "location"}],
-                    {"kind": "gating", "hidden": 4})
+    top_only = make(
+        [HC, {"type": "block_diagonal", "alternatives": 2, "selection": "location"}],
+        {"kind": "gating", "hidden": 4},
+    )
     with pytest.raises(ValueError, match="gating networks do not"):
         path_search.coordinate_ascent_pass(
-            top_only, h0, path_search.random_path(top_only, 16, tf.constant([1, 1])), "gram")
+            top_only, h0, path_search.random_path(top_only, 16, tf.constant([1, 1])), "gram"
+        )
     path, lower = model.best_path(x, restarts=2, seed=tf.constant([4, 4]))
     exact = model.log_prob(x).numpy()
     upper = model.log_prob_upper_bound(x, restarts=2, seed=tf.constant([4, 4])).numpy()
@@ -88,7 +110,7 @@ def test_gating_sampling_follows_the_networks():
     model = make([{"type": "block_diagonal", "alternatives": 3}], {"kind": "gating", "hidden": 4})
     net = model.path_prior.networks[0]
     net["w2"].assign(tf.zeros_like(net["w2"]))  # logits = b2 whatever the partial sample
-    net["b2"].assign(tf.constant([0., 2., -1.], tf.float64))
+    net["b2"].assign(tf.constant([0.0, 2.0, -1.0], tf.float64))
     _, path = model.sample_with_path(20000, seed=tf.constant([5, 5]))
     freq = np.bincount(path[0].numpy(), minlength=3) / 20000
     p = tf.nn.softmax(net["b2"]).numpy()
@@ -101,11 +123,13 @@ def test_gating_raises_the_lower_bound_when_the_best_path_depends_on_the_sample(
     # Two layers with 2 alternatives each; data use only the paths (0, 0) and (1, 1). The top
     # layer's shift tells which one, so a gating network on the partial sample can predict the
     # bottom choice, while a uniform prior pays log 4 per image.
-    layers = [{"type": "block_diagonal", "alternatives": 2},
-              {"type": "diagonal", "alternatives": 2, "per_location": False}]
+    layers = [
+        {"type": "block_diagonal", "alternatives": 2},
+        {"type": "diagonal", "alternatives": 2, "per_location": False},
+    ]
     truth = make(layers, "table", seed=2)
     top = truth.layers[1]
-    top.shift.assign(tf.constant([[3.] * 12, [-3.] * 12], tf.float64))
+    top.shift.assign(tf.constant([[3.0] * 12, [-3.0] * 12], tf.float64))
     truth.path_prior.table.assign(tf.math.log(tf.constant([0.5, 1e-9, 1e-9, 0.5], tf.float64)))
     x, _ = truth.sample_with_path(600, seed=tf.constant([1, 1]))
     uniform = tfdgmm.DeepGMM(truth.layers, IMAGE, 2, path_prior="uniform")

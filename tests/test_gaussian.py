@@ -36,15 +36,17 @@ def test_fit_equals_closed_form(data):
     mean, cov = data.mean(axis=0), np.cov(data, rowvar=False, bias=True)
     np.testing.assert_allclose(dist.loc.numpy(), mean, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dist.covariance().numpy(), cov, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(dist.scale.to_dense().numpy(), np.linalg.cholesky(cov),
-                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        dist.scale.to_dense().numpy(), np.linalg.cholesky(cov), rtol=1e-9, atol=1e-12
+    )
 
 
 def test_fit_from_iterable_of_chunks_and_images(data):
     whole = gaussian.fit_full_covariance_gaussian(data)
     chunks = gaussian.fit_full_covariance_gaussian(iter([data[:7], data[7:300], data[300:]]))
-    np.testing.assert_allclose(chunks.covariance().numpy(), whole.covariance().numpy(),
-                               rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(
+        chunks.covariance().numpy(), whole.covariance().numpy(), rtol=1e-10, atol=1e-13
+    )
     images = data.reshape(500, 1, 2, 3)  # flattened to the event [6]
     assert gaussian.fit_full_covariance_gaussian(images).event_shape == [6]
 
@@ -58,8 +60,9 @@ def test_log_likelihood_matches_numpy_and_full_covariance(data):
     np.testing.assert_allclose(dist.log_prob(x).numpy(), expected, rtol=1e-10)
     full = tfd.MultivariateNormalFullCovariance(loc=mean, covariance_matrix=cov)
     np.testing.assert_allclose(gaussian.log_prob(full, x), expected, rtol=1e-10)  # generic path
-    assert gaussian.mean_log_prob(dist, x, chunk_size=7) == pytest.approx(expected.mean(),
-                                                                          rel=1e-12)
+    assert gaussian.mean_log_prob(dist, x, chunk_size=7) == pytest.approx(
+        expected.mean(), rel=1e-12
+    )
 
 
 def test_training_likelihood_closed_form(data):
@@ -86,11 +89,13 @@ def test_units():
     ll = 7000.0
     assert nats_to_bits_per_dim(ll) == pytest.approx(7 - ll / (3072 * math.log(2)))
     assert bits_per_dim_to_nats(nats_to_bits_per_dim(ll)) == pytest.approx(ll)
-    np.testing.assert_allclose(bits_per_dim_to_nats(nats_to_bits_per_dim(np.array([1.0, 2.0]))),
-                               [1.0, 2.0])
+    np.testing.assert_allclose(
+        bits_per_dim_to_nats(nats_to_bits_per_dim(np.array([1.0, 2.0]))), [1.0, 2.0]
+    )
     # on the pixel scale (bin width 1) bits/dim is just -LL / (D ln 2)
     assert nats_to_bits_per_dim(-100.0, num_dims=10, bin_width=1.0) == pytest.approx(
-        100 / (10 * math.log(2)))
+        100 / (10 * math.log(2))
+    )
     # a uniform density on [-1, 1]^D (LL = -D ln 2) costs exactly 8 bits per dimension
     assert nats_to_bits_per_dim(-3072 * math.log(2)) == pytest.approx(8.0)
 
@@ -102,9 +107,10 @@ def _tiny_splits(rng, n_train=400, n_val=60, n_test=40, shape=(4, 4, 3)):
     images = np.clip(base + rng.integers(0, 56, (n,) + shape), 0, 255).astype(np.uint8)
     labels = np.zeros(n, np.int64)
     train = Split("train", images[:n_train], labels[:n_train], "mem", 0, 0)
-    val = Split("validation", images[n_train:n_train + n_val], labels[:n_val], "mem", n_train,
-                n_train)
-    test = Split("test", images[n_train + n_val:], labels[:n_test], "mem", 0, n_train + n_val)
+    val = Split(
+        "validation", images[n_train : n_train + n_val], labels[:n_val], "mem", n_train, n_train
+    )
+    test = Split("test", images[n_train + n_val :], labels[:n_test], "mem", 0, n_train + n_val)
     return Splits(train, val, test, "mem")
 
 
@@ -112,8 +118,9 @@ def _tiny_splits(rng, n_train=400, n_val=60, n_test=40, shape=(4, 4, 3)):
 def test_run_gaussian_baseline_matches_numpy(direct_train):
     """The whole baseline (noise, fit, evaluation, units) against plain numpy float64."""
     splits = _tiny_splits(np.random.default_rng(1))
-    result = gaussian.run_gaussian_baseline(splits, noise_seed=0, chunk_size=64,
-                                            direct_train=direct_train)
+    result = gaussian.run_gaussian_baseline(
+        splits, noise_seed=0, chunk_size=64, direct_train=direct_train
+    )
     assert list(result["splits"]) == ["train", "validation", "test"]
     assert result["num_dims"] == 48 and result["noise_seed"] == 0
     # the README's layout: one default_rng(0) stream over the training file, then the test file
@@ -147,5 +154,7 @@ def test_baseline_reproduces_readme_figures(shared_data_dir):
     result = gaussian.run_gaussian_baseline(splits, noise_seed=0)
     for name, expected in README_NATS.items():
         assert result["splits"][name]["nats"] == pytest.approx(expected, abs=1.0), name
-    print({k: round(v["nats"], 2) for k, v in result["splits"].items()},
-          f"{time.perf_counter() - start:.1f} s")
+    print(
+        {k: round(v["nats"], 2) for k, v in result["splits"].items()},
+        f"{time.perf_counter() - start:.1f} s",
+    )

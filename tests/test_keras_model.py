@@ -15,12 +15,15 @@ from tfdgmm import units
 from tfdgmm.keras import DeepGMMModel
 
 CONFIG = {
-    "image_shape": [8, 8, 3], "patch_size": 2, "seed": 3,
-    "layers": [{"type": "half_convolution", "kernel_size": 3},
-               {"type": "block_diagonal", "alternatives": 2},
-               {"type": "half_convolution", "kernel_size": 3},
-               {"type": "diagonal", "alternatives": 2, "selection": "location",
-                "per_location": False}],
+    "image_shape": [8, 8, 3],
+    "patch_size": 2,
+    "seed": 3,
+    "layers": [
+        {"type": "half_convolution", "kernel_size": 3},
+        {"type": "block_diagonal", "alternatives": 2},
+        {"type": "half_convolution", "kernel_size": 3},
+        {"type": "diagonal", "alternatives": 2, "selection": "location", "per_location": False},
+    ],
 }
 D = 8 * 8 * 3
 
@@ -39,8 +42,12 @@ def data():
     truth = known_model()
     x, path = truth.sample_with_path(384, seed=tf.constant([1, 2]))
     x = x.numpy()
-    return {"truth": truth, "train": x[:256], "val": x[256:],
-            "paths": tuple(p.numpy() for p in path)}
+    return {
+        "truth": truth,
+        "train": x[:256],
+        "val": x[256:],
+        "paths": tuple(p.numpy() for p in path),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -52,20 +59,35 @@ def trained(data, tmp_path_factory):
     before = model.evaluate(data["val"], batch_size=128, return_dict=True, verbose=0)
 
     def schedule(epoch, lr):
-        return 0.02 * 0.5 ** epoch
+        return 0.02 * 0.5**epoch
 
     ckpt = os.path.join(tmp, "best.keras")
     history = model.fit(
-        data["train"], batch_size=64, epochs=3, verbose=0, validation_data=data["val"],
-        callbacks=[keras.callbacks.LearningRateScheduler(schedule),
-                   keras.callbacks.EarlyStopping("val_lower_bound", mode="max", patience=2,
-                                                 restore_best_weights=True),
-                   keras.callbacks.ModelCheckpoint(ckpt, monitor="val_lower_bound", mode="max",
-                                                   save_best_only=True),
-                   keras.callbacks.TensorBoard(os.path.join(tmp, "logs"))])
+        data["train"],
+        batch_size=64,
+        epochs=3,
+        verbose=0,
+        validation_data=data["val"],
+        callbacks=[
+            keras.callbacks.LearningRateScheduler(schedule),
+            keras.callbacks.EarlyStopping(
+                "val_lower_bound", mode="max", patience=2, restore_best_weights=True
+            ),
+            keras.callbacks.ModelCheckpoint(
+                ckpt, monitor="val_lower_bound", mode="max", save_best_only=True
+            ),
+            keras.callbacks.TensorBoard(os.path.join(tmp, "logs")),
+        ],
+    )
     after = model.evaluate(data["val"], batch_size=128, return_dict=True, verbose=0)
-    return {"model": model, "history": history.history, "before": before, "after": after,
-            "tmp": tmp, "ckpt": ckpt}
+    return {
+        "model": model,
+        "history": history.history,
+        "before": before,
+        "after": after,
+        "tmp": tmp,
+        "ckpt": ckpt,
+    }
 
 
 def test_same_math_as_deep_gmm(data):
@@ -83,18 +105,27 @@ def test_same_math_as_deep_gmm(data):
     # bridges: to_deep_gmm / set_from_deep_gmm
     truth = data["truth"]
     model.set_from_deep_gmm(truth)
-    np.testing.assert_allclose(model({"images": x, "paths": path}),
-                               truth.joint_log_prob(x, path), rtol=1e-5)
+    np.testing.assert_allclose(
+        model({"images": x, "paths": path}), truth.joint_log_prob(x, path), rtol=1e-5
+    )
     copy_ = model.to_deep_gmm()
-    np.testing.assert_allclose(copy_.joint_log_prob(x, path), truth.joint_log_prob(x, path),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        copy_.joint_log_prob(x, path), truth.joint_log_prob(x, path), rtol=1e-5
+    )
 
 
 def test_fit_raises_the_lower_bound(data, trained):
     before, after = trained["before"], trained["after"]
     hist = trained["history"]
-    assert set(hist) >= {"loss", "lower_bound", "bits_per_dim", "val_loss", "val_lower_bound",
-                         "val_bits_per_dim", "learning_rate"}
+    assert set(hist) >= {
+        "loss",
+        "lower_bound",
+        "bits_per_dim",
+        "val_loss",
+        "val_lower_bound",
+        "val_bits_per_dim",
+        "learning_rate",
+    }
     truth = data["truth"]
     true_lb = float(np.mean(truth.best_path(data["val"], seed=tf.constant([0, 1]))[1]))
     # most of the gap to the generating model's bound is closed in 3 epochs
@@ -103,18 +134,23 @@ def test_fit_raises_the_lower_bound(data, trained):
     assert after["lower_bound"] > before["lower_bound"] + 0.6 * gap, (before, after, true_lb)
     assert hist["lower_bound"][-1] > hist["lower_bound"][0]
     np.testing.assert_allclose(after["loss"], -after["lower_bound"], rtol=1e-6)
-    print(f"\nval lower bound (nats/image): before {before['lower_bound']:.1f}, after "
-          f"{after['lower_bound']:.1f}, generating model {true_lb:.1f}")
+    print(
+        f"\nval lower bound (nats/image): before {before['lower_bound']:.1f}, after "
+        f"{after['lower_bound']:.1f}, generating model {true_lb:.1f}"
+    )
 
 
 def test_standard_callbacks(trained):
     hist, tmp = trained["history"], trained["tmp"]
     # LearningRateScheduler drove the optimizer
-    np.testing.assert_allclose(hist["learning_rate"], [0.02 * 0.5 ** e
-                                                       for e in range(len(hist["loss"]))],
-                               rtol=1e-6)
-    np.testing.assert_allclose(float(trained["model"].optimizer.learning_rate),
-                               0.02 * 0.5 ** (len(hist["loss"]) - 1), rtol=1e-6)
+    np.testing.assert_allclose(
+        hist["learning_rate"], [0.02 * 0.5**e for e in range(len(hist["loss"]))], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        float(trained["model"].optimizer.learning_rate),
+        0.02 * 0.5 ** (len(hist["loss"]) - 1),
+        rtol=1e-6,
+    )
     # ModelCheckpoint wrote a loadable model
     assert os.path.exists(trained["ckpt"])
     assert isinstance(keras.models.load_model(trained["ckpt"]), DeepGMMModel)
@@ -130,8 +166,15 @@ def test_early_stopping_stops():
     model = DeepGMMModel(CONFIG)
     model.compile(optimizer=keras.optimizers.SGD(0.0))
     x = tfdgmm.DeepGMM.from_config(CONFIG).sample(32, seed=tf.constant([3, 4])).numpy()
-    history = model.fit(x, batch_size=32, epochs=10, verbose=0, callbacks=[
-        keras.callbacks.EarlyStopping("lower_bound", mode="max", patience=1, min_delta=1e-3)])
+    history = model.fit(
+        x,
+        batch_size=32,
+        epochs=10,
+        verbose=0,
+        callbacks=[
+            keras.callbacks.EarlyStopping("lower_bound", mode="max", patience=1, min_delta=1e-3)
+        ],
+    )
     assert len(history.history["loss"]) == 2
 
 
@@ -148,8 +191,9 @@ def test_save_load_round_trip(data, trained, tmp_path):
     np.testing.assert_array_equal(model(x), loaded(x))  # best paths + lower bound
     given = {"images": x, "paths": tuple(p[:32] for p in data["paths"])}
     np.testing.assert_array_equal(model(given), loaded(given))
-    np.testing.assert_array_equal(model.sample(4, seed=tf.constant([7, 8]))[0],
-                                  loaded.sample(4, seed=tf.constant([7, 8]))[0])
+    np.testing.assert_array_equal(
+        model.sample(4, seed=tf.constant([7, 8]))[0], loaded.sample(4, seed=tf.constant([7, 8]))[0]
+    )
     # the optimizer state came along
     assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) > 0
 
@@ -157,17 +201,17 @@ def test_save_load_round_trip(data, trained, tmp_path):
 def test_evaluate_units(data, trained):
     """`bits_per_dim = 7 - LL / (D ln 2)` for data on [-1, 1] (bin width 2/256)."""
     after = trained["after"]
-    np.testing.assert_allclose(after["bits_per_dim"],
-                               7.0 - after["lower_bound"] / (D * math.log(2.0)), rtol=1e-5)
-    np.testing.assert_allclose(after["bits_per_dim"],
-                               units.nats_to_bits_per_dim(after["lower_bound"], D),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        after["bits_per_dim"], 7.0 - after["lower_bound"] / (D * math.log(2.0)), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        after["bits_per_dim"], units.nats_to_bits_per_dim(after["lower_bound"], D), rtol=1e-5
+    )
     # evaluate on given paths: the mean joint at those paths
     model = trained["model"]
     x = data["val"]
     paths = tuple(p[256:] for p in data["paths"])
-    res = model.evaluate({"images": x, "paths": paths}, batch_size=128, return_dict=True,
-                         verbose=0)
+    res = model.evaluate({"images": x, "paths": paths}, batch_size=128, return_dict=True, verbose=0)
     expected = float(np.mean(model.deep_gmm().joint_log_prob(x, paths)))
     np.testing.assert_allclose(res["lower_bound"], expected, rtol=1e-5)
 
@@ -196,13 +240,22 @@ def test_keras_tuner_random_search(data, tmp_path):
             config = copy.deepcopy(CONFIG)
             config["layers"][1]["alternatives"] = hp.Choice("alternatives", [1, 2])
             model = DeepGMMModel(config)
-            model.compile(optimizer=keras.optimizers.Adam(
-                hp.Float("learning_rate", 1e-3, 3e-2, sampling="log")))
+            model.compile(
+                optimizer=keras.optimizers.Adam(
+                    hp.Float("learning_rate", 1e-3, 3e-2, sampling="log")
+                )
+            )
             return model
 
     tuner = keras_tuner.RandomSearch(
-        Hyper(), objective=keras_tuner.Objective("lower_bound", direction="max"),
-        max_trials=2, directory=str(tmp_path), project_name="dgmm", overwrite=True, seed=0)
+        Hyper(),
+        objective=keras_tuner.Objective("lower_bound", direction="max"),
+        max_trials=2,
+        directory=str(tmp_path),
+        project_name="dgmm",
+        overwrite=True,
+        seed=0,
+    )
     tuner.search(data["train"][:128], batch_size=64, epochs=1, verbose=0)
     trials = tuner.oracle.get_best_trials(num_trials=2)
     assert len(trials) == 2
@@ -220,9 +273,15 @@ def test_rejects_unsupported_prior():
 
 # ------------------------------------------------------------------ issue 12: adapt, stability
 
-TABLE1 = {"image_shape": [8, 8, 3], "patch_size": 2, "seed": 0, "layers": [
-    {"type": "half_convolution", "kernel_size": 3, "repeat": 2},
-    {"type": "block_diagonal", "alternatives": 1, "selection": "sample", "per_location": True}]}
+TABLE1 = {
+    "image_shape": [8, 8, 3],
+    "patch_size": 2,
+    "seed": 0,
+    "layers": [
+        {"type": "half_convolution", "kernel_size": 3, "repeat": 2},
+        {"type": "block_diagonal", "alternatives": 1, "selection": "sample", "per_location": True},
+    ],
+}
 
 
 def _noisy_images(n, seed=0):
@@ -263,17 +322,30 @@ def test_default_recipe_is_stable_from_adapt(shared_data_dir, hc_optimizer):
     unbounded training likelihood, which `DivergenceGuard` catches.)"""
     from tfdgmm.data import load_cifar10
 
-    split = load_cifar10(os.path.join(shared_data_dir, "cifar10-jpeg75"), train_limit=500,
-                         validation_limit=1, test_limit=1).train
+    split = load_cifar10(
+        os.path.join(shared_data_dir, "cifar10-jpeg75"),
+        train_limit=500,
+        validation_limit=1,
+        test_limit=1,
+    ).train
     x = split.dequantized(0).astype(np.float32)
-    arch = {"image_shape": [32, 32, 3], "patch_size": 4, "seed": 0, "layers": [
-        {"type": "half_convolution", "kernel_size": 5, "repeat": 3},
-        {"type": "block_diagonal", "alternatives": 1, "selection": "sample",
-         "per_location": True}]}
+    arch = {
+        "image_shape": [32, 32, 3],
+        "patch_size": 4,
+        "seed": 0,
+        "layers": [
+            {"type": "half_convolution", "kernel_size": 5, "repeat": 3},
+            {
+                "type": "block_diagonal",
+                "alternatives": 1,
+                "selection": "sample",
+                "per_location": True,
+            },
+        ],
+    }
     model = DeepGMMModel(arch, hc_optimizer=hc_optimizer)
     model.adapt(x)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3) if hc_optimizer == "optimizer"
-                  else "adam")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3) if hc_optimizer == "optimizer" else "adam")
     start = model.evaluate(x, batch_size=500, return_dict=True, verbose=0)["lower_bound"]
     model.fit(x, batch_size=100, epochs=10, verbose=0)
     end = model.evaluate(x, batch_size=500, return_dict=True, verbose=0)["lower_bound"]

@@ -15,9 +15,15 @@ import tfdgmm
 from tfdgmm.keras import DeepGMMModel
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-CONFIG = {"image_shape": [8, 8, 3], "patch_size": 2, "seed": 3,
-          "layers": [{"type": "half_convolution", "kernel_size": 3},
-                     {"type": "block_diagonal", "alternatives": 2}]}
+CONFIG = {
+    "image_shape": [8, 8, 3],
+    "patch_size": 2,
+    "seed": 3,
+    "layers": [
+        {"type": "half_convolution", "kernel_size": 3},
+        {"type": "block_diagonal", "alternatives": 2},
+    ],
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +47,8 @@ def test_load_model_and_subpackages_in_a_new_process_after_import_tfdgmm(model, 
         import keras, numpy as np
         import tfdgmm   # registers DeepGMMModel and the layers; nothing else imported
         m = keras.models.load_model({path!r})
-        np.testing.assert_array_equal(m(np.load({str(tmp_path / 'x.npy')!r})),
-                                      np.load({str(tmp_path / 'y.npy')!r}))
+        np.testing.assert_array_equal(m(np.load({str(tmp_path / "x.npy")!r})),
+                                      np.load({str(tmp_path / "y.npy")!r}))
         for name in ("data", "training", "export", "layers", "keras", "bijectors",
                      "path_priors", "gaussian", "units"):
             getattr(tfdgmm, name)
@@ -50,8 +56,14 @@ def test_load_model_and_subpackages_in_a_new_process_after_import_tfdgmm(model, 
         print("ok", type(m).__name__)
     """)
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         cwd=str(tmp_path), timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == "ok DeepGMMModel"
 

@@ -28,8 +28,21 @@ import sys as _sys
 __version__ = "0.1.0"
 
 #: Subpackages and modules available as attributes (imported on first access).
-_SUBMODULES = ("architectures", "bijectors", "data", "deep_gmm", "export", "gaussian", "keras",
-               "layers", "path_priors", "path_search", "testing", "training", "units")
+_SUBMODULES = (
+    "architectures",
+    "bijectors",
+    "data",
+    "deep_gmm",
+    "export",
+    "gaussian",
+    "keras",
+    "layers",
+    "path_priors",
+    "path_search",
+    "testing",
+    "training",
+    "units",
+)
 
 __all__ = ["DeepGMM", "__version__", *_SUBMODULES]
 

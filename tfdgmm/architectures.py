@@ -34,8 +34,16 @@ from tfdgmm import bijectors
 __all__ = ["build", "normalize", "get_config", "set_config", "LAYER_TYPES"]
 
 LAYER_TYPES = ("block_diagonal", "diagonal", "half_convolution", "dense")
-_TOP_KEYS = {"image_shape", "patch_size", "path_prior", "exact_limit", "dtype", "seed",
-             "layers", "name"}
+_TOP_KEYS = {
+    "image_shape",
+    "patch_size",
+    "path_prior",
+    "exact_limit",
+    "dtype",
+    "seed",
+    "layers",
+    "name",
+}
 _LAYER_KEYS = {
     "block_diagonal": {"alternatives", "selection", "per_location"},
     "diagonal": {"alternatives", "selection", "per_location"},
@@ -50,8 +58,9 @@ def normalize(config):
         raise TypeError(f"an architecture config must be a dict; got {type(config).__name__}")
     unknown = set(config) - _TOP_KEYS
     if unknown:
-        raise ValueError(f"unknown architecture keys {sorted(unknown)}; "
-                         f"expected some of {sorted(_TOP_KEYS)}")
+        raise ValueError(
+            f"unknown architecture keys {sorted(unknown)}; expected some of {sorted(_TOP_KEYS)}"
+        )
     for key in ("image_shape", "patch_size", "layers"):
         if key not in config:
             raise ValueError(f"architecture config is missing {key!r}")
@@ -73,15 +82,19 @@ def normalize(config):
         repeat = int(spec.pop("repeat", 1))
         unknown = set(spec) - _LAYER_KEYS[kind]
         if unknown:
-            raise ValueError(f"layer {j} ({kind}): unknown keys {sorted(unknown)}; "
-                             f"expected some of {sorted(_LAYER_KEYS[kind])} and 'repeat'")
+            raise ValueError(
+                f"layer {j} ({kind}): unknown keys {sorted(unknown)}; "
+                f"expected some of {sorted(_LAYER_KEYS[kind])} and 'repeat'"
+            )
         for _ in range(repeat):
             layer = {"type": kind, "alternatives": int(spec.get("alternatives", 1))}
             if kind != "dense":
                 selection = spec.get("selection", "sample")
                 if selection not in ("sample", "location"):
-                    raise ValueError(f"layer {j} ({kind}): selection must be 'sample' or "
-                                     f"'location'; got {selection!r}")
+                    raise ValueError(
+                        f"layer {j} ({kind}): selection must be 'sample' or "
+                        f"'location'; got {selection!r}"
+                    )
                 layer["selection"] = selection
             if kind in ("block_diagonal", "diagonal"):
                 default = kind == "diagonal" or layer["selection"] == "sample"
@@ -116,26 +129,47 @@ def build(config, dtype=None, seed=None, **kwargs):
     layers = []
     for i, spec in enumerate(cfg["layers"]):
         layer_seed = cfg["seed"] * 1009 + i
-        common = dict(num_alternatives=spec["alternatives"], seed=layer_seed, dtype=cfg["dtype"],
-                      name=f"layer{i}_{spec['type']}")
+        common = dict(
+            num_alternatives=spec["alternatives"],
+            seed=layer_seed,
+            dtype=cfg["dtype"],
+            name=f"layer{i}_{spec['type']}",
+        )
         kind = spec["type"]
         if kind == "block_diagonal":
-            layers.append(bijectors.BlockDiagonal.new(
-                d, spatial_shape=(hp, wp) if spec["per_location"] else None,
-                selection=spec["selection"], **common))
+            layers.append(
+                bijectors.BlockDiagonal.new(
+                    d,
+                    spatial_shape=(hp, wp) if spec["per_location"] else None,
+                    selection=spec["selection"],
+                    **common,
+                )
+            )
         elif kind == "diagonal":
-            layers.append(bijectors.Diagonal.new(
-                d, spatial_shape=(hp, wp) if spec["per_location"] else None,
-                selection=spec["selection"], **common))
+            layers.append(
+                bijectors.Diagonal.new(
+                    d,
+                    spatial_shape=(hp, wp) if spec["per_location"] else None,
+                    selection=spec["selection"],
+                    **common,
+                )
+            )
         elif kind == "half_convolution":
-            layers.append(bijectors.HalfConvolution.new(
-                d, kernel_size=spec["kernel_size"], update=spec["update"],
-                selection=spec["selection"], **common))
+            layers.append(
+                bijectors.HalfConvolution.new(
+                    d,
+                    kernel_size=spec["kernel_size"],
+                    update=spec["update"],
+                    selection=spec["selection"],
+                    **common,
+                )
+            )
         else:
             layers.append(bijectors.Dense.new((hp, wp, d), **common))
     kwargs.setdefault("exact_limit", cfg["exact_limit"])
-    model = DeepGMM(layers, image_shape=(h, w, c), patch_size=r, path_prior=cfg["path_prior"],
-                    **kwargs)
+    model = DeepGMM(
+        layers, image_shape=(h, w, c), patch_size=r, path_prior=cfg["path_prior"], **kwargs
+    )
     set_config(model, cfg)
     return model
 

@@ -70,6 +70,7 @@ def _version():
 
 def _count(low):
     """An argparse type: an integer >= `low` (a clear usage error otherwise)."""
+
     def parse(text):
         try:
             value = int(text)
@@ -85,98 +86,179 @@ def _count(low):
 
 def _parser():
     p = argparse.ArgumentParser(
-        prog="tfdgmm", description="Deep GMMs with locally-connected transformations.")
+        prog="tfdgmm", description="Deep GMMs with locally-connected transformations."
+    )
     p.add_argument("--version", action="version", version=f"tfdgmm {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a deep GMM by hard EM")
     t.add_argument("--config", help="run config (YAML or JSON); optional with --resume")
-    t.add_argument("--data", help="data spec: 'tfds', a directory (train.npz + test.npz, or "
-                                  "the official batches) or a .npz (overrides data.spec)")
+    t.add_argument(
+        "--data",
+        help="data spec: 'tfds', a directory (train.npz + test.npz, or "
+        "the official batches) or a .npz (overrides data.spec)",
+    )
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set training.em_iterations=3")
-    t.add_argument("--no-figures", action="store_true",
-                   help="skip the PNG figures (samples, filters, training curve) at the end")
-    t.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker"],
-                   help="tf.distribute: one device (default), all local GPUs (mirrored) or "
-                        "the workers of TF_CONFIG (multiworker)")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set training.em_iterations=3",
+    )
+    t.add_argument(
+        "--no-figures",
+        action="store_true",
+        help="skip the PNG figures (samples, filters, training curve) at the end",
+    )
+    t.add_argument(
+        "--strategy",
+        default="default",
+        choices=["default", "mirrored", "multiworker"],
+        help="tf.distribute: one device (default), all local GPUs (mirrored) or "
+        "the workers of TF_CONFIG (multiworker)",
+    )
 
     e = sub.add_parser("evaluate", help="bounds of a trained run by a fresh E-step")
     e.add_argument("run_dir")
-    e.add_argument("--split", default="validation",
-                   choices=["train", "validation", "test", "all"],
-                   help="which split of the run's data to evaluate (default: validation)")
+    e.add_argument(
+        "--split",
+        default="validation",
+        choices=["train", "validation", "test", "all"],
+        help="which split of the run's data to evaluate (default: validation)",
+    )
     e.add_argument("--data", help="data spec (default: the run's)")
     e.add_argument("--restarts", type=_count(0), help="random restarts (default: eval_restarts)")
-    e.add_argument("--batch-size", type=_count(1),
-                   help="images per E-step batch (default: the run's estep_batch_size)")
-    e.add_argument("--out", help="where to write the results (default "
-                                 "RUN_DIR/evaluation-SPLIT.json)")
+    e.add_argument(
+        "--batch-size",
+        type=_count(1),
+        help="images per E-step batch (default: the run's estep_batch_size)",
+    )
+    e.add_argument(
+        "--out", help="where to write the results (default RUN_DIR/evaluation-SPLIT.json)"
+    )
 
     s = sub.add_parser("sample", help="a PNG grid of samples from a trained run")
     s.add_argument("run_dir")
     s.add_argument("--n", type=_count(1), default=64, help="number of samples (default 64)")
-    s.add_argument("--seed", type=int, default=0,
-                   help="sampling seed; the same seed gives the same images (default 0)")
+    s.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="sampling seed; the same seed gives the same images (default 0)",
+    )
     s.add_argument("--out", help="PNG path (default RUN_DIR/figures/samples-seedS.png)")
 
     b = sub.add_parser("baseline", help="closed-form full-covariance Gaussian baseline")
     b.add_argument("--data", help="data spec (default 'tfds')")
     b.add_argument("--out", help="directory for baseline.json")
-    b.add_argument("--noise-seed", type=int, default=0,
-                   help="seed of the fixed dequantization noise (default 0, as training runs)")
+    b.add_argument(
+        "--noise-seed",
+        type=int,
+        default=0,
+        help="seed of the fixed dequantization noise (default 0, as training runs)",
+    )
     b.add_argument("--train-limit", type=int, help="use only the first N training images")
-    b.add_argument("--validation-limit", type=int,
-                   help="use only the first N validation images")
+    b.add_argument("--validation-limit", type=int, help="use only the first N validation images")
     b.add_argument("--test-limit", type=int, help="use only the first N test images")
-    b.add_argument("--validation-size", type=int, default=10_000,
-                   help="the last N images of the training file are the validation split "
-                        "(default 10000, the paper's protocol)")
-    b.add_argument("--jitter", type=float, default=0.0,
-                   help="added to the covariance diagonal; > 0 when there are fewer training "
-                        "images than dimensions (default 0: the exact ML fit)")
+    b.add_argument(
+        "--validation-size",
+        type=int,
+        default=10_000,
+        help="the last N images of the training file are the validation split "
+        "(default 10000, the paper's protocol)",
+    )
+    b.add_argument(
+        "--jitter",
+        type=float,
+        default=0.0,
+        help="added to the covariance diagonal; > 0 when there are fewer training "
+        "images than dimensions (default 0: the exact ML fit)",
+    )
 
-    x = sub.add_parser("export", help="write a run's model as a TensorFlow SavedModel "
-                                      "(usable without tfdgmm)")
+    x = sub.add_parser(
+        "export", help="write a run's model as a TensorFlow SavedModel (usable without tfdgmm)"
+    )
     x.add_argument("run_dir")
     x.add_argument("out_dir", help="SavedModel directory, e.g. saved_models/NAME")
-    x.add_argument("--which", default="best", choices=["best", "latest"],
-                   help="best/ (default; falls back to the latest checkpoint) or latest")
-    x.add_argument("--restarts", type=int, default=2,
-                   help="random starts of the exported E-step search")
-    x.add_argument("--restart-passes", type=int, default=2,
-                   help="coordinate-ascent passes per start")
-    x.add_argument("--location-method", default="auto",
-                   help="per-location search scheme (tfdgmm.path_search.LOCATION_METHODS)")
-    x.add_argument("--seed", type=int, nargs=2, default=[0, 0], metavar=("A", "B"),
-                   help="the fixed stateless seed of the exported search")
+    x.add_argument(
+        "--which",
+        default="best",
+        choices=["best", "latest"],
+        help="best/ (default; falls back to the latest checkpoint) or latest",
+    )
+    x.add_argument(
+        "--restarts", type=int, default=2, help="random starts of the exported E-step search"
+    )
+    x.add_argument(
+        "--restart-passes", type=int, default=2, help="coordinate-ascent passes per start"
+    )
+    x.add_argument(
+        "--location-method",
+        default="auto",
+        help="per-location search scheme (tfdgmm.path_search.LOCATION_METHODS)",
+    )
+    x.add_argument(
+        "--seed",
+        type=int,
+        nargs=2,
+        default=[0, 0],
+        metavar=("A", "B"),
+        help="the fixed stateless seed of the exported search",
+    )
     x.add_argument("--overwrite", action="store_true", help="replace an existing SavedModel")
 
     u = sub.add_parser("tune", help="keras-tuner hyperparameter search of EM-trained models")
-    u.add_argument("--config", required=True,
-                   help="base run config (model.image_shape, training, data; the search space "
-                        "sets the layers, patch size and learning rate)")
-    u.add_argument("--max-trials", type=_count(1), required=True,
-                   help="number of trials (an upper bound for hyperband)")
-    u.add_argument("--tuner", default="random", choices=["random", "bayesian", "hyperband"],
-                   help="keras-tuner oracle (default random; bayesian needs the tune extra)")
+    u.add_argument(
+        "--config",
+        required=True,
+        help="base run config (model.image_shape, training, data; the search space "
+        "sets the layers, patch size and learning rate)",
+    )
+    u.add_argument(
+        "--max-trials",
+        type=_count(1),
+        required=True,
+        help="number of trials (an upper bound for hyperband)",
+    )
+    u.add_argument(
+        "--tuner",
+        default="random",
+        choices=["random", "bayesian", "hyperband"],
+        help="keras-tuner oracle (default random; bayesian needs the tune extra)",
+    )
     u.add_argument("--data", help="data spec (overrides data.spec)")
     u.add_argument("--out", required=True, help="project directory (trials, best.json)")
-    u.add_argument("--space", help="YAML mapping overriding the default search space, e.g. "
-                                   "'{bd_layers: [1, 2], blocks: [unshared], "
-                                   "learning_rate: [1.0e-4, 1.0e-2]}'")
-    u.add_argument("--max-epochs", type=int,
-                   help="hyperband: EM iterations of the longest trials (default: "
-                        "training.em_iterations)")
+    u.add_argument(
+        "--space",
+        help="YAML mapping overriding the default search space, e.g. "
+        "'{bd_layers: [1, 2], blocks: [unshared], "
+        "learning_rate: [1.0e-4, 1.0e-2]}'",
+    )
+    u.add_argument(
+        "--max-epochs",
+        type=int,
+        help="hyperband: EM iterations of the longest trials (default: training.em_iterations)",
+    )
     u.add_argument("--factor", type=int, default=3, help="hyperband's reduction factor")
-    u.add_argument("--seed", type=int, help="the oracle's seed, a positive integer (default 1; "
-                                            "recorded in best.json)")
-    u.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a base config value")
-    u.add_argument("--overwrite", action="store_true",
-                   help="start a new search in an existing project directory")
+    u.add_argument(
+        "--seed",
+        type=int,
+        help="the oracle's seed, a positive integer (default 1; recorded in best.json)",
+    )
+    u.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a base config value",
+    )
+    u.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new search in an existing project directory",
+    )
     u.add_argument("--quiet", action="store_true", help="no training logs of the trials")
     return p
 
@@ -204,34 +286,70 @@ def main(argv=None):
                 if not os.path.isfile(saved):
                     raise ValueError(f"--set needs --config (there is no {saved} to change)")
                 config = runs.load_run_config(saved, args.set)
-            runs.train_run(config, args.out, data_spec=args.data, resume=args.resume,
-                           argv=full_argv, figures=not args.no_figures, strategy=args.strategy)
+            runs.train_run(
+                config,
+                args.out,
+                data_spec=args.data,
+                resume=args.resume,
+                argv=full_argv,
+                figures=not args.no_figures,
+                strategy=args.strategy,
+            )
         elif args.command == "evaluate":
-            runs.evaluate_run(args.run_dir, args.split, args.data, args.restarts, args.batch_size,
-                              out_path=args.out)
+            runs.evaluate_run(
+                args.run_dir,
+                args.split,
+                args.data,
+                args.restarts,
+                args.batch_size,
+                out_path=args.out,
+            )
         elif args.command == "sample":
             print(runs.sample_run(args.run_dir, args.n, args.seed, args.out))
         elif args.command == "baseline":
-            runs.baseline_run(args.data, args.out, args.noise_seed, args.train_limit,
-                              args.validation_limit, args.test_limit, args.validation_size,
-                              args.jitter)
+            runs.baseline_run(
+                args.data,
+                args.out,
+                args.noise_seed,
+                args.train_limit,
+                args.validation_limit,
+                args.test_limit,
+                args.validation_size,
+                args.jitter,
+            )
         elif args.command == "export":
-            runs.export_run(args.run_dir, args.out_dir, args.which, args.restarts,
-                            args.restart_passes, args.seed, args.location_method, args.overwrite)
+            runs.export_run(
+                args.run_dir,
+                args.out_dir,
+                args.which,
+                args.restarts,
+                args.restart_passes,
+                args.seed,
+                args.location_method,
+                args.overwrite,
+            )
         elif args.command == "tune":
-            runs.tune_run(args.config, args.out, args.max_trials, args.tuner, args.data,
-                          args.set, args.space, args.max_epochs, args.factor, args.seed,
-                          args.overwrite, verbose=not args.quiet)
-    except (runs.DataLoadError, runs.RunLockedError, ValueError, OSError,
-            FloatingPointError) as e:
-        print(f"tfdgmm {args.command}: error: {runs.one_line(e, args.command)}",
-              file=sys.stderr)
+            runs.tune_run(
+                args.config,
+                args.out,
+                args.max_trials,
+                args.tuner,
+                args.data,
+                args.set,
+                args.space,
+                args.max_epochs,
+                args.factor,
+                args.seed,
+                args.overwrite,
+                verbose=not args.quiet,
+            )
+    except (runs.DataLoadError, runs.RunLockedError, ValueError, OSError, FloatingPointError) as e:
+        print(f"tfdgmm {args.command}: error: {runs.one_line(e, args.command)}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001  (a full disk inside TensorFlow: one line, not 68)
         if not runs.is_disk_full(e):
             raise
-        print(f"tfdgmm {args.command}: error: {runs.one_line(e, args.command)}",
-              file=sys.stderr)
+        print(f"tfdgmm {args.command}: error: {runs.one_line(e, args.command)}", file=sys.stderr)
         return 2
     return 0
 

@@ -6,8 +6,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfdgmm import path_priors
-from tfdgmm import path_search
+from tfdgmm import path_priors, path_search
 from tfdgmm.bijectors import Patchify
 
 tfd = tfp.distributions
@@ -15,7 +14,7 @@ tfb = tfp.bijectors
 
 __all__ = ["DeepGMM"]
 
-_LOG_2PI = math.log(2. * math.pi)
+_LOG_2PI = math.log(2.0 * math.pi)
 
 # The library's control flow is explicit (Python loops over layers unroll at trace time; loops
 # over locations are tf.while_loop), so AutoGraph has nothing to convert here. Keeping it out
@@ -80,8 +79,16 @@ class DeepGMM(tfd.Distribution):
          deep Gaussian mixture models. NeurIPS, 2014.
     """
 
-    def __init__(self, layers, image_shape, patch_size, path_prior="uniform",
-                 exact_limit=4096, validate_args=False, name="DeepGMM"):
+    def __init__(
+        self,
+        layers,
+        image_shape,
+        patch_size,
+        path_prior="uniform",
+        exact_limit=4096,
+        validate_args=False,
+        name="DeepGMM",
+    ):
         parameters = dict(locals())
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) != 3:
@@ -89,8 +96,7 @@ class DeepGMM(tfd.Distribution):
         h, w, c = image_shape
         r = int(patch_size)
         if r < 1 or h % r or w % r:
-            raise ValueError(
-                f"image size {h}x{w} is not divisible by the patch size {r}")
+            raise ValueError(f"image size {h}x{w} is not divisible by the patch size {r}")
         if not layers:
             raise ValueError("a DeepGMM needs at least one layer")
         with tf.name_scope(name) as name:
@@ -102,13 +108,13 @@ class DeepGMM(tfd.Distribution):
             self._exact_limit = int(exact_limit)
             dtype = _layers_dtype(self._layers)
             self._layer_specs = []
-            for i, layer in enumerate(self._layers):
+            for layer in self._layers:
                 k = int(layer.num_alternatives)
-                shape = self._patch_shape[:2] if (
-                    k > 1 and layer.selection == "location") else ()
+                shape = self._patch_shape[:2] if (k > 1 and layer.selection == "location") else ()
                 self._layer_specs.append((k, shape))
             self._path_prior = path_priors.make_path_prior(
-                path_prior, self._layer_specs, dtype, patch_shape=self._patch_shape)
+                path_prior, self._layer_specs, dtype, patch_shape=self._patch_shape
+            )
             self._ildj_tables = None
             super().__init__(
                 dtype=dtype,
@@ -116,7 +122,8 @@ class DeepGMM(tfd.Distribution):
                 validate_args=validate_args,
                 allow_nan_stats=True,
                 parameters=parameters,
-                name=name)
+                name=name,
+            )
 
     # ------------------------------------------------------------------ structure
 
@@ -124,11 +131,13 @@ class DeepGMM(tfd.Distribution):
     def from_config(cls, config, **kwargs):
         """Build from an architecture dict (see `tfdgmm.architectures`)."""
         from tfdgmm import architectures
+
         return architectures.build(config, **kwargs)
 
     def get_config(self):
         """The normalised architecture config (for models built with `from_config`)."""
         from tfdgmm import architectures
+
         return architectures.get_config(self)
 
     @property
@@ -198,12 +207,19 @@ class DeepGMM(tfd.Distribution):
         check_float_images(x)
         x = tf.convert_to_tensor(x, dtype=self.dtype, name="x")
         if x.shape.rank is not None and x.shape.rank < 3:
-            raise ValueError(f"expected images [..., {', '.join(map(str, self._image_shape))}]"
-                             f"; got shape {x.shape}")
-        if x.shape.rank is not None and x.shape[-3:].is_fully_defined() and \
-                tuple(x.shape[-3:]) != self._image_shape:
-            raise ValueError(f"expected images of shape [..., {self._image_shape[0]}, "
-                             f"{self._image_shape[1]}, {self._image_shape[2]}]; got {x.shape}")
+            raise ValueError(
+                f"expected images [..., {', '.join(map(str, self._image_shape))}]"
+                f"; got shape {x.shape}"
+            )
+        if (
+            x.shape.rank is not None
+            and x.shape[-3:].is_fully_defined()
+            and tuple(x.shape[-3:]) != self._image_shape
+        ):
+            raise ValueError(
+                f"expected images of shape [..., {self._image_shape[0]}, "
+                f"{self._image_shape[1]}, {self._image_shape[2]}]; got {x.shape}"
+            )
         if self.validate_args:
             x = tf.debugging.assert_all_finite(x, "DeepGMM input contains NaN or Inf")
         lead = tf.shape(x)[:-3]
@@ -211,14 +227,17 @@ class DeepGMM(tfd.Distribution):
 
     def _check_path(self, path, n=None):
         if len(path) != len(self._layers):
-            raise ValueError(f"a path needs one choice tensor per layer ({len(self._layers)}); "
-                             f"got {len(path)}")
+            raise ValueError(
+                f"a path needs one choice tensor per layer ({len(self._layers)}); got {len(path)}"
+            )
         out = []
         for i, (z, (k, shape)) in enumerate(zip(path, self._layer_specs)):
             z = tf.cast(tf.convert_to_tensor(z), tf.int32)
             if z.shape.rank is not None and z.shape.rank != 1 + len(shape):
-                raise ValueError(f"path entry {i} must have shape [N{''.join(', %d' % s for s in shape)}]"
-                                 f"; got {z.shape}")
+                raise ValueError(
+                    f"path entry {i} must have shape [N{''.join(f', {s}' for s in shape)}]"
+                    f"; got {z.shape}"
+                )
             if self.validate_args:
                 z = _checked_choices(z, k, i)
             out.append(z)
@@ -227,14 +246,15 @@ class DeepGMM(tfd.Distribution):
     def _ildj_table(self, i):
         """`[K, Hp, Wp]` per-alternative, per-location log|det| of layer i's inverse."""
         return tf.convert_to_tensor(
-            self._layers[i].inverse_log_det_table(self._patch_shape), dtype=self.dtype)
+            self._layers[i].inverse_log_det_table(self._patch_shape), dtype=self.dtype
+        )
 
     def _layer_ildj(self, i, z):
         """Layer i's ildj for choices `z` (`[N...]` or `[N..., Hp, Wp]`), shape `z.shape[:n]`."""
         k, shape = self._layer_specs[i]
         table = self._ildj_table(i)
         if k == 1:
-            return tf.fill(tf.shape(z)[:tf.rank(z) - len(shape)], tf.reduce_sum(table))
+            return tf.fill(tf.shape(z)[: tf.rank(z) - len(shape)], tf.reduce_sum(table))
         if not shape:
             return tf.gather(tf.reduce_sum(table, axis=[1, 2]), z)
         onehot = tf.one_hot(z, k, dtype=self.dtype)  # [..., Hp, Wp, K]
@@ -298,7 +318,7 @@ class DeepGMM(tfd.Distribution):
         above. Layer log-determinants are not included."""
         conditional = use_prior and self._path_prior.is_conditional
         batch_shape = tf.shape(y)[:-3]
-        score = 0.
+        score = 0.0
         if conditional and self._layer_specs[i][0] > 1:
             score += self._path_prior.layer_log_prob(i, y, choice_i)
         h = y
@@ -339,8 +359,10 @@ class DeepGMM(tfd.Distribution):
         if not self._path_prior.is_conditional:
             return self._path_prior.log_prob(path)
         if x is None:
-            raise ValueError("this model's path prior (gating networks) depends on the sample; "
-                             "pass x to path_log_prob")
+            raise ValueError(
+                "this model's path prior (gating networks) depends on the sample; "
+                "pass x to path_log_prob"
+            )
         x, _ = self._prepare(x)
         return self._path_prior.log_prob(path, self._activations(self._patchify.forward(x), path))
 
@@ -394,8 +416,8 @@ class DeepGMM(tfd.Distribution):
         grids = []
         for k, shape in self._layer_specs:
             m = int(np.prod(shape)) if shape else 1
-            combos = np.stack(np.unravel_index(np.arange(k ** m), [k] * m), axis=-1)  # [k^m, m]
-            grids.append(combos.reshape([k ** m] + list(shape)) if shape else combos[:, 0])
+            combos = np.stack(np.unravel_index(np.arange(k**m), [k] * m), axis=-1)  # [k^m, m]
+            grids.append(combos.reshape([k**m] + list(shape)) if shape else combos[:, 0])
         sizes = [len(g) for g in grids]
         idx = np.unravel_index(np.arange(int(np.prod(sizes))), sizes)
         return tuple(tf.constant(g[j].astype(np.int32)) for g, j in zip(grids, idx))
@@ -405,7 +427,8 @@ class DeepGMM(tfd.Distribution):
             raise ValueError(
                 f"{what}: the model has {_fmt_count(self.num_paths)} paths, more than "
                 f"exact_limit={self._exact_limit}; exact enumeration is infeasible. Use "
-                "log_prob_lower_bound / log_prob_upper_bound (or raise exact_limit).")
+                "log_prob_lower_bound / log_prob_upper_bound (or raise exact_limit)."
+            )
 
     def _call_log_prob(self, value, name, **kwargs):
         # before TFP converts `value` to the model's dtype: raw integer pixels are an error
@@ -438,11 +461,12 @@ class DeepGMM(tfd.Distribution):
                 c = k
             else:
                 m = int(np.prod(shape))
-                combos = np.stack(np.unravel_index(np.arange(k ** m), [k] * m), -1)
-                combos = tf.constant(combos.reshape([k ** m] + list(shape)).astype(np.int32))
-                c = k ** m
-                hb = tf.broadcast_to(h[:, :, None], tf.concat(
-                    [tf.shape(h)[:2], [c], tf.shape(h)[2:]], 0))
+                combos = np.stack(np.unravel_index(np.arange(k**m), [k] * m), -1)
+                combos = tf.constant(combos.reshape([k**m] + list(shape)).astype(np.int32))
+                c = k**m
+                hb = tf.broadcast_to(
+                    h[:, :, None], tf.concat([tf.shape(h)[:2], [c], tf.shape(h)[2:]], 0)
+                )
                 choice = tf.broadcast_to(combos, tf.concat([tf.shape(h)[:2], [c], _ints(shape)], 0))
                 h = layer.inverse(hb, choice=choice)
                 onehot = tf.one_hot(combos, k, dtype=self.dtype)
@@ -451,8 +475,10 @@ class DeepGMM(tfd.Distribution):
             if gating:  # log p(z_i | h_{i+1}) for every prefix, h: [N, P, C, ...]
                 choices = tf.range(c) if not shape else combos
                 terms = terms + self._path_prior.layer_log_prob(
-                    i, h, tf.broadcast_to(choices, tf.concat(
-                        [tf.shape(h)[:2], tf.shape(choices)], 0)))
+                    i,
+                    h,
+                    tf.broadcast_to(choices, tf.concat([tf.shape(h)[:2], tf.shape(choices)], 0)),
+                )
             h = tf.reshape(h, tf.concat([[n, p * c], self._patch_shape], 0))
             ildj = tf.reshape(ildj[:, :, None] + terms, [n, -1])
         lp = self._base_log_prob(h) + ildj
@@ -463,8 +489,18 @@ class DeepGMM(tfd.Distribution):
     # ------------------------------------------------------------------ E-step and bounds
 
     @_no_autograph
-    def best_path(self, x, init=None, restarts=1, init_passes=1, restart_passes=2,
-                  seed=None, location_method="auto", use_prior=True, location_options=None):
+    def best_path(
+        self,
+        x,
+        init=None,
+        restarts=1,
+        init_passes=1,
+        restart_passes=2,
+        seed=None,
+        location_method="auto",
+        use_prior=True,
+        location_options=None,
+    ):
         """Hard E-step: the best path per image found by layer-wise coordinate ascent.
 
         The paper's heuristic: starting from `init` (e.g. the previous E-step's paths), run
@@ -494,9 +530,17 @@ class DeepGMM(tfd.Distribution):
         if init is not None:
             init = self._check_path(init)
         return path_search.best_path(
-            self, x, init=init, restarts=restarts, init_passes=init_passes,
-            restart_passes=restart_passes, seed=seed, location_method=location_method,
-            use_prior=use_prior, location_options=location_options)
+            self,
+            x,
+            init=init,
+            restarts=restarts,
+            init_passes=init_passes,
+            restart_passes=restart_passes,
+            seed=seed,
+            location_method=location_method,
+            use_prior=use_prior,
+            location_options=location_options,
+        )
 
     @_no_autograph
     def log_prob_lower_bound(self, x, path=None, **search_kwargs):
@@ -520,13 +564,18 @@ class DeepGMM(tfd.Distribution):
         """
         if isinstance(self._path_prior, path_priors.UniformPathPrior):
             return self.log_prob_lower_bound(x, path=path, **search_kwargs) + tf.constant(
-                self.log_num_paths, self.dtype)
+                self.log_num_paths, self.dtype
+            )
         if path is None:
             path, _ = self.best_path(x, **search_kwargs)
-        options = {k: v for k, v in search_kwargs.items()
-                   if k in ("seed", "location_method", "location_options")}
-        return self.best_path(x, init=path, restarts=0, init_passes=1, use_prior=False,
-                              **options)[1]
+        options = {
+            k: v
+            for k, v in search_kwargs.items()
+            if k in ("seed", "location_method", "location_options")
+        }
+        return self.best_path(x, init=path, restarts=0, init_passes=1, use_prior=False, **options)[
+            1
+        ]
 
     # ------------------------------------------------------------------ sampling
 
@@ -555,8 +604,7 @@ class DeepGMM(tfd.Distribution):
                 path[i] = tf.zeros([n], tf.int32)
             else:
                 logits = tf.reshape(self._path_prior.layer_logits(i, h), [-1, k])
-                draws = tf.random.stateless_categorical(logits, 1, seed=seeds[i],
-                                                        dtype=tf.int32)
+                draws = tf.random.stateless_categorical(logits, 1, seed=seeds[i], dtype=tf.int32)
                 path[i] = tf.reshape(draws, tf.concat([[n], _ints(shape)], 0))
             h = self._layers[i].forward(h, **_kw(self._choice(i, path[i], tf.shape(h)[:-3])))
         return self._patchify.inverse(h), tuple(path)
@@ -575,12 +623,14 @@ class DeepGMM(tfd.Distribution):
         """Per layer, the mixing weights of its alternatives when choices are independent
         across layers (and locations): `[K]` or `[Hp, Wp, K]` probabilities (None for K = 1).
         Uniform and factorized priors only."""
-        if not isinstance(self._path_prior, (path_priors.UniformPathPrior,
-                                             path_priors.FactorizedPathPrior)):
+        if not isinstance(
+            self._path_prior, (path_priors.UniformPathPrior, path_priors.FactorizedPathPrior)
+        ):
             raise NotImplementedError(
                 f"{what}: closed form only for the uniform and factorized path priors; this "
                 f"model has a {type(self._path_prior).__name__}. For small models use "
-                f"as_mixture().{what}().")
+                f"as_mixture().{what}()."
+            )
         out = []
         for i, (k, _) in enumerate(self._layer_specs):
             if k == 1:
@@ -597,9 +647,9 @@ class DeepGMM(tfd.Distribution):
         if weights is None:
             return layer.forward(h)
         y = layer.forward(h[:, None])  # batch form: [M, K, Hp, Wp, D]
-        if weights.shape.rank == 1:                      # [K]
+        if weights.shape.rank == 1:  # [K]
             w = tf.reshape(weights, [1, -1, 1, 1, 1])
-        else:                                            # [Hp, Wp, K]
+        else:  # [Hp, Wp, K]
             w = tf.transpose(weights, [2, 0, 1])[None, :, :, :, None]
         return tf.reduce_sum(w * y, axis=1)
 
@@ -636,13 +686,14 @@ class DeepGMM(tfd.Distribution):
         loc = np.repeat(np.arange(hp * wp), d)
         # blocks of one location (the homogeneous row and column, i.e. the mean, come from
         # the pi-weighted map)
-        same_loc = tf.constant(np.pad(loc[:, None] == loc[None, :], [[1, 0], [1, 0]],
-                                      constant_values=False))
+        same_loc = tf.constant(
+            np.pad(loc[:, None] == loc[None, :], [[1, 0], [1, 0]], constant_values=False)
+        )
 
         def apply(i, cols, alt):
             """`A_k` (alt = k) or `Abar` (alt = None) on homogeneous columns `[1 + n, B]`."""
             b = tf.shape(cols)[1]
-            c0 = cols[:1]                                             # [1, B]
+            c0 = cols[:1]  # [1, B]
             h = tf.reshape(tf.transpose(cols[1:]), [b, hp, wp, d])
             zero = tf.zeros([1, hp, wp, d], self.dtype)
             both = tf.concat([zero, h], 0)
@@ -652,13 +703,13 @@ class DeepGMM(tfd.Distribution):
             else:
                 y = layer.forward(both, choice=self._fixed_choice(i, alt, b + 1))
             f0, fh = tf.reshape(y[:1], [1, n]), tf.reshape(y[1:], [b, n])
-            lin = fh - f0                                             # linear part
-            out = lin + tf.transpose(c0) * f0                         # + c0 * offset
+            lin = fh - f0  # linear part
+            out = lin + tf.transpose(c0) * f0  # + c0 * offset
             return tf.concat([c0, tf.transpose(out)], 0)
 
         def sandwich(i, mm, alt):
-            left = apply(i, mm, alt)                                  # A M
-            return apply(i, tf.transpose(left), alt)                  # A (A M)^T = A M A^T
+            left = apply(i, mm, alt)  # A M
+            return apply(i, tf.transpose(left), alt)  # A (A M)^T = A M A^T
 
         for i in reversed(range(len(self._layers))):
             k, shape = self._layer_specs[i]
@@ -671,15 +722,16 @@ class DeepGMM(tfd.Distribution):
                 continue
             wl = tf.reshape(tf.repeat(tf.reshape(w, [hp * wp, k]), d, axis=0), [n, k])
             wl = tf.concat([tf.zeros([1, k], self.dtype), wl], 0)  # (row 0: not same_loc)
-            diag = 0.
+            diag = 0.0
             for j in range(k):  # rows weighted by the alternative's probability at their loc
-                diag += wl[:, j:j + 1] * sandwich(i, m, j)
+                diag += wl[:, j : j + 1] * sandwich(i, m, j)
             m = tf.where(same_loc, diag, sandwich(i, m, None))
         mean = m[0, 1:]
         cov = m[1:, 1:] - mean[:, None] * mean[None, :]
         # patch-tensor order -> image order, on both sides
-        perm = tf.reshape(self._patchify.inverse(tf.reshape(
-            tf.range(n, dtype=tf.float64), [1, hp, wp, d])), [n])
+        perm = tf.reshape(
+            self._patchify.inverse(tf.reshape(tf.range(n, dtype=tf.float64), [1, hp, wp, d])), [n]
+        )
         perm = tf.cast(perm, tf.int32)
         cov = tf.gather(tf.gather(cov, perm, axis=0), perm, axis=1)
         return cov
@@ -716,15 +768,21 @@ class DeepGMM(tfd.Distribution):
         paths = self.enumerate_paths()
         beta, omega = self.component_params(paths)
         if self._path_prior.is_conditional:
-            raise ValueError("as_mixture: with gating networks the mixture weights depend on x; "
-                             "there is no fixed-weight mixture. Use log_prob.")
+            raise ValueError(
+                "as_mixture: with gating networks the mixture weights depend on x; "
+                "there is no fixed-weight mixture. Use log_prob."
+            )
         components = tfd.TransformedDistribution(
             tfd.MultivariateNormalLinearOperator(
-                loc=beta, scale=tf.linalg.LinearOperatorFullMatrix(omega)),
-            tfb.Reshape(event_shape_out=list(self._image_shape), event_shape_in=[beta.shape[-1]]))
+                loc=beta, scale=tf.linalg.LinearOperatorFullMatrix(omega)
+            ),
+            tfb.Reshape(event_shape_out=list(self._image_shape), event_shape_in=[beta.shape[-1]]),
+        )
         return tfd.MixtureSameFamily(
-            tfd.Categorical(logits=self._path_prior.log_prob(paths)), components,
-            validate_args=self.validate_args)
+            tfd.Categorical(logits=self._path_prior.log_prob(paths)),
+            components,
+            validate_args=self.validate_args,
+        )
 
 
 def _checked_choices(z, k, i):
@@ -738,9 +796,12 @@ def _checked_choices(z, k, i):
         if lo < 0 or hi >= k:
             raise ValueError(f"{msg}; got min {lo}, max {hi}")
         return z
-    checks = [tf.debugging.assert_non_negative(z, message=f"{msg} (got a negative choice)"),
-              tf.debugging.assert_less(z, tf.constant(k, tf.int32),
-                                       message=f"{msg} (got a choice >= {k})")]
+    checks = [
+        tf.debugging.assert_non_negative(z, message=f"{msg} (got a negative choice)"),
+        tf.debugging.assert_less(
+            z, tf.constant(k, tf.int32), message=f"{msg} (got a choice >= {k})"
+        ),
+    ]
     with tf.control_dependencies(checks):
         return tf.identity(z)
 
@@ -759,7 +820,8 @@ def check_float_images(x, where="images"):
         raise ValueError(
             f"{where} are {dtype.name} (raw pixels?); expected dequantised float images on "
             "[-1, 1]: tfdgmm.data.dequantize(pixels, np.random.default_rng(0).random("
-            "pixels.shape)) or split.dequantized(seed) of tfdgmm.data.load_cifar10")
+            "pixels.shape)) or split.dequantized(seed) of tfdgmm.data.load_cifar10"
+        )
 
 
 def check_seed(seed, where="seed"):
@@ -769,12 +831,16 @@ def check_seed(seed, where="seed"):
     try:
         t = tf.convert_to_tensor(seed)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{where} must be an int or an int32 [2] tensor (a stateless seed); "
-                         f"got {seed!r}") from err
-    if not t.dtype.is_integer or (t.shape.rank is not None and t.shape.as_list() not in (
-            [], [2], [None])):
-        raise ValueError(f"{where} must be an int or an int32 [2] tensor (a stateless seed); "
-                         f"got {t.dtype.name} of shape {t.shape.as_list()}")
+        raise ValueError(
+            f"{where} must be an int or an int32 [2] tensor (a stateless seed); got {seed!r}"
+        ) from err
+    if not t.dtype.is_integer or (
+        t.shape.rank is not None and t.shape.as_list() not in ([], [2], [None])
+    ):
+        raise ValueError(
+            f"{where} must be an int or an int32 [2] tensor (a stateless seed); "
+            f"got {t.dtype.name} of shape {t.shape.as_list()}"
+        )
     return seed
 
 
@@ -799,4 +865,4 @@ def _layers_dtype(layers):
 
 
 def _fmt_count(n):
-    return str(n) if n < 10 ** 12 else f"~{n:.3e}"
+    return str(n) if n < 10**12 else f"~{n:.3e}"

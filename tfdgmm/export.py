@@ -71,11 +71,12 @@ CONFIG_NAMES = layout.CONFIG_NAMES
 _BEST_DIR = layout.BEST
 _STATE_DIR = layout.CHECKPOINTS
 
-_INT32_MAX = 2 ** 31 - 1
+_INT32_MAX = 2**31 - 1
 
 
-def search_settings(restarts=2, restart_passes=2, location_method="auto",
-                    location_options=None, seed=(0, 0)):
+def search_settings(
+    restarts=2, restart_passes=2, location_method="auto", location_options=None, seed=(0, 0)
+):
     """The E-step search settings of an export, as keyword arguments of `DeepGMM.best_path`.
 
     `model.best_path(x, **search_settings(...))` on the live model gives exactly what the
@@ -102,14 +103,19 @@ def search_settings(restarts=2, restart_passes=2, location_method="auto",
         return int(v)
 
     if location_method not in path_search.LOCATION_METHODS:
-        raise ValueError(f"search_settings: location_method must be one of "
-                         f"{path_search.LOCATION_METHODS}; got {location_method!r}")
+        raise ValueError(
+            f"search_settings: location_method must be one of "
+            f"{path_search.LOCATION_METHODS}; got {location_method!r}"
+        )
     try:
         seed_list = [int(s) for s in np.asarray(seed).reshape(-1)]
     except (TypeError, ValueError):
         seed_list = None
-    if seed_list is None or len(seed_list) != 2 or not all(
-            -_INT32_MAX - 1 <= s <= _INT32_MAX for s in seed_list):
+    if (
+        seed_list is None
+        or len(seed_list) != 2
+        or not all(-_INT32_MAX - 1 <= s <= _INT32_MAX for s in seed_list)
+    ):
         raise ValueError(f"search_settings: seed must be a pair of int32s; got {seed!r}")
     options = None if location_options is None else dict(location_options)
     settings = {
@@ -122,7 +128,9 @@ def search_settings(restarts=2, restart_passes=2, location_method="auto",
     try:
         json.dumps(settings)
     except TypeError as err:
-        raise ValueError(f"search_settings: location_options must be JSON-serialisable: {err}")
+        raise ValueError(
+            f"search_settings: location_options must be JSON-serialisable: {err}"
+        ) from err
     return settings
 
 
@@ -174,8 +182,7 @@ class _ExportModule(tf.Module):
         def log_prob_upper_bound(x):
             if uniform:  # the live model's formula, reusing the search
                 return search_fn(x)[1] + tf.constant(model.log_num_paths, dtype)
-            return model.log_prob_upper_bound(tf.cast(x, dtype), seed=search_seed,
-                                              **search_kwargs)
+            return model.log_prob_upper_bound(tf.cast(x, dtype), seed=search_seed, **search_kwargs)
 
         def log_prob(x):
             return model.log_prob(tf.cast(x, dtype))
@@ -198,17 +205,22 @@ class _ExportModule(tf.Module):
         nats_per_bit = float(model.num_dims) * math.log(2.0)
 
         def bits_per_dim(lower):  # -log2(bin_width) - LL / (D ln 2), see tfdgmm.units
-            return (tf.constant(-log2_bin, lower.dtype)
-                    - lower / tf.constant(nats_per_bit, lower.dtype))
+            return tf.constant(-log2_bin, lower.dtype) - lower / tf.constant(
+                nats_per_bit, lower.dtype
+            )
 
         sample_fn = _traced(sample, n_spec, seed_spec)
-        bodies = {"sample": (sample_fn, [n_spec, seed_spec], "images"),
-                  "log_prob_lower_bound": (lambda x: search_fn(x)[1], [images], "lower_bound"),
-                  "bits_per_dim": (lambda x: bits_per_dim(search_fn(x)[1]), [images],
-                                   "bits_per_dim"),
-                  "log_prob_upper_bound": (_traced(log_prob_upper_bound, images), [images],
-                                           "upper_bound"),
-                  "best_path": (_traced(best_path, images), [images], None)}
+        bodies = {
+            "sample": (sample_fn, [n_spec, seed_spec], "images"),
+            "log_prob_lower_bound": (lambda x: search_fn(x)[1], [images], "lower_bound"),
+            "bits_per_dim": (lambda x: bits_per_dim(search_fn(x)[1]), [images], "bits_per_dim"),
+            "log_prob_upper_bound": (
+                _traced(log_prob_upper_bound, images),
+                [images],
+                "upper_bound",
+            ),
+            "best_path": (_traced(best_path, images), [images], None),
+        }
         if exact:
             bodies["log_prob"] = (_traced(log_prob, images), [images], "log_prob")
         functions = list(bodies) + ["metadata"]
@@ -237,8 +249,7 @@ class _ExportModule(tf.Module):
         self.image_shape = var(list(model.image_shape), "image_shape", tf.int32)
         self.patch_size = var(model.patch_size, "patch_size", tf.int32)
         self.log_num_paths = var(float(model.log_num_paths), "log_num_paths", tf.float64)
-        for key in ("num_paths", "dtype", "config", "search_config", "functions",
-                    "tfdgmm_version"):
+        for key in ("num_paths", "dtype", "config", "search_config", "functions", "tfdgmm_version"):
             setattr(self, key, var(meta[key], key, tf.string))
 
         def metadata():
@@ -253,18 +264,20 @@ class _ExportModule(tf.Module):
     def signatures(self):
         """Serving signatures: the same functions with dict outputs (`images`, `lower_bound`,
         `upper_bound`, `log_prob`; `best_path` and `metadata` return dicts already)."""
-        return {name: _thin(body, specs, key)
-                for name, (body, specs, key) in self._signature_bodies().items()}
+        return {
+            name: _thin(body, specs, key)
+            for name, (body, specs, key) in self._signature_bodies().items()
+        }
 
 
 def _sample_with_default_seed(sample_fn, n_spec, seed_spec):
     """`sample(n, seed=None)`: with a seed (positional or keyword), stateless and exactly
     reproducible; without one, a fresh random seed (as TFP's `seed=None`). Two traced
     signatures, so the loaded function accepts both calls."""
+
     def sample(n, seed=None):
         if seed is None:
-            seed = tf.random.uniform([2], minval=-_INT32_MAX - 1, maxval=_INT32_MAX,
-                                     dtype=tf.int32)
+            seed = tf.random.uniform([2], minval=-_INT32_MAX - 1, maxval=_INT32_MAX, dtype=tf.int32)
         return sample_fn(n, seed)
 
     fn = tf.function(sample, autograph=False)
@@ -282,12 +295,12 @@ def _thin(fn, specs, key=None):
     """A `tf.function` calling `fn` (cheap to trace), its output wrapped as `{key: ...}`."""
     if key is None:
         return tf.function(lambda *args: fn(*args), input_signature=specs, autograph=False)
-    return tf.function(lambda *args: {key: fn(*args)}, input_signature=specs,
-                       autograph=False)
+    return tf.function(lambda *args: {key: fn(*args)}, input_signature=specs, autograph=False)
 
 
 def _is_uniform(model):
     from tfdgmm import path_priors
+
     return isinstance(model.path_prior, path_priors.UniformPathPrior)
 
 
@@ -318,8 +331,10 @@ def export_saved_model(model, path, *, search=None, overwrite=False):
     if state == "savedmodel" and not overwrite:
         raise FileExistsError(f"{path} holds a SavedModel (pass overwrite=True to replace it)")
     if state == "other":
-        raise FileExistsError(f"{path} is not empty and is not a SavedModel (nor what an "
-                              "interrupted export leaves); refusing to replace it")
+        raise FileExistsError(
+            f"{path} is not empty and is not a SavedModel (nor what an "
+            "interrupted export leaves); refusing to replace it"
+        )
     module = _ExportModule(model, settings)
     signatures = module.signatures()
     # write a temporary sibling, then rename it into place: `path` always holds either the old
@@ -400,8 +415,9 @@ def find_run_config(run_dir):
         if os.path.isfile(path):
             break
     else:
-        raise FileNotFoundError(f"{run_dir}: no run config found (looked for "
-                                f"{', '.join(CONFIG_NAMES)})")
+        raise FileNotFoundError(
+            f"{run_dir}: no run config found (looked for {', '.join(CONFIG_NAMES)})"
+        )
     config = _read_config_file(path)
     arch = _architecture_of(config, path, run_dir)
     return arch, path
@@ -415,14 +431,16 @@ def _read_config_file(path):
             config = json.loads(text)
         else:
             import yaml
+
             config = yaml.safe_load(text)
     except (OSError, ValueError) as err:  # json and yaml errors are ValueErrors or YAMLErrors
         raise ValueError(f"{path}: cannot read the config: {err}") from err
     except Exception as err:  # yaml.YAMLError
         raise ValueError(f"{path}: cannot parse the config: {err}") from err
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level; got "
-                         f"{type(config).__name__}")
+        raise ValueError(
+            f"{path}: expected a mapping at the top level; got {type(config).__name__}"
+        )
     return config
 
 
@@ -437,18 +455,23 @@ def _architecture_of(config, path, run_dir):
             candidates = [os.path.join(run_dir, arch), arch]
             found = next((p for p in candidates if os.path.isfile(p)), None)
             if found is None:
-                raise FileNotFoundError(f"{path}: {key}: architecture file {arch!r} not found "
-                                        f"(looked in {run_dir} and the working directory)")
+                raise FileNotFoundError(
+                    f"{path}: {key}: architecture file {arch!r} not found "
+                    f"(looked in {run_dir} and the working directory)"
+                )
             arch = _read_config_file(found)
             path = found
             if "layers" not in arch and isinstance(arch.get(key), dict):
                 arch = arch[key]
         if not isinstance(arch, dict) or "layers" not in arch:
-            raise ValueError(f"{path}: {key!r} is not an architecture (a mapping with "
-                             "'image_shape', 'patch_size' and 'layers')")
+            raise ValueError(
+                f"{path}: {key!r} is not an architecture (a mapping with "
+                "'image_shape', 'patch_size' and 'layers')"
+            )
         return arch
-    raise ValueError(f"{path}: no architecture found: expected 'layers' at the top level or "
-                     "a 'model' section")
+    raise ValueError(
+        f"{path}: no architecture found: expected 'layers' at the top level or a 'model' section"
+    )
 
 
 def find_run_checkpoint(run_dir, which="best", notes=None):
@@ -472,8 +495,12 @@ def find_run_checkpoint(run_dir, which="best", notes=None):
         prefix, problem = checkpoint_in(directory)
         if problem is not None:
             if prefix is None:
-                hint = (" (pass which='latest' / --which latest to use the latest training "
-                        "checkpoint instead)" if sub == _BEST_DIR else "")
+                hint = (
+                    " (pass which='latest' / --which latest to use the latest training "
+                    "checkpoint instead)"
+                    if sub == _BEST_DIR
+                    else ""
+                )
                 raise ValueError(f"{problem}{hint}")
             if notes is not None:
                 notes.append(problem)
@@ -481,8 +508,7 @@ def find_run_checkpoint(run_dir, which="best", notes=None):
             if sub != subdirs[0] and notes is not None:
                 notes.append(f"{run_dir} has no {subdirs[0] or 'checkpoint'}; using {prefix}")
             return prefix
-    raise FileNotFoundError(f"{run_dir}: no checkpoint found (looked in "
-                            f"{', '.join(looked)})")
+    raise FileNotFoundError(f"{run_dir}: no checkpoint found (looked in {', '.join(looked)})")
 
 
 def checkpoint_kind(run_dir, prefix):
@@ -515,7 +541,8 @@ def load_run_model(run_dir, which="best", notes=None):
         raise ValueError(
             f"{prefix}: cannot restore the model from this checkpoint (corrupt or truncated, "
             f"or written for another architecture than {config_path}): "
-            f"{type(err).__name__}: {err}") from err
+            f"{type(err).__name__}: {err}"
+        ) from err
     return model, prefix
 
 

@@ -27,7 +27,7 @@ def _chunks(x, chunk_size: int):
     if isinstance(x, (np.ndarray, tf.Tensor)):
         x = np.asarray(x)
         for lo in range(0, x.shape[0], chunk_size):
-            c = x[lo:lo + chunk_size]
+            c = x[lo : lo + chunk_size]
             yield np.ascontiguousarray(c.reshape(c.shape[0], -1), dtype=np.float64)
     else:
         for c in x:
@@ -79,7 +79,8 @@ def fit_full_covariance_gaussian(
             "and non-degenerate data, or pass jitter > 0 (tfdgmm baseline --jitter J)"
         ) from e
     return tfd.MultivariateNormalTriL(
-        loc=tf.constant(mean, tf.float64), scale_tril=tf.constant(chol, tf.float64),
+        loc=tf.constant(mean, tf.float64),
+        scale_tril=tf.constant(chol, tf.float64),
         name="FullCovarianceGaussian",
     )
 
@@ -96,9 +97,11 @@ def log_prob(dist, x) -> np.ndarray:
         chol = dist.scale.to_dense()
         z = tf.linalg.triangular_solve(chol, tf.transpose(x - dist.loc), lower=True)
         d = tf.cast(tf.shape(chol)[-1], tf.float64)
-        lp = (-0.5 * tf.reduce_sum(z * z, axis=0)
-              - tf.reduce_sum(tf.math.log(tf.abs(tf.linalg.diag_part(chol))))
-              - 0.5 * d * math.log(2.0 * math.pi))
+        lp = (
+            -0.5 * tf.reduce_sum(z * z, axis=0)
+            - tf.reduce_sum(tf.math.log(tf.abs(tf.linalg.diag_part(chol))))
+            - 0.5 * d * math.log(2.0 * math.pi)
+        )
         return lp.numpy()
     return np.asarray(dist.log_prob(tf.cast(x, dist.dtype)), dtype=np.float64)
 
@@ -123,8 +126,7 @@ def ml_training_log_likelihood(dist) -> float:
     """
     chol = dist.scale.to_dense().numpy()
     d = chol.shape[-1]
-    return float(-0.5 * d * (1.0 + math.log(2.0 * math.pi))
-                 - np.sum(np.log(np.abs(np.diag(chol)))))
+    return float(-0.5 * d * (1.0 + math.log(2.0 * math.pi)) - np.sum(np.log(np.abs(np.diag(chol)))))
 
 
 def num_parameters(num_dims: int = 3072) -> dict:
@@ -138,8 +140,9 @@ def num_parameters(num_dims: int = 3072) -> dict:
     }
 
 
-def evaluate(dist, splits, *, noise_seed: int | None = 0, chunk_size: int = DEFAULT_CHUNK,
-             skip=()) -> dict:
+def evaluate(
+    dist, splits, *, noise_seed: int | None = 0, chunk_size: int = DEFAULT_CHUNK, skip=()
+) -> dict:
     """``{split name: {num_images, nats, bits_per_dim}}`` for every split that exists.
 
     ``splits`` is a :class:`tfdgmm.data.Splits` (or an iterable of ``Split``); each split is
@@ -157,12 +160,21 @@ def evaluate(dist, splits, *, noise_seed: int | None = 0, chunk_size: int = DEFA
 
 
 def _result(num_images: int, ll: float, num_dims: int) -> dict:
-    return {"num_images": num_images, "nats": ll,
-            "bits_per_dim": nats_to_bits_per_dim(ll, num_dims=num_dims)}
+    return {
+        "num_images": num_images,
+        "nats": ll,
+        "bits_per_dim": nats_to_bits_per_dim(ll, num_dims=num_dims),
+    }
 
 
-def run_gaussian_baseline(splits, *, noise_seed: int | None = 0, chunk_size: int = DEFAULT_CHUNK,
-                          direct_train: bool = False, jitter: float = 0.0) -> dict:
+def run_gaussian_baseline(
+    splits,
+    *,
+    noise_seed: int | None = 0,
+    chunk_size: int = DEFAULT_CHUNK,
+    direct_train: bool = False,
+    jitter: float = 0.0,
+) -> dict:
     """Fit on ``splits.train`` and evaluate every split: a plain dict for a CLI or a report.
 
     The training score uses :func:`ml_training_log_likelihood` (exact for the ML fit, and saves
@@ -178,13 +190,21 @@ def run_gaussian_baseline(splits, *, noise_seed: int | None = 0, chunk_size: int
     if jitter < 0:
         raise ValueError(f"jitter must be >= 0; got {jitter}")
     direct_train = direct_train or jitter > 0
-    dist = fit_full_covariance_gaussian(train.iter_dequantized(noise_seed, chunk_size, np.float64),
-                                        jitter=jitter)
+    dist = fit_full_covariance_gaussian(
+        train.iter_dequantized(noise_seed, chunk_size, np.float64), jitter=jitter
+    )
     results = {}
     if not direct_train:
         results["train"] = _result(len(train), ml_training_log_likelihood(dist), train.num_dims)
-    results.update(evaluate(dist, splits, noise_seed=noise_seed, chunk_size=chunk_size,
-                            skip=() if direct_train else ("train",)))
+    results.update(
+        evaluate(
+            dist,
+            splits,
+            noise_seed=noise_seed,
+            chunk_size=chunk_size,
+            skip=() if direct_train else ("train",),
+        )
+    )
     results = {name: results[name] for name, _ in splits.items()}  # train, validation, test
     return {
         "model": "full_covariance_gaussian",

@@ -62,8 +62,7 @@ from tfdgmm.deep_gmm import DeepGMM
 __all__ = ["DeepGMMModel", "DivergenceGuard", "ESTEP_OPTIONS", "WarmUp", "check_image_range"]
 
 #: Keys of `estep_options` (passed on to `DeepGMM.best_path`).
-ESTEP_OPTIONS = ("restarts", "init_passes", "restart_passes", "location_method",
-                 "location_options")
+ESTEP_OPTIONS = ("restarts", "init_passes", "restart_passes", "location_method", "location_options")
 
 
 @keras.saving.register_keras_serializable(package="tfdgmm")
@@ -83,16 +82,28 @@ class DeepGMMModel(keras.Model):
       **kwargs: `keras.Model` arguments (`name`, ...).
     """
 
-    def __init__(self, architecture, estep_options=None, bin_width=2.0 / 256.0, seed=None,
-                 hc_optimizer="kfac", hc_learning_rate=0.05, hc_momentum=0.9, hc_damping=1e-3,
-                 hc_statistics_interval=50, hc_max_step_nats=1000.0, warmup_updates=100,
-                 **kwargs):
+    def __init__(
+        self,
+        architecture,
+        estep_options=None,
+        bin_width=2.0 / 256.0,
+        seed=None,
+        hc_optimizer="kfac",
+        hc_learning_rate=0.05,
+        hc_momentum=0.9,
+        hc_damping=1e-3,
+        hc_statistics_interval=50,
+        hc_max_step_nats=1000.0,
+        warmup_updates=100,
+        **kwargs,
+    ):
         kwargs.setdefault("dtype", None)
         cfg = architectures.normalize(architecture)
         if cfg["path_prior"] != "uniform":
             raise ValueError(
                 f"DeepGMMModel supports path_prior='uniform' only; got {cfg['path_prior']!r} "
-                "(train factorized/table priors with tfdgmm.training).")
+                "(train factorized/table priors with tfdgmm.training)."
+            )
         if kwargs["dtype"] is None:
             kwargs["dtype"] = cfg["dtype"]
         super().__init__(**kwargs)
@@ -101,8 +112,9 @@ class DeepGMMModel(keras.Model):
         options = dict({"restarts": 1} if estep_options is None else estep_options)
         unknown = set(options) - set(ESTEP_OPTIONS)
         if unknown:
-            raise ValueError(f"unknown estep_options {sorted(unknown)}; expected some of "
-                             f"{list(ESTEP_OPTIONS)}")
+            raise ValueError(
+                f"unknown estep_options {sorted(unknown)}; expected some of {list(ESTEP_OPTIONS)}"
+            )
         self.estep_options = options
         self.bin_width = float(bin_width)
         self.seed = int(cfg["seed"] if seed is None else seed)
@@ -119,15 +131,17 @@ class DeepGMMModel(keras.Model):
 
         if hc_optimizer not in ("kfac", "optimizer"):
             raise ValueError(f"hc_optimizer must be 'kfac' or 'optimizer'; got {hc_optimizer!r}")
-        self.hc_options = {"hc_optimizer": hc_optimizer,
-                           "hc_learning_rate": float(hc_learning_rate),
-                           "hc_momentum": float(hc_momentum), "hc_damping": float(hc_damping),
-                           "hc_statistics_interval": int(hc_statistics_interval),
-                           "hc_max_step_nats": float(hc_max_step_nats),
-                           "warmup_updates": int(warmup_updates)}
+        self.hc_options = {
+            "hc_optimizer": hc_optimizer,
+            "hc_learning_rate": float(hc_learning_rate),
+            "hc_momentum": float(hc_momentum),
+            "hc_damping": float(hc_damping),
+            "hc_statistics_interval": int(hc_statistics_interval),
+            "hc_max_step_nats": float(hc_max_step_nats),
+            "warmup_updates": int(warmup_updates),
+        }
         self._kfac = None
-        if hc_optimizer == "kfac" and any(s["type"] == "half_convolution"
-                                          for s in cfg["layers"]):
+        if hc_optimizer == "kfac" and any(s["type"] == "half_convolution" for s in cfg["layers"]):
             self._kfac = _KerasKFAC(hc_damping)
 
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -140,19 +154,27 @@ class DeepGMMModel(keras.Model):
 
     def _make_layer(self, i, spec):
         kind = spec["type"]
-        common = dict(num_alternatives=spec["alternatives"],
-                      seed=self.architecture["seed"] * 1009 + i,  # as architectures.build
-                      name=f"layer{i}_{kind}", dtype=self.dtype_policy)
+        common = dict(
+            num_alternatives=spec["alternatives"],
+            seed=self.architecture["seed"] * 1009 + i,  # as architectures.build
+            name=f"layer{i}_{kind}",
+            dtype=self.dtype_policy,
+        )
         if kind == "block_diagonal":
-            return tlayers.BlockDiagonal(selection=spec["selection"],
-                                         per_location=spec["per_location"], **common)
+            return tlayers.BlockDiagonal(
+                selection=spec["selection"], per_location=spec["per_location"], **common
+            )
         if kind == "diagonal":
-            return tlayers.Diagonal(selection=spec["selection"],
-                                    per_location=spec["per_location"], **common)
+            return tlayers.Diagonal(
+                selection=spec["selection"], per_location=spec["per_location"], **common
+            )
         if kind == "half_convolution":
-            return tlayers.HalfConvolution(kernel_size=spec["kernel_size"],
-                                           update=spec["update"], selection=spec["selection"],
-                                           **common)
+            return tlayers.HalfConvolution(
+                kernel_size=spec["kernel_size"],
+                update=spec["update"],
+                selection=spec["selection"],
+                **common,
+            )
         return tlayers.Dense(**common)
 
     def build(self, input_shape=None):
@@ -171,9 +193,13 @@ class DeepGMMModel(keras.Model):
         Its parameters are tensors read now: build it inside a `GradientTape` to differentiate
         (as `train_step` does). For a standalone copy with its own variables, `to_deep_gmm()`.
         """
-        return DeepGMM([layer.bijector() for layer in self.transforms], self.image_shape,
-                       self.architecture["patch_size"], path_prior="uniform",
-                       exact_limit=self.architecture["exact_limit"])
+        return DeepGMM(
+            [layer.bijector() for layer in self.transforms],
+            self.image_shape,
+            self.architecture["patch_size"],
+            path_prior="uniform",
+            exact_limit=self.architecture["exact_limit"],
+        )
 
     def to_deep_gmm(self):
         """A new `DeepGMM` (own `tf.Variable`s, `DeepGMM.from_config`) with these values."""
@@ -186,15 +212,18 @@ class DeepGMMModel(keras.Model):
     def set_from_deep_gmm(self, gmm):
         """Copy the parameter values of a `DeepGMM` of the same architecture into the weights."""
         if len(gmm.layers) != len(self.transforms):
-            raise ValueError(f"the DeepGMM has {len(gmm.layers)} layers, this model "
-                             f"{len(self.transforms)}")
+            raise ValueError(
+                f"the DeepGMM has {len(gmm.layers)} layers, this model {len(self.transforms)}"
+            )
         for i, (bij, layer) in enumerate(zip(gmm.layers, self.transforms)):
             for name in layer._PARAMETERS:
                 weight = getattr(layer, name)
                 value = np.asarray(tf.convert_to_tensor(getattr(bij, name, None)))
                 if tuple(value.shape) != tuple(weight.shape):
-                    raise ValueError(f"layer {i} ({layer.name}) `{name}`: shape "
-                                     f"{value.shape} != {tuple(weight.shape)}")
+                    raise ValueError(
+                        f"layer {i} ({layer.name}) `{name}`: shape "
+                        f"{value.shape} != {tuple(weight.shape)}"
+                    )
                 weight.assign(value.astype(weight.dtype))
 
     # ---------------------------------------------------------------- inputs and units
@@ -205,8 +234,10 @@ class DeepGMMModel(keras.Model):
         paths = None
         if isinstance(x, dict):
             if "images" not in x:
-                raise ValueError("a dict input needs the key 'images' (and optionally 'paths'); "
-                                 f"got keys {sorted(x)}")
+                raise ValueError(
+                    "a dict input needs the key 'images' (and optionally 'paths'); "
+                    f"got keys {sorted(x)}"
+                )
             paths = x.get("paths")
             x = x["images"]
             if paths is not None:
@@ -224,21 +255,21 @@ class DeepGMMModel(keras.Model):
                 f"DeepGMMModel expects dequantized float images on [-1, 1]; got "
                 f"{tf.as_dtype(dtype).name} (raw pixels?). Dequantize them first, e.g. "
                 "tfdgmm.data.dequantize(pixels, np.random.default_rng(0).random(pixels.shape))"
-                " or split.dequantized(seed) of tfdgmm.data.load_cifar10.")
+                " or split.dequantized(seed) of tfdgmm.data.load_cifar10."
+            )
         x = tf.cast(x, self.compute_dtype)
         if x.shape.rank is not None:
             shape = x.shape.as_list()
-            if len(shape) != 4 or any(s is not None and s != e
-                                      for s, e in zip(shape[1:], self.image_shape)):
+            if len(shape) != 4 or any(
+                s is not None and s != e for s, e in zip(shape[1:], self.image_shape)
+            ):
                 expected = ", ".join(map(str, self.image_shape))
-                raise ValueError(f"DeepGMMModel expects images [N, {expected}]; got shape "
-                                 f"{shape}")
+                raise ValueError(f"DeepGMMModel expects images [N, {expected}]; got shape {shape}")
         return x
 
     def bits_per_dim(self, lower_bound):
         """`-log2(bin_width) - LL / (D ln 2)`, elementwise (`7 - LL/(D ln 2)` by default)."""
-        return (-math.log2(self.bin_width)
-                - lower_bound / (self.num_dims * math.log(2.0)))
+        return -math.log2(self.bin_width) - lower_bound / (self.num_dims * math.log(2.0))
 
     def _estep_seed(self, salt):
         return tf.stack([tf.constant(self.seed, tf.int32), tf.cast(salt, tf.int32)])
@@ -257,12 +288,13 @@ class DeepGMMModel(keras.Model):
         any `fit` and `load_weights` / `load_model` restore them.
         """
         if isinstance(optimizer, str) and optimizer.lower() == "adam":
-            optimizer = keras.optimizers.Adam(
-                WarmUp(1e-3, self.hc_options["warmup_updates"]))
+            optimizer = keras.optimizers.Adam(WarmUp(1e-3, self.hc_options["warmup_updates"]))
         for key in ("loss", "metrics", "loss_weights", "weighted_metrics"):
             if kwargs.get(key) is not None:
-                raise ValueError(f"DeepGMMModel.compile: `{key}` is not supported; the loss is "
-                                 "-mean(log pi_p + log p_p(x)) and the metrics are built in.")
+                raise ValueError(
+                    f"DeepGMMModel.compile: `{key}` is not supported; the loss is "
+                    "-mean(log pi_p + log p_p(x)) and the metrics are built in."
+                )
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
         if not self.optimizer.built:
             self.optimizer.build(self._optimizer_variables())
@@ -300,8 +332,7 @@ class DeepGMMModel(keras.Model):
         x = np.asarray(data)[:max_images]
         check_image_range(x)
         gmm = self.to_deep_gmm()
-        layer = initialize_from_data(gmm, x, max_images=max_images,
-                                     identity_below=identity_below)
+        layer = initialize_from_data(gmm, x, max_images=max_images, identity_below=identity_below)
         self.set_from_deep_gmm(gmm)
         return layer
 
@@ -327,17 +358,18 @@ class DeepGMMModel(keras.Model):
             input_shape = input_shape["images"]
         return (tuple(input_shape)[0],)
 
-    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
-               **kwargs):
+    def export(
+        self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs
+    ):
         """`keras.Model.export`; the default `input_signature` is float images
         `[None, H, W, C]` (the serving endpoint returns the per-image lower bound, `call`)."""
         if input_signature is None and format == "tf_saved_model":
-            input_signature = [tf.TensorSpec([None, *self.image_shape], self.compute_dtype,
-                                             name="images")]
+            input_signature = [
+                tf.TensorSpec([None, *self.image_shape], self.compute_dtype, name="images")
+            ]
         if verbose is not None:
             kwargs["verbose"] = verbose
-        return super().export(filepath, format=format, input_signature=input_signature,
-                              **kwargs)
+        return super().export(filepath, format=format, input_signature=input_signature, **kwargs)
 
     @property
     def metrics(self):
@@ -346,8 +378,9 @@ class DeepGMMModel(keras.Model):
     def _update_metrics(self, loss, joint, sample_weight):
         self.loss_tracker.update_state(loss, sample_weight=tf.shape(joint)[0])
         self.lower_bound_tracker.update_state(joint, sample_weight=sample_weight)
-        self.bits_per_dim_tracker.update_state(self.bits_per_dim(joint),
-                                               sample_weight=sample_weight)
+        self.bits_per_dim_tracker.update_state(
+            self.bits_per_dim(joint), sample_weight=sample_weight
+        )
         return {m.name: m.result() for m in self.metrics}
 
     @staticmethod
@@ -362,7 +395,8 @@ class DeepGMMModel(keras.Model):
         x, paths, sample_weight = self._unpack(data)
         if paths is None:
             paths, _ = self.deep_gmm().best_path(
-                x, seed=self._estep_seed(self.optimizer.iterations), **self.estep_options)
+                x, seed=self._estep_seed(self.optimizer.iterations), **self.estep_options
+            )
             paths = tuple(tf.stop_gradient(p) for p in paths)
         main = self._optimizer_variables()
         kernels = self._hc_kernels()
@@ -374,13 +408,19 @@ class DeepGMMModel(keras.Model):
         if kernels:
             step = self.optimizer.iterations
             opts = self.hc_options
-            self._kfac.step(kernels, grads[len(main):], step, x, paths, self.deep_gmm,
-                            interval=opts["hc_statistics_interval"],
-                            learning_rate=WarmUp(opts["hc_learning_rate"],
-                                                 opts["warmup_updates"])(step),
-                            momentum=opts["hc_momentum"],
-                            max_step_nats=opts["hc_max_step_nats"])
-        self.optimizer.apply_gradients(zip(grads[:len(main)], main))
+            self._kfac.step(
+                kernels,
+                grads[len(main) :],
+                step,
+                x,
+                paths,
+                self.deep_gmm,
+                interval=opts["hc_statistics_interval"],
+                learning_rate=WarmUp(opts["hc_learning_rate"], opts["warmup_updates"])(step),
+                momentum=opts["hc_momentum"],
+                max_step_nats=opts["hc_max_step_nats"],
+            )
+        self.optimizer.apply_gradients(zip(grads[: len(main)], main))
         return self._update_metrics(loss, joint, sample_weight)
 
     def test_step(self, data):
@@ -411,17 +451,25 @@ class DeepGMMModel(keras.Model):
         """
         x = np.asarray(x)
         if self._estep_function is None:
+
             def fn(xb, init_b, seed_b):
                 init_b = None if len(init_b) == 0 else tuple(init_b)
                 return self.best_path(xb, init=init_b, seed=seed_b)
+
             self._estep_function = tf.function(fn, reduce_retracing=True)
         paths, scores = [], []
         for b, start in enumerate(range(0, len(x), batch_size)):
             sl = slice(start, start + batch_size)
-            init_b = () if init is None else tuple(
-                tf.constant(np.asarray(p)[sl], tf.int32) for p in init)
-            p, s = self._estep_function(tf.constant(x[sl], self.compute_dtype), init_b,
-                                        tf.constant([int(seed), b], tf.int32))
+            init_b = (
+                ()
+                if init is None
+                else tuple(tf.constant(np.asarray(p)[sl], tf.int32) for p in init)
+            )
+            p, s = self._estep_function(
+                tf.constant(x[sl], self.compute_dtype),
+                init_b,
+                tf.constant([int(seed), b], tf.int32),
+            )
             paths.append([np.asarray(z) for z in p])
             scores.append(np.asarray(s))
         paths = tuple(np.concatenate(z, axis=0) for z in zip(*paths))
@@ -435,8 +483,9 @@ class DeepGMMModel(keras.Model):
         """
         paths = tuple(np.asarray(p, np.int32) for p in paths)
         if len(paths) != len(self.transforms):
-            raise ValueError(f"paths need one array per layer ({len(self.transforms)}); got "
-                             f"{len(paths)}")
+            raise ValueError(
+                f"paths need one array per layer ({len(self.transforms)}); got {len(paths)}"
+            )
         return self.fit({"images": np.asarray(x), "paths": paths}, **fit_kwargs)
 
     def sample(self, n, seed=None):
@@ -446,10 +495,14 @@ class DeepGMMModel(keras.Model):
     # ---------------------------------------------------------------- serialisation
 
     def get_config(self):
-        config = {"architecture": copy.deepcopy(self.architecture),
-                  "estep_options": copy.deepcopy(self.estep_options),
-                  "bin_width": self.bin_width, "seed": self.seed, "name": self.name,
-                  **self.hc_options}
+        config = {
+            "architecture": copy.deepcopy(self.architecture),
+            "estep_options": copy.deepcopy(self.estep_options),
+            "bin_width": self.bin_width,
+            "seed": self.seed,
+            "name": self.name,
+            **self.hc_options,
+        }
         return config
 
     @classmethod
@@ -458,6 +511,7 @@ class DeepGMMModel(keras.Model):
 
 
 # -------------------------------------------------------------------- schedule and policies
+
 
 @keras.saving.register_keras_serializable(package="tfdgmm")
 class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
@@ -496,27 +550,43 @@ class _KerasKFAC(tf.Module):
         from tfdgmm.training.preconditioning import HalfConvolutionKFAC
 
         self.pre = HalfConvolutionKFAC(gmm, damping=self.damping)
-        self.velocity = [tf.Variable(tf.zeros_like(k), trainable=False, name="velocity")
-                         for k in self.pre.kernels]
+        self.velocity = [
+            tf.Variable(tf.zeros_like(k), trainable=False, name="velocity")
+            for k in self.pre.kernels
+        ]
 
     @property
     def indices(self):
         return self.pre.indices
 
-    def step(self, kernels, grads, iteration, x, paths, make_gmm, interval, learning_rate,
-             momentum, max_step_nats):
+    def step(
+        self,
+        kernels,
+        grads,
+        iteration,
+        x,
+        paths,
+        make_gmm,
+        interval,
+        learning_rate,
+        momentum,
+        max_step_nats,
+    ):
         pre = self.pre
 
         def refresh():
-            pre.update(tf.stop_gradient(x), paths, model=make_gmm(),
-                       seed=tf.stack([tf.constant(0x4FAC, tf.int32),
-                                      tf.cast(iteration, tf.int32)]))
+            pre.update(
+                tf.stop_gradient(x),
+                paths,
+                model=make_gmm(),
+                seed=tf.stack([tf.constant(0x4FAC, tf.int32), tf.cast(iteration, tf.int32)]),
+            )
             return tf.constant(0)
 
-        tf.cond((iteration % interval == 0) | tf.logical_not(pre.ready), refresh,
-                lambda: tf.constant(0))
-        steps = pre.precondition(grads, learning_rate=learning_rate,
-                                 max_step_nats=max_step_nats)
+        tf.cond(
+            (iteration % interval == 0) | tf.logical_not(pre.ready), refresh, lambda: tf.constant(0)
+        )
+        steps = pre.precondition(grads, learning_rate=learning_rate, max_step_nats=max_step_nats)
         for v, p, kernel in zip(self.velocity, steps, kernels):
             v.assign(momentum * v + tf.cast(p, v.dtype))
             kernel.assign_sub(tf.cast(learning_rate, v.dtype) * v)
@@ -536,8 +606,16 @@ class DivergenceGuard(keras.callbacks.Callback):
     through a `WarmUp` schedule's `learning_rate` otherwise.
     """
 
-    def __init__(self, probe_data, probe_images=100, check_every=25, divergence_nats=1000.0,
-                 lr_factor=0.5, max_rollbacks=8, verbose=1):
+    def __init__(
+        self,
+        probe_data,
+        probe_images=100,
+        check_every=25,
+        divergence_nats=1000.0,
+        lr_factor=0.5,
+        max_rollbacks=8,
+        verbose=1,
+    ):
         super().__init__()
         x = probe_data["images"] if isinstance(probe_data, dict) else probe_data
         self.probe = np.asarray(x)[:probe_images]
@@ -554,8 +632,10 @@ class DivergenceGuard(keras.callbacks.Callback):
         return -float(np.mean(np.asarray(self.model(self.probe))))
 
     def _take_snapshot(self):
-        self._snapshot = ([v.numpy() for v in self.model.variables],
-                          [v.numpy() for v in self.model.optimizer.variables])
+        self._snapshot = (
+            [v.numpy() for v in self.model.variables],
+            [v.numpy() for v in self.model.optimizer.variables],
+        )
 
     def on_train_begin(self, logs=None):
         self.best = self._probe_loss()
@@ -587,9 +667,11 @@ class DivergenceGuard(keras.callbacks.Callback):
         # the rates are Python numbers in the traced step: trace it again
         self.model.make_train_function(force=True)
         if self.verbose:
-            print(f"DivergenceGuard: probe loss {loss:.4g} nats/image against {self.best:.4g}: "
-                  f"rolled back and lowered the learning rate by {self.lr_factor} "
-                  f"(rollback {self.rollbacks} of at most {self.max_rollbacks})")
+            print(
+                f"DivergenceGuard: probe loss {loss:.4g} nats/image against {self.best:.4g}: "
+                f"rolled back and lowered the learning rate by {self.lr_factor} "
+                f"(rollback {self.rollbacks} of at most {self.max_rollbacks})"
+            )
         if self.rollbacks >= self.max_rollbacks:
             self.model.stop_training = True
 
@@ -599,8 +681,12 @@ def check_image_range(x, low=-1.0, high=1.0):
     dequantised pixels scaled to [-1, 1])."""
     x = np.asarray(x)
     if np.issubdtype(x.dtype, np.integer):
-        raise ValueError(f"images are integers ({x.dtype}); expected floats on [{low}, {high}] "
-                         "(dequantised pixels: (pixel + u) / 128 - 1, see tfdgmm.data)")
+        raise ValueError(
+            f"images are integers ({x.dtype}); expected floats on [{low}, {high}] "
+            "(dequantised pixels: (pixel + u) / 128 - 1, see tfdgmm.data)"
+        )
     if x.size and (float(x.min()) < low - 1e-6 or float(x.max()) > high + 1e-6):
-        raise ValueError(f"images range over [{x.min():.3g}, {x.max():.3g}]; expected "
-                         f"[{low}, {high}] (dequantised pixels scaled to [-1, 1])")
+        raise ValueError(
+            f"images range over [{x.min():.3g}, {x.max():.3g}]; expected "
+            f"[{low}, {high}] (dequantised pixels scaled to [-1, 1])"
+        )

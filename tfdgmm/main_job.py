@@ -56,20 +56,24 @@ def choose_data(data_cfg, log=print):
     else:
         log(f"tfds: cannot reach {DOWNLOAD_HOST[0]} to download CIFAR-10 (no network?)")
     if os.path.isdir(LOCAL_COPY):
-        log(f"using the local copy {LOCAL_COPY} (see its README: a JPEG-75 copy of CIFAR-10, "
-            "so scores are higher than on the original images)")
+        log(
+            f"using the local copy {LOCAL_COPY} (see its README: a JPEG-75 copy of CIFAR-10, "
+            "so scores are higher than on the original images)"
+        )
         return LOCAL_COPY
     raise DataLoadError(
         "no CIFAR-10: tensorflow-datasets cannot download it here and the local copy "
         f"{LOCAL_COPY} does not exist. Run `tfdgmm train --config {DEFAULT_CONFIG} --data PATH "
         f"--out {DEFAULT_OUT}` with PATH a directory holding train.npz + test.npz or the "
-        "official CIFAR-10 batches.")
+        "official CIFAR-10 batches."
+    )
 
 
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    p = argparse.ArgumentParser(prog="python -m tfdgmm.main_job", description=__doc__.split(
-        "\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m tfdgmm.main_job", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--out", default=DEFAULT_OUT)
     p.add_argument("--data", help="data spec (default: tfds, else the local copy)")
@@ -92,20 +96,25 @@ def main(argv=None):
     resume = os.path.isdir(os.path.join(args.out, runs.layout.CHECKPOINTS))
     if resume:
         print(f"main job: resuming the run in {args.out} (--fresh to start over)", flush=True)
-    argv_record = ["python", "-m", "tfdgmm.main_job"] + list(
-        sys.argv[1:] if argv is None else argv)
+    argv_record = ["python", "-m", "tfdgmm.main_job"] + list(sys.argv[1:] if argv is None else argv)
     metrics = runs.train_run(config, args.out, data_spec=spec, resume=resume, argv=argv_record)
     splits = metrics["splits"]
-    print("\nmain job done in {:.0f} s. Outputs in {}:".format(time.monotonic() - start,
-                                                               args.out))
+    print(f"\nmain job done in {time.monotonic() - start:.0f} s. Outputs in {args.out}:")
     lay = runs.layout
-    for name in (lay.METRICS, os.path.join(lay.FIGURES, "samples.png"),
-                 os.path.join(lay.FIGURES, "filters.png"), lay.LOG, lay.TENSORBOARD + "/"):
+    for name in (
+        lay.METRICS,
+        os.path.join(lay.FIGURES, "samples.png"),
+        os.path.join(lay.FIGURES, "filters.png"),
+        lay.LOG,
+        lay.TENSORBOARD + "/",
+    ):
         print(f"  {os.path.join(args.out, name)}")
-    print("  (tensorboard --logdir {})".format(os.path.join(args.out, lay.TENSORBOARD)))
+    print(f"  (tensorboard --logdir {os.path.join(args.out, lay.TENSORBOARD)})")
     for name, r in splits.items():
-        print(f"  {name:10s} lower bound {r['lower_bound_nats']:8.1f} nats/image = "
-              f"{r['lower_bound_bits_per_dim']:.3f} bits/dim")
+        print(
+            f"  {name:10s} lower bound {r['lower_bound_nats']:8.1f} nats/image = "
+            f"{r['lower_bound_bits_per_dim']:.3f} bits/dim"
+        )
     return 0
 
 

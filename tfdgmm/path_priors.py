@@ -88,8 +88,8 @@ class PathPrior(tf.Module):
                 continue
             flat = tf.reshape(logits, [-1, k])
             draws = tf.random.stateless_categorical(
-                tf.tile(flat, [n, 1]),
-                1, seed=seeds[i], dtype=tf.int32)
+                tf.tile(flat, [n, 1]), 1, seed=seeds[i], dtype=tf.int32
+            )
             path.append(tf.reshape(draws, [n] + list(shape)))
         return tuple(path)
 
@@ -108,7 +108,8 @@ class UniformPathPrior(PathPrior):
     def __init__(self, layer_specs, dtype=tf.float32, name="uniform_path_prior"):
         super().__init__(layer_specs, dtype=dtype, name=name)
         self._log_num_paths = sum(
-            _num_choice_variables(shape) * math.log(k) for k, shape in self._layer_specs)
+            _num_choice_variables(shape) * math.log(k) for k, shape in self._layer_specs
+        )
 
     @property
     def log_num_paths(self):
@@ -123,8 +124,9 @@ class UniformPathPrior(PathPrior):
         self._check_layer(i)
         k, shape = self._layer_specs[i]
         n = tf.shape(path[0])[0]
-        return tf.zeros(tf.concat([[n], tf.constant(list(shape) + [k], tf.int32)], axis=0),
-                        self._dtype)
+        return tf.zeros(
+            tf.concat([[n], tf.constant(list(shape) + [k], tf.int32)], axis=0), self._dtype
+        )
 
     def layer_logits(self, i):
         self._check_layer(i)
@@ -143,9 +145,11 @@ class FactorizedPathPrior(PathPrior):
         super().__init__(layer_specs, dtype=dtype, name=name)
         with self.name_scope:
             self.logits = [
-                tf.Variable(tf.zeros(list(shape) + [k], self._dtype), name=f"logits_{i}",
-                            trainable=k > 1)
-                for i, (k, shape) in enumerate(self._layer_specs)]
+                tf.Variable(
+                    tf.zeros(list(shape) + [k], self._dtype), name=f"logits_{i}", trainable=k > 1
+                )
+                for i, (k, shape) in enumerate(self._layer_specs)
+            ]
 
     def layer_logits(self, i):
         self._check_layer(i)
@@ -155,7 +159,7 @@ class FactorizedPathPrior(PathPrior):
         return tf.nn.log_softmax(tf.convert_to_tensor(self.logits[i]), axis=-1)
 
     def log_prob(self, path):
-        total = 0.
+        total = 0.0
         for i, z in enumerate(path):
             lp = self._log_probs(i)  # [K] or [Hp, Wp, K]
             k, shape = self._layer_specs[i]
@@ -190,17 +194,18 @@ class TablePathPrior(PathPrior):
     count beyond any table). Paths are indexed in row-major order over the layers.
     """
 
-    def __init__(self, layer_specs, max_paths=1 << 16, dtype=tf.float32,
-                 name="table_path_prior"):
+    def __init__(self, layer_specs, max_paths=1 << 16, dtype=tf.float32, name="table_path_prior"):
         super().__init__(layer_specs, dtype=dtype, name=name)
         if any(shape for k, shape in self._layer_specs if k > 1):
             raise ValueError(
                 "TablePathPrior needs every choice to be per sample; a layer chooses per "
                 "location, which makes the path table astronomically large. Use "
-                "'factorized' or 'uniform'.")
+                "'factorized' or 'uniform'."
+            )
         if self.num_paths > max_paths:
             raise ValueError(
-                f"TablePathPrior: {self.num_paths} paths exceed max_paths={max_paths}.")
+                f"TablePathPrior: {self.num_paths} paths exceed max_paths={max_paths}."
+            )
         self._sizes = [k for k, _ in self._layer_specs]
         strides = np.cumprod([1] + self._sizes[::-1])[:-1][::-1]
         self._strides = [int(s) for s in strides]
@@ -225,15 +230,17 @@ class TablePathPrior(PathPrior):
 
     def sample(self, n, seed):
         flat = tf.random.stateless_categorical(
-            tf.nn.log_softmax(self.table)[None], n, seed=seed, dtype=tf.int32)[0]
+            tf.nn.log_softmax(self.table)[None], n, seed=seed, dtype=tf.int32
+        )[0]
         path = []
         for k, stride in zip(self._sizes, self._strides):
             path.append((flat // stride) % k)
         return tuple(path)
 
     def fit(self, path, pseudo_count=1.0):
-        counts = tf.math.bincount(self._index(path), minlength=self.num_paths,
-                                  maxlength=self.num_paths, dtype=self._dtype)
+        counts = tf.math.bincount(
+            self._index(path), minlength=self.num_paths, maxlength=self.num_paths, dtype=self._dtype
+        )
         self.table.assign(tf.math.log(counts + pseudo_count))
 
 
@@ -246,11 +253,16 @@ def make_path_prior(kind, layer_specs, dtype=tf.float32, patch_shape=None):
     if isinstance(kind, dict):
         options = dict(kind)
         kind = options.pop("kind", None)
-    kinds = {"uniform": UniformPathPrior, "factorized": FactorizedPathPrior,
-             "table": TablePathPrior, "gating": GatingPathPrior}
+    kinds = {
+        "uniform": UniformPathPrior,
+        "factorized": FactorizedPathPrior,
+        "table": TablePathPrior,
+        "gating": GatingPathPrior,
+    }
     if kind not in kinds:
-        raise ValueError(f"unknown path prior {kind!r}; expected one of {sorted(kinds)} "
-                         "or a PathPrior instance")
+        raise ValueError(
+            f"unknown path prior {kind!r}; expected one of {sorted(kinds)} or a PathPrior instance"
+        )
     if kind == "gating":
         if patch_shape is None:
             raise ValueError("a gating prior needs the patch shape [Hp, Wp, D]")
@@ -281,8 +293,16 @@ class GatingPathPrior(PathPrior):
 
     is_conditional = True
 
-    def __init__(self, layer_specs, patch_shape, hidden=32, kernel_size=3, seed=0,
-                 dtype=tf.float32, name="gating_path_prior"):
+    def __init__(
+        self,
+        layer_specs,
+        patch_shape,
+        hidden=32,
+        kernel_size=3,
+        seed=0,
+        dtype=tf.float32,
+        name="gating_path_prior",
+    ):
         super().__init__(layer_specs, dtype=dtype, name=name)
         self._patch_shape = tuple(int(s) for s in patch_shape)
         self._hidden = int(hidden)
@@ -292,20 +312,26 @@ class GatingPathPrior(PathPrior):
         np_dtype = self._dtype.as_numpy_dtype
         self.networks = []
         with self.name_scope:
-            for i, (k, shape) in enumerate(self._layer_specs):
+            for i, (k, _shape) in enumerate(self._layer_specs):
                 if k == 1:
                     self.networks.append({})
                     continue
-                fan_in = self._kernel_size ** 2 * d
+                fan_in = self._kernel_size**2 * d
                 w1 = rng.standard_normal((self._kernel_size, self._kernel_size, d, self._hidden))
-                self.networks.append({
-                    "w1": tf.Variable((w1 * np.sqrt(2. / fan_in)).astype(np_dtype),
-                                      name=f"gate{i}_w1"),
-                    "b1": tf.Variable(tf.zeros([self._hidden], self._dtype), name=f"gate{i}_b1"),
-                    "w2": tf.Variable(tf.zeros([self._hidden, k], self._dtype),
-                                      name=f"gate{i}_w2"),
-                    "b2": tf.Variable(tf.zeros([k], self._dtype), name=f"gate{i}_b2"),
-                })
+                self.networks.append(
+                    {
+                        "w1": tf.Variable(
+                            (w1 * np.sqrt(2.0 / fan_in)).astype(np_dtype), name=f"gate{i}_w1"
+                        ),
+                        "b1": tf.Variable(
+                            tf.zeros([self._hidden], self._dtype), name=f"gate{i}_b1"
+                        ),
+                        "w2": tf.Variable(
+                            tf.zeros([self._hidden, k], self._dtype), name=f"gate{i}_w2"
+                        ),
+                        "b2": tf.Variable(tf.zeros([k], self._dtype), name=f"gate{i}_b2"),
+                    }
+                )
 
     @property
     def patch_shape(self):
@@ -320,8 +346,9 @@ class GatingPathPrior(PathPrior):
             raise ValueError("GatingPathPrior.layer_logits needs the partial sample h")
         lead = tf.shape(h)[:-3]
         if k == 1:
-            return tf.zeros(tf.concat([lead, tf.constant(list(shape) + [1], tf.int32)], 0),
-                            self._dtype)
+            return tf.zeros(
+                tf.concat([lead, tf.constant(list(shape) + [1], tf.int32)], 0), self._dtype
+            )
         net = self.networks[i]
         x = tf.reshape(h, tf.concat([[-1], self._patch_shape], 0))
         a = tf.nn.relu(tf.nn.conv2d(x, net["w1"], 1, "SAME") + net["b1"])
@@ -342,18 +369,23 @@ class GatingPathPrior(PathPrior):
 
     def log_prob(self, path, activations=None):
         if activations is None:
-            raise ValueError("GatingPathPrior.log_prob needs the path's activations "
-                             "(use DeepGMM.path_log_prob(path, x=...) or joint_log_prob)")
-        return tf.add_n([self.layer_log_prob(i, h, z)
-                         for i, (h, z) in enumerate(zip(activations, path))])
+            raise ValueError(
+                "GatingPathPrior.log_prob needs the path's activations "
+                "(use DeepGMM.path_log_prob(path, x=...) or joint_log_prob)"
+            )
+        return tf.add_n(
+            [self.layer_log_prob(i, h, z) for i, (h, z) in enumerate(zip(activations, path))]
+        )
 
     def conditional_log_probs(self, i, path):
         raise NotImplementedError(
-            "gating priors are not separable per layer; the path search scores them exactly")
+            "gating priors are not separable per layer; the path search scores them exactly"
+        )
 
     def sample(self, n, seed):
         raise NotImplementedError(
-            "gating priors are sampled top-down with the partial sample; use DeepGMM.sample")
+            "gating priors are sampled top-down with the partial sample; use DeepGMM.sample"
+        )
 
     def get_config(self):
         return {"kind": "gating", "hidden": self._hidden, "kernel_size": self._kernel_size}

@@ -59,9 +59,15 @@ def random_path(model, n, seed):
     seeds = tfp.random.split_seed(seed, n=max(len(model.layer_specs), 1))
     path = []
     for i, (k, shape) in enumerate(model.layer_specs):
-        path.append(tf.random.stateless_uniform(
-            tf.concat([[n], tf.constant(shape, tf.int32, shape=[len(shape)])], 0), seed=seeds[i], minval=0, maxval=k,
-            dtype=tf.int32))
+        path.append(
+            tf.random.stateless_uniform(
+                tf.concat([[n], tf.constant(shape, tf.int32, shape=[len(shape)])], 0),
+                seed=seeds[i],
+                minval=0,
+                maxval=k,
+                dtype=tf.int32,
+            )
+        )
     return tuple(path)
 
 
@@ -70,9 +76,19 @@ def objective(model, h0, path, use_prior=True):
     return model._joint_from_patches(h0, path, use_prior)
 
 
-def best_path(model, x, init=None, restarts=1, init_passes=1, restart_passes=2, seed=None,
-              location_method="auto", use_prior=True, location_options=None,
-              restart_rows=None):
+def best_path(
+    model,
+    x,
+    init=None,
+    restarts=1,
+    init_passes=1,
+    restart_passes=2,
+    seed=None,
+    location_method="auto",
+    use_prior=True,
+    location_options=None,
+    restart_rows=None,
+):
     """See `DeepGMM.best_path`. `x` is `[N, H, W, C]` in the model's dtype.
 
     `restart_rows=(global_n, offset)`: `x` is rows `[offset, offset + N)` of a batch of
@@ -80,8 +96,9 @@ def best_path(model, x, init=None, restarts=1, init_passes=1, restart_passes=2, 
     starts where it would if the batch were searched at once (data-parallel E-steps).
     """
     if location_method not in LOCATION_METHODS:
-        raise ValueError(f"location_method must be one of {LOCATION_METHODS}; "
-                         f"got {location_method!r}")
+        raise ValueError(
+            f"location_method must be one of {LOCATION_METHODS}; got {location_method!r}"
+        )
     if init is None and restarts < 1:
         raise ValueError("best_path needs an initial path or at least one random restart")
     h0 = model._patchify.forward(x)
@@ -98,13 +115,20 @@ def best_path(model, x, init=None, restarts=1, init_passes=1, restart_passes=2, 
         else:
             global_n, offset = restart_rows
             full = random_path(model, global_n, seeds[r])
-            starts.append((tuple(z[offset:offset + n] for z in full), restart_passes))
+            starts.append((tuple(z[offset : offset + n] for z in full), restart_passes))
     best, best_score = None, None
     for path, passes in starts:
         for _ in range(passes):
             probe_seed, pass_seed = tfp.random.split_seed(probe_seed, n=2)
-            path = coordinate_ascent_pass(model, h0, path, location_method, use_prior,
-                                          seed=pass_seed, location_options=location_options)
+            path = coordinate_ascent_pass(
+                model,
+                h0,
+                path,
+                location_method,
+                use_prior,
+                seed=pass_seed,
+                location_options=location_options,
+            )
         score = objective(model, h0, path, use_prior)
         if best is None:
             best, best_score = path, score
@@ -119,18 +143,21 @@ def keep_better(path_a, score_a, path_b, score_b):
     better = score_b > score_a
     out = []
     for a, b in zip(path_a, path_b):
-        mask = tf.reshape(better, tf.concat([tf.shape(better), tf.ones([tf.rank(a) - 1],
-                                                                      tf.int32)], 0))
+        mask = tf.reshape(
+            better, tf.concat([tf.shape(better), tf.ones([tf.rank(a) - 1], tf.int32)], 0)
+        )
         out.append(tf.where(mask, b, a))
     return tuple(out)
 
 
-def coordinate_ascent_pass(model, h0, path, location_method="auto", use_prior=True, seed=None,
-                           location_options=None):
+def coordinate_ascent_pass(
+    model, h0, path, location_method="auto", use_prior=True, seed=None, location_options=None
+):
     """One bottom-up pass of coordinate ascent over every choice variable.
 
     `location_options` go to the per-location scheme: `top`, `iterations`, `probes` for
-    `'ranked'` (default `top = max(L // 2, min(L, 16))`, 1 iteration, 2 probes) and `iterations`, `probes` for
+    `'ranked'` (default `top = max(L // 2, min(L, 16))`, 1 iteration, 2 probes)
+    and `iterations`, `probes` for
     `'linearized'`.
     """
     path = list(path)
@@ -143,7 +170,7 @@ def coordinate_ascent_pass(model, h0, path, location_method="auto", use_prior=Tr
             path[i], h = _sample_layer_update(model, i, h, path, use_prior)
         else:
             method = location_method
-            above_fixed = all(kk == 1 for kk, _ in model.layer_specs[i + 1:])
+            above_fixed = all(kk == 1 for kk, _ in model.layer_specs[i + 1 :])
             separable = not (use_prior and model.path_prior.is_conditional)
             if method == "auto":
                 method = "gram" if above_fixed and separable else "ranked"
@@ -151,14 +178,19 @@ def coordinate_ascent_pass(model, h0, path, location_method="auto", use_prior=Tr
                 raise ValueError(
                     f"location_method='gram' needs every layer above layer {i} to have a "
                     "single alternative (the Gram matrix is then shared by all datapoints); "
-                    "use 'ranked', 'linearized' or 'brute_force'")
+                    "use 'ranked', 'linearized' or 'brute_force'"
+                )
             if method == "gram" and not separable:
                 raise ValueError(
                     "location_method='gram' needs a prior that adds up over locations; gating "
-                    "networks do not. Use 'ranked', 'linearized' or 'brute_force'")
-            update = {"gram": _gram_update, "ranked": _ranked_update,
-                      "linearized": _linearized_update,
-                      "brute_force": _brute_force_update}[method]
+                    "networks do not. Use 'ranked', 'linearized' or 'brute_force'"
+                )
+            update = {
+                "gram": _gram_update,
+                "ranked": _ranked_update,
+                "linearized": _linearized_update,
+                "brute_force": _brute_force_update,
+            }[method]
             options = dict(location_options or {}) if method in ("ranked", "linearized") else {}
             path[i], h = update(model, i, h, path, use_prior, seed=seed, **options)
     return tuple(path)
@@ -169,8 +201,10 @@ def _sample_layer_update(model, i, h, path, use_prior):
     ys = model.layers[i].inverse(h[:, None])  # [N, K, Hp, Wp, D] (batch form)
     k = model.layer_specs[i][0]
     choices = tf.broadcast_to(tf.range(k)[None], tf.shape(ys)[:2])
-    score = (model._score_above(ys, path, i, choices, use_prior)
-             + tf.reduce_sum(model._ildj_table(i), axis=[1, 2])[None])
+    score = (
+        model._score_above(ys, path, i, choices, use_prior)
+        + tf.reduce_sum(model._ildj_table(i), axis=[1, 2])[None]
+    )
     if use_prior and not model.path_prior.is_conditional:
         score += model.path_prior.conditional_log_probs(i, path)
     best = tf.argmax(score, axis=1, output_type=tf.int32)
@@ -197,8 +231,9 @@ class _LocationProblem:
         # up over locations (gating terms do not: `exact` scores them)
         terms = tf.transpose(tf.reshape(model._ildj_table(i), [k, self.num_locations]))[None]
         if use_prior and not model.path_prior.is_conditional:
-            terms = terms + tf.reshape(model.path_prior.conditional_log_probs(i, path),
-                                       [n, self.num_locations, k])
+            terms = terms + tf.reshape(
+                model.path_prior.conditional_log_probs(i, path), [n, self.num_locations, k]
+            )
         self.terms = tf.broadcast_to(terms, [n, self.num_locations, k])  # [N, L, K]
 
     def exact(self, y, choice):
@@ -206,8 +241,7 @@ class _LocationProblem:
         layer's choices `choice [N, *extra, L]`: `log N(z)` plus any gating terms."""
         hp, wp, _ = self.shape
         choice = tf.reshape(choice, tf.concat([tf.shape(choice)[:-1], [hp, wp]], 0))
-        return self._model._score_above(self.image(y), self._path, self._i, choice,
-                                        self._use_prior)
+        return self._model._score_above(self.image(y), self._path, self._i, choice, self._use_prior)
 
     def trial_choices(self, cur, loc_mask):
         """`[N, K, L]`: current choices with the masked location set to each alternative."""
@@ -239,8 +273,7 @@ def _gram_update(model, i, h, path, use_prior, seed=None):
     dtype = model.dtype
     # Jacobian of the (data-independent) affine map above: rows G e_j for each basis vector.
     basis = tf.concat([tf.zeros([1, ld], dtype), tf.eye(ld, dtype=dtype)], 0)
-    cols = tf.reshape(model._up(tf.reshape(basis, [ld + 1, hp, wp, d]), path, i + 1),
-                      [ld + 1, ld])
+    cols = tf.reshape(model._up(tf.reshape(basis, [ld + 1, hp, wp, d]), path, i + 1), [ld + 1, ld])
     gt = tf.reshape(cols[1:] - cols[:1], [num_loc, d, ld])  # gt[l] = (G[:, block l])^T
     gram = tf.einsum("lde,lfe->ldf", gt, gt)  # [L, d, d] local Gram blocks
     y = prob.select(prob.cur)  # [N, L, d]
@@ -252,17 +285,22 @@ def _gram_update(model, i, h, path, use_prior, seed=None):
         cand = cands[loc]  # [N, K, d]
         delta = cand - tf.gather(y, loc, axis=1)[:, None]
         g = -tf.matmul(z, gt[loc], transpose_b=True)  # [N, d]
-        gain = (tf.einsum("nkd,nd->nk", delta, g)
-                - 0.5 * tf.reduce_sum(delta * tf.einsum("nkd,de->nke", delta, gram[loc]), -1))
+        gain = tf.einsum("nkd,nd->nk", delta, g) - 0.5 * tf.reduce_sum(
+            delta * tf.einsum("nkd,de->nke", delta, gram[loc]), -1
+        )
         t = terms[loc]
         gain += t - tf.gather(t, tf.gather(cur, loc, axis=1), axis=1, batch_dims=1)[:, None]
         best = tf.argmax(gain, axis=1, output_type=tf.int32)
         z += tf.matmul(tf.gather(delta, best, axis=1, batch_dims=1), gt[loc])
-        return loc + 1, *_set_location(loc, num_loc, cur, y, best,
-                                       tf.gather(cand, best, axis=1, batch_dims=1)), z
+        return (
+            loc + 1,
+            *_set_location(loc, num_loc, cur, y, best, tf.gather(cand, best, axis=1, batch_dims=1)),
+            z,
+        )
 
-    _, cur, y, _ = tf.while_loop(lambda loc, *_: loc < num_loc, body,
-                                 (tf.constant(0), prob.cur, y, z))
+    _, cur, y, _ = tf.while_loop(
+        lambda loc, *_: loc < num_loc, body, (tf.constant(0), prob.cur, y, z)
+    )
     return prob.done(cur, y)
 
 
@@ -283,14 +321,16 @@ def _brute_force_update(model, i, h, path, use_prior, seed=None):
 
     def body(loc, cur, y):
         mask = tf.one_hot(loc, num_loc, dtype=model.dtype)[:, None]  # [L, 1]
-        trial = y[:, None] * (1. - mask) + cands[loc][:, :, None] * mask  # [N, K, L, d]
+        trial = y[:, None] * (1.0 - mask) + cands[loc][:, :, None] * mask  # [N, K, L, d]
         score = prob.exact(trial, prob.trial_choices(cur, mask[None, None, :, 0])) + terms[loc]
         best = tf.argmax(score, axis=1, output_type=tf.int32)
-        return loc + 1, *_set_location(loc, num_loc, cur, y, best,
-                                       tf.gather(cands[loc], best, axis=1, batch_dims=1))
+        return loc + 1, *_set_location(
+            loc, num_loc, cur, y, best, tf.gather(cands[loc], best, axis=1, batch_dims=1)
+        )
 
-    _, cur, y = tf.while_loop(lambda loc, *_: loc < num_loc, body,
-                              (tf.constant(0), prob.cur, prob.select(prob.cur)))
+    _, cur, y = tf.while_loop(
+        lambda loc, *_: loc < num_loc, body, (tf.constant(0), prob.cur, prob.select(prob.cur))
+    )
     return prob.done(cur, y)
 
 
@@ -306,8 +346,7 @@ def _linearized_update(model, i, h, path, use_prior, seed=None, iterations=2, pr
     cur = prob.cur
     y = prob.select(cur)
     gram = _mean_local_gram(model, i, prob, y, path, probes, seed)
-    sizes = sorted({max(1, num_loc >> s) for s in range(int(math.log2(num_loc)) + 1)},
-                   reverse=True)
+    sizes = sorted({max(1, num_loc >> s) for s in range(int(math.log2(num_loc)) + 1)}, reverse=True)
     for _ in range(iterations):
         gain, base = _predicted_gains(model, i, prob, y, cur, path, gram)
         current = base + prob.term_sum(cur)
@@ -318,14 +357,15 @@ def _linearized_update(model, i, h, path, use_prior, seed=None, iterations=2, pr
         accept = [(ranks < m) & (best_gain > 0) for m in sizes]
         trials_choice = tf.stack([tf.where(a, best_k, cur) for a in accept], 1)  # [N, M, L]
         trials_y = tf.stack([tf.where(a[..., None], proposed_y, y) for a in accept], 1)
-        terms = tf.broadcast_to(prob.terms[:, None],
-                                tf.concat([tf.shape(trials_choice), [prob.k]], 0))
-        scores = (prob.exact(trials_y, trials_choice)
-                  + tf.reduce_sum(tf.gather(terms, trials_choice, axis=3, batch_dims=3), -1))
+        terms = tf.broadcast_to(
+            prob.terms[:, None], tf.concat([tf.shape(trials_choice), [prob.k]], 0)
+        )
+        scores = prob.exact(trials_y, trials_choice) + tf.reduce_sum(
+            tf.gather(terms, trials_choice, axis=3, batch_dims=3), -1
+        )
         pick = tf.argmax(scores, axis=1, output_type=tf.int32)
         improved = tf.gather(scores, pick, axis=1, batch_dims=1) > current
-        cur = tf.where(improved[:, None], tf.gather(trials_choice, pick, axis=1, batch_dims=1),
-                       cur)
+        cur = tf.where(improved[:, None], tf.gather(trials_choice, pick, axis=1, batch_dims=1), cur)
         y = tf.where(improved[:, None, None], tf.gather(trials_y, pick, axis=1, batch_dims=1), y)
     return prob.done(cur, y)
 
@@ -336,10 +376,12 @@ def _mean_local_gram(model, i, prob, y, path, probes, seed):
     n = prob.n
     seed = tfp.random.sanitize_seed(seed, salt="mean_local_gram")
     y_rep = tf.tile(y, [probes, 1, 1])
-    rep_path = tuple(tf.tile(z_, tf.concat([[probes], tf.ones([tf.rank(z_) - 1], tf.int32)], 0))
-                     for z_ in path)
-    v = tf.random.stateless_normal(tf.concat([[probes * n], model.patch_shape], 0), seed=seed,
-                                   dtype=model.dtype)
+    rep_path = tuple(
+        tf.tile(z_, tf.concat([[probes], tf.ones([tf.rank(z_) - 1], tf.int32)], 0)) for z_ in path
+    )
+    v = tf.random.stateless_normal(
+        tf.concat([[probes * n], model.patch_shape], 0), seed=seed, dtype=model.dtype
+    )
     with tf.GradientTape() as tape:
         tape.watch(y_rep)
         s = tf.reduce_sum(v * model._up(prob.image(y_rep), rep_path, i + 1))
@@ -354,8 +396,9 @@ def _predicted_gains(model, i, prob, y, cur, path, gram):
         base = prob.exact(y, cur)
     g = tape.gradient(base, y)  # [N, L, d] = -G^T z (+ gating gradients)
     delta = prob.candidates - y[:, :, None]  # [N, L, K, d]
-    gain = (tf.einsum("nlkd,nld->nlk", delta, g)
-            - 0.5 * tf.reduce_sum(delta * tf.einsum("nlkd,lde->nlke", delta, gram), -1))
+    gain = tf.einsum("nlkd,nld->nlk", delta, g) - 0.5 * tf.reduce_sum(
+        delta * tf.einsum("nlkd,lde->nlke", delta, gram), -1
+    )
     return gain + prob.terms - tf.gather(prob.terms, cur, axis=2, batch_dims=2)[..., None], base
 
 
@@ -379,13 +422,14 @@ def _ranked_update(model, i, h, path, use_prior, seed=None, top=None, iterations
         gain, _ = _predicted_gains(model, i, prob, y, cur, path, gram)
         order = tf.argsort(tf.reduce_max(gain, axis=-1), axis=1, direction="DESCENDING")
 
-        def body(t, cur, y):
+        def body(t, cur, y, order=order):
             loc = order[:, t]  # [N]: each datapoint's t-th most promising location
             cand = tf.gather(prob.candidates, loc, axis=1, batch_dims=1)  # [N, K, d]
             mask = tf.one_hot(loc, num_loc, dtype=model.dtype)[:, None, :, None]  # [N,1,L,1]
-            trial = y[:, None] * (1. - mask) + cand[:, :, None] * mask  # [N, K, L, d]
-            score = (prob.exact(trial, prob.trial_choices(cur, mask[..., 0]))
-                     + tf.gather(prob.terms, loc, axis=1, batch_dims=1))
+            trial = y[:, None] * (1.0 - mask) + cand[:, :, None] * mask  # [N, K, L, d]
+            score = prob.exact(trial, prob.trial_choices(cur, mask[..., 0])) + tf.gather(
+                prob.terms, loc, axis=1, batch_dims=1
+            )
             best = tf.argmax(score, axis=1, output_type=tf.int32)
             idx = tf.stack([rows, loc], axis=1)
             cur = tf.tensor_scatter_nd_update(cur, idx, best)

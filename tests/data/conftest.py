@@ -21,8 +21,12 @@ def write_binary(path, images, labels):
 
 
 def write_python(path, images, labels, protocol=2):
-    batch = {b"batch_label": b"fake", b"labels": [int(v) for v in labels],
-             b"data": chw_rows(images), b"filenames": [b"x.png"] * len(labels)}
+    batch = {
+        b"batch_label": b"fake",
+        b"labels": [int(v) for v in labels],
+        b"data": chw_rows(images),
+        b"filenames": [b"x.png"] * len(labels),
+    }
     with open(path, "wb") as f:
         pickle.dump(batch, f, protocol=protocol)
 
@@ -45,10 +49,16 @@ class FakeCifar:
     def npz_dir(self, name="npz"):
         d = os.path.join(self.root, name)
         os.makedirs(d, exist_ok=True)
-        np.savez(os.path.join(d, "train.npz"), images=self.train_images,
-                 labels=self.train_labels.astype(np.uint8))
-        np.savez_compressed(os.path.join(d, "test.npz"), images=self.test_images,
-                            labels=self.test_labels.astype(np.uint8))
+        np.savez(
+            os.path.join(d, "train.npz"),
+            images=self.train_images,
+            labels=self.train_labels.astype(np.uint8),
+        )
+        np.savez_compressed(
+            os.path.join(d, "test.npz"),
+            images=self.test_images,
+            labels=self.test_labels.astype(np.uint8),
+        )
         return d
 
     def npz_file(self, name="train.npz"):

@@ -4,8 +4,7 @@ import pickle
 import numpy as np
 import pytest
 
-from tfdgmm.data import DataError, DataNotFoundError, load_cifar10
-from tfdgmm.data import formats
+from tfdgmm.data import DataError, DataNotFoundError, formats, load_cifar10
 
 
 def _assert_same(splits, fake, validation_size):
@@ -27,8 +26,9 @@ def test_directory_formats_give_identical_data(fake_cifar, kind):
 
 
 def test_python_batches_written_by_python3_default_protocol(fake_cifar):
-    splits = load_cifar10(fake_cifar.python_dir(protocol=pickle.HIGHEST_PROTOCOL),
-                          validation_size=6)
+    splits = load_cifar10(
+        fake_cifar.python_dir(protocol=pickle.HIGHEST_PROTOCOL), validation_size=6
+    )
     _assert_same(splits, fake_cifar, 6)
 
 
@@ -130,8 +130,11 @@ def test_binary_truncated(fake_cifar):
     path = os.path.join(d, "data_batch_3.bin")
     with open(path, "r+b") as f:
         f.truncate(2 * formats.RECORD_BYTES - 5)
-    with pytest.raises(DataError, match=r"data_batch_3\.bin: size 6141 bytes is not a positive "
-                                        r"multiple of the 3073-byte"):
+    with pytest.raises(
+        DataError,
+        match=r"data_batch_3\.bin: size 6141 bytes is not a positive "
+        r"multiple of the 3073-byte",
+    ):
         load_cifar10(d, validation_size=6)
 
 
@@ -171,8 +174,11 @@ def test_python_batch_wrong_shape(fake_cifar):
     d = fake_cifar.python_dir()
     with open(os.path.join(d, "data_batch_1"), "wb") as f:
         pickle.dump({b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]}, f)
-    with pytest.raises(DataError, match=r"data_batch_1: b'data' has dtype uint8 and shape "
-                                        r"\(2, 1024\), expected uint8 \[n, 3072\]"):
+    with pytest.raises(
+        DataError,
+        match=r"data_batch_1: b'data' has dtype uint8 and shape "
+        r"\(2, 1024\), expected uint8 \[n, 3072\]",
+    ):
         load_cifar10(d, validation_size=6)
 
 
@@ -191,6 +197,9 @@ def test_python_batch_pickle_cannot_run_code(fake_cifar):
 
 def test_too_few_images_for_the_protocol(fake_cifar):
     path = fake_cifar.npz_file()
-    with pytest.raises(DataError, match=r"train\.npz: the training file holds 30 images, fewer "
-                                        r"than the protocol needs"):
+    with pytest.raises(
+        DataError,
+        match=r"train\.npz: the training file holds 30 images, fewer "
+        r"than the protocol needs",
+    ):
         load_cifar10(path)  # default validation_size = 10,000

@@ -25,7 +25,7 @@ def test_each_datapoint_once_per_epoch_with_matching_index(splits):
     xs, idx = _collect(ds)
     sizes = [len(i) for i in idx]
     assert sizes == [5, 5, 5, 5, 4] * 3  # batches never straddle epochs
-    epochs = [np.concatenate(idx[k * 5:(k + 1) * 5]) for k in range(3)]
+    epochs = [np.concatenate(idx[k * 5 : (k + 1) * 5]) for k in range(3)]
     for e in epochs:
         np.testing.assert_array_equal(np.sort(e), np.arange(24))
     assert not np.array_equal(epochs[0], epochs[1])  # reshuffled every epoch
@@ -50,8 +50,9 @@ def test_no_shuffle_is_index_order_and_drop_remainder(splits):
 
 
 def test_epoch_noise_is_redrawn_and_in_range(splits):
-    xs, idx = _collect(make_dataset(splits.validation, 6, shuffle=False, repeat=2,
-                                    dequantize="epoch"))
+    xs, idx = _collect(
+        make_dataset(splits.validation, 6, shuffle=False, repeat=2, dequantize="epoch")
+    )
     assert len(xs) == 2
     assert not np.array_equal(xs[0], xs[1])
     pixels = splits.validation.images
@@ -64,8 +65,9 @@ def test_epoch_noise_is_redrawn_and_in_range(splits):
 def test_epoch_noise_differs_between_splits(splits):
     """Splits draw from different keys even for the same batch number and epoch."""
     xa = next(iter(make_dataset(splits.train, 6, shuffle=False, dequantize="epoch")))[0].numpy()
-    xb = next(iter(make_dataset(splits.validation, 6, shuffle=False,
-                                dequantize="epoch")))[0].numpy()
+    xb = next(iter(make_dataset(splits.validation, 6, shuffle=False, dequantize="epoch")))[
+        0
+    ].numpy()
     ua = (xa + 1) * 128 - splits.train.images[:6]
     ub = (xb + 1) * 128 - splits.validation.images[:6]
     assert not np.allclose(ua, ub)
@@ -98,12 +100,15 @@ def test_repeat_forever(splits):
     assert len(idx) == 5
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(dequantize="sometimes"), "dequantize must be one of"),
-    (dict(batch_size=0), "batch_size must be a positive integer"),
-    (dict(repeat=0), "repeat must be"),
-    (dict(batch_size=30, drop_remainder=True), r"24 images give no batch of 30"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(dequantize="sometimes"), "dequantize must be one of"),
+        (dict(batch_size=0), "batch_size must be a positive integer"),
+        (dict(repeat=0), "repeat must be"),
+        (dict(batch_size=30, drop_remainder=True), r"24 images give no batch of 30"),
+    ],
+)
 def test_bad_arguments(splits, kwargs, match):
     kwargs.setdefault("batch_size", 4)
     with pytest.raises(ValueError, match=match):

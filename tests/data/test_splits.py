@@ -11,11 +11,17 @@ def test_protocol_order_validation_is_the_end_of_the_training_file(fake_cifar):
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (24, 6, 8)
     np.testing.assert_array_equal(splits.train.images, fake_cifar.train_images[:24])
     np.testing.assert_array_equal(splits.validation.images, fake_cifar.train_images[24:])
-    assert (splits.train.file_offset, splits.validation.file_offset, splits.test.file_offset) \
-        == (0, 24, 0)
+    assert (splits.train.file_offset, splits.validation.file_offset, splits.test.file_offset) == (
+        0,
+        24,
+        0,
+    )
     # fixed-noise stream: training file, then the test file
-    assert (splits.train.noise_start, splits.validation.noise_start, splits.test.noise_start) \
-        == (0, 24, 30)
+    assert (splits.train.noise_start, splits.validation.noise_start, splits.test.noise_start) == (
+        0,
+        24,
+        30,
+    )
     assert any("not the protocol's" in n for n in splits.notes)
 
 
@@ -25,10 +31,10 @@ def test_limits_take_prefixes_of_the_protocol_splits(fake_cifar):
     small = load_cifar10(d, validation_size=6, train_limit=5, validation_limit=2, test_limit=3)
     assert (len(small.train), len(small.validation), len(small.test)) == (5, 2, 3)
     for (_, s), (_, f) in zip(small.items(), full.items()):
-        np.testing.assert_array_equal(s.images, f.images[:len(s)])
+        np.testing.assert_array_equal(s.images, f.images[: len(s)])
         assert s.noise_start == f.noise_start
         # the kept images carry the same fixed noise as in the full run
-        np.testing.assert_array_equal(s.dequantized(0), f.dequantized(0)[:len(s)])
+        np.testing.assert_array_equal(s.dequantized(0), f.dequantized(0)[: len(s)])
 
 
 def test_limit_larger_than_split(fake_cifar):
@@ -36,8 +42,15 @@ def test_limit_larger_than_split(fake_cifar):
         load_cifar10(fake_cifar.npz_dir(), validation_size=6, train_limit=25)
 
 
-@pytest.mark.parametrize("kwargs", [dict(train_limit=0), dict(validation_size=0),
-                                    dict(test_limit=1.5), dict(validation_size=True)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(train_limit=0),
+        dict(validation_size=0),
+        dict(test_limit=1.5),
+        dict(validation_size=True),
+    ],
+)
 def test_bad_limits(fake_cifar, kwargs):
     kwargs.setdefault("validation_size", 6)
     with pytest.raises(ValueError, match=r"must be a positive integer"):
@@ -49,7 +62,8 @@ def test_split_dequantized_slices_and_chunks_agree(fake_cifar):
     whole = split.dequantized(3, np.float64)
     np.testing.assert_array_equal(split.dequantized(3, np.float64, 4, 9), whole[4:9])
     np.testing.assert_array_equal(
-        np.concatenate(list(split.iter_dequantized(3, chunk_size=7))), whole)
+        np.concatenate(list(split.iter_dequantized(3, chunk_size=7))), whole
+    )
     assert split.num_dims == 3072 and len(split) == 24
 
 
@@ -64,11 +78,14 @@ def test_real_data_protocol_and_official_order(shared_data_dir):
     np.testing.assert_array_equal(all_labels[index], exact["labels"])
     # batch 5 (official positions 40000..49999) is the validation split
     in_val = index >= 40000
-    np.testing.assert_array_equal(splits.validation.labels[index[in_val] - 40000],
-                                  exact["labels"][in_val])
+    np.testing.assert_array_equal(
+        splits.validation.labels[index[in_val] - 40000], exact["labels"][in_val]
+    )
     # JPEG copy: close to, not equal to, the exact pixels
-    diff = np.abs(np.concatenate([splits.train.images, splits.validation.images])[index]
-                  .astype(np.int16) - exact["images"])
+    diff = np.abs(
+        np.concatenate([splits.train.images, splits.validation.images])[index].astype(np.int16)
+        - exact["images"]
+    )
     assert 0 < diff.mean() < 10
 
 

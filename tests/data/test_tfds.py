@@ -34,9 +34,11 @@ def test_tfds_failure_suggests_local_data(monkeypatch):
         raise ConnectionError("Failed to establish a new connection")
 
     monkeypatch.setattr(tfds, "load", no_network)
-    with pytest.raises(DataUnavailableError,
-                       match=r"tfds:cifar10: tensorflow-datasets could not load.*"
-                             r"ConnectionError.*no network.*--data PATH"):
+    with pytest.raises(
+        DataUnavailableError,
+        match=r"tfds:cifar10: tensorflow-datasets could not load.*"
+        r"ConnectionError.*no network.*--data PATH",
+    ):
         load_cifar10("tfds")
 
 
@@ -62,8 +64,10 @@ def _offline(monkeypatch):
     def never_downloads(*args, **kwargs):  # tfds would retry for minutes here
         if kwargs.get("download"):
             raise AssertionError("tfds.load(download=True) called although the host is down")
-        raise AssertionError("Dataset cifar10: could not find data in /nowhere. Please make "
-                             "sure to call dataset_builder.download_and_prepare()")
+        raise AssertionError(
+            "Dataset cifar10: could not find data in /nowhere. Please make "
+            "sure to call dataset_builder.download_and_prepare()"
+        )
 
     monkeypatch.setattr(tfds, "load", never_downloads)
     return calls, tfds_source
@@ -74,8 +78,11 @@ def test_offline_default_source_fails_fast_with_one_hint(monkeypatch):
 
     calls, tfds_source = _offline(monkeypatch)
     start = time.monotonic()
-    with pytest.raises(DataUnavailableError, match=r"not downloaded yet.*www\.cs\.toronto\.edu"
-                                                   r".*--data PATH") as info:
+    with pytest.raises(
+        DataUnavailableError,
+        match=r"not downloaded yet.*www\.cs\.toronto\.edu"
+        r".*--data PATH",
+    ) as info:
         load_cifar10("tfds")
     assert time.monotonic() - start < 10
     assert calls == [(("www.cs.toronto.edu", 443), tfds_source.REACHABILITY_TIMEOUT)]
@@ -88,8 +95,10 @@ def test_offline_cli_names_data_once(monkeypatch, tmp_path, capsys):
 
     _offline(monkeypatch)
     config = tmp_path / "c.yaml"
-    config.write_text("model: {image_shape: [4, 4, 3], patch_size: 2, layers: [{type: diagonal}]}\n"
-                      "training: {em_iterations: 1}\n")
+    config.write_text(
+        "model: {image_shape: [4, 4, 3], patch_size: 2, layers: [{type: diagonal}]}\n"
+        "training: {em_iterations: 1}\n"
+    )
     assert cli.main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "not downloaded yet" in err and err.count("--data") == 1

@@ -31,53 +31,59 @@ def _choice(k, selection, seed=0):
 CASES = {
     "block_diagonal_sample": (
         lambda: L.BlockDiagonal(num_alternatives=3, selection="sample", seed=1),
-        lambda w: bijectors.BlockDiagonal(w["lower_upper"], w["permutation"], w["shift"],
-                                          selection="sample"),
-        lambda: bijectors.BlockDiagonal.new(D, 3, spatial_shape=(HP, WP), selection="sample",
-                                            seed=1),
-        _choice(3, "sample")),
+        lambda w: bijectors.BlockDiagonal(
+            w["lower_upper"], w["permutation"], w["shift"], selection="sample"
+        ),
+        lambda: bijectors.BlockDiagonal.new(
+            D, 3, spatial_shape=(HP, WP), selection="sample", seed=1
+        ),
+        _choice(3, "sample"),
+    ),
     "block_diagonal_location_shared": (
         lambda: L.BlockDiagonal(num_alternatives=2, selection="location", seed=2),
-        lambda w: bijectors.BlockDiagonal(w["lower_upper"], w["permutation"], w["shift"],
-                                          selection="location"),
-        lambda: bijectors.BlockDiagonal.new(D, 2, spatial_shape=None, selection="location",
-                                            seed=2),
-        _choice(2, "location")),
+        lambda w: bijectors.BlockDiagonal(
+            w["lower_upper"], w["permutation"], w["shift"], selection="location"
+        ),
+        lambda: bijectors.BlockDiagonal.new(D, 2, spatial_shape=None, selection="location", seed=2),
+        _choice(2, "location"),
+    ),
     "diagonal_location": (
         lambda: L.Diagonal(num_alternatives=2, selection="location", seed=3),
         lambda w: bijectors.Diagonal(w["log_scale"], w["shift"], selection="location"),
-        lambda: bijectors.Diagonal.new(D, 2, spatial_shape=(HP, WP), selection="location",
-                                       seed=3),
-        _choice(2, "location")),
+        lambda: bijectors.Diagonal.new(D, 2, spatial_shape=(HP, WP), selection="location", seed=3),
+        _choice(2, "location"),
+    ),
     "diagonal_single": (
         lambda: L.Diagonal(seed=4, per_location=False),
         lambda w: bijectors.Diagonal(w["log_scale"], w["shift"]),
         lambda: bijectors.Diagonal.new(D, 1, seed=4),
-        None),
+        None,
+    ),
     "half_convolution": (
-        lambda: L.HalfConvolution(kernel_size=3, num_alternatives=2, update="first",
-                                  selection="sample", seed=5),
+        lambda: L.HalfConvolution(
+            kernel_size=3, num_alternatives=2, update="first", selection="sample", seed=5
+        ),
         lambda w: bijectors.HalfConvolution(w["kernel"], update="first", selection="sample"),
-        lambda: bijectors.HalfConvolution.new(D, 3, 2, update="first", selection="sample",
-                                              seed=5),
-        _choice(2, "sample")),
+        lambda: bijectors.HalfConvolution.new(D, 3, 2, update="first", selection="sample", seed=5),
+        _choice(2, "sample"),
+    ),
     "half_convolution_location": (
-        lambda: L.HalfConvolution(kernel_size=3, num_alternatives=2, selection="location",
-                                  seed=6),
+        lambda: L.HalfConvolution(kernel_size=3, num_alternatives=2, selection="location", seed=6),
         lambda w: bijectors.HalfConvolution(w["kernel"], selection="location"),
         lambda: bijectors.HalfConvolution.new(D, 3, 2, selection="location", seed=6),
-        _choice(2, "location")),
+        _choice(2, "location"),
+    ),
     "dense": (
         lambda: L.Dense(num_alternatives=2, seed=7),
         lambda w: bijectors.Dense(w["lower_upper"], w["permutation"], w["shift"]),
         lambda: bijectors.Dense.new((HP, WP, D), 2, seed=7),
-        _choice(2, "sample")),
+        _choice(2, "sample"),
+    ),
 }
 
 
 def _patches(seed=0):
-    return tf.constant(np.random.default_rng(seed).standard_normal((N, HP, WP, D)),
-                       tf.float32)
+    return tf.constant(np.random.default_rng(seed).standard_normal((N, HP, WP, D)), tf.float32)
 
 
 def _perturb(layer, seed=0):
@@ -184,8 +190,12 @@ def test_batch_form_matches_bijector():
     bij = layer.bijector()
     assert z.shape == (N, 3, HP, WP, D) and log_det.shape == (N, 3)
     np.testing.assert_allclose(z, bij.inverse(x[:, None]), rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(log_det, np.broadcast_to(bij.inverse_log_det_jacobian(
-        x[:, None], event_ndims=3), [N, 3]), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(
+        log_det,
+        np.broadcast_to(bij.inverse_log_det_jacobian(x[:, None], event_ndims=3), [N, 3]),
+        rtol=RTOL,
+        atol=ATOL,
+    )
 
 
 def test_patchify_layer():

@@ -12,8 +12,11 @@ import tfdgmm
 from tfdgmm import cli, export, runs
 from tfdgmm.runs import layout
 
-ARCH = {"image_shape": [4, 4, 1], "patch_size": 2,
-        "layers": [{"type": "block_diagonal", "alternatives": 2}]}
+ARCH = {
+    "image_shape": [4, 4, 1],
+    "patch_size": 2,
+    "layers": [{"type": "block_diagonal", "alternatives": 2}],
+}
 
 
 def _model(shift):
@@ -85,18 +88,19 @@ def _run_dir(run, best_model, latest_model):
     with open(os.path.join(run, layout.CONFIG), "w") as f:
         yaml.safe_dump({"model": ARCH, "training": {"em_iterations": 1}}, f)
     for sub, model in ((layout.BEST, best_model), (layout.CHECKPOINTS, latest_model)):
-        tf.train.CheckpointManager(tf.train.Checkpoint(model=model), os.path.join(run, sub),
-                                   max_to_keep=1).save()
+        tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=model), os.path.join(run, sub), max_to_keep=1
+        ).save()
 
 
 @pytest.mark.parametrize("garbage", ["this is not a state file", "", "\x00\xff{{"])
 def test_a_garbage_best_state_file_is_reported_and_the_best_model_still_used(
-        tmp_path, garbage, capsys):
+    tmp_path, garbage, capsys
+):
     run = str(tmp_path / "run")
     best, latest = _model(0.1), _model(0.3)
     _run_dir(run, best, latest)
-    with open(os.path.join(run, layout.BEST, layout.STATE_FILE), "w",
-              encoding="latin-1") as f:
+    with open(os.path.join(run, layout.BEST, layout.STATE_FILE), "w", encoding="latin-1") as f:
         f.write(garbage)
     out = str(tmp_path / "saved")
     assert cli.main(["export", run, out, "--restarts", "1"]) == 0
@@ -104,8 +108,9 @@ def test_a_garbage_best_state_file_is_reported_and_the_best_model_still_used(
     assert "WARNING" in text and "best/checkpoint" in text and "(best: " in text
     model, prefix = export.load_run_model(run)  # the best's own files, not the latest
     assert os.path.dirname(prefix).endswith(layout.BEST)
-    np.testing.assert_array_equal(model.trainable_variables[0].numpy(),
-                                  best.trainable_variables[0].numpy())
+    np.testing.assert_array_equal(
+        model.trainable_variables[0].numpy(), best.trainable_variables[0].numpy()
+    )
 
 
 def test_no_readable_best_is_an_error_and_never_exported_as_best(tmp_path, capsys):
@@ -138,8 +143,24 @@ def test_tune_refuses_zero_trials_and_a_falsy_seed(tmp_path, capsys):
     assert exit_.value.code == 2 and "must be at least 1" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--max-trials must be at least 1"):
         runs.tune_run(config, out, max_trials=0)
-    assert cli.main(["tune", "--config", config, "--out", out, "--data", "/nonexistent",
-                     "--max-trials", "1", "--seed", "0"]) == 2
+    assert (
+        cli.main(
+            [
+                "tune",
+                "--config",
+                config,
+                "--out",
+                out,
+                "--data",
+                "/nonexistent",
+                "--max-trials",
+                "1",
+                "--seed",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "--seed must be a positive" in capsys.readouterr().err
     assert not os.path.exists(out)
 

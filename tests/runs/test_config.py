@@ -10,19 +10,26 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TINY = os.path.join(HERE, "..", "..", "configs", "tiny.yaml")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.patch_size=0", r"model.patch_size must be an integer >= 1; got 0"),
-    ("model.patch_size=3", r"model.patch_size 3 must divide the image height and width"),
-    ("model.layers=[{type: half_convolution, kernel_size: 0}]",
-     r"model.layers\[0\].kernel_size must be an integer >= 1; got 0"),
-    ("model.layers=[{type: block_diagonal, alternatives: -2}]",
-     r"model.layers\[0\].alternatives must be an integer >= 1"),
-    ("model.image_shape=[28, 28]", r"model.image_shape must be \[height, width, channels\]"),
-    ("data.train_limit=-3", r"data.train_limit must be an integer >= 1 or null; got -3"),
-    ("data.validation_size=-1", r"data.validation_size must be an integer >= 0"),
-    ("training.batch_size=0", r"training: batch_size must be > 0; got 0"),
-    ("training.em_iterations.x=1", r"training.em_iterations is 2, not a section"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.patch_size=0", r"model.patch_size must be an integer >= 1; got 0"),
+        ("model.patch_size=3", r"model.patch_size 3 must divide the image height and width"),
+        (
+            "model.layers=[{type: half_convolution, kernel_size: 0}]",
+            r"model.layers\[0\].kernel_size must be an integer >= 1; got 0",
+        ),
+        (
+            "model.layers=[{type: block_diagonal, alternatives: -2}]",
+            r"model.layers\[0\].alternatives must be an integer >= 1",
+        ),
+        ("model.image_shape=[28, 28]", r"model.image_shape must be \[height, width, channels\]"),
+        ("data.train_limit=-3", r"data.train_limit must be an integer >= 1 or null; got -3"),
+        ("data.validation_size=-1", r"data.validation_size must be an integer >= 0"),
+        ("training.batch_size=0", r"training: batch_size must be > 0; got 0"),
+        ("training.em_iterations.x=1", r"training.em_iterations is 2, not a section"),
+    ],
+)
 def test_bad_values_name_the_field_and_range(override, message):
     with pytest.raises(ValueError, match=message) as err:
         runs.load_run_config(TINY, [override])

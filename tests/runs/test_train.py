@@ -31,9 +31,11 @@ def existing_run(tmp_path):
     os.makedirs(os.path.join(run, layout.CHECKPOINTS))
     config = runs.load_run_config(TINY, ["data.validation_limit=100"])
     runs.io.dump_yaml(config, os.path.join(run, layout.CONFIG))
-    for name, text in ((layout.COMMAND, "tfdgmm train ...\n"), (layout.LOG, "EM 1 done\n"),
-                       (os.path.join(layout.CHECKPOINTS, layout.STATE_FILE),
-                        'model_checkpoint_path: "ckpt-3"\n')):
+    for name, text in (
+        (layout.COMMAND, "tfdgmm train ...\n"),
+        (layout.LOG, "EM 1 done\n"),
+        (os.path.join(layout.CHECKPOINTS, layout.STATE_FILE), 'model_checkpoint_path: "ckpt-3"\n'),
+    ):
         with open(os.path.join(run, name), "w") as f:
             f.write(text)
     return run, config
@@ -46,8 +48,21 @@ def test_a_refused_train_does_not_touch_the_run(existing_run, capsys):
     with pytest.raises(FileExistsError, match="already holds checkpoints.*--resume"):
         runs.train_run(other, run, data_spec="/nonexistent")
     # the command line too: one line, nothing written
-    assert cli.main(["train", "--config", TINY, "--out", run, "--set",
-                     "data.validation_limit=50", "--no-figures"]) == 2
+    assert (
+        cli.main(
+            [
+                "train",
+                "--config",
+                TINY,
+                "--out",
+                run,
+                "--set",
+                "data.validation_limit=50",
+                "--no-figures",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "already holds checkpoints" in err and len(err.strip().splitlines()) == 1
     assert _snapshot(run) == before
@@ -77,8 +92,7 @@ def test_resume_may_change_the_schedule_and_says_what_changed(existing_run):
     slower["training"]["max_rollbacks"] = 20
     slower["data"]["spec"] = "/elsewhere"  # the source is the run's (or --data), not compared
     resolved, changes = check_run(slower, run, data_spec="/moved/data", resume=True)
-    assert changes == {"training.learning_rate": (0.003, 0.0005),
-                       "training.max_rollbacks": (8, 20)}
+    assert changes == {"training.learning_rate": (0.003, 0.0005), "training.max_rollbacks": (8, 20)}
     assert resolved["training"]["learning_rate"] == 0.0005
     assert resolved["model"] == config["model"] and resolved["data"]["spec"] == "/moved/data"
     # without --config the saved config is used as it is
@@ -103,8 +117,10 @@ def test_only_the_chief_of_a_multi_worker_run_owns_the_run_directory(existing_ru
 
     run, config = existing_run
     cluster = {"worker": ["a:1", "b:2"]}
-    for task, owns in (({"type": "worker", "index": 0}, True),
-                       ({"type": "worker", "index": 1}, False)):
+    for task, owns in (
+        ({"type": "worker", "index": 0}, True),
+        ({"type": "worker", "index": 1}, False),
+    ):
         monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
         assert _owns_run_dir("multiworker") is owns
     assert _owns_run_dir("default") is True

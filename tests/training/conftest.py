@@ -11,9 +11,14 @@ HC = {"type": "half_convolution", "kernel_size": 3}
 # 4x4x3 images, 2x2 patches: a 2 x 2 x 12 patch tensor; 2 shared BD layers of 2 alternatives
 # (4 paths, so exact log-likelihoods are cheap).
 SYNTHETIC_ARCH = {
-    "image_shape": [4, 4, 3], "patch_size": 2,
-    "layers": [HC, {"type": "block_diagonal", "alternatives": 2}, HC,
-               {"type": "block_diagonal", "alternatives": 2}],
+    "image_shape": [4, 4, 3],
+    "patch_size": 2,
+    "layers": [
+        HC,
+        {"type": "block_diagonal", "alternatives": 2},
+        HC,
+        {"type": "block_diagonal", "alternatives": 2},
+    ],
 }
 
 

@@ -17,23 +17,40 @@ import tempfile
 def runs():
     from tfdgmm.training import EMConfig
 
-    base = dict(lr_final_updates=4, estep_batch_size=100, batch_size=100,
-                early_stopping_patience=0, progress_interval_seconds=1000, seed=0)
+    base = dict(
+        lr_final_updates=4,
+        estep_batch_size=100,
+        batch_size=100,
+        early_stopping_patience=0,
+        progress_interval_seconds=1000,
+        seed=0,
+    )
     # plain SGD: float summation order is the only difference, so the whole EM run (sharded
     # E-steps included) must agree tightly and find the same paths
-    sgd = EMConfig(em_iterations=2, updates_first=12, updates_later=8, optimizer="sgd",
-                   learning_rate=1e-3, **base)
+    sgd = EMConfig(
+        em_iterations=2,
+        updates_first=12,
+        updates_later=8,
+        optimizer="sgd",
+        learning_rate=1e-3,
+        **base,
+    )
     # Adam (the default): one EM iteration; Adam divides by |g|, which amplifies rounding
     # noise in near-zero gradient entries (measured ~1e-4 after the first update)
     adam = EMConfig(em_iterations=1, updates_first=12, learning_rate=1e-2, **base)
     return {"sgd": sgd, "adam": adam}
 
 
-ARCH = {"image_shape": [8, 8, 3], "patch_size": 2,
-        "layers": [{"type": "half_convolution", "kernel_size": 3},
-                   {"type": "block_diagonal", "alternatives": 2},
-                   {"type": "half_convolution", "kernel_size": 3},
-                   {"type": "block_diagonal", "alternatives": 2}]}
+ARCH = {
+    "image_shape": [8, 8, 3],
+    "patch_size": 2,
+    "layers": [
+        {"type": "half_convolution", "kernel_size": 3},
+        {"type": "block_diagonal", "alternatives": 2},
+        {"type": "half_convolution", "kernel_size": 3},
+        {"type": "block_diagonal", "alternatives": 2},
+    ],
+}
 
 
 def main(name, out, run_dir=None):
@@ -48,8 +65,11 @@ def main(name, out, run_dir=None):
     from tfdgmm.training import EMTrainer
 
     strategy = distribute.make_strategy(name)
-    x = tfdgmm.DeepGMM.from_config(dict(ARCH, seed=11)).sample(
-        200, seed=tf.constant([3, 4])).numpy()
+    x = (
+        tfdgmm.DeepGMM.from_config(dict(ARCH, seed=11))
+        .sample(200, seed=tf.constant([3, 4]))
+        .numpy()
+    )
     result = {}
     for key, cfg in runs().items():
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
@@ -61,8 +81,15 @@ def main(name, out, run_dir=None):
         for v in model.trainable_variables:
             v.assign_add(0.1 * rng.standard_normal(v.shape).astype(np.float32))
         d = os.path.join(run_dir or tempfile.mkdtemp(), key)
-        trainer = EMTrainer(model, cfg, x[:200], None, d, strategy=strategy,
-                            log=lambda s: print(f"[{name}] {s}", flush=True))
+        trainer = EMTrainer(
+            model,
+            cfg,
+            x[:200],
+            None,
+            d,
+            strategy=strategy,
+            log=lambda s: print(f"[{name}] {s}", flush=True),
+        )
         history = trainer.fit()
         for i, v in enumerate(model.trainable_variables):
             result[f"{key}/param{i}"] = v.numpy()

@@ -32,8 +32,13 @@ def _env(**extra):
 
 
 def _run(strategy, out, tmp_path):
-    proc = subprocess.run([sys.executable, WORKER, strategy, str(out), str(tmp_path / strategy)],
-                          env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run(
+        [sys.executable, WORKER, strategy, str(out), str(tmp_path / strategy)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -55,8 +60,9 @@ def _compare(single, other, replicas):
         assert max(diffs) <= tol, (key, diffs)
         for k in (k for k in single if k.startswith(f"{key}/path")):
             np.testing.assert_array_equal(single[k], other[k], err_msg=k)
-        np.testing.assert_allclose(single[f"{key}/lower"], other[f"{key}/lower"], rtol=1e-5,
-                                   atol=1e-3)
+        np.testing.assert_allclose(
+            single[f"{key}/lower"], other[f"{key}/lower"], rtol=1e-5, atol=1e-3
+        )
 
 
 def test_mirrored_two_logical_cpus_matches_single_device(single, tmp_path):
@@ -83,10 +89,24 @@ def test_multiworker_two_processes_match_single_device(single, tmp_path):
         for i in range(2):
             tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
             log = open(tmp_path / f"worker{i}.log", "w")
-            procs.append((subprocess.Popen(
-                [sys.executable, WORKER, "multiworker", str(tmp_path / "multi.npz"),
-                 str(tmp_path / "run")], env=_env(TF_CONFIG=json.dumps(tf_config)),
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True), log))
+            procs.append(
+                (
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            WORKER,
+                            "multiworker",
+                            str(tmp_path / "multi.npz"),
+                            str(tmp_path / "run"),
+                        ],
+                        env=_env(TF_CONFIG=json.dumps(tf_config)),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    ),
+                    log,
+                )
+            )
         for p, _ in procs:
             p.wait(timeout=TIMEOUT)
     finally:
@@ -116,7 +136,11 @@ def test_make_strategy_errors(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(distribute.DistributeConfigError, match="not valid JSON"):
         distribute.make_strategy("multiworker")
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1"]},
-                                                "task": {"type": "worker", "index": 3}}))
+    monkeypatch.setenv(
+        "TF_CONFIG",
+        json.dumps(
+            {"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}
+        ),
+    )
     with pytest.raises(distribute.DistributeConfigError, match="task must be"):
         distribute.make_strategy("multiworker")

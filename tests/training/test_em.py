@@ -14,15 +14,24 @@ from tfdgmm.training import EMConfig, EMTrainer, path_usage_entropy
 # truth, 92% of the initial gap closed), rising at every iteration (-76.2, -73.1, -72.6, -72.4);
 # the validation bound follows (-76.3 ... -74.4). The thresholds leave a factor of two or more
 # of margin for other machines and TensorFlow versions.
-CONFIG = EMConfig(em_iterations=4, updates_first=200, updates_later=100, learning_rate=1e-2,
-                  lr_final_updates=50, estep_batch_size=500, early_stopping_patience=0,
-                  progress_interval_seconds=1000, seed=0)
+CONFIG = EMConfig(
+    em_iterations=4,
+    updates_first=200,
+    updates_later=100,
+    learning_rate=1e-2,
+    lr_final_updates=50,
+    estep_batch_size=500,
+    early_stopping_patience=0,
+    progress_interval_seconds=1000,
+    seed=0,
+)
 MAX_GAP_NATS = 8.0
 MIN_FRACTION_OF_GAP_CLOSED = 0.75
 
 
-def test_em_raises_the_bound_and_recovers_the_generating_likelihood(synthetic, make_model,
-                                                                   tmp_path):
+def test_em_raises_the_bound_and_recovers_the_generating_likelihood(
+    synthetic, make_model, tmp_path
+):
     truth, x_train, x_val = synthetic
     true_ll = float(tf.reduce_mean(truth.log_prob(x_train)))
     model = make_model(seed=0)
@@ -34,9 +43,11 @@ def test_em_raises_the_bound_and_recovers_the_generating_likelihood(synthetic, m
     assert [r["iteration"] for r in history] == [1, 2, 3, 4]
     lbs = [r["train_lower_bound"] for r in history]
     estep = [r["estep_lower_bound"] for r in history]
-    print(f"true {true_ll:.2f}, init {init_ll:.2f}, train LB per iteration {np.round(lbs, 2)}, "
-          f"E-step LB {np.round(estep, 2)}, validation LB "
-          f"{[round(r['validation_lower_bound'], 2) for r in history]}")
+    print(
+        f"true {true_ll:.2f}, init {init_ll:.2f}, train LB per iteration {np.round(lbs, 2)}, "
+        f"E-step LB {np.round(estep, 2)}, validation LB "
+        f"{[round(r['validation_lower_bound'], 2) for r in history]}"
+    )
     assert all(b > a for a, b in zip(lbs, lbs[1:])), lbs
     # each E-step starts from the previous paths, so it cannot lose what the M-step gained
     for after_mstep, next_estep in zip(lbs, estep[1:]):
@@ -50,8 +61,9 @@ def test_em_raises_the_bound_and_recovers_the_generating_likelihood(synthetic, m
     assert history[best]["validation_lower_bound"] <= exact + 1e-3
     # the upper bound is the lower bound plus log(#paths) for a uniform prior
     r = history[-1]
-    np.testing.assert_allclose(r["validation_upper_bound"] - r["validation_lower_bound"],
-                               np.log(4.0), rtol=1e-4)
+    np.testing.assert_allclose(
+        r["validation_upper_bound"] - r["validation_lower_bound"], np.log(4.0), rtol=1e-4
+    )
     # visibility: progress lines and per-layer path entropies
     assert any("E-step done" in line for line in lines)
     assert len(r["path_entropy"]) == 4 and r["path_entropy"][0] == 0.0
@@ -76,8 +88,9 @@ def test_factorized_prior_is_fitted_in_closed_form(synthetic, make_model, tmp_pa
         if k == 1:
             continue
         counts = np.bincount(trainer.train_search.paths[i].numpy().ravel(), minlength=k)
-        np.testing.assert_allclose(model.path_prior.logits[i].numpy(), np.log(counts + 1.0),
-                                   rtol=1e-5)
+        np.testing.assert_allclose(
+            model.path_prior.logits[i].numpy(), np.log(counts + 1.0), rtol=1e-5
+        )
 
 
 def test_data_redrawn_every_em_iteration(synthetic, make_model, tmp_path):
@@ -91,8 +104,14 @@ def test_data_redrawn_every_em_iteration(synthetic, make_model, tmp_path):
         calls.append(t)
         return x + np.float32(0.01 * t)
 
-    cfg = CONFIG.replace(em_iterations=2, updates_first=10, updates_later=5, lr_final_updates=2,
-                         estep_batch_size=100, lr_warmup_updates=0)
+    cfg = CONFIG.replace(
+        em_iterations=2,
+        updates_first=10,
+        updates_later=5,
+        lr_final_updates=2,
+        estep_batch_size=100,
+        lr_warmup_updates=0,
+    )
     trainer = EMTrainer(make_model(seed=0), cfg, train, None, str(tmp_path), log=lambda s: None)
     history = trainer.fit()
     assert len(history) == 2 and calls[0] == 0 and 1 in calls
@@ -104,8 +123,11 @@ def test_the_trainer_refuses_integer_images(synthetic, make_model, tmp_path):
 
     _, x_train, x_val = synthetic
     pixels = np.clip(np.round((np.asarray(x_train) + 1) * 127.5), 0, 255).astype(np.uint8)
-    for train, val in ((pixels, x_val), (x_train, tf.constant(pixels[:10])),
-                       (lambda t: pixels, x_val)):
+    for train, val in (
+        (pixels, x_val),
+        (x_train, tf.constant(pixels[:10])),
+        (lambda t: pixels, x_val),
+    ):
         with pytest.raises(ValueError, match=r"uint8 .*\[-1, 1\]"):
             EMTrainer(make_model(seed=0), CONFIG, train, val, str(tmp_path))
     assert not os.listdir(tmp_path)

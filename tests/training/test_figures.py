@@ -8,10 +8,15 @@ import tensorflow as tf
 import tfdgmm
 from tfdgmm.training import figures
 
-ARCH = {"image_shape": [8, 8, 3], "patch_size": 2,
-        "layers": [{"type": "half_convolution", "kernel_size": 3},
-                   {"type": "block_diagonal", "alternatives": 3, "selection": "location"},
-                   {"type": "half_convolution", "kernel_size": 3}]}
+ARCH = {
+    "image_shape": [8, 8, 3],
+    "patch_size": 2,
+    "layers": [
+        {"type": "half_convolution", "kernel_size": 3},
+        {"type": "block_diagonal", "alternatives": 3, "selection": "location"},
+        {"type": "half_convolution", "kernel_size": 3},
+    ],
+}
 
 
 def test_filters_are_the_pixel_images_of_latent_features():
@@ -61,8 +66,9 @@ def _label_extents(fig):
 def test_grid_labels_fit_inside_narrow_figures():
     """A 2-column grid used to be drawn into the whole figure: the y-label fell off the left."""
     grid = figures.image_grid(np.zeros((12, 10, 10, 3)), cols=2)
-    fig = figures._grid_figure(grid, title="filters", scale=6, xlabel="alternative",
-                               ylabel="latent feature (by norm)")
+    fig = figures._grid_figure(
+        grid, title="filters", scale=6, xlabel="alternative", ylabel="latent feature (by norm)"
+    )
     extents, bbox = _label_extents(fig)
     assert len(extents) == 3
     for e in extents:
@@ -84,19 +90,36 @@ def test_filters_with_two_alternatives_are_not_a_thin_strip(tmp_path):
 def test_training_curve(tmp_path):
     from tfdgmm.units import nats_to_bits_per_dim
 
-    history = [{"iteration": 1, "updates": 30, "train_lower_bound": 100.0,
-                "validation_lower_bound": 90.0, "train_upper_bound": 101.0},
-               {"iteration": 2, "updates": 15, "train_lower_bound": 120.0,
-                "validation_lower_bound": 105.0, "train_upper_bound": 121.0}]
+    history = [
+        {
+            "iteration": 1,
+            "updates": 30,
+            "train_lower_bound": 100.0,
+            "validation_lower_bound": 90.0,
+            "train_upper_bound": 101.0,
+        },
+        {
+            "iteration": 2,
+            "updates": 15,
+            "train_lower_bound": 120.0,
+            "validation_lower_bound": 105.0,
+            "train_upper_bound": 121.0,
+        },
+    ]
     path = str(tmp_path / "curve.png")
-    figures.save_training_curve(history, path,
-                                nats_to_bpd=lambda n: nats_to_bits_per_dim(n, num_dims=192),
-                                baseline={"validation": 80.0})
+    figures.save_training_curve(
+        history,
+        path,
+        nats_to_bpd=lambda n: nats_to_bits_per_dim(n, num_dims=192),
+        baseline={"validation": 80.0},
+    )
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     fig = figures.training_curve_figure(
-        history, nats_to_bpd=lambda n: nats_to_bits_per_dim(n, num_dims=192),
-        baseline={"validation": 80.0})
+        history,
+        nats_to_bpd=lambda n: nats_to_bits_per_dim(n, num_dims=192),
+        baseline={"validation": 80.0},
+    )
     ax = fig.axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
     np.testing.assert_array_equal(lines["train LB"].get_xdata(), [30, 45])  # cumulative

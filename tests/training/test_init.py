@@ -19,23 +19,33 @@ def test_whitening_lu_is_the_zca_whitening_in_the_bijector_convention():
     bd = tfdgmm.bijectors.BlockDiagonal(lower_upper, perm)
     w = bd.matrix().numpy()
     # a whitening: W cov W^T = I; and ZCA up to row signs: |W| = |cov^{-1/2}|
-    np.testing.assert_allclose(w @ cov @ np.swapaxes(w, -1, -2), np.broadcast_to(
-        np.eye(6), cov.shape), atol=1e-8)
+    np.testing.assert_allclose(
+        w @ cov @ np.swapaxes(w, -1, -2), np.broadcast_to(np.eye(6), cov.shape), atol=1e-8
+    )
     evals, evecs = np.linalg.eigh(cov)
-    zca = np.einsum("...ij,...j,...kj->...ik", evecs, evals ** -0.5, evecs)
+    zca = np.einsum("...ij,...j,...kj->...ik", evecs, evals**-0.5, evecs)
     np.testing.assert_allclose(np.abs(w), np.abs(zca), atol=1e-8)
 
 
-@pytest.mark.parametrize("bd", [
-    {"type": "block_diagonal", "alternatives": 1},
-    {"type": "block_diagonal", "alternatives": 3},
-    {"type": "block_diagonal", "alternatives": 2, "selection": "location"},
-    {"type": "block_diagonal", "alternatives": 2, "selection": "location", "per_location": True},
-])
+@pytest.mark.parametrize(
+    "bd",
+    [
+        {"type": "block_diagonal", "alternatives": 1},
+        {"type": "block_diagonal", "alternatives": 3},
+        {"type": "block_diagonal", "alternatives": 2, "selection": "location"},
+        {
+            "type": "block_diagonal",
+            "alternatives": 2,
+            "selection": "location",
+            "per_location": True,
+        },
+    ],
+)
 def test_init_whitens_and_raises_the_bound(synthetic, bd):
     _, x, _ = synthetic
     model = tfdgmm.DeepGMM.from_config(
-        {"image_shape": [4, 4, 3], "patch_size": 2, "layers": [HC, bd, HC]}, dtype=tf.float64)
+        {"image_shape": [4, 4, 3], "patch_size": 2, "layers": [HC, bd, HC]}, dtype=tf.float64
+    )
     x = tf.constant(x, tf.float64)
     before = float(tf.reduce_mean(model.best_path(x, seed=[1, 2])[1]))
     assert initialize_from_data(model, x.numpy()) == 1
@@ -55,8 +65,13 @@ def test_init_of_a_dense_layer(synthetic, alternatives):
     """The 2014 layer: one alternative starts as the full-covariance Gaussian of the data."""
     _, x, _ = synthetic
     model = tfdgmm.DeepGMM.from_config(
-        {"image_shape": [4, 4, 3], "patch_size": 2,
-         "layers": [{"type": "dense", "alternatives": alternatives}]}, dtype=tf.float64)
+        {
+            "image_shape": [4, 4, 3],
+            "patch_size": 2,
+            "layers": [{"type": "dense", "alternatives": alternatives}],
+        },
+        dtype=tf.float64,
+    )
     x = tf.constant(x, tf.float64)
     before = float(tf.reduce_mean(model.best_path(x, seed=[1, 2])[1]))
     assert initialize_from_data(model, x.numpy(), ridge=0.0) == 0
@@ -89,8 +104,9 @@ def test_init_with_identity_below_starts_as_the_per_location_gaussian(synthetic)
     exactly the maximum-likelihood per-location Gaussian of the data (closed form)."""
     _, x, _ = synthetic
     model = tfdgmm.DeepGMM.from_config(
-        {"image_shape": [4, 4, 3], "patch_size": 2,
-         "layers": [HC, HC, {"type": "block_diagonal"}]}, dtype=tf.float64)
+        {"image_shape": [4, 4, 3], "patch_size": 2, "layers": [HC, HC, {"type": "block_diagonal"}]},
+        dtype=tf.float64,
+    )
     assert initialize_from_data(model, x, ridge=0.0) == 2
     for layer in model.layers[:2]:
         np.testing.assert_array_equal(layer.kernel.numpy(), 0.0)
@@ -105,9 +121,13 @@ def test_init_zeroes_only_single_alternative_half_convolutions_below(synthetic, 
     keep their kernels."""
     _, x, _ = synthetic
     model = tfdgmm.DeepGMM.from_config(
-        {"image_shape": [4, 4, 3], "patch_size": 2,
-         "layers": [HC, dict(HC, alternatives=2), {"type": "block_diagonal"}, HC]},
-        dtype=tf.float64)
+        {
+            "image_shape": [4, 4, 3],
+            "patch_size": 2,
+            "layers": [HC, dict(HC, alternatives=2), {"type": "block_diagonal"}, HC],
+        },
+        dtype=tf.float64,
+    )
     before = [model.layers[i].kernel.numpy() for i in (0, 1, 3)]
     assert all(np.abs(k).max() > 0 for k in before)
     assert initialize_from_data(model, x, identity_below=identity_below) == 2

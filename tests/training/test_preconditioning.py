@@ -14,10 +14,16 @@ from tfdgmm.training.preconditioning import HalfConvolutionKFAC
 
 # 8x8x3 images, 2x2 patches: a 4 x 4 x 12 patch tensor. Two half-convolutions (update 'second'
 # then 'first'), one with 2 per-sample alternatives, then a shared block-diagonal layer.
-ARCH = {"image_shape": [8, 8, 3], "patch_size": 2, "seed": 3, "layers": [
-    {"type": "half_convolution", "kernel_size": 3},
-    {"type": "half_convolution", "kernel_size": 3, "alternatives": 2},
-    {"type": "block_diagonal", "alternatives": 2}]}
+ARCH = {
+    "image_shape": [8, 8, 3],
+    "patch_size": 2,
+    "seed": 3,
+    "layers": [
+        {"type": "half_convolution", "kernel_size": 3},
+        {"type": "half_convolution", "kernel_size": 3, "alternatives": 2},
+        {"type": "block_diagonal", "alternatives": 2},
+    ],
+}
 
 
 def _model_and_data(n=64):
@@ -26,8 +32,11 @@ def _model_and_data(n=64):
     for v in model.trainable_variables:  # move away from the near-identity start
         v.assign_add(0.05 * rng.standard_normal(v.shape).astype(np.float32))
     x = model.sample(n, seed=[1, 2])
-    path = (tf.zeros([n], tf.int32), tf.constant(rng.integers(0, 2, n), tf.int32),
-            tf.constant(rng.integers(0, 2, n), tf.int32))
+    path = (
+        tf.zeros([n], tf.int32),
+        tf.constant(rng.integers(0, 2, n), tf.int32),
+        tf.constant(rng.integers(0, 2, n), tf.int32),
+    )
     return model, x, path
 
 
@@ -72,25 +81,36 @@ def test_precondition_is_the_damped_kronecker_solve():
             # vec(A^-1 G B^-1) = (A (x) B)^-1 vec(G) (row-major vec, symmetric factors)
             want = np.linalg.solve(np.kron(a, b), gm.reshape(-1)).reshape(gm.shape)
             want /= 16 * max(usage[alt], 0.1 / k)
-            np.testing.assert_allclose(step[alt].numpy().reshape(gm.shape), want, rtol=5e-3,
-                                       atol=1e-6 * np.abs(want).max())
+            np.testing.assert_allclose(
+                step[alt].numpy().reshape(gm.shape), want, rtol=5e-3, atol=1e-6 * np.abs(want).max()
+            )
 
 
 def test_sampled_and_empirical_curvature_agree_at_a_white_latent():
     """At the data-dependent start the latent is white, so the Gauss-Newton factor from
     standard-normal probes and the empirical one from the data's own gradients agree."""
-    arch = {"image_shape": [8, 8, 3], "patch_size": 2, "seed": 0, "layers": [
-        {"type": "half_convolution", "kernel_size": 3},
-        {"type": "block_diagonal", "alternatives": 1, "selection": "sample",
-         "per_location": True}]}
+    arch = {
+        "image_shape": [8, 8, 3],
+        "patch_size": 2,
+        "seed": 0,
+        "layers": [
+            {"type": "half_convolution", "kernel_size": 3},
+            {
+                "type": "block_diagonal",
+                "alternatives": 1,
+                "selection": "sample",
+                "per_location": True,
+            },
+        ],
+    }
     x = tfdgmm.DeepGMM.from_config(dict(arch, seed=7)).sample(3000, seed=[1, 1])
     model = tfdgmm.DeepGMM.from_config(arch)
     initialize_from_data(model, x)
     path = (tf.zeros([3000], tf.int32),) * 2
     pre = HalfConvolutionKFAC(model)
     probe = tf.random.stateless_normal([3000, *model.patch_shape], (1, 2))
-    (_, g_sampled), = pre.kernel_gradient_factors(x, path, latent_probe=probe)
-    (_, g_data), = pre.kernel_gradient_factors(x, path)
+    ((_, g_sampled),) = pre.kernel_gradient_factors(x, path, latent_probe=probe)
+    ((_, g_data),) = pre.kernel_gradient_factors(x, path)
     b_sampled = (tf.transpose(g_sampled) @ g_sampled).numpy() / len(g_sampled)
     b_data = (tf.transpose(g_data) @ g_data).numpy() / len(g_data)
     rel = np.linalg.norm(b_sampled - b_data) / np.linalg.norm(b_data)
@@ -101,17 +121,27 @@ def test_kfac_step_approaches_the_exact_newton_step_of_a_half_convolution():
     """Under a fixed whitening layer a half-convolution's loss is exactly quadratic in its kernel
     (log-det 0), so the exact Newton step reaches its minimum. One undamped K-FAC step must get
     most of that decrease."""
-    arch = {"image_shape": [8, 8, 3], "patch_size": 2, "seed": 0, "layers": [
-        {"type": "half_convolution", "kernel_size": 3},
-        {"type": "block_diagonal", "alternatives": 1, "selection": "sample",
-         "per_location": True}]}
+    arch = {
+        "image_shape": [8, 8, 3],
+        "patch_size": 2,
+        "seed": 0,
+        "layers": [
+            {"type": "half_convolution", "kernel_size": 3},
+            {
+                "type": "block_diagonal",
+                "alternatives": 1,
+                "selection": "sample",
+                "per_location": True,
+            },
+        ],
+    }
     truth = tfdgmm.DeepGMM.from_config(dict(arch, seed=7))
-    truth.layers[0].kernel.assign(0.3 * tf.random.stateless_normal(
-        truth.layers[0].kernel.shape, [0, 1]))
+    truth.layers[0].kernel.assign(
+        0.3 * tf.random.stateless_normal(truth.layers[0].kernel.shape, [0, 1])
+    )
     n = 2000
     # dequantisation-like noise sets the smallest variances, as on CIFAR-10
-    x = truth.sample(n, seed=[3, 4]) + tf.random.stateless_uniform([n, 8, 8, 3], [5, 6],
-                                                                   0.0, 0.01)
+    x = truth.sample(n, seed=[3, 4]) + tf.random.stateless_uniform([n, 8, 8, 3], [5, 6], 0.0, 0.01)
     model = tfdgmm.DeepGMM.from_config(arch)
     initialize_from_data(model, x)
     path = (tf.zeros([n], tf.int32), tf.zeros([n], tf.int32))
@@ -144,6 +174,7 @@ def test_kfac_step_approaches_the_exact_newton_step_of_a_half_convolution():
 
 # ----------------------------------------------------------------------------------- stability
 
+
 def _tiny_run(shared_data_dir, tmp_path, **training):
     """configs/tiny.yaml's model on its 500 training images, one M-step of 200 updates in
     chunks of 10 (fixed by update count, so the divergence checks are deterministic)."""
@@ -151,27 +182,49 @@ def _tiny_run(shared_data_dir, tmp_path, **training):
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cfg = load_run_config(os.path.join(root, "configs", "tiny.yaml"))
-    data = load_data(dict(cfg["data"], validation_limit=100, test_limit=1),
-                     os.path.join(shared_data_dir, "cifar10-jpeg75"))
+    data = load_data(
+        dict(cfg["data"], validation_limit=100, test_limit=1),
+        os.path.join(shared_data_dir, "cifar10-jpeg75"),
+    )
     model = tfdgmm.DeepGMM.from_config(cfg["model"])
-    config = EMConfig.from_dict(dict(cfg["training"], em_iterations=1, updates_first=200,
-                                     max_chunk=10, progress_interval_seconds=1000,
-                                     checkpoint_interval_seconds=1000, **training))
-    trainer = EMTrainer(model, config, data.train.dequantized(0), data.validation.dequantized(0),
-                        str(tmp_path), log=lambda s: None)
+    config = EMConfig.from_dict(
+        dict(
+            cfg["training"],
+            em_iterations=1,
+            updates_first=200,
+            max_chunk=10,
+            progress_interval_seconds=1000,
+            checkpoint_interval_seconds=1000,
+            **training,
+        )
+    )
+    trainer = EMTrainer(
+        model,
+        config,
+        data.train.dequantized(0),
+        data.validation.dequantized(0),
+        str(tmp_path),
+        log=lambda s: None,
+    )
     history = trainer.fit()
     return history[-1], int(trainer.state.rollbacks.numpy())
 
 
 @pytest.mark.parametrize("hc_optimizer", ["kfac", "optimizer"])
-def test_default_schedule_does_not_diverge_where_adam_on_kernels_did(shared_data_dir, tmp_path,
-                                                                      hc_optimizer):
+def test_default_schedule_does_not_diverge_where_adam_on_kernels_did(
+    shared_data_dir, tmp_path, hc_optimizer
+):
     """configs/tiny.yaml at its learning rate (3e-3): Adam on the half-convolution kernels
     diverged from the data-dependent start (a rollback within the first 50 updates; the old
     default), K-FAC steps (the default) do not, and end higher."""
     record, rollbacks = _tiny_run(shared_data_dir, tmp_path, hc_optimizer=hc_optimizer)
-    print(hc_optimizer, rollbacks, record["estep_lower_bound"], record["train_lower_bound"],
-          record["validation_lower_bound"])
+    print(
+        hc_optimizer,
+        rollbacks,
+        record["estep_lower_bound"],
+        record["train_lower_bound"],
+        record["validation_lower_bound"],
+    )
     if hc_optimizer == "kfac":
         assert rollbacks == 0
         assert record["train_lower_bound"] > record["estep_lower_bound"] + 200

@@ -6,10 +6,19 @@ import tensorflow as tf
 
 from tfdgmm.training import EMConfig, EMTrainer, TrainingInterrupted, load_model_weights
 
-CONFIG = EMConfig(em_iterations=2, updates_first=40, updates_later=20, learning_rate=1e-2,
-                  lr_final_updates=10, estep_batch_size=100, early_stopping_patience=0,
-                  checkpoint_interval_seconds=0, max_chunk=7, progress_interval_seconds=1000,
-                  seed=3)
+CONFIG = EMConfig(
+    em_iterations=2,
+    updates_first=40,
+    updates_later=20,
+    learning_rate=1e-2,
+    lr_final_updates=10,
+    estep_batch_size=100,
+    early_stopping_patience=0,
+    checkpoint_interval_seconds=0,
+    max_chunk=7,
+    progress_interval_seconds=1000,
+    seed=3,
+)
 
 
 def _data(synthetic):
@@ -19,9 +28,9 @@ def _data(synthetic):
 
 def _crash_at(event, em_iteration, position_key, position):
     def hook(trainer, ev, info):
-        if ev == event and info["em_iteration"] == em_iteration and \
-                info[position_key] >= position:
+        if ev == event and info["em_iteration"] == em_iteration and info[position_key] >= position:
             raise TrainingInterrupted(f"simulated crash: {ev} {info}")
+
     return hook
 
 
@@ -40,16 +49,30 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(synthetic, make_mo
 
     out = str(tmp_path / "b")
     # crash 1: in the middle of the first M-step (after a few checkpointed chunks)
-    first = EMTrainer(make_model(seed=1), CONFIG, x_train, x_val, out,
-                      hooks=[_crash_at("mstep", 0, "update", 15)], **quiet)
+    first = EMTrainer(
+        make_model(seed=1),
+        CONFIG,
+        x_train,
+        x_val,
+        out,
+        hooks=[_crash_at("mstep", 0, "update", 15)],
+        **quiet,
+    )
     with pytest.raises(TrainingInterrupted):
         first.fit()
     assert first.em_iteration == 0 and int(first.state.mstep_update.numpy()) >= 15
     with pytest.raises(FileExistsError):  # never overwrite a run by accident
         EMTrainer(make_model(seed=1), CONFIG, x_train, x_val, out, **quiet).fit()
     # crash 2: in the middle of the second E-step (batch 2 of 3), after resuming
-    second = EMTrainer(make_model(seed=1), CONFIG, x_train, x_val, out,
-                       hooks=[_crash_at("estep", 1, "batches", 2)], **quiet)
+    second = EMTrainer(
+        make_model(seed=1),
+        CONFIG,
+        x_train,
+        x_val,
+        out,
+        hooks=[_crash_at("estep", 1, "batches", 2)],
+        **quiet,
+    )
     with pytest.raises(TrainingInterrupted):
         second.fit(resume=True)
     lines = []
@@ -93,12 +116,13 @@ def test_non_finite_values_roll_back_with_a_lower_learning_rate(synthetic, make_
 
     lines = []
     cfg = CONFIG.replace(em_iterations=1, checkpoint_interval_seconds=3600)
-    trainer = EMTrainer(make_model(seed=1), cfg, x_train, x_val, str(tmp_path),
-                        hooks=[inject], log=lines.append)
+    trainer = EMTrainer(
+        make_model(seed=1), cfg, x_train, x_val, str(tmp_path), hooks=[inject], log=lines.append
+    )
     history = trainer.fit()
     assert events == ["nan parameters", "huge learning rate"]
     assert int(trainer.state.rollbacks.numpy()) == 2
-    assert float(trainer.state.lr_scale.numpy()) == pytest.approx(CONFIG.nan_lr_factor ** 2)
+    assert float(trainer.state.lr_scale.numpy()) == pytest.approx(CONFIG.nan_lr_factor**2)
     rolled = [line for line in lines if "rolled back" in line]
     assert len(rolled) == 2
     assert "non-finite parameters" in rolled[0] and "non-finite loss" in rolled[1]
@@ -115,18 +139,30 @@ def test_a_diverging_loss_rolls_back_like_a_nan(synthetic, make_model, tmp_path)
 
     def make_hook(fired):
         def hook(trainer, event, info):
-            if event == "mstep" and info["em_iteration"] == 0 and info["update"] >= 14 \
-                    and not fired:
+            if (
+                event == "mstep"
+                and info["em_iteration"] == 0
+                and info["update"] >= 14
+                and not fired
+            ):
                 v = next(v for v in trainer.model.trainable_variables if "shift" in v.name)
                 v.assign_add(tf.fill(v.shape, np.float32(100.0)))
                 fired.append(info["update"])
+
         return hook
 
     cfg = CONFIG.replace(em_iterations=1, checkpoint_interval_seconds=0)
     fired, lines = [], []
-    trainer = EMTrainer(make_model(seed=1), cfg, x_train, x_val, str(tmp_path / "on"),
-                        hooks=[make_hook(fired)], log=lines.append)
-    history = trainer.fit()
+    trainer = EMTrainer(
+        make_model(seed=1),
+        cfg,
+        x_train,
+        x_val,
+        str(tmp_path / "on"),
+        hooks=[make_hook(fired)],
+        log=lines.append,
+    )
+    trainer.fit()
     assert fired and int(trainer.state.rollbacks.numpy()) == 1
     assert float(trainer.state.lr_scale.numpy()) == pytest.approx(CONFIG.nan_lr_factor)
     rolled = [line for line in lines if "rolled back" in line]
@@ -135,8 +171,15 @@ def test_a_diverging_loss_rolls_back_like_a_nan(synthetic, make_model, tmp_path)
     assert float(tf.reduce_max(tf.abs(shift))) < 50.0  # the shifted values were rolled back
 
     fired_off, lines_off = [], []
-    off = EMTrainer(make_model(seed=1), cfg.replace(divergence_nats=0.0), x_train, x_val,
-                    str(tmp_path / "off"), hooks=[make_hook(fired_off)], log=lines_off.append)
+    off = EMTrainer(
+        make_model(seed=1),
+        cfg.replace(divergence_nats=0.0),
+        x_train,
+        x_val,
+        str(tmp_path / "off"),
+        hooks=[make_hook(fired_off)],
+        log=lines_off.append,
+    )
     off.fit()
     # with the check off only a NaN can roll back, and the run says that its guard is off
     assert fired_off and not any("diverging loss" in line for line in lines_off)
@@ -150,10 +193,17 @@ def test_rollbacks_do_not_depend_on_machine_speed(synthetic, make_model, tmp_pat
     import time
 
     x_train, x_val = _data(synthetic)
-    cfg = CONFIG.replace(em_iterations=1, updates_first=60, learning_rate=1.0,
-                         lr_warmup_updates=40, lr_decay="final", hc_optimizer="optimizer",
-                         max_chunk=0,
-                         checkpoint_interval_seconds=0.0, progress_interval_seconds=1000)
+    cfg = CONFIG.replace(
+        em_iterations=1,
+        updates_first=60,
+        learning_rate=1.0,
+        lr_warmup_updates=40,
+        lr_decay="final",
+        hc_optimizer="optimizer",
+        max_chunk=0,
+        checkpoint_interval_seconds=0.0,
+        progress_interval_seconds=1000,
+    )
 
     def slow(trainer, event, info):
         if event == "mstep":
@@ -161,12 +211,19 @@ def test_rollbacks_do_not_depend_on_machine_speed(synthetic, make_model, tmp_pat
 
     runs = {}
     for name, hooks, changes in (
-            ("fast", [], {}),
-            ("slow", [slow], {"progress_interval_seconds": 0.05,
-                              "checkpoint_interval_seconds": 0.07})):
+        ("fast", [], {}),
+        ("slow", [slow], {"progress_interval_seconds": 0.05, "checkpoint_interval_seconds": 0.07}),
+    ):
         lines = []
-        trainer = EMTrainer(make_model(seed=1), cfg.replace(**changes), x_train, x_val,
-                            str(tmp_path / name), hooks=hooks, log=lines.append)
+        trainer = EMTrainer(
+            make_model(seed=1),
+            cfg.replace(**changes),
+            x_train,
+            x_val,
+            str(tmp_path / name),
+            hooks=hooks,
+            log=lines.append,
+        )
         history = trainer.fit()
         runs[name] = (trainer, history, [line for line in lines if "rolled back" in line])
     (fast, fast_history, fast_rolled), (slow_t, slow_history, slow_rolled) = runs.values()
@@ -180,7 +237,8 @@ def test_rollbacks_do_not_depend_on_machine_speed(synthetic, make_model, tmp_pat
 
 def test_divergence_within_a_single_chunk_m_step_is_caught(synthetic, make_model, tmp_path):
     """An M-step that runs in long chunks (a long progress interval) still checks every
-    window of `CHECK_WINDOW` updates; its first window is compared with the loss it started from (minus the E-step's
+    window of `CHECK_WINDOW` updates; its first window is compared with the loss it started from
+    (minus the E-step's
     training lower bound). A hook at the end of EM iteration 1 raises the learning rate 300x,
     so the second M-step blows up (finite losses) within its only chunk."""
     x_train, x_val = _data(synthetic)
@@ -190,12 +248,18 @@ def test_divergence_within_a_single_chunk_m_step_is_caught(synthetic, make_model
         if event == "iteration" and info["em_iteration"] == 0:
             trainer.state.lr_scale.assign(300.0)
 
-    cfg = CONFIG.replace(em_iterations=2, updates_later=30, max_chunk=0,
-                         progress_interval_seconds=1000, checkpoint_interval_seconds=3600,
-                         hc_optimizer="optimizer",  # (K-FAC steps NaN at once at 300x)
-                         lr_warmup_every_mstep=False)  # full rate from the M-step's start
-    trainer = EMTrainer(make_model(seed=1), cfg, x_train, x_val, str(tmp_path),
-                        hooks=[boost], log=lines.append)
+    cfg = CONFIG.replace(
+        em_iterations=2,
+        updates_later=30,
+        max_chunk=0,
+        progress_interval_seconds=1000,
+        checkpoint_interval_seconds=3600,
+        hc_optimizer="optimizer",  # (K-FAC steps NaN at once at 300x)
+        lr_warmup_every_mstep=False,
+    )  # full rate from the M-step's start
+    trainer = EMTrainer(
+        make_model(seed=1), cfg, x_train, x_val, str(tmp_path), hooks=[boost], log=lines.append
+    )
     history = trainer.fit()
     rolled = [line for line in lines if "rolled back" in line]
     assert rolled and "diverging loss" in rolled[0] and "(its start)" in rolled[0], lines
@@ -211,9 +275,16 @@ def test_an_iteration_below_the_initial_model_is_never_best(synthetic, make_mode
     model up ends far below where it started: that iteration is not marked best, and the run
     ends with the initial model rather than the blown-up one."""
     x_train, x_val = _data(synthetic)
-    cfg = CONFIG.replace(em_iterations=1, updates_first=30, learning_rate=1.0,
-                         lr_warmup_updates=1, hc_optimizer="optimizer", divergence_nats=0.0,
-                         max_chunk=0, checkpoint_interval_seconds=3600)
+    cfg = CONFIG.replace(
+        em_iterations=1,
+        updates_first=30,
+        learning_rate=1.0,
+        lr_warmup_updates=1,
+        hc_optimizer="optimizer",
+        divergence_nats=0.0,
+        max_chunk=0,
+        checkpoint_interval_seconds=3600,
+    )
     lines = []
     model = make_model(seed=1)
     trainer = EMTrainer(model, cfg, x_train, x_val, str(tmp_path), log=lines.append)

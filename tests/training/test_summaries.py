@@ -10,10 +10,19 @@ import tensorflow as tf
 from tfdgmm.training import EMConfig, EMTrainer
 from tfdgmm.training.summaries import Summaries, device_report
 
-CONFIG = EMConfig(em_iterations=2, updates_first=40, updates_later=20, learning_rate=1e-2,
-                  lr_final_updates=10, estep_batch_size=100, early_stopping_patience=0,
-                  checkpoint_interval_seconds=3600, max_chunk=7, progress_interval_seconds=1000,
-                  seed=3)
+CONFIG = EMConfig(
+    em_iterations=2,
+    updates_first=40,
+    updates_later=20,
+    learning_rate=1e-2,
+    lr_final_updates=10,
+    estep_batch_size=100,
+    early_stopping_patience=0,
+    checkpoint_interval_seconds=3600,
+    max_chunk=7,
+    progress_interval_seconds=1000,
+    seed=3,
+)
 
 
 def _events(logdir):
@@ -28,7 +37,8 @@ def _events(logdir):
 
 
 def test_each_em_scalar_is_written_once_per_step_and_rollbacks_at_their_step(
-        synthetic, make_model, tmp_path):
+    synthetic, make_model, tmp_path
+):
     _, x_train, x_val = synthetic
     fired = []
 
@@ -38,8 +48,15 @@ def test_each_em_scalar_is_written_once_per_step_and_rollbacks_at_their_step(
             v.assign(tf.fill(v.shape, np.float32(np.nan)))
             fired.append(int(trainer.optimizer.iterations.numpy()))
 
-    trainer = EMTrainer(make_model(seed=1), CONFIG, x_train[:300], x_val[:100], str(tmp_path),
-                        hooks=[inject], log=lambda line: None)
+    trainer = EMTrainer(
+        make_model(seed=1),
+        CONFIG,
+        x_train[:300],
+        x_val[:100],
+        str(tmp_path),
+        hooks=[inject],
+        log=lambda line: None,
+    )
     trainer.fit()
     events = _events(os.path.join(str(tmp_path), "tensorboard"))
     for tag, points in events.items():
@@ -63,7 +80,7 @@ def test_images_and_device_report(tmp_path):
     s.close()
     events = _events(str(tmp_path))
     for tag, shape in (("figures/grid", (5, 7, 3)), ("figures/png", (4, 6, 3))):
-        (step, value), = events[tag]
+        ((step, value),) = events[tag]
         assert step == 3
         # image summaries hold [width, height, encoded PNG]
         assert [int(value[0]), int(value[1])] == [shape[1], shape[0]]

@@ -15,14 +15,28 @@ from tfdgmm.training import tuner as tt
 # 8x8x3 images, 2x2 patches (4 x 4 x 12 patch tensors); one EM iteration of a few updates.
 BASE = {
     "model": {"image_shape": [8, 8, 3], "patch_size": 2, "layers": []},
-    "training": {"em_iterations": 1, "updates_first": 8, "updates_later": 4,
-                 "learning_rate": 1e-2, "lr_final_updates": 2, "estep_batch_size": 100,
-                 "eval_restarts": 1, "early_stopping_patience": 0,
-                 "progress_interval_seconds": 1000},
+    "training": {
+        "em_iterations": 1,
+        "updates_first": 8,
+        "updates_later": 4,
+        "learning_rate": 1e-2,
+        "lr_final_updates": 2,
+        "estep_batch_size": 100,
+        "eval_restarts": 1,
+        "early_stopping_patience": 0,
+        "progress_interval_seconds": 1000,
+    },
 }
 # a small corner of the default space: per-sample (shared) blocks trace fast
-SPACE = {"bd_layers": [1], "alternatives": [2, 3], "hc_layers": [0, 1], "hc_kernel_size": [3],
-         "patch_size": [2], "blocks": ["shared"], "learning_rate": (3e-3, 3e-2)}
+SPACE = {
+    "bd_layers": [1],
+    "alternatives": [2, 3],
+    "hc_layers": [0, 1],
+    "hc_kernel_size": [3],
+    "patch_size": [2],
+    "blocks": ["shared"],
+    "learning_rate": (3e-3, 3e-2),
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +55,34 @@ def test_default_search_space_builds_valid_models():
     tt.default_search_space(hp, base)
     assert {p.name for p in hp.space} == set(tt.DEFAULT_SPACE)
     assert [p for p in hp.space if p.name == "patch_size"][0].values == [2, 4, 8]
-    for values in ({"bd_layers": 3, "alternatives": 4, "hc_layers": 3, "hc_kernel_size": 5,
-                    "patch_size": 4, "learning_rate": 1e-3, "blocks": "unshared"},
-                   {"bd_layers": 2, "alternatives": 8, "hc_layers": 0, "hc_kernel_size": 3,
-                    "patch_size": 2, "learning_rate": 1e-4, "blocks": "shared"}):
+    for values in (
+        {
+            "bd_layers": 3,
+            "alternatives": 4,
+            "hc_layers": 3,
+            "hc_kernel_size": 5,
+            "patch_size": 4,
+            "learning_rate": 1e-3,
+            "blocks": "unshared",
+        },
+        {
+            "bd_layers": 2,
+            "alternatives": 8,
+            "hc_layers": 0,
+            "hc_kernel_size": 3,
+            "patch_size": 2,
+            "learning_rate": 1e-4,
+            "blocks": "shared",
+        },
+    ):
         hp.values.update(values)
         config = tt.default_search_space(hp, base)
         model = tfdgmm.DeepGMM.from_config(config["model"])
         assert config["training"]["learning_rate"] == values["learning_rate"]
         assert model.patch_size == values["patch_size"]
         assert [k for k, _ in model.layer_specs if k > 1] == [values["alternatives"]] * values[
-            "bd_layers"]
+            "bd_layers"
+        ]
         assert len(model.layers) == values["bd_layers"] * (1 + values["hc_layers"])
         shape = () if values["blocks"] == "shared" else tuple(model.patch_shape[:2])
         assert model.layer_specs[-1] == (values["alternatives"], shape)
@@ -63,15 +94,20 @@ def test_default_search_space_builds_valid_models():
 
 def test_hyperband_budget_mapping():
     assert tt.hyperband_budget({"learning_rate": 1e-3}) is None
-    assert tt.hyperband_budget({"tuner/epochs": 3, "tuner/initial_epoch": 0,
-                                "tuner/bracket": 1, "tuner/round": 0}) == {
-        "em_iterations": 3, "initial_em_iterations": 0, "continue_trial": None}
-    assert tt.hyperband_budget({"tuner/epochs": 9, "tuner/initial_epoch": 3,
-                                "tuner/trial_id": "0004"})["continue_trial"] == "0004"
+    assert tt.hyperband_budget(
+        {"tuner/epochs": 3, "tuner/initial_epoch": 0, "tuner/bracket": 1, "tuner/round": 0}
+    ) == {"em_iterations": 3, "initial_em_iterations": 0, "continue_trial": None}
+    assert (
+        tt.hyperband_budget(
+            {"tuner/epochs": 9, "tuner/initial_epoch": 3, "tuner/trial_id": "0004"}
+        )["continue_trial"]
+        == "0004"
+    )
     with pytest.raises(ValueError, match="tuner must be"):
         tt.make_oracle("grid")
-    assert isinstance(tt.make_oracle("bayesian" if _has_bayesian() else "random", 2),
-                      keras_tuner.Oracle)
+    assert isinstance(
+        tt.make_oracle("bayesian" if _has_bayesian() else "random", 2), keras_tuner.Oracle
+    )
 
 
 def _has_bayesian():
@@ -85,10 +121,23 @@ def _has_bayesian():
 
 def test_random_search_best_trial_is_reproducible_and_exportable(images, tmp_path):
     x_train, x_val = images
-    t = tt.tune(BASE, x_train, x_val, max_trials=2, tuner="random", directory=str(tmp_path),
-                project_name="search", space=SPACE, seed=1, verbose=False)
-    trials = [tr for tr in t.oracle.trials.values()
-              if tr.status == keras_tuner.engine.trial.TrialStatus.COMPLETED]
+    t = tt.tune(
+        BASE,
+        x_train,
+        x_val,
+        max_trials=2,
+        tuner="random",
+        directory=str(tmp_path),
+        project_name="search",
+        space=SPACE,
+        seed=1,
+        verbose=False,
+    )
+    trials = [
+        tr
+        for tr in t.oracle.trials.values()
+        if tr.status == keras_tuner.engine.trial.TrialStatus.COMPLETED
+    ]
     assert len(trials) == 2
     run_dir = tt.best_run_dir(t)
     best = t.oracle.get_best_trials(1)[0]
@@ -102,8 +151,10 @@ def test_random_search_best_trial_is_reproducible_and_exportable(images, tmp_pat
     model = tt.best_model(t)
     config = t.trial_config(best.hyperparameters)
     recomputed = tt.objective_bounds(model, x_val, config["training"])["lower_bound_nats"]
-    print(f"best trial {best.trial_id}: reported {best.score:.6f}, recomputed {recomputed:.6f}; "
-          f"scores {[round(tr.score, 3) for tr in trials]}")
+    print(
+        f"best trial {best.trial_id}: reported {best.score:.6f}, recomputed {recomputed:.6f}; "
+        f"scores {[round(tr.score, 3) for tr in trials]}"
+    )
     assert recomputed == pytest.approx(best.score, rel=1e-6, abs=1e-4)
     hp = best.hyperparameters.values
     assert [k for k, _ in model.layer_specs if k > 1] == [hp["alternatives"]]
@@ -119,9 +170,19 @@ def test_hyperband_continues_trials_in_em_iterations(images, tmp_path):
     2 EM iterations from its checkpoints (the search is cut after these 3 trials)."""
     x_train, x_val = images
     base = dict(BASE, training=dict(BASE["training"], em_iterations=2))
-    t = tt.tune(base, x_train, x_val, max_trials=3, tuner="hyperband", max_epochs=2, factor=2,
-                directory=str(tmp_path), project_name="hb",
-                space=dict(SPACE, hc_layers=[0], alternatives=[2]), verbose=False)
+    t = tt.tune(
+        base,
+        x_train,
+        x_val,
+        max_trials=3,
+        tuner="hyperband",
+        max_epochs=2,
+        factor=2,
+        directory=str(tmp_path),
+        project_name="hb",
+        space=dict(SPACE, hc_layers=[0], alternatives=[2]),
+        verbose=False,
+    )
     trials = sorted(t.oracle.trials.values(), key=lambda tr: tr.trial_id)
     assert len(trials) == 3
     epochs = [tr.hyperparameters.values["tuner/epochs"] for tr in trials]
@@ -147,14 +208,38 @@ def test_tune_command_line(tmp_path, capsys):
     np.savez(npz, images=images, labels=np.zeros(60, np.int64))
     config = str(tmp_path / "base.yaml")
     with open(config, "w") as f:
-        json.dump({"model": {"image_shape": [32, 32, 3]},
-                   "training": dict(BASE["training"], estep_batch_size=40),
-                   "data": {"validation_size": 20}}, f)
+        json.dump(
+            {
+                "model": {"image_shape": [32, 32, 3]},
+                "training": dict(BASE["training"], estep_batch_size=40),
+                "data": {"validation_size": 20},
+            },
+            f,
+        )
     out = str(tmp_path / "search")
-    space = ("{bd_layers: [1], alternatives: [2], hc_layers: [0], patch_size: [8], "
-             "blocks: [shared], learning_rate: [1.0e-3, 1.0e-2]}")
-    assert cli.main(["tune", "--config", config, "--max-trials", "1", "--data", npz,
-                     "--out", out, "--space", space, "--quiet"]) == 0
+    space = (
+        "{bd_layers: [1], alternatives: [2], hc_layers: [0], patch_size: [8], "
+        "blocks: [shared], learning_rate: [1.0e-3, 1.0e-2]}"
+    )
+    assert (
+        cli.main(
+            [
+                "tune",
+                "--config",
+                config,
+                "--max-trials",
+                "1",
+                "--data",
+                npz,
+                "--out",
+                out,
+                "--space",
+                space,
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "best trial" in text and "tfdgmm export" in text
     with open(os.path.join(out, "best.json")) as f:
@@ -166,6 +251,10 @@ def test_tune_command_line(tmp_path, capsys):
         evaluated = json.load(f)["splits"]["validation"]["lower_bound_nats"]
     assert evaluated == pytest.approx(best["val_lower_bound"], rel=1e-6, abs=1e-4)
 
-    assert cli.main(["tune", "--config", config, "--max-trials", "1", "--out", out,
-                     "--space", "[1, 2]"]) == 2
+    assert (
+        cli.main(
+            ["tune", "--config", config, "--max-trials", "1", "--out", out, "--space", "[1, 2]"]
+        )
+        == 2
+    )
     assert "--space" in capsys.readouterr().err

@@ -20,8 +20,9 @@ import numpy as np
 CIFAR10_IMAGE_SHAPE = (32, 32, 3)
 
 
-def reference_noise(seed: int, start: int, count: int,
-                    image_shape=CIFAR10_IMAGE_SHAPE) -> np.ndarray:
+def reference_noise(
+    seed: int, start: int, count: int, image_shape=CIFAR10_IMAGE_SHAPE
+) -> np.ndarray:
     """float64 ``U[0, 1)`` noise ``[count, *image_shape]`` for stream images ``start ..
     start + count - 1``.
 

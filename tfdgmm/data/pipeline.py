@@ -35,8 +35,9 @@ def _epochs(repeat) -> tf.data.Dataset:
         return tf.data.Dataset.range(1)
     if isinstance(repeat, (int, np.integer)) and repeat >= 1:
         return tf.data.Dataset.range(int(repeat))
-    raise ValueError(f"repeat must be True (forever), False/None (one epoch) or an int >= 1, "
-                     f"got {repeat!r}")
+    raise ValueError(
+        f"repeat must be True (forever), False/None (one epoch) or an int >= 1, got {repeat!r}"
+    )
 
 
 def make_dataset(
@@ -68,21 +69,28 @@ def make_dataset(
     """
     if dequantize not in DEQUANTIZE_MODES:
         raise ValueError(f"dequantize must be one of {DEQUANTIZE_MODES}, got {dequantize!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(data, Split):
         split = data
     else:
         images = np.asarray(data)
         if images.dtype != np.uint8 or images.ndim != 4:
-            raise ValueError(f"data must be a Split or uint8 [N, H, W, C] images, got "
-                             f"{images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"data must be a Split or uint8 [N, H, W, C] images, got "
+                f"{images.dtype} {tuple(images.shape)}"
+            )
         split = Split("array", images, np.full(len(images), -1, np.int64), "array")
     n = len(split)
     if n == 0 or (drop_remainder and n < batch_size):
-        raise ValueError(f"{split.source} {split.name}: {n} images give no batch of "
-                         f"{batch_size}{' (drop_remainder=True)' if drop_remainder else ''}")
+        raise ValueError(
+            f"{split.source} {split.name}: {n} images give no batch of "
+            f"{batch_size}{' (drop_remainder=True)' if drop_remainder else ''}"
+        )
 
     if dequantize == "fixed":
         store = tf.constant(split.dequantized(noise_seed, np.float32))
@@ -115,11 +123,13 @@ def make_dataset(
         order = tf.range(n, dtype=tf.int64)
         if shuffle:
             order = tf.random.experimental.stateless_shuffle(
-                order, seed=fold(shuffle_key, epoch), alg="philox")
+                order, seed=fold(shuffle_key, epoch), alg="philox"
+            )
         ds = tf.data.Dataset.from_tensor_slices(order)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder).enumerate()
-        return ds.map(lambda b, i: load(epoch, b, i), num_parallel_calls=tf.data.AUTOTUNE,
-                      deterministic=True)
+        return ds.map(
+            lambda b, i: load(epoch, b, i), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
 
     ds = _epochs(repeat).flat_map(one_epoch)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -48,11 +48,13 @@ class Split:
     def noise(self, seed: int = 0, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Fixed (reference-layout) float64 noise for images ``start:stop`` of this split."""
         start, stop, _ = slice(start, stop).indices(len(self))
-        return reference_noise(seed, self.noise_start + start, max(stop - start, 0),
-                               self.images.shape[1:])
+        return reference_noise(
+            seed, self.noise_start + start, max(stop - start, 0), self.images.shape[1:]
+        )
 
-    def dequantized(self, seed: int | None = 0, dtype=np.float32, start: int = 0,
-                    stop: int | None = None) -> np.ndarray:
+    def dequantized(
+        self, seed: int | None = 0, dtype=np.float32, start: int = 0, stop: int | None = None
+    ) -> np.ndarray:
         """Images ``start:stop`` dequantized with the fixed noise of ``seed`` onto [-1, 1).
 
         ``seed=None`` uses bin midpoints (``(pixel + 0.5) / 128 - 1``) instead of noise.
@@ -63,11 +65,12 @@ class Split:
         for lo in range(start, stop, _CHUNK):  # chunks keep the float64 temporaries small
             hi = min(lo + _CHUNK, stop)
             noise = 0.5 if seed is None else self.noise(seed, lo, hi)
-            out[lo - start:hi - start] = dequantize(self.images[lo:hi], noise, dtype=dtype)
+            out[lo - start : hi - start] = dequantize(self.images[lo:hi], noise, dtype=dtype)
         return out
 
-    def iter_dequantized(self, seed: int | None = 0, chunk_size: int = 2048,
-                         dtype=np.float64) -> Iterator[np.ndarray]:
+    def iter_dequantized(
+        self, seed: int | None = 0, chunk_size: int = 2048, dtype=np.float64
+    ) -> Iterator[np.ndarray]:
         """The same values as :meth:`dequantized`, in chunks of ``chunk_size`` images."""
         for start in range(0, len(self), chunk_size):
             yield self.dequantized(seed, dtype, start, start + chunk_size)
@@ -134,9 +137,9 @@ def _read_source(spec: str, tfds_data_dir, download):
     path = os.path.abspath(os.path.expanduser(spec))
     if os.path.isdir(path):
         train, test, kind = _read_directory(path)
-        notes = [] if test is not None else [
-            f"{path}: no test set found ({kind}); Splits.test is None"
-        ]
+        notes = (
+            [] if test is not None else [f"{path}: no test set found ({kind}); Splits.test is None"]
+        )
         return train, test, path, notes
     if os.path.isfile(path):
         if not path.endswith(".npz"):
@@ -161,9 +164,7 @@ def _limit(value, available: int, what: str, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{what} must be a positive integer or None, got {value!r}")
     if value > available:
-        raise DataError(
-            f"{where}: {what}={value:,} but the split has only {available:,} images"
-        )
+        raise DataError(f"{where}: {what}={value:,} but the split has only {available:,} images")
     return int(value)
 
 
@@ -206,8 +207,11 @@ def load_cifar10(
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"spec must be 'tfds', 'tfds:NAME' or a path, got {type(spec).__name__}")
     spec = os.fspath(spec)
-    if (isinstance(validation_size, bool) or not isinstance(validation_size, (int, np.integer))
-            or validation_size < 1):
+    if (
+        isinstance(validation_size, bool)
+        or not isinstance(validation_size, (int, np.integer))
+        or validation_size < 1
+    ):
         raise ValueError(f"validation_size must be a positive integer, got {validation_size!r}")
     (train_images, train_labels), test, source, notes = _read_source(spec, tfds_data_dir, download)
     notes = list(notes)
@@ -231,8 +235,12 @@ def load_cifar10(
     k_val = _limit(validation_limit, validation_size, "validation_limit", source)
     train = Split("train", train_images[:k_train], train_labels[:k_train], source, 0, 0)
     validation = Split(
-        "validation", train_images[n_train:n_train + k_val], train_labels[n_train:n_train + k_val],
-        source, n_train, n_train,
+        "validation",
+        train_images[n_train : n_train + k_val],
+        train_labels[n_train : n_train + k_val],
+        source,
+        n_train,
+        n_train,
     )
     test_split = None
     if test is not None:

@@ -43,8 +43,11 @@ def host_reachable(address, timeout=REACHABILITY_TIMEOUT) -> bool:
 def _not_prepared(err) -> bool:
     """tfds' error when a dataset is not downloaded and prepared in its data_dir."""
     text = str(err)
-    return isinstance(err, AssertionError) or "download_and_prepare" in text or \
-        "could not find data" in text
+    return (
+        isinstance(err, AssertionError)
+        or "download_and_prepare" in text
+        or "could not find data" in text
+    )
 
 
 def official_order(ids) -> np.ndarray | None:
@@ -92,8 +95,13 @@ def load_tfds(name: str = "cifar10", data_dir: str | None = None, download: bool
         import tensorflow_datasets as tfds
 
         def load(download):
-            return tfds.load(name, split=["train", "test"], data_dir=data_dir,
-                             download=download, shuffle_files=False)
+            return tfds.load(
+                name,
+                split=["train", "test"],
+                data_dir=data_dir,
+                download=download,
+                shuffle_files=False,
+            )
 
         try:  # prepared already: no network needed
             datasets = load(False)
@@ -106,7 +114,8 @@ def load_tfds(name: str = "cifar10", data_dir: str | None = None, download: bool
             if host is not None and not host_reachable(host):
                 raise DataUnavailableError(
                     f"{where}: not downloaded yet, and the download host {host[0]} cannot be "
-                    f"reached within {REACHABILITY_TIMEOUT:g} s. {NO_DOWNLOAD_HINT}") from first
+                    f"reached within {REACHABILITY_TIMEOUT:g} s. {NO_DOWNLOAD_HINT}"
+                ) from first
             datasets = load(True)
     except DataUnavailableError:
         raise

@@ -22,5 +22,4 @@ from tfdgmm.layers.diagonal import Diagonal
 from tfdgmm.layers.half_convolution import HalfConvolution
 from tfdgmm.layers.patchify import Patchify
 
-__all__ = ["BlockDiagonal", "Dense", "Diagonal", "HalfConvolution", "Patchify",
-           "TransformLayer"]
+__all__ = ["BlockDiagonal", "Dense", "Diagonal", "HalfConvolution", "Patchify", "TransformLayer"]

@@ -48,8 +48,10 @@ class TransformLayer(keras.layers.Layer):
         """Creates the weights for inputs `[..., Hp, Wp, D]` (the event dims must be known)."""
         input_shape = tuple(None if s is None else int(s) for s in input_shape)
         if len(input_shape) < 3 or any(s is None for s in input_shape[-3:]):
-            raise ValueError(f"{self.name}: inputs must be [..., Hp, Wp, D] with known Hp, Wp, D;"
-                             f" got shape {input_shape}.")
+            raise ValueError(
+                f"{self.name}: inputs must be [..., Hp, Wp, D] with known Hp, Wp, D;"
+                f" got shape {input_shape}."
+            )
         self._built_input_shape = input_shape
         self._build_event(*input_shape[-3:])
 
@@ -70,16 +72,18 @@ class TransformLayer(keras.layers.Layer):
         def initializer(shape, dtype=None):
             return tf.constant(value, dtype=dtype)
 
-        return self.add_weight(name=name, shape=value.shape, dtype=dtype,
-                               initializer=initializer, trainable=trainable)
+        return self.add_weight(
+            name=name, shape=value.shape, dtype=dtype, initializer=initializer, trainable=trainable
+        )
 
     def _adopt(self, bijector):
         """Create one Keras weight per bijector parameter, initialised to its values."""
         for name in self._PARAMETERS:
             var = getattr(bijector, name)
             integer = var.dtype.is_integer
-            weight = self._add_from(name, var, trainable=not integer,
-                                    dtype="int32" if integer else None)
+            weight = self._add_from(
+                name, var, trainable=not integer, dtype="int32" if integer else None
+            )
             setattr(self, name, weight)
 
     def parameter_values(self):
@@ -95,8 +99,10 @@ class TransformLayer(keras.layers.Layer):
         from the Keras weights at the time of this call.
         """
         if not self.built:
-            raise ValueError(f"{self.name}: the layer is not built yet; call it on an input "
-                             "(or `layer.build(input_shape)`) first.")
+            raise ValueError(
+                f"{self.name}: the layer is not built yet; call it on an input "
+                "(or `layer.build(input_shape)`) first."
+            )
         return self._make_bijector(**self.parameter_values())
 
     def _make_bijector(self, **params):
@@ -134,7 +140,7 @@ class TransformLayer(keras.layers.Layer):
         """`(z shape, log_det shape)` of `call` with a `choice` (or one alternative): the
         input's shape and its batch dims. (`model.summary()` shows it for built layers.)"""
         shape = tuple(input_shape)
-        return shape, shape[:-self._event_ndims()]
+        return shape, shape[: -self._event_ndims()]
 
     def compute_output_spec(self, *args, **kwargs):
         # Symbolic calls trace `call` as Keras does by default: the output shape depends on
@@ -142,7 +148,7 @@ class TransformLayer(keras.layers.Layer):
         return super(keras.layers.Layer, self).compute_output_spec(*args, **kwargs)
 
     def _broadcast(self, log_det, out):
-        batch = tf.shape(out)[:-self._event_ndims()]
+        batch = tf.shape(out)[: -self._event_ndims()]
         return tf.broadcast_to(tf.cast(log_det, out.dtype), batch)
 
     def get_config(self):

@@ -31,26 +31,36 @@ class BlockDiagonal(TransformLayer):
 
     _PARAMETERS = ("lower_upper", "permutation", "shift")
 
-    def __init__(self, num_alternatives=1, selection="sample", per_location=None, seed=None,
-                 **kwargs):
+    def __init__(
+        self, num_alternatives=1, selection="sample", per_location=None, seed=None, **kwargs
+    ):
         super().__init__(seed=seed, **kwargs)
         self.num_alternatives = int(num_alternatives)
         self.selection = check_selection(selection)
-        self.per_location = (selection == "sample") if per_location is None else bool(
-            per_location)
+        self.per_location = (selection == "sample") if per_location is None else bool(per_location)
 
     def _build_event(self, hp, wp, d):
-        self._adopt(bijectors.BlockDiagonal.new(
-            d, num_alternatives=self.num_alternatives,
-            spatial_shape=(hp, wp) if self.per_location else None, selection=self.selection,
-            seed=self.seed, dtype=self.variable_dtype))
+        self._adopt(
+            bijectors.BlockDiagonal.new(
+                d,
+                num_alternatives=self.num_alternatives,
+                spatial_shape=(hp, wp) if self.per_location else None,
+                selection=self.selection,
+                seed=self.seed,
+                dtype=self.variable_dtype,
+            )
+        )
 
     def _make_bijector(self, lower_upper, permutation, shift):
-        return bijectors.BlockDiagonal(lower_upper, permutation, shift,
-                                       selection=self.selection, name=self.name)
+        return bijectors.BlockDiagonal(
+            lower_upper, permutation, shift, selection=self.selection, name=self.name
+        )
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_alternatives=self.num_alternatives, selection=self.selection,
-                      per_location=self.per_location)
+        config.update(
+            num_alternatives=self.num_alternatives,
+            selection=self.selection,
+            per_location=self.per_location,
+        )
         return config

@@ -33,8 +33,14 @@ class Dense(TransformLayer):
         self.selection = "sample"
 
     def _build_event(self, hp, wp, d):
-        self._adopt(bijectors.Dense.new((hp, wp, d), num_alternatives=self.num_alternatives,
-                                        seed=self.seed, dtype=self.variable_dtype))
+        self._adopt(
+            bijectors.Dense.new(
+                (hp, wp, d),
+                num_alternatives=self.num_alternatives,
+                seed=self.seed,
+                dtype=self.variable_dtype,
+            )
+        )
 
     def _make_bijector(self, lower_upper, permutation, shift):
         return bijectors.Dense(lower_upper, permutation, shift, event_ndims=3, name=self.name)

@@ -29,8 +29,15 @@ class Diagonal(TransformLayer):
 
     _PARAMETERS = ("log_scale", "shift")
 
-    def __init__(self, num_alternatives=1, selection="sample", per_location=True, seed=None,
-                 init_stddev=0.05, **kwargs):
+    def __init__(
+        self,
+        num_alternatives=1,
+        selection="sample",
+        per_location=True,
+        seed=None,
+        init_stddev=0.05,
+        **kwargs,
+    ):
         super().__init__(seed=seed, **kwargs)
         self.num_alternatives = int(num_alternatives)
         self.selection = check_selection(selection)
@@ -38,16 +45,27 @@ class Diagonal(TransformLayer):
         self.init_stddev = float(init_stddev)
 
     def _build_event(self, hp, wp, d):
-        self._adopt(bijectors.Diagonal.new(
-            d, num_alternatives=self.num_alternatives,
-            spatial_shape=(hp, wp) if self.per_location else None, selection=self.selection,
-            seed=self.seed, init_stddev=self.init_stddev, dtype=self.variable_dtype))
+        self._adopt(
+            bijectors.Diagonal.new(
+                d,
+                num_alternatives=self.num_alternatives,
+                spatial_shape=(hp, wp) if self.per_location else None,
+                selection=self.selection,
+                seed=self.seed,
+                init_stddev=self.init_stddev,
+                dtype=self.variable_dtype,
+            )
+        )
 
     def _make_bijector(self, log_scale, shift):
         return bijectors.Diagonal(log_scale, shift, selection=self.selection, name=self.name)
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_alternatives=self.num_alternatives, selection=self.selection,
-                      per_location=self.per_location, init_stddev=self.init_stddev)
+        config.update(
+            num_alternatives=self.num_alternatives,
+            selection=self.selection,
+            per_location=self.per_location,
+            init_stddev=self.init_stddev,
+        )
         return config

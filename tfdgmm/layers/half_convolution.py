@@ -31,8 +31,16 @@ class HalfConvolution(TransformLayer):
 
     _PARAMETERS = ("kernel",)
 
-    def __init__(self, kernel_size=5, num_alternatives=1, update="second", selection="sample",
-                 seed=None, init_stddev=None, **kwargs):
+    def __init__(
+        self,
+        kernel_size=5,
+        num_alternatives=1,
+        update="second",
+        selection="sample",
+        seed=None,
+        init_stddev=None,
+        **kwargs,
+    ):
         super().__init__(seed=seed, **kwargs)
         if isinstance(kernel_size, int):
             kernel_size = (kernel_size, kernel_size)
@@ -45,18 +53,31 @@ class HalfConvolution(TransformLayer):
         self.init_stddev = None if init_stddev is None else float(init_stddev)
 
     def _build_event(self, hp, wp, d):
-        self._adopt(bijectors.HalfConvolution.new(
-            d, kernel_size=self.kernel_size, num_alternatives=self.num_alternatives,
-            update=self.update, selection=self.selection, seed=self.seed,
-            init_stddev=self.init_stddev, dtype=self.variable_dtype))
+        self._adopt(
+            bijectors.HalfConvolution.new(
+                d,
+                kernel_size=self.kernel_size,
+                num_alternatives=self.num_alternatives,
+                update=self.update,
+                selection=self.selection,
+                seed=self.seed,
+                init_stddev=self.init_stddev,
+                dtype=self.variable_dtype,
+            )
+        )
 
     def _make_bijector(self, kernel):
-        return bijectors.HalfConvolution(kernel, update=self.update, selection=self.selection,
-                                         name=self.name)
+        return bijectors.HalfConvolution(
+            kernel, update=self.update, selection=self.selection, name=self.name
+        )
 
     def get_config(self):
         config = super().get_config()
-        config.update(kernel_size=list(self.kernel_size), num_alternatives=self.num_alternatives,
-                      update=self.update, selection=self.selection,
-                      init_stddev=self.init_stddev)
+        config.update(
+            kernel_size=list(self.kernel_size),
+            num_alternatives=self.num_alternatives,
+            update=self.update,
+            selection=self.selection,
+            init_stddev=self.init_stddev,
+        )
         return config

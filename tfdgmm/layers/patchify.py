@@ -29,8 +29,9 @@ class Patchify(TransformLayer):
     def _build_event(self, h, w, c):
         r = self.patch_size
         if h % r or w % r:
-            raise ValueError(f"{self.name}: image size {h}x{w} is not divisible by the patch "
-                             f"size {r}")
+            raise ValueError(
+                f"{self.name}: image size {h}x{w} is not divisible by the patch size {r}"
+            )
 
     def _make_bijector(self):
         return bijectors.Patchify(self.patch_size, name=self.name)

@@ -16,10 +16,8 @@ Importing this package does not import TensorFlow (the modules import it where t
 """
 
 from tfdgmm.runs import layout
-from tfdgmm.runs.commands import (baseline_run, evaluate_run, export_run, sample_run,
-                                  tune_run)
-from tfdgmm.runs.config import (DATA_DEFAULTS, apply_overrides, load_run_config,
-                                normalize_run_config)
+from tfdgmm.runs.commands import baseline_run, evaluate_run, export_run, sample_run, tune_run
+from tfdgmm.runs.config import DATA_DEFAULTS, apply_overrides, load_run_config, normalize_run_config
 from tfdgmm.runs.data import DataLoadError, load_data
 from tfdgmm.runs.errors import is_disk_full, one_line
 from tfdgmm.runs.gating import gate_run
@@ -27,7 +25,24 @@ from tfdgmm.runs.lock import RunLock, RunLockedError
 from tfdgmm.runs.quiet import quiet_tensorflow
 from tfdgmm.runs.train import train_run
 
-__all__ = ["layout", "DATA_DEFAULTS", "apply_overrides", "load_run_config",
-           "normalize_run_config", "DataLoadError", "load_data", "train_run", "gate_run",
-           "evaluate_run", "sample_run", "baseline_run", "export_run", "tune_run",
-           "quiet_tensorflow", "RunLock", "RunLockedError", "is_disk_full", "one_line"]
+__all__ = [
+    "layout",
+    "DATA_DEFAULTS",
+    "apply_overrides",
+    "load_run_config",
+    "normalize_run_config",
+    "DataLoadError",
+    "load_data",
+    "train_run",
+    "gate_run",
+    "evaluate_run",
+    "sample_run",
+    "baseline_run",
+    "export_run",
+    "tune_run",
+    "quiet_tensorflow",
+    "RunLock",
+    "RunLockedError",
+    "is_disk_full",
+    "one_line",
+]

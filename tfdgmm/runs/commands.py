@@ -9,17 +9,27 @@ from tfdgmm.runs.config import DATA_DEFAULTS, apply_overrides, load_run_config
 from tfdgmm.runs.data import DataLoadError, bpd_fn, dequantized, load_data, train_images
 from tfdgmm.runs.io import dump_json
 
-__all__ = ["check_run_dir", "run_model", "evaluate_run", "sample_run", "baseline_run",
-           "export_run", "tune_run"]
+__all__ = [
+    "check_run_dir",
+    "run_model",
+    "evaluate_run",
+    "sample_run",
+    "baseline_run",
+    "export_run",
+    "tune_run",
+]
 
 
 def check_run_dir(run_dir):
     if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"no run directory at {run_dir} (train one with `tfdgmm train "
-                                f"--config FILE --out {run_dir}`)")
+        raise FileNotFoundError(
+            f"no run directory at {run_dir} (train one with `tfdgmm train "
+            f"--config FILE --out {run_dir}`)"
+        )
     if not os.path.isfile(os.path.join(run_dir, layout.CONFIG)):
-        raise FileNotFoundError(f"{run_dir} is not a run directory: it has no config.yaml "
-                                "(written by `tfdgmm train`)")
+        raise FileNotFoundError(
+            f"{run_dir} is not a run directory: it has no config.yaml (written by `tfdgmm train`)"
+        )
 
 
 def run_model(run_dir):
@@ -32,8 +42,15 @@ def run_model(run_dir):
     return config, model, ckpt
 
 
-def evaluate_run(run_dir, split="validation", data_spec=None, restarts=None, batch_size=None,
-                 log=print, out_path=None):
+def evaluate_run(
+    run_dir,
+    split="validation",
+    data_spec=None,
+    restarts=None,
+    batch_size=None,
+    log=print,
+    out_path=None,
+):
     """Bounds of a trained run on one or all splits, by a fresh search; writes
     `RUN_DIR/evaluation-SPLIT.json` (or `out_path`) and returns the results."""
     from tfdgmm.training import EMConfig, evaluate_bounds
@@ -54,20 +71,32 @@ def evaluate_run(run_dir, split="validation", data_spec=None, restarts=None, bat
             raise DataLoadError(f"{splits.source} has no {name} split")
         log(f"evaluating {name} ({len(s)} images) with {ckpt}")
         r = evaluate_bounds(
-            model, dequantized(s, config["data"]), batch_size=batch_size or em.estep_batch_size,
+            model,
+            dequantized(s, config["data"]),
+            batch_size=batch_size or em.estep_batch_size,
             restarts=em.eval_restarts if restarts is None else restarts,
-            location_method=em.location_method, location_options=em.location_options,
-            seed=em.seed + 104729, nats_to_bpd=bpd_fn(s.num_dims), log=log, label=name)
+            location_method=em.location_method,
+            location_options=em.location_options,
+            seed=em.seed + 104729,
+            nats_to_bpd=bpd_fn(s.num_dims),
+            log=log,
+            label=name,
+        )
         out["splits"][name] = r
-        log(f"  {name}: LB {r['lower_bound_nats']:.2f} nats "
+        log(
+            f"  {name}: LB {r['lower_bound_nats']:.2f} nats "
             f"({r['lower_bound_bits_per_dim']:.3f} bits/dim), UB* {r['upper_bound_nats']:.2f} "
-            f"nats ({r['upper_bound_bits_per_dim']:.3f} bits/dim)")
+            f"nats ({r['upper_bound_bits_per_dim']:.3f} bits/dim)"
+        )
     path = out_path or os.path.join(run_dir, f"evaluation-{split}.json")
     try:
         dump_json(out, path)
     except OSError as err:
-        raise OSError(err.errno, f"cannot write {path} ({err.strerror}); the bounds are above; "
-                                 "pass --out FILE to write them elsewhere") from err
+        raise OSError(
+            err.errno,
+            f"cannot write {path} ({err.strerror}); the bounds are above; "
+            "pass --out FILE to write them elsewhere",
+        ) from err
     log(f"results: {path}")
     return out
 
@@ -84,22 +113,37 @@ def sample_run(run_dir, n=64, seed=0, out=None):
     return out
 
 
-def baseline_run(data_spec=None, out_dir=None, noise_seed=0, train_limit=None,
-                 validation_limit=None, test_limit=None, validation_size=10_000, jitter=0.0,
-                 log=print):
+def baseline_run(
+    data_spec=None,
+    out_dir=None,
+    noise_seed=0,
+    train_limit=None,
+    validation_limit=None,
+    test_limit=None,
+    validation_size=10_000,
+    jitter=0.0,
+    log=print,
+):
     """The closed-form full-covariance Gaussian on the same data and protocol."""
     from tfdgmm.gaussian import run_gaussian_baseline
 
-    data_cfg = dict(DATA_DEFAULTS, train_limit=train_limit, validation_limit=validation_limit,
-                    test_limit=test_limit, validation_size=validation_size,
-                    noise_seed=noise_seed)
+    data_cfg = dict(
+        DATA_DEFAULTS,
+        train_limit=train_limit,
+        validation_limit=validation_limit,
+        test_limit=test_limit,
+        validation_size=validation_size,
+        noise_seed=noise_seed,
+    )
     splits = load_data(data_cfg, data_spec)
     log(f"data: {splits.describe()}")
     result = run_gaussian_baseline(splits, noise_seed=noise_seed, jitter=jitter)
     result["data"] = splits.source
     for name, r in result["splits"].items():
-        log(f"  {name:10s} {r['nats']:9.1f} nats  {r['bits_per_dim']:.3f} bits/dim  "
-            f"({r['num_images']} images)")
+        log(
+            f"  {name:10s} {r['nats']:9.1f} nats  {r['bits_per_dim']:.3f} bits/dim  "
+            f"({r['num_images']} images)"
+        )
     log(f"  ({result['seconds']:.1f} s)")
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -107,14 +151,27 @@ def baseline_run(data_spec=None, out_dir=None, noise_seed=0, train_limit=None,
     return result
 
 
-def export_run(run_dir, out_dir, which="best", restarts=2, restart_passes=2, seed=(0, 0),
-               location_method="auto", overwrite=False, log=print):
+def export_run(
+    run_dir,
+    out_dir,
+    which="best",
+    restarts=2,
+    restart_passes=2,
+    seed=(0, 0),
+    location_method="auto",
+    overwrite=False,
+    log=print,
+):
     """`tfdgmm export`: `tfdgmm.export.export_run` with the E-step settings of the exported
     `best_path` / bounds functions (see `tfdgmm.export.search_settings`). Returns `out_dir`."""
     from tfdgmm import export
 
-    search = export.search_settings(restarts=restarts, restart_passes=restart_passes,
-                                    location_method=location_method, seed=list(seed))
+    search = export.search_settings(
+        restarts=restarts,
+        restart_passes=restart_passes,
+        location_method=location_method,
+        seed=list(seed),
+    )
     notes = []
     try:
         model, prefix = export.load_run_model(run_dir, which=which, notes=notes)
@@ -125,17 +182,30 @@ def export_run(run_dir, out_dir, which="best", restarts=2, restart_passes=2, see
     try:
         path = export.export_saved_model(model, out_dir, search=search, overwrite=overwrite)
     except FileExistsError as err:
-        raise FileExistsError(str(err).replace("pass overwrite=True", "pass --overwrite")) \
-            from err
+        raise FileExistsError(str(err).replace("pass overwrite=True", "pass --overwrite")) from err
     kind = export.checkpoint_kind(run_dir, prefix)
-    log(f"exported {run_dir} ({kind}: {prefix}) to {path} (search: {restarts} restarts x "
-        f"{restart_passes} passes, seed {list(seed)})")
+    log(
+        f"exported {run_dir} ({kind}: {prefix}) to {path} (search: {restarts} restarts x "
+        f"{restart_passes} passes, seed {list(seed)})"
+    )
     return path
 
 
-def tune_run(config_path, out_dir, max_trials, tuner="random", data_spec=None,
-             overrides=(), space=None, max_epochs=None, factor=3, seed=None, overwrite=False,
-             verbose=True, log=print):
+def tune_run(
+    config_path,
+    out_dir,
+    max_trials,
+    tuner="random",
+    data_spec=None,
+    overrides=(),
+    space=None,
+    max_epochs=None,
+    factor=3,
+    seed=None,
+    overwrite=False,
+    verbose=True,
+    log=print,
+):
     """`tfdgmm tune`: a keras-tuner search (`tfdgmm.training.tuner.tune`) whose trials train
     the config's model family on the config's data; `out_dir` is the tuner's project
     directory (trials in `out_dir/trial_ID/`, each a run directory; `out_dir/best.json`).
@@ -151,8 +221,10 @@ def tune_run(config_path, out_dir, max_trials, tuner="random", data_spec=None,
     if max_trials is None or int(max_trials) < 1:
         raise ValueError(f"--max-trials must be at least 1; got {max_trials}")
     if int(seed) < 1:
-        raise ValueError(f"--seed must be a positive integer (keras-tuner replaces 0 by a "
-                         f"random seed); got {seed}")
+        raise ValueError(
+            f"--seed must be a positive integer (keras-tuner replaces 0 by a "
+            f"random seed); got {seed}"
+        )
 
     with open(config_path) as f:
         raw = yaml.safe_load(f)
@@ -163,23 +235,37 @@ def tune_run(config_path, out_dir, max_trials, tuner="random", data_spec=None,
         space = yaml.safe_load(space)
     if space is not None and not isinstance(space, dict):
         raise ValueError("--space expects a YAML mapping, e.g. '{bd_layers: [1, 2]}'")
-    space = {k: tuple(v) if k == "learning_rate" and isinstance(v, list) and len(v) == 2
-             else v for k, v in (space or {}).items()}  # [low, high]: a log-uniform range
+    space = {
+        k: tuple(v) if k == "learning_rate" and isinstance(v, list) and len(v) == 2 else v
+        for k, v in (space or {}).items()
+    }  # [low, high]: a log-uniform range
     if data_spec:
         base["data"] = dict(base["data"], spec=data_spec)
     splits = load_data(base["data"])
     log(f"data: {splits.describe()}")
     out_dir = os.path.abspath(out_dir)
-    t = tuning.tune(base, train_images(splits.train, base["data"]),
-                    dequantized(splits.validation, base["data"]), max_trials=max_trials,
-                    tuner=tuner, directory=os.path.dirname(out_dir),
-                    project_name=os.path.basename(out_dir), space=space, seed=seed,
-                    max_epochs=max_epochs, factor=factor, overwrite=overwrite, verbose=verbose)
+    t = tuning.tune(
+        base,
+        train_images(splits.train, base["data"]),
+        dequantized(splits.validation, base["data"]),
+        max_trials=max_trials,
+        tuner=tuner,
+        directory=os.path.dirname(out_dir),
+        project_name=os.path.basename(out_dir),
+        space=space,
+        seed=seed,
+        max_epochs=max_epochs,
+        factor=factor,
+        overwrite=overwrite,
+        verbose=verbose,
+    )
     summary = t.write_summary()
     if summary is None:
         raise ValueError(f"{out_dir}: no trial completed (see the trials' train.log)")
-    log(f"best trial {summary['trial_id']}: validation lower bound "
+    log(
+        f"best trial {summary['trial_id']}: validation lower bound "
         f"{summary['val_lower_bound']:.2f} nats; run directory {summary['run_dir']} "
-        f"(oracle seed {summary['oracle_seed']})")
+        f"(oracle seed {summary['oracle_seed']})"
+    )
     log(f"export it with: tfdgmm export {summary['run_dir']} saved_models/NAME")
     return summary

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import copy
 
-__all__ = ["DATA_DEFAULTS", "apply_overrides", "load_run_config", "normalize_run_config",
-           "normalize_gating_section"]
+__all__ = [
+    "DATA_DEFAULTS",
+    "apply_overrides",
+    "load_run_config",
+    "normalize_run_config",
+    "normalize_gating_section",
+]
 
 DATA_DEFAULTS = {
     "spec": "tfds",
@@ -36,16 +41,19 @@ def apply_overrides(config: dict, overrides) -> dict:
     config = copy.deepcopy(config)
     for item in overrides or ():
         if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE (e.g. training.em_iterations=3); "
-                             f"got {item!r}")
+            raise ValueError(
+                f"--set expects KEY=VALUE (e.g. training.em_iterations=3); got {item!r}"
+            )
         key, value = item.split("=", 1)
         node = config
         parts = key.strip().split(".")
         for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ValueError(f"--set {item}: {'.'.join(parts[:i + 1])} is {node!r}, not a "
-                                 f"section, so it has no key {parts[i + 1]!r}")
+                raise ValueError(
+                    f"--set {item}: {'.'.join(parts[: i + 1])} is {node!r}, not a "
+                    f"section, so it has no key {parts[i + 1]!r}"
+                )
         node[parts[-1]] = _parse_value(value)
     return config
 
@@ -73,8 +81,10 @@ def normalize_run_config(raw: dict, where="config") -> dict:
 
     unknown = set(raw) - {"model", "training", "data", "description", "paper", "gating"}
     if unknown:
-        raise ValueError(f"{where}: unknown sections {sorted(unknown)}; expected 'model', "
-                         "'training', 'data' (and optional 'gating', 'description', 'paper')")
+        raise ValueError(
+            f"{where}: unknown sections {sorted(unknown)}; expected 'model', "
+            "'training', 'data' (and optional 'gating', 'description', 'paper')"
+        )
     if "model" not in raw:
         raise ValueError(f"{where}: missing the 'model' section (an architecture dict)")
     out = {k: copy.deepcopy(raw[k]) for k in ("description", "paper") if k in raw}
@@ -84,15 +94,17 @@ def normalize_run_config(raw: dict, where="config") -> dict:
     except (TypeError, ValueError, ZeroDivisionError, KeyError) as err:
         raise ValueError(f"{where}: model: {err}") from None
     try:
-        out["training"] = EMConfig.from_dict(_floats_as_floats(EMConfig, raw.get("training"))
-                                             ).to_dict()
+        out["training"] = EMConfig.from_dict(
+            _floats_as_floats(EMConfig, raw.get("training"))
+        ).to_dict()
     except (TypeError, ValueError) as err:
         raise ValueError(f"{where}: training: {err}") from None
     data = dict(DATA_DEFAULTS)
     extra = set(raw.get("data") or {}) - set(DATA_DEFAULTS)
     if extra:
-        raise ValueError(f"{where}: unknown data keys {sorted(extra)}; expected some of "
-                         f"{sorted(DATA_DEFAULTS)}")
+        raise ValueError(
+            f"{where}: unknown data keys {sorted(extra)}; expected some of {sorted(DATA_DEFAULTS)}"
+        )
     data.update(raw.get("data") or {})
     if data["dequantize"] not in _DEQUANTIZE:
         raise ValueError(f"{where}: data.dequantize must be one of {_DEQUANTIZE}")
@@ -118,11 +130,15 @@ def normalize_gating_section(section, model, where):
         if isinstance(prior, dict) and prior.get("kind") == "gating":
             have = {k: prior.get(k, GATING_DEFAULTS[k]) for k in ("hidden", "kernel_size")}
             if dict(have, kind="gating") != wanted:
-                raise ValueError(f"{where}: model.path_prior {prior} disagrees with the gating "
-                                 "section's hidden/kernel_size")
+                raise ValueError(
+                    f"{where}: model.path_prior {prior} disagrees with the gating "
+                    "section's hidden/kernel_size"
+                )
         elif prior not in ("uniform", None):
-            raise ValueError(f"{where}: gating.between_steps > 0 trains the model with gating "
-                             f"networks as its path prior; model.path_prior is {prior!r}")
+            raise ValueError(
+                f"{where}: gating.between_steps > 0 trains the model with gating "
+                f"networks as its path prior; model.path_prior is {prior!r}"
+            )
         model["path_prior"] = wanted
     return gating
 
@@ -130,11 +146,11 @@ def normalize_gating_section(section, model, where):
 def _check_int(value, what, low=None, allow_none=False):
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and
-                                                                 value < low):
+    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
         bound = "" if low is None else f" >= {low}"
-        raise ValueError(f"{what} must be an integer{bound}"
-                         f"{' or null' if allow_none else ''}; got {value!r}")
+        raise ValueError(
+            f"{what} must be an integer{bound}{' or null' if allow_none else ''}; got {value!r}"
+        )
 
 
 def check_model_section(model, where="config"):
@@ -143,16 +159,23 @@ def check_model_section(model, where="config"):
     if not isinstance(model, dict):
         return  # architectures.normalize says what is expected
     shape = model.get("image_shape")
-    if shape is not None and (not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)):
-        raise ValueError(f"{where}: model.image_shape must be [height, width, channels], three "
-                         f"integers >= 1; got {shape!r}")
+    if shape is not None and (
+        not isinstance(shape, (list, tuple))
+        or len(shape) != 3
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)
+    ):
+        raise ValueError(
+            f"{where}: model.image_shape must be [height, width, channels], three "
+            f"integers >= 1; got {shape!r}"
+        )
     patch = model.get("patch_size")
     if patch is not None:
         _check_int(patch, f"{where}: model.patch_size", low=1)
         if shape is not None and (shape[0] % patch or shape[1] % patch):
-            raise ValueError(f"{where}: model.patch_size {patch} must divide the image height "
-                             f"and width {shape[:2]}")
+            raise ValueError(
+                f"{where}: model.patch_size {patch} must divide the image height "
+                f"and width {shape[:2]}"
+            )
     layers = model.get("layers")
     if layers is not None and not isinstance(layers, list):
         raise ValueError(f"{where}: model.layers must be a list of layer mappings")
@@ -161,8 +184,9 @@ def check_model_section(model, where="config"):
             raise ValueError(f"{where}: model.layers[{j}] must be a mapping with 'type'")
         for key in ("kernel_size", "alternatives", "repeat"):
             values = layer.get(key)
-            values = values if key == "kernel_size" and isinstance(values, (list, tuple)) \
-                else [values]
+            values = (
+                values if key == "kernel_size" and isinstance(values, (list, tuple)) else [values]
+            )
             for value in values:
                 if value is not None:
                     _check_int(value, f"{where}: model.layers[{j}].{key}", low=1)
@@ -175,5 +199,9 @@ def _floats_as_floats(cls, section):
     if not isinstance(section, dict):
         return section
     kinds = {f.name: f.type for f in dataclasses.fields(cls)}
-    return {k: float(v) if kinds.get(k) in ("float", float) and isinstance(v, int)
-            and not isinstance(v, bool) else v for k, v in section.items()}
+    return {
+        k: float(v)
+        if kinds.get(k) in ("float", float) and isinstance(v, int) and not isinstance(v, bool)
+        else v
+        for k, v in section.items()
+    }

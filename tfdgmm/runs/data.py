@@ -18,15 +18,20 @@ def load_data(data_cfg: dict, spec=None):
     spec = spec or data_cfg.get("spec") or "tfds"
     try:
         return load_cifar10(
-            spec, validation_size=int(data_cfg["validation_size"]),
+            spec,
+            validation_size=int(data_cfg["validation_size"]),
             train_limit=data_cfg.get("train_limit"),
             validation_limit=data_cfg.get("validation_limit"),
-            test_limit=data_cfg.get("test_limit"))
+            test_limit=data_cfg.get("test_limit"),
+        )
     except DataError as e:
         tfds = spec in ("tfds",) or str(spec).startswith("tfds:")
-        hint = ("" if not tfds or "--data" in str(e) else
-                " Pass a local copy of CIFAR-10 with --data PATH (a directory holding train.npz "
-                "+ test.npz, e.g. ../shared/data/cifar10-jpeg75, or the official batches).")
+        hint = (
+            ""
+            if not tfds or "--data" in str(e)
+            else " Pass a local copy of CIFAR-10 with --data PATH (a directory holding train.npz "
+            "+ test.npz, e.g. ../shared/data/cifar10-jpeg75, or the official batches)."
+        )
         raise DataLoadError(f"could not load the data ({spec}): {e}{hint}") from e
 
 

@@ -19,21 +19,42 @@ def gating_hooks(config, log):
         return ()
     from tfdgmm.training.gating import GatingBetweenSteps
 
-    return (GatingBetweenSteps(gating["between_steps"], gating["batch_size"],
-                               gating["learning_rate"], gating["seed"], log=log),)
+    return (
+        GatingBetweenSteps(
+            gating["between_steps"],
+            gating["batch_size"],
+            gating["learning_rate"],
+            gating["seed"],
+            log=log,
+        ),
+    )
 
 
 def bounds_record(lower, upper, num_images, seconds, nats_to_bpd):
-    out = {"num_images": num_images, "lower_bound_nats": lower, "upper_bound_nats": upper,
-           "seconds": seconds}
+    out = {
+        "num_images": num_images,
+        "lower_bound_nats": lower,
+        "upper_bound_nats": upper,
+        "seconds": seconds,
+    }
     if nats_to_bpd is not None:
         out["lower_bound_bits_per_dim"] = float(nats_to_bpd(lower))
         out["upper_bound_bits_per_dim"] = float(nats_to_bpd(upper))
     return out
 
 
-def gate_run(config, model, trainer, results, out_dir, test_images=None, nats_to_bpd=None,
-             figures=True, between=(), log=print):
+def gate_run(
+    config,
+    model,
+    trainer,
+    results,
+    out_dir,
+    test_images=None,
+    nats_to_bpd=None,
+    figures=True,
+    between=(),
+    log=print,
+):
     """Gating networks after EM (paper, section 3): the paper's method, on a trained run.
 
     1. `gated = with_gating(model)` (sharing the trained layers; warm-started from the model's
@@ -52,9 +73,8 @@ def gate_run(config, model, trainer, results, out_dir, test_images=None, nats_to
     """
     import tensorflow as tf
 
-    from tfdgmm.training import evaluate_bounds
+    from tfdgmm.training import evaluate_bounds, gating
     from tfdgmm.training import figures as figs
-    from tfdgmm.training import gating
 
     settings = config["gating"]
     em = trainer.config
@@ -64,56 +84,95 @@ def gate_run(config, model, trainer, results, out_dir, test_images=None, nats_to
     fit_info = block["fit"]
     if val is not None:
         fit_info["validation_neg_log_prior_before"] = gating.mean_neg_log_prior(
-            gated, val.data, val.path())
-    log(f"gating: fitting gating networks (hidden {settings['hidden']}, kernel "
+            gated, val.data, val.path()
+        )
+    log(
+        f"gating: fitting gating networks (hidden {settings['hidden']}, kernel "
         f"{settings['kernel_size']}) on the last E-step's paths of {train.num_images} training "
-        f"images: {settings['steps']} updates of {settings['batch_size']}")
+        f"images: {settings['steps']} updates of {settings['batch_size']}"
+    )
     start = time.monotonic()
-    fit = gating.fit_gating(gated, train.data, train.path(), steps=settings["steps"],
-                            batch_size=settings["batch_size"],
-                            learning_rate=settings["learning_rate"], seed=settings["seed"],
-                            log_every=max(1, settings["steps"] // 5), log=log)
-    tail = fit["loss"][-min(len(fit["loss"]), 100):]
-    fit_info.update(steps=settings["steps"], seconds=time.monotonic() - start,
-                    train_neg_log_prior_before=fit["nats_before"],
-                    train_neg_log_prior_after=fit["nats_after"],
-                    loss_first=fit["loss"][0], loss_last_mean=sum(tail) / len(tail))
+    fit = gating.fit_gating(
+        gated,
+        train.data,
+        train.path(),
+        steps=settings["steps"],
+        batch_size=settings["batch_size"],
+        learning_rate=settings["learning_rate"],
+        seed=settings["seed"],
+        log_every=max(1, settings["steps"] // 5),
+        log=log,
+    )
+    tail = fit["loss"][-min(len(fit["loss"]), 100) :]
+    fit_info.update(
+        steps=settings["steps"],
+        seconds=time.monotonic() - start,
+        train_neg_log_prior_before=fit["nats_before"],
+        train_neg_log_prior_after=fit["nats_after"],
+        loss_first=fit["loss"][0],
+        loss_last_mean=sum(tail) / len(tail),
+    )
     if val is not None:
         fit_info["validation_neg_log_prior_after"] = gating.mean_neg_log_prior(
-            gated, val.data, val.path())
-    log(f"gating: -log pi of the training paths {fit['nats_before']:.3f} -> "
+            gated, val.data, val.path()
+        )
+    log(
+        f"gating: -log pi of the training paths {fit['nats_before']:.3f} -> "
         f"{fit['nats_after']:.3f} nats/image"
-        + (f", validation {fit_info['validation_neg_log_prior_before']:.3f} -> "
-           f"{fit_info['validation_neg_log_prior_after']:.3f}" if val is not None else "")
-        + f" ({fit_info['seconds']:.1f} s)")
+        + (
+            f", validation {fit_info['validation_neg_log_prior_before']:.3f} -> "
+            f"{fit_info['validation_neg_log_prior_after']:.3f}"
+            if val is not None
+            else ""
+        )
+        + f" ({fit_info['seconds']:.1f} s)"
+    )
     for hook in between:
         block.setdefault("between_steps_this_session", []).extend(hook.history)
 
     splits = {}
     named = [(name, s) for name, s in (("train", train), ("validation", val)) if s is not None]
     t0 = time.monotonic()
-    found = gating.gated_search_bounds(gated, [s for _, s in named], restarts=em.eval_restarts,
-                                       seed=em.seed + 611953)
+    found = gating.gated_search_bounds(
+        gated, [s for _, s in named], restarts=em.eval_restarts, seed=em.seed + 611953
+    )
     block["bounds_seconds"] = time.monotonic() - t0  # training and validation together
     for (name, search), (lower, upper) in zip(named, found):
         splits[name] = bounds_record(lower, upper, search.num_images, None, nats_to_bpd)
     if test_images is not None:
-        log(f"gating: test bounds ({len(test_images)} images, fresh search with "
-            f"{em.eval_restarts} restarts)")
+        log(
+            f"gating: test bounds ({len(test_images)} images, fresh search with "
+            f"{em.eval_restarts} restarts)"
+        )
         splits["test"] = evaluate_bounds(
-            gated, test_images, batch_size=em.estep_batch_size, restarts=em.eval_restarts,
-            location_method=em.location_method, location_options=em.location_options,
-            seed=em.seed + 104729, nats_to_bpd=nats_to_bpd, log=log, label="test (gated)")
+            gated,
+            test_images,
+            batch_size=em.estep_batch_size,
+            restarts=em.eval_restarts,
+            location_method=em.location_method,
+            location_options=em.location_options,
+            seed=em.seed + 104729,
+            nats_to_bpd=nats_to_bpd,
+            log=log,
+            label="test (gated)",
+        )
     block["splits"] = splits
     block["lower_bound_gain_nats"] = {
         name: r["lower_bound_nats"] - results[name]["lower_bound_nats"]
-        for name, r in splits.items() if name in results}
+        for name, r in splits.items()
+        if name in results
+    }
     for name, r in splits.items():
-        bpd = (f" ({r['lower_bound_bits_per_dim']:.3f} bits/dim)"
-               if "lower_bound_bits_per_dim" in r else "")
-        log(f"  gated {name:10s} LB {r['lower_bound_nats']:9.2f} nats{bpd}  UB* "
+        bpd = (
+            f" ({r['lower_bound_bits_per_dim']:.3f} bits/dim)"
+            if "lower_bound_bits_per_dim" in r
+            else ""
+        )
+        log(
+            f"  gated {name:10s} LB {r['lower_bound_nats']:9.2f} nats{bpd}  UB* "
             f"{r['upper_bound_nats']:9.2f} nats  (LB gain "
-            f"{block['lower_bound_gain_nats'].get(name, float('nan')):+.2f})")
+            f"{block['lower_bound_gain_nats'].get(name, float('nan')):+.2f})"
+        )
 
     gated_dir = os.path.join(out_dir, layout.GATED)
     os.makedirs(gated_dir, exist_ok=True)
@@ -122,17 +181,26 @@ def gate_run(config, model, trainer, results, out_dir, test_images=None, nats_to
     gated_config["gating"] = dict(settings, enabled=False, between_steps=0)
     gated_config["description"] = (
         (config.get("description") or "deep GMM") + "; gating networks fitted after EM on the "
-        "last E-step's paths (the run directory above, its metrics.json 'gating' block)")
+        "last E-step's paths (the run directory above, its metrics.json 'gating' block)"
+    )
     dump_yaml(gated_config, os.path.join(gated_dir, layout.CONFIG))
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=gated),
-                                         os.path.join(gated_dir, layout.BEST), max_to_keep=1)
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=gated), os.path.join(gated_dir, layout.BEST), max_to_keep=1
+    )
     block["checkpoint"] = manager.save()
     if figures:
         fig = os.path.join(gated_dir, layout.FIGURES, "samples.png")
         os.makedirs(os.path.dirname(fig), exist_ok=True)
         figs.save_samples(gated, fig, n=64, seed=0, title="samples with gating networks")
         block["figures"] = {"samples": fig}
-    dump_json({"source_run": os.path.abspath(out_dir), "config": gated_config,
-                "splits": splits, "gating": block}, os.path.join(gated_dir, layout.METRICS))
+    dump_json(
+        {
+            "source_run": os.path.abspath(out_dir),
+            "config": gated_config,
+            "splits": splits,
+            "gating": block,
+        },
+        os.path.join(gated_dir, layout.METRICS),
+    )
     log(f"gating: gated model in {gated_dir} (tfdgmm evaluate|sample|export {gated_dir})")
     return block

@@ -76,8 +76,10 @@ class RunLock:
     def _owner_text(self, owner):
         if not owner:
             return "an unknown process (the lock file is unreadable)"
-        return (f"PID {owner.get('pid')} on {owner.get('host')} ({owner.get('what', '?')}, "
-                f"since {owner.get('started', '?')})")
+        return (
+            f"PID {owner.get('pid')} on {owner.get('host')} ({owner.get('what', '?')}, "
+            f"since {owner.get('started', '?')})"
+        )
 
     def _is_stale(self, owner):
         if owner is None:
@@ -95,28 +97,39 @@ class RunLock:
     def acquire(self):
         if self.held:
             raise RuntimeError(f"{self.path}: already held by this RunLock")
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "command": " ".join(sys.argv)}
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "what": self.what,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(sys.argv),
+        }
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 owner = read_lock(self.run_dir)
                 if self._is_stale(owner):
-                    self.log(f"{self.run_dir}: taking over the stale lock of "
-                             f"{self._owner_text(owner)}: that process is gone")
+                    self.log(
+                        f"{self.run_dir}: taking over the stale lock of "
+                        f"{self._owner_text(owner)}: that process is gone"
+                    )
                     self._remove_if(owner)
                     continue
                 if owner is None:
                     continue
-                hint = ("" if owner and owner.get("host") == socket.gethostname() else
-                        f"; if that process is gone, delete {self.path}")
-                raise RunLockedError(f"{self.run_dir} is in use by {self._owner_text(owner)}"
-                                     f"{hint}") from None
+                hint = (
+                    ""
+                    if owner and owner.get("host") == socket.gethostname()
+                    else f"; if that process is gone, delete {self.path}"
+                )
+                raise RunLockedError(
+                    f"{self.run_dir} is in use by {self._owner_text(owner)}{hint}"
+                ) from None
             except OSError as err:
-                raise OSError(err.errno, f"cannot write to the run directory {self.run_dir}: "
-                                         f"{err.strerror}") from err
+                raise OSError(
+                    err.errno, f"cannot write to the run directory {self.run_dir}: {err.strerror}"
+                ) from err
             try:
                 with os.fdopen(fd, "w") as f:
                     json.dump(record, f)

@@ -27,6 +27,7 @@ def _import_tensorflow_quietly():
     """
     if "tensorflow" in sys.modules or os.environ.get("TFDGMM_VERBOSE_TF") == "1":
         import tensorflow  # noqa: F401
+
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
@@ -34,6 +35,7 @@ def _import_tensorflow_quietly():
         saved = os.dup(2)
     except (OSError, ValueError):  # no real stderr (e.g. captured): nothing to silence
         import tensorflow  # noqa: F401
+
         return
     try:
         with open(os.devnull, "w") as null:

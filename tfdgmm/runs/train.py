@@ -15,8 +15,14 @@ from tfdgmm.runs.gating import gate_run, gating_hooks
 from tfdgmm.runs.io import Tee, dump_json, dump_yaml
 from tfdgmm.runs.lock import RunLock
 
-__all__ = ["train_run", "check_run", "has_checkpoints", "model_summary", "known_baseline",
-           "SCHEDULE_KEYS"]
+__all__ = [
+    "train_run",
+    "check_run",
+    "has_checkpoints",
+    "model_summary",
+    "known_baseline",
+    "SCHEDULE_KEYS",
+]
 
 
 def model_summary(model):
@@ -25,7 +31,7 @@ def model_summary(model):
     n = model.num_paths
     return {
         "num_parameters": model.num_parameters(),
-        "num_paths": str(n) if n < 10 ** 15 else f"{n:.6e}",
+        "num_paths": str(n) if n < 10**15 else f"{n:.6e}",
         "log10_num_paths": model.log_num_paths / math.log(10),
         "num_layers": len(model.layers),
         "layer_alternatives": [int(k) for k, _ in model.layer_specs],
@@ -35,18 +41,32 @@ def model_summary(model):
 
 #: `training` keys that `--resume` may change (the schedule; recorded in metrics.json): the
 #: model and data sections, and every other training key, must match the saved config.
-SCHEDULE_KEYS = ("em_iterations", "learning_rate", "lr_em_decay", "lr_min_factor",
-                 "lr_final_updates", "lr_final_factor", "lr_warmup_updates", "hc_learning_rate",
-                 "nan_lr_factor", "divergence_nats", "max_rollbacks", "early_stopping_patience",
-                 "early_stopping_min_delta", "checkpoint_interval_seconds",
-                 "progress_interval_seconds", "eval_restarts")
+SCHEDULE_KEYS = (
+    "em_iterations",
+    "learning_rate",
+    "lr_em_decay",
+    "lr_min_factor",
+    "lr_final_updates",
+    "lr_final_factor",
+    "lr_warmup_updates",
+    "hc_learning_rate",
+    "nan_lr_factor",
+    "divergence_nats",
+    "max_rollbacks",
+    "early_stopping_patience",
+    "early_stopping_min_delta",
+    "checkpoint_interval_seconds",
+    "progress_interval_seconds",
+    "eval_restarts",
+)
 
 
 def has_checkpoints(out_dir) -> bool:
     """True when `out_dir/checkpoints/` holds anything a trainer wrote (without reading it)."""
     directory = layout.path(out_dir, layout.CHECKPOINTS)
     return os.path.isdir(directory) and any(
-        name == layout.STATE_FILE or name.startswith("ckpt-") for name in os.listdir(directory))
+        name == layout.STATE_FILE or name.startswith("ckpt-") for name in os.listdir(directory)
+    )
 
 
 def check_run(config, out_dir, data_spec=None, resume=False, refuse_existing=True):
@@ -65,31 +85,42 @@ def check_run(config, out_dir, data_spec=None, resume=False, refuse_existing=Tru
     if not resume and refuse_existing and has_checkpoints(out_dir):
         raise FileExistsError(
             f"{out_dir} already holds checkpoints ({layout.CHECKPOINTS}/); resume with "
-            "--resume, or choose a new output directory (nothing in it was changed)")
+            "--resume, or choose a new output directory (nothing in it was changed)"
+        )
     if resume and os.path.exists(config_path):
         saved = load_run_config(config_path)
         if config is not None:
             if saved["model"] != config["model"]:
-                raise ValueError(f"--resume: the model section differs from {config_path}; "
-                                 "resume with the saved config (omit --config) or train into a "
-                                 "new directory")
+                raise ValueError(
+                    f"--resume: the model section differs from {config_path}; "
+                    "resume with the saved config (omit --config) or train into a "
+                    "new directory"
+                )
             strip = [{k: v for k, v in c["data"].items() if k != "spec"} for c in (saved, config)]
             if strip[0] != strip[1]:
-                keys = sorted(k for k in set(strip[0]) | set(strip[1])
-                              if strip[0].get(k) != strip[1].get(k))
-                raise ValueError(f"--resume: the data section differs from {config_path} in "
-                                 f"{keys}; resume with the saved config (omit --config) or "
-                                 "train into a new directory")
+                keys = sorted(
+                    k for k in set(strip[0]) | set(strip[1]) if strip[0].get(k) != strip[1].get(k)
+                )
+                raise ValueError(
+                    f"--resume: the data section differs from {config_path} in "
+                    f"{keys}; resume with the saved config (omit --config) or "
+                    "train into a new directory"
+                )
             old, new = saved["training"], config["training"]
             differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             fixed = [k for k in differ if k not in SCHEDULE_KEYS]
             if fixed:
-                raise ValueError(f"--resume: training {fixed} differ from {config_path}; only "
-                                 f"the schedule ({', '.join(SCHEDULE_KEYS)}) may change on "
-                                 "resume")
+                raise ValueError(
+                    f"--resume: training {fixed} differ from {config_path}; only "
+                    f"the schedule ({', '.join(SCHEDULE_KEYS)}) may change on "
+                    "resume"
+                )
             changes = {f"training.{k}": (old.get(k), new.get(k)) for k in differ}
-            config = dict(saved, training=new,
-                          **{k: config[k] for k in ("gating", "description") if k in config})
+            config = dict(
+                saved,
+                training=new,
+                **{k: config[k] for k in ("gating", "description") if k in config},
+            )
         else:
             config = saved
     if config is None:
@@ -99,8 +130,17 @@ def check_run(config, out_dir, data_spec=None, resume=False, refuse_existing=Tru
     return config, changes
 
 
-def train_run(config: dict, out_dir: str, data_spec=None, resume=False, argv=None,
-              figures=True, hooks=(), log=None, strategy="default"):
+def train_run(
+    config: dict,
+    out_dir: str,
+    data_spec=None,
+    resume=False,
+    argv=None,
+    figures=True,
+    hooks=(),
+    log=None,
+    strategy="default",
+):
     """Train from a normalised run config into `out_dir`; returns the metrics dict.
 
     `strategy`: `'default' | 'mirrored' | 'multiworker'` or a `tf.distribute` strategy (see
@@ -115,17 +155,20 @@ def train_run(config: dict, out_dir: str, data_spec=None, resume=False, argv=Non
     # the chief owns the run directory; the other workers of a multi-worker run write to
     # temporary directories of their own (tfdgmm.training.distribute.worker_dir)
     owner = _owns_run_dir(strategy)
-    config, changes = check_run(config, out_dir, data_spec=data_spec, resume=resume,
-                                refuse_existing=owner)
+    config, changes = check_run(
+        config, out_dir, data_spec=data_spec, resume=resume, refuse_existing=owner
+    )
     os.makedirs(out_dir, exist_ok=True)
     lock = RunLock(out_dir, what="train", log=log or print)
     if owner:
         lock.acquire()
     try:
-        config, changes = check_run(config, out_dir, data_spec=data_spec, resume=resume,
-                                    refuse_existing=owner)
-        return _train_locked(config, changes, out_dir, resume, argv, figures, hooks, log,
-                             strategy, wall_start, owner)
+        config, changes = check_run(
+            config, out_dir, data_spec=data_spec, resume=resume, refuse_existing=owner
+        )
+        return _train_locked(
+            config, changes, out_dir, resume, argv, figures, hooks, log, strategy, wall_start, owner
+        )
     finally:
         lock.release()
 
@@ -143,12 +186,14 @@ def _owns_run_dir(strategy):
     return kind in (None, "chief") or (kind == "worker" and index == 0 and "chief" not in cluster)
 
 
-def _train_locked(config, changes, out_dir, resume, argv, figures, hooks, log, strategy,
-                  wall_start, owner=True):
+def _train_locked(
+    config, changes, out_dir, resume, argv, figures, hooks, log, strategy, wall_start, owner=True
+):
     import tensorflow as tf
 
     import tfdgmm
-    from tfdgmm.training import EMConfig, EMTrainer, figures as figs
+    from tfdgmm.training import EMConfig, EMTrainer
+    from tfdgmm.training import figures as figs
 
     log = log or Tee(os.path.join(out_dir, layout.LOG))
     config_path = os.path.join(out_dir, layout.CONFIG)
@@ -177,14 +222,24 @@ def _train_locked(config, changes, out_dir, resume, argv, figures, hooks, log, s
     with distribute.scope(strategy):
         model = tfdgmm.DeepGMM.from_config(config["model"])
     summary = model_summary(model)
-    log(f"model: {summary['num_layers']} layers, {summary['num_parameters']:,} parameters, "
-        f"{summary['num_paths']} paths")
+    log(
+        f"model: {summary['num_layers']} layers, {summary['num_parameters']:,} parameters, "
+        f"{summary['num_paths']} paths"
+    )
     em_cfg = EMConfig.from_dict(config["training"])
     between_hooks = gating_hooks(config, log)
     hooks = tuple(hooks) + between_hooks
-    trainer = EMTrainer(model, em_cfg, train_images(train_split, data_cfg),
-                        dequantized(val_split, data_cfg), out_dir, nats_to_bpd=to_bpd,
-                        hooks=hooks, log=log, strategy=strategy)
+    trainer = EMTrainer(
+        model,
+        em_cfg,
+        train_images(train_split, data_cfg),
+        dequantized(val_split, data_cfg),
+        out_dir,
+        nats_to_bpd=to_bpd,
+        hooks=hooks,
+        log=log,
+        strategy=strategy,
+    )
     train_start = time.monotonic()
     history = trainer.fit(resume=resume)
     train_seconds = time.monotonic() - train_start
@@ -193,30 +248,41 @@ def _train_locked(config, changes, out_dir, resume, argv, figures, hooks, log, s
     eval_start = time.monotonic()
     results = {"train": trainer.refine("train"), "validation": trainer.refine("validation")}
     if test_split is not None and data_cfg.get("evaluate_test", True):
-        log(f"final bounds: test ({len(test_split)} images, fresh search with "
-            f"{em_cfg.eval_restarts} restarts)")
+        log(
+            f"final bounds: test ({len(test_split)} images, fresh search with "
+            f"{em_cfg.eval_restarts} restarts)"
+        )
         results["test"] = trainer.evaluate(dequantized(test_split, data_cfg), label="test")
     eval_seconds = time.monotonic() - eval_start
     for name, r in results.items():
-        log(f"  {name:10s} LB {r['lower_bound_nats']:9.2f} nats ({r['lower_bound_bits_per_dim']:.3f}"
+        log(
+            f"  {name:10s} LB {r['lower_bound_nats']:9.2f} nats "
+            f"({r['lower_bound_bits_per_dim']:.3f}"
             f" bits/dim)  UB* {r['upper_bound_nats']:9.2f} nats "
-            f"({r['upper_bound_bits_per_dim']:.3f} bits/dim)")
+            f"({r['upper_bound_bits_per_dim']:.3f} bits/dim)"
+        )
 
     figure_paths = {}
     if figures:
         fig_dir = os.path.join(out_dir, layout.FIGURES)
         os.makedirs(fig_dir, exist_ok=True)
         p = os.path.join(fig_dir, "samples.png")
-        figs.save_samples(model, p, n=64, seed=0,
-                          title=f"samples ({config.get('description') or 'deep GMM'})")
+        figs.save_samples(
+            model, p, n=64, seed=0, title=f"samples ({config.get('description') or 'deep GMM'})"
+        )
         figure_paths["samples"] = p
         p = os.path.join(fig_dir, "filters.png")
         figs.save_filters(model, p)
         figure_paths["filters"] = p
         baseline = known_baseline(out_dir, data_cfg)
         p = os.path.join(fig_dir, "training_curve.png")
-        figs.save_training_curve(history, p, nats_to_bpd=to_bpd, baseline=baseline,
-                                 title=f"training curve ({config.get('description') or 'deep GMM'})")
+        figs.save_training_curve(
+            history,
+            p,
+            nats_to_bpd=to_bpd,
+            baseline=baseline,
+            title=f"training curve ({config.get('description') or 'deep GMM'})",
+        )
         figure_paths["training_curve"] = p
         log(f"figures: {', '.join(figure_paths.values())}")
         if trainer.write_dir == out_dir:  # the chief: the figures in TensorBoard's Images tab
@@ -230,17 +296,30 @@ def _train_locked(config, changes, out_dir, resume, argv, figures, hooks, log, s
     gating_block = None
     if (config.get("gating") or {}).get("enabled"):
         gating_block = gate_run(
-            config, model, trainer, results, out_dir,
+            config,
+            model,
+            trainer,
+            results,
+            out_dir,
             test_images=(dequantized(test_split, data_cfg) if "test" in results else None),
-            nats_to_bpd=to_bpd, figures=figures, between=between_hooks, log=log)
+            nats_to_bpd=to_bpd,
+            figures=figures,
+            between=between_hooks,
+            log=log,
+        )
 
     state = trainer.state
     metrics = {
         "command": command,
         "config": config,
-        "data": {"source": splits.source, "notes": list(splits.notes),
-                 "num_images": {n: len(s) for n, s in splits.items()}, "num_dims": num_dims,
-                 "noise_seed": data_cfg["noise_seed"], "dequantize": data_cfg["dequantize"]},
+        "data": {
+            "source": splits.source,
+            "notes": list(splits.notes),
+            "num_images": {n: len(s) for n, s in splits.items()},
+            "num_dims": num_dims,
+            "noise_seed": data_cfg["noise_seed"],
+            "dequantize": data_cfg["dequantize"],
+        },
         "model": summary,
         "splits": results,
         "best_em_iteration": int(state.best_iteration.numpy()) + 1,
@@ -255,17 +334,21 @@ def _train_locked(config, changes, out_dir, resume, argv, figures, hooks, log, s
             "session_total": time.monotonic() - wall_start,
         },
         "figures": figure_paths,
-        "versions": {"tfdgmm": tfdgmm.__version__, "tensorflow": tf.__version__,
-                     "tensorflow_probability": _tfp_version()},
+        "versions": {
+            "tfdgmm": tfdgmm.__version__,
+            "tensorflow": tf.__version__,
+            "tensorflow_probability": _tfp_version(),
+        },
         "units": "mean log-likelihood per image in nats on the data scale; bits/dim = "
-                 "-log2(bin width) - LL / (D ln 2)",
+        "-log2(bin width) - LL / (D ln 2)",
     }
     if gating_block is not None:
         metrics["gating"] = gating_block
     previous = _previous_resume_changes(out_dir)
     if changes or previous:
         metrics["resume_changes"] = previous + [
-            {"session_command": command, "changes": {k: list(v) for k, v in changes.items()}}]
+            {"session_command": command, "changes": {k: list(v) for k, v in changes.items()}}
+        ]
     path = os.path.join(out_dir, layout.METRICS)
     dump_json(metrics, path)
     log(f"metrics: {path}")

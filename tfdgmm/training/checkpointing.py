@@ -36,14 +36,17 @@ class CheckpointKeeper:
         for sub in (STATE_DIR, os.path.join(STATE_DIR, layout.ANCHOR), BEST_DIR):
             remove_temp_leftovers(os.path.join(directory, sub))
         self._manager = tf.train.CheckpointManager(
-            state, os.path.join(directory, STATE_DIR), max_to_keep=int(keep))
+            state, os.path.join(directory, STATE_DIR), max_to_keep=int(keep)
+        )
         # the rollback target: written only at update-count boundaries (never by the timer),
         # so that which state a rollback restores does not depend on the machine's speed
         self._anchor_manager = tf.train.CheckpointManager(
-            state, os.path.join(directory, STATE_DIR, layout.ANCHOR), max_to_keep=1)
+            state, os.path.join(directory, STATE_DIR, layout.ANCHOR), max_to_keep=1
+        )
         self._best = tf.train.Checkpoint(model=model)
         self._best_manager = tf.train.CheckpointManager(
-            self._best, os.path.join(directory, BEST_DIR), max_to_keep=1)
+            self._best, os.path.join(directory, BEST_DIR), max_to_keep=1
+        )
         self._last_save = time.monotonic()
 
     @property
@@ -88,9 +91,11 @@ class CheckpointKeeper:
         raised."""
         directory = os.path.join(self.directory, STATE_DIR)
         candidates = []
-        for path in [self._manager.latest_checkpoint] + list(reversed(self._manager.checkpoints)) \
-                + [prefix for _, prefix in (_numbered(directory) if os.path.isdir(directory)
-                                            else [])]:
+        for path in (
+            [self._manager.latest_checkpoint]
+            + list(reversed(self._manager.checkpoints))
+            + [prefix for _, prefix in (_numbered(directory) if os.path.isdir(directory) else [])]
+        ):
             if path is not None and path not in candidates:
                 candidates.append(path)
         first_error = None
@@ -99,8 +104,10 @@ class CheckpointKeeper:
                 self._state.read(path).assert_existing_objects_matched()
             except Exception as err:  # noqa: BLE001  (IndexError, OpError, DataLossError, ...)
                 first_error = first_error or err
-                self.log(f"WARNING: cannot read the checkpoint {path} ({type(err).__name__}: "
-                         f"{' '.join(str(err).split())[:200]}); trying the one before it")
+                self.log(
+                    f"WARNING: cannot read the checkpoint {path} ({type(err).__name__}: "
+                    f"{' '.join(str(err).split())[:200]}); trying the one before it"
+                )
                 continue
             if first_error is not None:
                 self.log(f"resumed from {path}, the newest readable checkpoint")
@@ -167,8 +174,7 @@ def checkpoint_in(directory):
         return prefix, None
     found = _numbered(directory)
     if not os.path.exists(state):
-        return (found[0][1], f"{state} is missing; using {found[0][1]}") if found else (None,
-                                                                                        None)
+        return (found[0][1], f"{state} is missing; using {found[0][1]}") if found else (None, None)
     if found:
         return found[0][1], f"the state file {state} {reason}; using {found[0][1]}"
     return None, f"the state file {state} {reason}, and {directory} holds no checkpoint files"
@@ -187,7 +193,8 @@ def load_model_weights(model, run_dir, which="best"):
         if path is None and problem is not None:  # never skip an unreadable best/ silently
             raise ValueError(problem)
         if path is not None:
-            tf.train.Checkpoint(model=model).read(path).assert_existing_objects_matched() \
-                .expect_partial()
+            tf.train.Checkpoint(model=model).read(
+                path
+            ).assert_existing_objects_matched().expect_partial()
             return path
     raise FileNotFoundError(f"{run_dir}: no checkpoint found under {' or '.join(candidates)}/")

@@ -15,7 +15,8 @@ lr = learning_rate * max(lr_em_decay ** t, lr_min_factor)
                      [lr_decay='cosine': f + (1 - f) (1 + cos(pi u / U)) / 2, f = lr_final_factor]
                    * min(1, (u + 1) / lr_warmup_updates)   (every M-step; only t = 0 without
                                                             lr_warmup_every_mstep)
-                   * lr_scale          (1, lowered by nan_lr_factor at every NaN/divergence rollback)
+                   * lr_scale          (1, lowered by nan_lr_factor at every NaN/divergence
+                                        rollback)
 ```
 """
 
@@ -166,50 +167,84 @@ class EMConfig:
     # ------------------------------------------------------------------ (de)serialisation
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "EMConfig":
+    def from_dict(cls, d: dict | None) -> EMConfig:
         """Build from a plain dict; unknown keys are an error (a typo must not pass silently)."""
         d = dict(d or {})
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown training config keys {unknown}; expected some of "
-                             f"{sorted(names)}")
+            raise ValueError(
+                f"unknown training config keys {unknown}; expected some of {sorted(names)}"
+            )
         return cls(**d)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes) -> "EMConfig":
+    def replace(self, **changes) -> EMConfig:
         return dataclasses.replace(self, **changes)
 
     def validate(self):
         def positive(name, allow_zero=False):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (
-                    v == 0 and not allow_zero):
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or v < 0
+                or (v == 0 and not allow_zero)
+            ):
                 raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}; got {v!r}")
 
-        for name in ("em_iterations", "updates_first", "updates_later", "batch_size",
-                     "learning_rate", "estep_batch_size", "progress_interval_seconds",
-                     "keep_checkpoints", "lr_final_factor", "lr_min_factor", "nan_lr_factor",
-                     "hc_learning_rate", "hc_statistics_interval", "hc_statistics_images"):
+        for name in (
+            "em_iterations",
+            "updates_first",
+            "updates_later",
+            "batch_size",
+            "learning_rate",
+            "estep_batch_size",
+            "progress_interval_seconds",
+            "keep_checkpoints",
+            "lr_final_factor",
+            "lr_min_factor",
+            "nan_lr_factor",
+            "hc_learning_rate",
+            "hc_statistics_interval",
+            "hc_statistics_images",
+        ):
             positive(name)
-        for name in ("first_iterations", "lr_final_updates", "estep_init_passes",
-                     "estep_restarts", "estep_restart_passes", "eval_restarts",
-                     "early_stopping_patience", "early_stopping_min_delta",
-                     "checkpoint_interval_seconds", "prior_pseudo_count", "max_rollbacks",
-                     "max_chunk", "data_init_images", "lr_warmup_updates",
-                     "lr_em_decay", "divergence_nats", "hc_momentum", "hc_damping",
-                     "hc_max_step_nats"):
+        for name in (
+            "first_iterations",
+            "lr_final_updates",
+            "estep_init_passes",
+            "estep_restarts",
+            "estep_restart_passes",
+            "eval_restarts",
+            "early_stopping_patience",
+            "early_stopping_min_delta",
+            "checkpoint_interval_seconds",
+            "prior_pseudo_count",
+            "max_rollbacks",
+            "max_chunk",
+            "data_init_images",
+            "lr_warmup_updates",
+            "lr_em_decay",
+            "divergence_nats",
+            "hc_momentum",
+            "hc_damping",
+            "hc_max_step_nats",
+        ):
             positive(name, allow_zero=True)
         if self.estep_init_passes + self.estep_restarts * self.estep_restart_passes < 1:
-            raise ValueError("the E-step needs at least one pass (estep_init_passes or "
-                             "estep_restarts x estep_restart_passes)")
+            raise ValueError(
+                "the E-step needs at least one pass (estep_init_passes or "
+                "estep_restarts x estep_restart_passes)"
+            )
         if self.optimizer.lower() not in _OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {_OPTIMIZERS}; got {self.optimizer!r}")
         if self.hc_optimizer not in _HC_OPTIMIZERS:
-            raise ValueError(f"hc_optimizer must be one of {_HC_OPTIMIZERS}; "
-                             f"got {self.hc_optimizer!r}")
+            raise ValueError(
+                f"hc_optimizer must be one of {_HC_OPTIMIZERS}; got {self.hc_optimizer!r}"
+            )
         if self.lr_decay not in ("final", "cosine"):
             raise ValueError(f"lr_decay must be 'final' or 'cosine'; got {self.lr_decay!r}")
         if self.hc_fisher not in ("sampled", "empirical"):
@@ -217,12 +252,15 @@ class EMConfig:
         if self.hc_momentum >= 1:
             raise ValueError(f"hc_momentum must be in [0, 1); got {self.hc_momentum!r}")
         if self.first_estep not in ("auto", "random", "search"):
-            raise ValueError("first_estep must be 'auto', 'random' or 'search'; "
-                             f"got {self.first_estep!r}")
+            raise ValueError(
+                f"first_estep must be 'auto', 'random' or 'search'; got {self.first_estep!r}"
+            )
         from tfdgmm.path_search import LOCATION_METHODS
+
         if self.location_method not in LOCATION_METHODS:
-            raise ValueError(f"location_method must be one of {LOCATION_METHODS}; "
-                             f"got {self.location_method!r}")
+            raise ValueError(
+                f"location_method must be one of {LOCATION_METHODS}; got {self.location_method!r}"
+            )
         for name in ("optimizer_kwargs", "location_options"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a dict")
@@ -231,23 +269,24 @@ class EMConfig:
         """A fresh Keras optimizer (its learning rate is set at every update by the trainer)."""
         import keras
 
-        cls = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
-               "rmsprop": keras.optimizers.RMSprop,
-               "adamax": keras.optimizers.Adamax}[self.optimizer.lower()]
+        cls = {
+            "adam": keras.optimizers.Adam,
+            "sgd": keras.optimizers.SGD,
+            "rmsprop": keras.optimizers.RMSprop,
+            "adamax": keras.optimizers.Adamax,
+        }[self.optimizer.lower()]
         return cls(learning_rate=self.learning_rate, **self.optimizer_kwargs)
 
     def make_hc_optimizer(self):
         """The momentum SGD that applies the half-convolutions' K-FAC steps."""
         import keras
 
-        return keras.optimizers.SGD(learning_rate=self.hc_learning_rate,
-                                    momentum=self.hc_momentum)
+        return keras.optimizers.SGD(learning_rate=self.hc_learning_rate, momentum=self.hc_momentum)
 
 
 def mstep_updates(config: EMConfig, em_iteration: int) -> int:
     """Number of gradient updates of the M-step of EM iteration `em_iteration` (0-based)."""
-    return config.updates_first if em_iteration < config.first_iterations \
-        else config.updates_later
+    return config.updates_first if em_iteration < config.first_iterations else config.updates_later
 
 
 def learning_rate_at(config: EMConfig, em_iteration, update, num_updates, lr_scale=1.0):
@@ -255,7 +294,7 @@ def learning_rate_at(config: EMConfig, em_iteration, update, num_updates, lr_sca
     on tensors (inside the M-step's `tf.function`)."""
     warm = config.lr_warmup_updates
     if all(isinstance(v, (int, float)) for v in (em_iteration, update, num_updates, lr_scale)):
-        em = max(config.lr_em_decay ** em_iteration, config.lr_min_factor)
+        em = max(config.lr_em_decay**em_iteration, config.lr_min_factor)
         if config.lr_decay == "cosine":
             f = config.lr_final_factor
             fin = f + (1 - f) * 0.5 * (1 + math.cos(math.pi * update / max(num_updates, 1)))
@@ -268,21 +307,23 @@ def learning_rate_at(config: EMConfig, em_iteration, update, num_updates, lr_sca
     em_iteration = tf.cast(em_iteration, tf.float32)
     update = tf.cast(update, tf.int64)
     num_updates = tf.cast(num_updates, tf.int64)
-    em = tf.maximum(tf.pow(tf.constant(config.lr_em_decay, tf.float32), em_iteration),
-                    config.lr_min_factor)
+    em = tf.maximum(
+        tf.pow(tf.constant(config.lr_em_decay, tf.float32), em_iteration), config.lr_min_factor
+    )
     if config.lr_decay == "cosine":
         f = config.lr_final_factor
         frac = tf.cast(update, tf.float32) / tf.cast(tf.maximum(num_updates, 1), tf.float32)
         fin = f + (1 - f) * 0.5 * (1 + tf.cos(math.pi * frac))
     else:
         final = tf.minimum(tf.constant(config.lr_final_updates, tf.int64), num_updates // 2)
-        fin = tf.where(update >= num_updates - final,
-                       tf.constant(config.lr_final_factor, tf.float32),
-                       tf.constant(1.0, tf.float32))
+        fin = tf.where(
+            update >= num_updates - final,
+            tf.constant(config.lr_final_factor, tf.float32),
+            tf.constant(1.0, tf.float32),
+        )
     if warm:
         ramp = tf.minimum(tf.cast(update + 1, tf.float32) / warm, 1.0)
         if not config.lr_warmup_every_mstep:
             ramp = tf.where(em_iteration == 0, ramp, tf.constant(1.0, tf.float32))
         fin *= ramp
     return config.learning_rate * em * fin * tf.cast(lr_scale, tf.float32)
-

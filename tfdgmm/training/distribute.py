@@ -62,10 +62,23 @@ import tempfile
 
 import tensorflow as tf
 
-__all__ = ["STRATEGIES", "DistributeConfigError", "make_strategy", "configure_cpu_devices",
-           "num_replicas", "is_chief", "worker_dir", "remove_worker_dir", "data_options",
-           "parse_tf_config", "sharded_best_path", "build_sharded_search", "scope",
-           "check_model_in_scope", "split_size"]
+__all__ = [
+    "STRATEGIES",
+    "DistributeConfigError",
+    "make_strategy",
+    "configure_cpu_devices",
+    "num_replicas",
+    "is_chief",
+    "worker_dir",
+    "remove_worker_dir",
+    "data_options",
+    "parse_tf_config",
+    "sharded_best_path",
+    "build_sharded_search",
+    "scope",
+    "check_model_in_scope",
+    "split_size",
+]
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 
@@ -76,13 +89,15 @@ class DistributeConfigError(ValueError):
 
 # ---------------------------------------------------------------------- building strategies
 
+
 def configure_cpu_devices(n):
     """Split the (first) physical CPU into `n` logical devices, for `MirroredStrategy` without
     GPUs (tests, benchmarks). Must run before TensorFlow initialises its devices."""
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
         tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(int(n))])
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(int(n))]
+        )
     except RuntimeError as e:
         raise DistributeConfigError(
             f"cannot split the CPU into {n} logical devices: TensorFlow has already initialised "
@@ -94,12 +109,15 @@ def parse_tf_config(text=None):
     """Check `TF_CONFIG` (or `text`) and return it as a dict; a `DistributeConfigError` names
     what is missing or wrong."""
     text = os.environ.get("TF_CONFIG") if text is None else text
-    example = ('e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-               '"task": {"type": "worker", "index": 0}}\'')
+    example = (
+        'e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+        '"task": {"type": "worker", "index": 0}}\''
+    )
     if not text:
         raise DistributeConfigError(
             f"--strategy multiworker needs the TF_CONFIG environment variable (the cluster and "
-            f"this process's task), {example}")
+            f"this process's task), {example}"
+        )
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as e:
@@ -108,16 +126,23 @@ def parse_tf_config(text=None):
         raise DistributeConfigError(f"TF_CONFIG needs a 'cluster' mapping; {example}")
     cluster, task = cfg["cluster"], cfg.get("task")
     jobs = {k: v for k, v in cluster.items() if k in ("chief", "worker")}
-    if not jobs or not all(isinstance(v, list) and v and all(isinstance(a, str) for a in v)
-                           for v in jobs.values()):
+    if not jobs or not all(
+        isinstance(v, list) and v and all(isinstance(a, str) for a in v) for v in jobs.values()
+    ):
         raise DistributeConfigError(
             f"TF_CONFIG's cluster needs a non-empty 'worker' (and optional 'chief') list of "
-            f"'host:port' addresses; got {cluster!r}")
-    if not isinstance(task, dict) or task.get("type") not in jobs or not isinstance(
-            task.get("index"), int) or not 0 <= task["index"] < len(jobs[task["type"]]):
+            f"'host:port' addresses; got {cluster!r}"
+        )
+    if (
+        not isinstance(task, dict)
+        or task.get("type") not in jobs
+        or not isinstance(task.get("index"), int)
+        or not 0 <= task["index"] < len(jobs[task["type"]])
+    ):
         raise DistributeConfigError(
             f"TF_CONFIG's task must be {{'type': one of {sorted(jobs)}, 'index': 0 .. "
-            f"n - 1}}; got {task!r}")
+            f"n - 1}}; got {task!r}"
+        )
     return cfg
 
 
@@ -132,15 +157,19 @@ def make_strategy(name="default", devices=None):
     if name == "mirrored":
         if devices is None:
             devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
-                d.name for d in tf.config.list_logical_devices("CPU")]
+                d.name for d in tf.config.list_logical_devices("CPU")
+            ]
         return tf.distribute.MirroredStrategy(devices=list(devices))
     parse_tf_config()
     gpus = tf.config.list_physical_devices("GPU")
-    impl = (tf.distribute.experimental.CommunicationImplementation.NCCL if gpus else
-            tf.distribute.experimental.CommunicationImplementation.RING)
+    impl = (
+        tf.distribute.experimental.CommunicationImplementation.NCCL
+        if gpus
+        else tf.distribute.experimental.CommunicationImplementation.RING
+    )
     return tf.distribute.MultiWorkerMirroredStrategy(
-        communication_options=tf.distribute.experimental.CommunicationOptions(
-            implementation=impl))
+        communication_options=tf.distribute.experimental.CommunicationOptions(implementation=impl)
+    )
 
 
 def num_replicas(strategy):
@@ -162,8 +191,9 @@ def is_chief(strategy):
     task_type, task_id, cluster = _task(strategy)
     if task_type is None:
         return True
-    return task_type == "chief" or (task_type == "worker" and task_id == 0
-                                    and "chief" not in cluster)
+    return task_type == "chief" or (
+        task_type == "worker" and task_id == 0 and "chief" not in cluster
+    )
 
 
 def worker_dir(out_dir, strategy):
@@ -184,28 +214,31 @@ def data_options():
     """`tf.data.Options` with auto-sharding by data (each worker reads every file and keeps
     its share of the elements): the right policy for in-memory or single-file data."""
     options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = \
-        tf.data.experimental.AutoShardPolicy.DATA
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return options
 
 
 def check_model_in_scope(model, strategy):
     if strategy is None:
         return
-    outside = [v.name for v in model.variables
-               if not strategy.extended.variable_created_in_scope(v)]
+    outside = [
+        v.name for v in model.variables if not strategy.extended.variable_created_in_scope(v)
+    ]
     if outside:
         raise ValueError(
             f"the model's variables must be created under strategy.scope() (build the model "
-            f"inside `with strategy.scope():`); {len(outside)} are not, e.g. {outside[0]}")
+            f"inside `with strategy.scope():`); {len(outside)} are not, e.g. {outside[0]}"
+        )
 
 
 def split_size(total, strategy, what):
     """Per-replica share of a global batch of `total` (must divide evenly)."""
     r = num_replicas(strategy)
     if total % r:
-        raise ValueError(f"{what} ({total}) must be divisible by the number of replicas ({r}) "
-                         "so that every replica takes an equal slice of each global batch")
+        raise ValueError(
+            f"{what} ({total}) must be divisible by the number of replicas ({r}) "
+            "so that every replica takes an equal slice of each global batch"
+        )
     return total // r
 
 
@@ -222,9 +255,21 @@ def local_value(strategy, value):
 
 # ---------------------------------------------------------------------- the sharded E-step
 
-def sharded_best_path(model, x, init, global_n, offset, restarts=1, init_passes=1,
-                      restart_passes=2, seed=None, location_method="auto", use_prior=True,
-                      location_options=None):
+
+def sharded_best_path(
+    model,
+    x,
+    init,
+    global_n,
+    offset,
+    restarts=1,
+    init_passes=1,
+    restart_passes=2,
+    seed=None,
+    location_method="auto",
+    use_prior=True,
+    location_options=None,
+):
     """`tfdgmm.path_search.best_path` on rows `[offset, offset + n)` of a global batch of
     `global_n`: the same algorithm and seeds, with the random restarts drawn for the global
     batch and sliced, so each datapoint starts where it would on one device."""
@@ -233,10 +278,18 @@ def sharded_best_path(model, x, init, global_n, offset, restarts=1, init_passes=
     x, _ = model._prepare(x)
     init = model._check_path(init) if init is not None else None
     return path_search.best_path(
-        model, x, init=init, restarts=restarts, init_passes=init_passes,
-        restart_passes=restart_passes, seed=seed, location_method=location_method,
-        use_prior=use_prior, location_options=location_options,
-        restart_rows=(global_n, offset))
+        model,
+        x,
+        init=init,
+        restarts=restarts,
+        init_passes=init_passes,
+        restart_passes=restart_passes,
+        seed=seed,
+        location_method=location_method,
+        use_prior=use_prior,
+        location_options=location_options,
+        restart_rows=(global_n, offset),
+    )
 
 
 def build_sharded_search(search, strategy):
@@ -255,15 +308,22 @@ def build_sharded_search(search, strategy):
         x = tf.slice(search.data, [start, 0, 0, 0], [per, *image_shape])
         init = tuple(tf.gather(v, tf.range(start, start + per)) for v in search.paths)
         path, joint = sharded_best_path(
-            model, x, init, b, off, restarts=search.restarts, init_passes=search.init_passes,
-            restart_passes=search.restart_passes, seed=batch_seed,
+            model,
+            x,
+            init,
+            b,
+            off,
+            restarts=search.restarts,
+            init_passes=search.init_passes,
+            restart_passes=search.restart_passes,
+            seed=batch_seed,
             location_method=search.location_method,
-            location_options=search.location_options or None)
+            location_options=search.location_options or None,
+        )
         upper = model.log_prob_upper_bound(x, path=path)
         # all-gather in replica context (strategy.gather on MirroredStrategy over logical CPU
         # devices returned one replica's rows in TF 2.21: measured, not assumed)
-        return tf.distribute.get_replica_context().all_gather(
-            (tuple(path), joint, upper), axis=0)
+        return tf.distribute.get_replica_context().all_gather((tuple(path), joint, upper), axis=0)
 
     @tf.function
     def run(start, stop, step_seed):
@@ -274,7 +334,7 @@ def build_sharded_search(search, strategy):
             with tf.control_dependencies(search._store(idx, path, joint, upper)):
                 return [bb + 1]
 
-        bb, = tf.while_loop(lambda bb: bb < stop, body, [start], parallel_iterations=1)
+        (bb,) = tf.while_loop(lambda bb: bb < stop, body, [start], parallel_iterations=1)
         return bb
 
     return run

@@ -109,8 +109,19 @@ class EMTrainer:
         multi-worker strategy only the chief writes to `out_dir`.
     """
 
-    def __init__(self, model, config=None, train=None, validation=None, out_dir=None, *,
-                 nats_to_bpd=None, hooks=(), log=None, strategy=None):
+    def __init__(
+        self,
+        model,
+        config=None,
+        train=None,
+        validation=None,
+        out_dir=None,
+        *,
+        nats_to_bpd=None,
+        hooks=(),
+        log=None,
+        strategy=None,
+    ):
         from tfdgmm.training import distribute
 
         if train is None:
@@ -130,16 +141,18 @@ class EMTrainer:
         self.log = log or default_log
         # loop bookkeeping stays a plain (host) module: strings cannot be mirrored across workers
         self.state = _State()
-        with (strategy.scope() if strategy is not None else contextlib.nullcontext()):
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
             self._init_variables(model, cfg, train, validation)
         if strategy is not None:
             distribute.split_size(self.batch_size, strategy, "batch_size (M-step minibatch)")
             for s in (self.train_search, self.validation_search):
                 if s is not None:
-                    distribute.split_size(s.batch_size, strategy,
-                                          f"{s.name}: estep_batch_size (clipped to the data)")
-        self.keeper = checkpointing.CheckpointKeeper(self.write_dir, self.checkpoint, model,
-                                                     keep=cfg.keep_checkpoints, log=self.log)
+                    distribute.split_size(
+                        s.batch_size, strategy, f"{s.name}: estep_batch_size (clipped to the data)"
+                    )
+        self.keeper = checkpointing.CheckpointKeeper(
+            self.write_dir, self.checkpoint, model, keep=cfg.keep_checkpoints, log=self.log
+        )
         self.summaries = Summaries(os.path.join(self.write_dir, "tensorboard"))
         self._mstep_fn = None
         self._probe_fn = None
@@ -155,19 +168,34 @@ class EMTrainer:
         check_float_images(validation, "validation images")
 
         self.train_search = DatasetSearch(
-            model, x_train, batch_size=cfg.estep_batch_size, init_passes=cfg.estep_init_passes,
-            restarts=cfg.estep_restarts, restart_passes=cfg.estep_restart_passes,
-            location_method=cfg.location_method, location_options=cfg.location_options,
-            seed=cfg.seed, name="train_search", strategy=self.strategy)
+            model,
+            x_train,
+            batch_size=cfg.estep_batch_size,
+            init_passes=cfg.estep_init_passes,
+            restarts=cfg.estep_restarts,
+            restart_passes=cfg.estep_restart_passes,
+            location_method=cfg.location_method,
+            location_options=cfg.location_options,
+            seed=cfg.seed,
+            name="train_search",
+            strategy=self.strategy,
+        )
         del x_train
         self.validation_search = None
         if validation is not None:
             self.validation_search = DatasetSearch(
-                model, validation, batch_size=cfg.estep_batch_size,
-                init_passes=cfg.estep_init_passes, restarts=cfg.estep_restarts,
-                restart_passes=cfg.estep_restart_passes, location_method=cfg.location_method,
-                location_options=cfg.location_options, seed=cfg.seed + 7919,
-                name="validation_search", strategy=self.strategy)
+                model,
+                validation,
+                batch_size=cfg.estep_batch_size,
+                init_passes=cfg.estep_init_passes,
+                restarts=cfg.estep_restarts,
+                restart_passes=cfg.estep_restart_passes,
+                location_method=cfg.location_method,
+                location_options=cfg.location_options,
+                seed=cfg.seed + 7919,
+                name="validation_search",
+                strategy=self.strategy,
+            )
         self.batch_size = min(cfg.batch_size, self.train_search.num_images)
 
         prior = model.path_prior
@@ -195,8 +223,12 @@ class EMTrainer:
             self.hc_optimizer.build([self.variables[i] for i in self._hc_index])
             items.update(hc_optimizer=self.hc_optimizer, hc_kfac=self.preconditioner)
 
-        items.update(model=model, optimizer=self.optimizer, state=self.state,
-                     train=self.train_search.checkpoint_items())
+        items.update(
+            model=model,
+            optimizer=self.optimizer,
+            state=self.state,
+            train=self.train_search.checkpoint_items(),
+        )
         if self.validation_search is not None:
             items["validation"] = self.validation_search.checkpoint_items()
         self.checkpoint = tf.train.Checkpoint(**items)
@@ -222,29 +254,37 @@ class EMTrainer:
         """
         cfg = self.config
         if self.num_replicas > 1:
-            self.log(f"training on {self.num_replicas} replicas "
-                     f"({type(self.strategy).__name__})")
+            self.log(f"training on {self.num_replicas} replicas ({type(self.strategy).__name__})")
         if resume:
             path = self._restore_for_resume()
             if path is None:
                 self.log(f"resume: no checkpoint in {self.out_dir}; starting from scratch")
             else:
-                self.log(f"resumed from {path}: EM iteration {self.em_iteration + 1}, "
-                         f"{_STAGE_NAMES[int(self.state.stage.numpy())]}, "
-                         f"update {int(self.state.mstep_update.numpy())}")
+                self.log(
+                    f"resumed from {path}: EM iteration {self.em_iteration + 1}, "
+                    f"{_STAGE_NAMES[int(self.state.stage.numpy())]}, "
+                    f"update {int(self.state.mstep_update.numpy())}"
+                )
         elif self.keeper.latest is not None:
             raise FileExistsError(
                 f"{self.out_dir} already holds checkpoints ({self.keeper.latest}); resume with "
-                "--resume / fit(resume=True), or choose a new output directory")
+                "--resume / fit(resume=True), or choose a new output directory"
+            )
         self._clock = Clock(float(self.state.elapsed.numpy()))
         self._check_finite_data()
         if cfg.divergence_nats <= 0:
-            self.log("WARNING: training.divergence_nats is 0: the divergence guard is off (only "
-                     "a NaN or Inf rolls back; a finite blow-up goes through)")
+            self.log(
+                "WARNING: training.divergence_nats is 0: the divergence guard is off (only "
+                "a NaN or Inf rolls back; a finite blow-up goes through)"
+            )
         if self.keeper.latest is None:
             if cfg.data_init:
-                initialize_from_data(self.model, self.train_search.data[:cfg.data_init_images],
-                                     log=self.log, identity_below=cfg.data_init_identity)
+                initialize_from_data(
+                    self.model,
+                    self.train_search.data[: cfg.data_init_images],
+                    log=self.log,
+                    identity_below=cfg.data_init_identity,
+                )
             self._save()
         while not int(self.state.finished.numpy()):
             t = self.em_iteration
@@ -264,9 +304,11 @@ class EMTrainer:
         if best is not None and int(self.state.best_iteration.numpy()) < 0:
             self.log(f"restored the initial model from {best}: no EM iteration beat it")
         elif best is not None:
-            self.log(f"restored the best model (validation lower bound "
-                     f"{float(self.state.best_validation.numpy()):.2f} nats, EM iteration "
-                     f"{int(self.state.best_iteration.numpy()) + 1}) from {best}")
+            self.log(
+                f"restored the best model (validation lower bound "
+                f"{float(self.state.best_validation.numpy()):.2f} nats, EM iteration "
+                f"{int(self.state.best_iteration.numpy()) + 1}) from {best}"
+            )
         self.summaries.flush()
         if self.write_dir != self.out_dir:
             self.close()
@@ -296,11 +338,17 @@ class EMTrainer:
         (see `evaluate_bounds`)."""
         cfg = self.config
         return evaluate_bounds(
-            self.model, x, batch_size=batch_size or cfg.estep_batch_size,
+            self.model,
+            x,
+            batch_size=batch_size or cfg.estep_batch_size,
             restarts=cfg.eval_restarts if restarts is None else restarts,
-            location_method=cfg.location_method, location_options=cfg.location_options,
+            location_method=cfg.location_method,
+            location_options=cfg.location_options,
             seed=(cfg.seed + 104729) if seed is None else seed,
-            nats_to_bpd=self.nats_to_bpd, log=self.log, label=label)
+            nats_to_bpd=self.nats_to_bpd,
+            log=self.log,
+            label=label,
+        )
 
     def refine(self, which="train", restarts=None):
         """One more E-step on the stored paths of `'train'` or `'validation'` (warm start plus
@@ -338,8 +386,9 @@ class EMTrainer:
             self._loaded_iteration = t
 
     def _check_finite_data(self):
-        searches = [self.train_search] + ([self.validation_search]
-                                          if self.validation_search else [])
+        searches = [self.train_search] + (
+            [self.validation_search] if self.validation_search else []
+        )
         for s in searches:
             if not bool(tf.reduce_all(tf.math.is_finite(s.data))):
                 raise ValueError(f"{s.name}: the images contain NaN or Inf")
@@ -348,8 +397,11 @@ class EMTrainer:
         """How many units of work (updates, or batches of `unit` images for a meter counting
         images) fit in one progress interval (at least 1)."""
         cfg = self.config
-        n = per_unit_default if meter.rate is None else int(
-            meter.rate * cfg.progress_interval_seconds / unit)
+        n = (
+            per_unit_default
+            if meter.rate is None
+            else int(meter.rate * cfg.progress_interval_seconds / unit)
+        )
         if cfg.max_chunk:
             n = min(n, cfg.max_chunk)
         return max(1, min(remaining, n))
@@ -366,41 +418,55 @@ class EMTrainer:
             pos = int(search.position.numpy())
             info = {"em_iteration": t, "batches": pos, "num_batches": search.num_batches}
             self._call_hooks(event, info)
-            self._progress(t, f"{'E-step' if event == 'estep' else 'validation E-step'} "
-                           f"{pos}/{search.num_batches} batches, "
-                           f"{meter.rate or 0:.0f} img/s{self._replicas_text()}, ETA {format_duration(meter.eta((search.num_batches - pos) * search.batch_size))}")
+            self._progress(
+                t,
+                f"{'E-step' if event == 'estep' else 'validation E-step'} "
+                f"{pos}/{search.num_batches} batches, "
+                f"{meter.rate or 0:.0f} img/s{self._replicas_text()}, "
+                f"ETA {format_duration(meter.eta((search.num_batches - pos) * search.batch_size))}",
+            )
             if self.keeper.seconds_since_save() >= self.config.checkpoint_interval_seconds:
                 self._save()
 
     def _estep(self, t):
         cfg = self.config
         if int(self.train_search.position.numpy()) == 0:
-            self.log(f"[EM {t + 1}/{cfg.em_iterations}] E-step on {self.train_search.num_images} "
-                     "images")
+            self.log(
+                f"[EM {t + 1}/{cfg.em_iterations}] E-step on {self.train_search.num_images} images"
+            )
         start = time.monotonic()
-        first = cfg.first_estep if cfg.first_estep != "auto" else (
-            "search" if cfg.data_init else "random")
+        first = (
+            cfg.first_estep
+            if cfg.first_estep != "auto"
+            else ("search" if cfg.data_init else "random")
+        )
         if t == 0 and first == "random":
             # the initial paths are uniformly random (DatasetSearch): train on them first
             self.train_search.position.assign(self.train_search.num_batches)
-            self.train_search.lower.assign(tf.fill([self.train_search.num_images], tf.constant(
-                np.nan, self.model.dtype)))
+            self.train_search.lower.assign(
+                tf.fill([self.train_search.num_images], tf.constant(np.nan, self.model.dtype))
+            )
             self.train_search.upper.assign(self.train_search.lower)
         self._search_stage(self.train_search, t, "estep")
         if self._closed_form_prior:
-            self.model.path_prior.fit(self.train_search.path(),
-                                      pseudo_count=cfg.prior_pseudo_count)
+            self.model.path_prior.fit(self.train_search.path(), pseudo_count=cfg.prior_pseudo_count)
         lower, upper = self.train_search.mean_bounds()
         if not math.isfinite(lower):  # random first paths: score them
             lower, upper = self.train_search.score()
         current = _jget(self.state.current)
-        current.update(estep_lower_bound=lower, estep_upper_bound=upper,
-                       estep_seconds=current.get("estep_seconds", 0) + time.monotonic() - start)
+        current.update(
+            estep_lower_bound=lower,
+            estep_upper_bound=upper,
+            estep_seconds=current.get("estep_seconds", 0) + time.monotonic() - start,
+        )
         _jset(self.state.current, current)
-        self.log(f"[EM {t + 1}/{cfg.em_iterations}] E-step done: training lower bound "
-                 f"{lower:.2f} nats{self._bpd_text(lower)}")
-        self.summaries.scalars(t + 1, {"em/estep_lower_bound": lower,
-                                       "em/estep_lower_bound_bpd": self._bpd(lower)})
+        self.log(
+            f"[EM {t + 1}/{cfg.em_iterations}] E-step done: training lower bound "
+            f"{lower:.2f} nats{self._bpd_text(lower)}"
+        )
+        self.summaries.scalars(
+            t + 1, {"em/estep_lower_bound": lower, "em/estep_lower_bound_bpd": self._bpd(lower)}
+        )
         self.state.stage.assign(MSTEP)
         self.state.mstep_update.assign(0)
         if t == 0 and self.keeper.best is None:
@@ -419,14 +485,17 @@ class EMTrainer:
         cfg = self.config
         total = mstep_updates(cfg, t)
         if self._mstep_fn is None:
-            self._mstep_fn = (self._build_mstep() if self.strategy is None
-                              else self._build_distributed_mstep())
+            self._mstep_fn = (
+                self._build_mstep() if self.strategy is None else self._build_distributed_mstep()
+            )
         meter = self._rates["mstep"]
         u = int(self.state.mstep_update.numpy())
         if u == 0:
             lr0 = learning_rate_at(cfg, t, 0, total, float(self.state.lr_scale.numpy()))
-            self.log(f"[EM {t + 1}/{cfg.em_iterations}] M-step: {total} updates of "
-                     f"{self.batch_size} images, learning rate {lr0:.2e}")
+            self.log(
+                f"[EM {t + 1}/{cfg.em_iterations}] M-step: {total} updates of "
+                f"{self.batch_size} images, learning rate {lr0:.2e}"
+            )
         start_stage = time.monotonic()
         # Divergence checks (cfg.divergence_nats) compare within this M-step, at the end of
         # every window of CHECK_WINDOW updates (chunks never cross a window's end): the window's
@@ -451,9 +520,9 @@ class EMTrainer:
             if u < total:
                 n = min(self._chunk(meter, 5, total - u), window - u % window)
                 start = time.monotonic()
-                done, ok, loss_sum = self._mstep_fn(tf.constant(n, tf.int64),
-                                                    tf.constant(total, tf.int64),
-                                                    tf.constant(t, tf.int64))
+                done, ok, loss_sum = self._mstep_fn(
+                    tf.constant(n, tf.int64), tf.constant(total, tf.int64), tf.constant(t, tf.int64)
+                )
                 done, ok, loss_sum = int(done), bool(ok), float(loss_sum)
                 meter.update(done, time.monotonic() - start)
                 u = int(self.state.mstep_update.numpy())
@@ -470,18 +539,22 @@ class EMTrainer:
             if problem is None and boundary and guard["done"]:
                 mean = guard["sum"] / guard["done"]
                 if check and mean > guard["best"] + cfg.divergence_nats:
-                    problem = (f"diverging loss ({mean:.4g} nats/image over updates "
-                               f"{u - guard['done']}-{u} against {guard['best']:.4g} earlier "
-                               f"in this M-step"
-                               f"{' (its start)' if guard['best'] == start_loss else ''})")
+                    problem = (
+                        f"diverging loss ({mean:.4g} nats/image over updates "
+                        f"{u - guard['done']}-{u} against {guard['best']:.4g} earlier "
+                        f"in this M-step"
+                        f"{' (its start)' if guard['best'] == start_loss else ''})"
+                    )
                 elif check and (u % every == 0 or u >= total):
                     probe = self._probe_loss()
                     if probe <= guard["best_probe"] + cfg.divergence_nats:  # (False for NaN)
                         guard["best_probe"] = min(guard["best_probe"], probe)
                     else:
-                        problem = (f"diverging loss (a fixed probe minibatch: {probe:.4g} "
-                                   f"nats/image against {guard['best_probe']:.4g} earlier in "
-                                   "this M-step)")
+                        problem = (
+                            f"diverging loss (a fixed probe minibatch: {probe:.4g} "
+                            f"nats/image against {guard['best_probe']:.4g} earlier in "
+                            "this M-step)"
+                        )
                 if problem is None:
                     loss = guard["last_window_loss"] = mean
                     guard["best"] = min(guard["best"], mean)
@@ -507,19 +580,24 @@ class EMTrainer:
                 self._save()
         current = _jget(self.state.current)
         current.pop("mstep_guard", None)
-        current.update(updates=total, final_loss=loss,
-                       mstep_seconds=current.get("mstep_seconds", 0)
-                       + time.monotonic() - start_stage,
-                       learning_rate=learning_rate_at(cfg, t, 0, total,
-                                                      float(self.state.lr_scale.numpy())))
+        current.update(
+            updates=total,
+            final_loss=loss,
+            mstep_seconds=current.get("mstep_seconds", 0) + time.monotonic() - start_stage,
+            learning_rate=learning_rate_at(cfg, t, 0, total, float(self.state.lr_scale.numpy())),
+        )
         _jset(self.state.current, current)
         self.state.stage.assign(BOUNDS)
         self._save()
 
     def _new_guard(self, start_loss, check):
-        return {"sum": 0.0, "done": 0, "best": start_loss,
-                "best_probe": self._probe_loss() if check else float("inf"),
-                "last_window_loss": None}
+        return {
+            "sum": 0.0,
+            "done": 0,
+            "best": start_loss,
+            "best_probe": self._probe_loss() if check else float("inf"),
+            "last_window_loss": None,
+        }
 
     def _store_guard(self, guard):
         current = _jget(self.state.current)
@@ -529,13 +607,22 @@ class EMTrainer:
     def _mstep_progress(self, t, u, total, loss, meter):
         lr = learning_rate_at(self.config, t, u - 1, total, float(self.state.lr_scale.numpy()))
         step = int(self.optimizer.iterations.numpy())
-        self.summaries.scalars(step, {"mstep/loss": loss, "mstep/learning_rate": lr,
-                                      "mstep/lower_bound_bpd": self._bpd(-loss),
-                                      "mstep/updates_per_second": meter.rate})
-        self._progress(t, f"M-step {u}/{total} ({100 * u / total:.0f}%), loss {loss:.2f} "
-                          f"nats/image, lr {lr:.2e}, {meter.rate or 0:.1f} updates/s"
-                          f"{self._replicas_text()}, "
-                          f"ETA {format_duration(meter.eta(total - u))}")
+        self.summaries.scalars(
+            step,
+            {
+                "mstep/loss": loss,
+                "mstep/learning_rate": lr,
+                "mstep/lower_bound_bpd": self._bpd(-loss),
+                "mstep/updates_per_second": meter.rate,
+            },
+        )
+        self._progress(
+            t,
+            f"M-step {u}/{total} ({100 * u / total:.0f}%), loss {loss:.2f} "
+            f"nats/image, lr {lr:.2e}, {meter.rate or 0:.1f} updates/s"
+            f"{self._replicas_text()}, "
+            f"ETA {format_duration(meter.eta(total - u))}",
+        )
 
     def _bounds(self, t):
         cfg = self.config
@@ -561,11 +648,12 @@ class EMTrainer:
         # are what the M-steps start from; best/ holds that model until an iteration beats it)
         done = _jget(self.state.history)
         initial = (done[0] if done else record).get("estep_lower_bound")
-        below_initial = initial is not None and math.isfinite(initial) and not (
-            train_lo >= initial)
+        below_initial = initial is not None and math.isfinite(initial) and not (train_lo >= initial)
         if below_initial:
-            self.log(f"WARNING: [EM {t + 1}] the training lower bound {train_lo:.4g} nats is "
-                     f"below the initial model's {initial:.4g}: not a best model")
+            self.log(
+                f"WARNING: [EM {t + 1}] the training lower bound {train_lo:.4g} nats is "
+                f"below the initial model's {initial:.4g}: not a best model"
+            )
         if below_initial:
             self.state.bad_iterations.assign_add(1)
         elif self.validation_search is not None:
@@ -582,23 +670,30 @@ class EMTrainer:
             self.state.best_iteration.assign(t)
         record["best"] = improved
 
-        scalars = {f"em/{k}": v for k, v in record.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and (
-                       "bound" in k or k in ("final_loss", "learning_rate"))
-                   and not k.startswith("estep_")}  # (written once, after the E-step)
-        scalars.update({f"paths/entropy_layer{i}": h
-                        for i, h in enumerate(record["path_entropy"])})
+        scalars = {
+            f"em/{k}": v
+            for k, v in record.items()
+            if isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and ("bound" in k or k in ("final_loss", "learning_rate"))
+            and not k.startswith("estep_")
+        }  # (written once, after the E-step)
+        scalars.update({f"paths/entropy_layer{i}": h for i, h in enumerate(record["path_entropy"])})
         self.summaries.scalars(t + 1, scalars)
         self.summaries.flush()
         text = f"train LB {train_lo:.2f}{self._bpd_text(train_lo)}"
         if self.validation_search is not None:
-            text += (f", validation LB {record['validation_lower_bound']:.2f}"
-                     f"{self._bpd_text(record['validation_lower_bound'])}"
-                     f" UB* {record['validation_upper_bound']:.2f}")
-        self.log(f"[EM {t + 1}/{cfg.em_iterations}] done: {text} nats"
-                 f"{' (best)' if improved and self.validation_search else ''}; "
-                 f"elapsed {format_duration(self._clock.elapsed())}"
-                 f"{self._eta_text(t)}")
+            text += (
+                f", validation LB {record['validation_lower_bound']:.2f}"
+                f"{self._bpd_text(record['validation_lower_bound'])}"
+                f" UB* {record['validation_upper_bound']:.2f}"
+            )
+        self.log(
+            f"[EM {t + 1}/{cfg.em_iterations}] done: {text} nats"
+            f"{' (best)' if improved and self.validation_search else ''}; "
+            f"elapsed {format_duration(self._clock.elapsed())}"
+            f"{self._eta_text(t)}"
+        )
 
         history = _jget(self.state.history)
         history.append(record)
@@ -613,9 +708,11 @@ class EMTrainer:
             self.validation_search.reset()
         patience = cfg.early_stopping_patience
         if patience and int(self.state.bad_iterations.numpy()) >= patience:
-            self.log(f"early stopping: no better validation lower bound for {patience} EM "
-                     f"iterations (best {float(self.state.best_validation.numpy()):.2f} nats "
-                     f"at EM iteration {int(self.state.best_iteration.numpy()) + 1})")
+            self.log(
+                f"early stopping: no better validation lower bound for {patience} EM "
+                f"iterations (best {float(self.state.best_validation.numpy()):.2f} nats "
+                f"at EM iteration {int(self.state.best_iteration.numpy()) + 1})"
+            )
             self.state.finished.assign(1)
         self._call_hooks("iteration", {"em_iteration": t, "record": record})
         self._save()
@@ -669,8 +766,7 @@ class EMTrainer:
             return tf.distribute.get_replica_context().all_reduce(sum_op, [loss] + list(grads))
 
         def minibatch_step(idx):
-            loss, *grads = distribute.local_value(
-                strategy, strategy.run(replica_step, args=(idx,)))
+            loss, *grads = distribute.local_value(strategy, strategy.run(replica_step, args=(idx,)))
             return loss, grads
 
         return self._mstep_loop(minibatch_step)
@@ -695,9 +791,13 @@ class EMTrainer:
             """The K-FAC factors from `stats_images` training images (a stateless draw per
             update count) on their E-step paths."""
             idx = tf.random.experimental.stateless_shuffle(
-                tf.range(n), seed=fold_seed(stats_seed, em_iteration, u))[:stats_images]
-            pre.update(tf.gather(data, idx), tuple(tf.gather(v, idx) for v in paths),
-                       seed=fold_seed(stats_seed, em_iteration, u, 1))
+                tf.range(n), seed=fold_seed(stats_seed, em_iteration, u)
+            )[:stats_images]
+            pre.update(
+                tf.gather(data, idx),
+                tuple(tf.gather(v, idx) for v in paths),
+                seed=fold_seed(stats_seed, em_iteration, u, 1),
+            )
             return tf.constant(0)
 
         @tf.function
@@ -706,25 +806,30 @@ class EMTrainer:
                 u = state.mstep_update.read_value()
                 epoch, pos = u // per_epoch, u % per_epoch
                 order = tf.random.experimental.stateless_shuffle(
-                    tf.range(n), seed=fold_seed(seed, em_iteration, epoch))
+                    tf.range(n), seed=fold_seed(seed, em_iteration, epoch)
+                )
                 idx = tf.slice(order, [tf.cast(pos, tf.int32) * b], [b])
                 if pre is not None:
-                    tf.cond(u % cfg.hc_statistics_interval == 0,
-                            lambda: refresh_statistics(em_iteration, u),
-                            lambda: tf.constant(0))
+                    tf.cond(
+                        u % cfg.hc_statistics_interval == 0,
+                        lambda: refresh_statistics(em_iteration, u),
+                        lambda: tf.constant(0),
+                    )
                 loss, grads = minibatch_step(idx)
                 lr = learning_rate_at(cfg, em_iteration, u, total, state.lr_scale)
                 if main_vars:
                     optimizer.learning_rate.assign(tf.cast(lr, optimizer.learning_rate.dtype))
-                    optimizer.apply_gradients(
-                        zip([grads[i] for i in self._main_index], main_vars))
+                    optimizer.apply_gradients(zip([grads[i] for i in self._main_index], main_vars))
                 if pre is not None:
                     hc_lr = lr * (cfg.hc_learning_rate / cfg.learning_rate)
                     self.hc_optimizer.learning_rate.assign(
-                        tf.cast(hc_lr, self.hc_optimizer.learning_rate.dtype))
-                    steps = pre.precondition([grads[i] for i in self._hc_index],
-                                             learning_rate=hc_lr,
-                                             max_step_nats=cfg.hc_max_step_nats)
+                        tf.cast(hc_lr, self.hc_optimizer.learning_rate.dtype)
+                    )
+                    steps = pre.precondition(
+                        [grads[i] for i in self._hc_index],
+                        learning_rate=hc_lr,
+                        max_step_nats=cfg.hc_max_step_nats,
+                    )
                     self.hc_optimizer.apply_gradients(zip(steps, hc_vars))
                 finite = tf.math.is_finite(loss)
                 for g in grads:
@@ -734,9 +839,11 @@ class EMTrainer:
                 return i + 1, finite, loss_sum + tf.cast(loss, tf.float64)
 
             return tf.while_loop(
-                lambda i, ok, s: (i < num) & ok, body,
-                [tf.constant(0, tf.int64), tf.constant(True), tf.constant(0., tf.float64)],
-                parallel_iterations=1)
+                lambda i, ok, s: (i < num) & ok,
+                body,
+                [tf.constant(0, tf.int64), tf.constant(True), tf.constant(0.0, tf.float64)],
+                parallel_iterations=1,
+            )
 
         return run
 
@@ -758,8 +865,9 @@ class EMTrainer:
         return float(self._probe_fn())
 
     def _parameters_finite(self):
-        return all(bool(tf.reduce_all(tf.math.is_finite(v)))
-                   for v in self.model.trainable_variables)
+        return all(
+            bool(tf.reduce_all(tf.math.is_finite(v))) for v in self.model.trainable_variables
+        )
 
     def _save(self, anchor=False):
         if not self._parameters_finite():
@@ -771,11 +879,13 @@ class EMTrainer:
         cfg = self.config
         rollbacks = int(self.state.rollbacks.numpy()) + 1
         if rollbacks > cfg.max_rollbacks:
-            message = (f"{what} at EM iteration {t + 1}, update {u}, after "
-                       f"{cfg.max_rollbacks} rollbacks; giving up (last good checkpoint: "
-                       f"{self.keeper.anchor or self.keeper.latest}). To go on, resume with a "
-                       "lower training.learning_rate or a higher training.max_rollbacks "
-                       "(e.g. --resume --set training.learning_rate=...)")
+            message = (
+                f"{what} at EM iteration {t + 1}, update {u}, after "
+                f"{cfg.max_rollbacks} rollbacks; giving up (last good checkpoint: "
+                f"{self.keeper.anchor or self.keeper.latest}). To go on, resume with a "
+                "lower training.learning_rate or a higher training.max_rollbacks "
+                "(e.g. --resume --set training.learning_rate=...)"
+            )
             self.log(f"ERROR: {message}")
             raise FloatingPointError(message)
         step = int(self.optimizer.iterations.numpy())  # (the restore may reset it)
@@ -785,12 +895,14 @@ class EMTrainer:
         self.state.lr_scale.assign(scale)
         self.state.rollbacks.assign(rollbacks)
         self._mstep_fn = None if cfg.jit_compile else self._mstep_fn
-        self.log(f"WARNING: {what} in the M-step of EM iteration {t + 1} near update "
-                 f"{u}: rolled back to the last good checkpoint {path} (EM iteration "
-                 f"{self.em_iteration + 1}, {_STAGE_NAMES[int(self.state.stage.numpy())]}, "
-                 f"update {int(self.state.mstep_update.numpy())}) and lowered the learning rate "
-                 f"by {cfg.nan_lr_factor} (scale now {scale:.3g}); rollback {rollbacks} of at "
-                 f"most {cfg.max_rollbacks}")
+        self.log(
+            f"WARNING: {what} in the M-step of EM iteration {t + 1} near update "
+            f"{u}: rolled back to the last good checkpoint {path} (EM iteration "
+            f"{self.em_iteration + 1}, {_STAGE_NAMES[int(self.state.stage.numpy())]}, "
+            f"update {int(self.state.mstep_update.numpy())}) and lowered the learning rate "
+            f"by {cfg.nan_lr_factor} (scale now {scale:.3g}); rollback {rollbacks} of at "
+            f"most {cfg.max_rollbacks}"
+        )
         self.summaries.scalars(step, {"mstep/rollback_lr_scale": scale})
 
     def _call_hooks(self, event, info):
@@ -800,8 +912,7 @@ class EMTrainer:
     # ------------------------------------------------------------------ text
 
     def _bpd(self, nats):
-        return None if self.nats_to_bpd is None or nats is None else float(
-            self.nats_to_bpd(nats))
+        return None if self.nats_to_bpd is None or nats is None else float(self.nats_to_bpd(nats))
 
     def _replicas_text(self):
         return f" on {self.num_replicas} replicas" if self.num_replicas > 1 else ""
@@ -824,8 +935,10 @@ class EMTrainer:
         if left <= 0:
             return ""
         e, m, v = (self._rates[k] for k in ("estep", "mstep", "bounds"))
-        parts = [e.eta(left * self.train_search.num_images),
-                 m.eta(sum(mstep_updates(cfg, s) for s in range(t + 1, cfg.em_iterations)))]
+        parts = [
+            e.eta(left * self.train_search.num_images),
+            m.eta(sum(mstep_updates(cfg, s) for s in range(t + 1, cfg.em_iterations))),
+        ]
         if self.validation_search is not None:
             parts.append(v.eta(left * self.validation_search.num_images))
         if any(p is None for p in parts):
@@ -835,16 +948,30 @@ class EMTrainer:
 
 def _bounds_dict(search, nats_to_bpd, seconds):
     lo, up = search.mean_bounds()
-    out = {"num_images": search.num_images, "lower_bound_nats": lo, "upper_bound_nats": up,
-           "seconds": seconds}
+    out = {
+        "num_images": search.num_images,
+        "lower_bound_nats": lo,
+        "upper_bound_nats": up,
+        "seconds": seconds,
+    }
     if nats_to_bpd is not None:
         out["lower_bound_bits_per_dim"] = float(nats_to_bpd(lo))
         out["upper_bound_bits_per_dim"] = float(nats_to_bpd(up))
     return out
 
 
-def evaluate_bounds(model, x, batch_size=500, restarts=2, location_method="auto",
-                    location_options=None, seed=0, nats_to_bpd=None, log=None, label="data"):
+def evaluate_bounds(
+    model,
+    x,
+    batch_size=500,
+    restarts=2,
+    location_method="auto",
+    location_options=None,
+    seed=0,
+    nats_to_bpd=None,
+    log=None,
+    label="data",
+):
     """Lower and (approximate) upper bounds of `model` on images `x` by a fresh E-step.
 
     Every datapoint starts from a random path (1 pass), then `restarts` random restarts
@@ -852,9 +979,18 @@ def evaluate_bounds(model, x, batch_size=500, restarts=2, location_method="auto"
     upper_bound_nats, (lower|upper)_bound_bits_per_dim, seconds}` (means per image).
     """
     start = time.monotonic()
-    search = DatasetSearch(model, x, batch_size=batch_size, init_passes=1, restarts=restarts,
-                           restart_passes=2, location_method=location_method,
-                           location_options=location_options, seed=seed, name="evaluation")
+    search = DatasetSearch(
+        model,
+        x,
+        batch_size=batch_size,
+        init_passes=1,
+        restarts=restarts,
+        restart_passes=2,
+        location_method=location_method,
+        location_options=location_options,
+        seed=seed,
+        name="evaluation",
+    )
     meter = RateMeter()
     last = time.monotonic()
     while not search.done:
@@ -866,7 +1002,8 @@ def evaluate_bounds(model, x, batch_size=500, restarts=2, location_method="auto"
         if log is not None and time.monotonic() - last > 15 and not search.done:
             last = time.monotonic()
             pos = int(search.position.numpy())
-            log(f"evaluating {label}: {pos}/{search.num_batches} batches, ETA "
-                f"{format_duration(meter.eta(search.num_batches - pos))}")
+            log(
+                f"evaluating {label}: {pos}/{search.num_batches} batches, ETA "
+                f"{format_duration(meter.eta(search.num_batches - pos))}"
+            )
     return _bounds_dict(search, nats_to_bpd, time.monotonic() - start)
-

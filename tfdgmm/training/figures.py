@@ -17,8 +17,16 @@ import tensorflow as tf
 
 from tfdgmm.bijectors import BlockDiagonal, Patchify
 
-__all__ = ["image_grid", "save_image_grid", "save_samples", "first_layer_filters",
-           "save_filters", "filter_layout", "save_training_curve", "training_curve_figure"]
+__all__ = [
+    "image_grid",
+    "save_image_grid",
+    "save_samples",
+    "first_layer_filters",
+    "save_filters",
+    "filter_layout",
+    "save_training_curve",
+    "training_curve_figure",
+]
 
 
 def _to_unit(images, value_range):
@@ -34,8 +42,10 @@ def image_grid(images, cols, pad=1, pad_value=1.0):
     out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), pad_value)
     for i in range(n):
         r, q = divmod(i, cols)
-        out[pad + r * (h + pad):pad + r * (h + pad) + h,
-            pad + q * (w + pad):pad + q * (w + pad) + w] = images[i]
+        out[
+            pad + r * (h + pad) : pad + r * (h + pad) + h,
+            pad + q * (w + pad) : pad + q * (w + pad) + w,
+        ] = images[i]
     return out
 
 
@@ -54,9 +64,13 @@ def _grid_figure(grid, title=None, scale=3, xlabel=None, ylabel=None, min_width=
     fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_axes([left / fig_w, bottom / fig_h, img_w / fig_w, img_h / fig_h])
-    ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid,
-              cmap="gray" if grid.shape[-1] == 1 else None, interpolation="nearest",
-              vmin=0.0, vmax=1.0)
+    ax.imshow(
+        grid.squeeze(-1) if grid.shape[-1] == 1 else grid,
+        cmap="gray" if grid.shape[-1] == 1 else None,
+        interpolation="nearest",
+        vmin=0.0,
+        vmax=1.0,
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     if xlabel:
@@ -120,7 +134,7 @@ def first_layer_filters(model, layer=None, max_alternatives=8, max_features=12, 
             h = model.layers[i].forward(h, **_choice(model, i, k if i == b else 0, d + 1))
         x = patchify.inverse(h).numpy()
         f = x[1:] - x[:1]  # remove the offsets
-        norms = np.sqrt((f ** 2).reshape(d, -1).sum(-1))
+        norms = np.sqrt((f**2).reshape(d, -1).sum(-1))
         order = np.argsort(-norms)[:max_features]
         out.append(f[order])
         shown.append(order.tolist())
@@ -149,26 +163,36 @@ def save_filters(model, path, layer=None, max_alternatives=8, max_features=12, c
     ci, cj = info["location"]
     top = int(np.clip(ci * r + r // 2 - crop // 2, 0, h - crop))
     left = int(np.clip(cj * r + r // 2 - crop // 2, 0, w - crop))
-    tiles = filters[:, :, top:top + crop, left:left + crop]
+    tiles = filters[:, :, top : top + crop, left : left + crop]
     scale = np.max(np.abs(tiles), axis=(2, 3, 4), keepdims=True)
     tiles = 0.5 + 0.5 * tiles / np.where(scale > 0, scale, 1.0)
-    tiles = np.transpose(tiles, (1, 0, 2, 3, 4))                  # [feature, alternative, ...]
+    tiles = np.transpose(tiles, (1, 0, 2, 3, 4))  # [feature, alternative, ...]
     blocks, rows = filter_layout(a, f)
     pad_rows = blocks * rows - f
     if pad_rows:
         tiles = np.concatenate([tiles, np.ones((pad_rows,) + tiles.shape[1:])], 0)
-    grids = [image_grid(tiles[b * rows:(b + 1) * rows].reshape(rows * a, crop, crop, c),
-                        cols=a, pad=1, pad_value=1.0) for b in range(blocks)]
+    grids = [
+        image_grid(
+            tiles[b * rows : (b + 1) * rows].reshape(rows * a, crop, crop, c),
+            cols=a,
+            pad=1,
+            pad_value=1.0,
+        )
+        for b in range(blocks)
+    ]
     gap = np.ones((grids[0].shape[0], 2 * crop // 3 + 1, c))
     grid = np.concatenate([x for g in grids for x in (g, gap)][:-1], axis=1)
     xlabel = "alternative (local transformation)"
     if blocks > 1:
         xlabel += f"; features continue in {blocks} blocks"
     save_image_grid(
-        grid, path, scale=6,
-        title=f"filters above layer {info['layer']} "
-              f"({type(model.layers[info['layer']]).__name__})",
-        xlabel=xlabel, ylabel="latent feature (by norm)")
+        grid,
+        path,
+        scale=6,
+        title=f"filters above layer {info['layer']} ({type(model.layers[info['layer']]).__name__})",
+        xlabel=xlabel,
+        ylabel="latent feature (by norm)",
+    )
     info["blocks"] = blocks
     return info
 
@@ -199,26 +223,41 @@ def training_curve_figure(history, nats_to_bpd=None, baseline=None, title=None):
     fig = Figure(figsize=(6.4, 4.0), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    styles = {"train_lower_bound": ("C0", "-", "train LB"),
-              "validation_lower_bound": ("C1", "-", "validation LB"),
-              "train_upper_bound": ("C0", ":", "train UB*"),
-              "validation_upper_bound": ("C1", ":", "validation UB*")}
+    styles = {
+        "train_lower_bound": ("C0", "-", "train LB"),
+        "validation_lower_bound": ("C1", "-", "validation LB"),
+        "train_upper_bound": ("C0", ":", "train UB*"),
+        "validation_upper_bound": ("C1", ":", "validation UB*"),
+    }
     for key, (color, line, label) in styles.items():
-        pts = [(u, r[key]) for u, r in zip(updates, history)
-               if isinstance(r.get(key), (int, float)) and np.isfinite(r[key])]
+        pts = [
+            (u, r[key])
+            for u, r in zip(updates, history)
+            if isinstance(r.get(key), (int, float)) and np.isfinite(r[key])
+        ]
         if pts:
             xs, ys = zip(*pts)
             ax.plot(xs, ys, color=color, linestyle=line, marker="o", markersize=3, label=label)
     for i, (split, nats) in enumerate(sorted((baseline or {}).items())):
-        ax.axhline(float(nats), color="0.4", linestyle="--", linewidth=1,
-                   label=f"Gaussian baseline ({split})" if i < 3 else None)
+        ax.axhline(
+            float(nats),
+            color="0.4",
+            linestyle="--",
+            linewidth=1,
+            label=f"Gaussian baseline ({split})" if i < 3 else None,
+        )
     ax.set_xlabel("M-step updates")
     ax.set_ylabel("log-likelihood bound (nats / image)")
     if nats_to_bpd is not None:
         a0, a1 = float(nats_to_bpd(0.0)), float(nats_to_bpd(1.0))
         slope = a1 - a0  # bpd = a0 + slope * nats (affine)
-        sec = ax.secondary_yaxis("right", functions=(lambda n: a0 + slope * np.asarray(n),
-                                                     lambda b: (np.asarray(b) - a0) / slope))
+        sec = ax.secondary_yaxis(
+            "right",
+            functions=(
+                lambda n: a0 + slope * np.asarray(n),
+                lambda b: (np.asarray(b) - a0) / slope,
+            ),
+        )
         sec.set_ylabel("bits / dim")
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

@@ -14,28 +14,62 @@ import tensorflow as tf
 
 from tfdgmm import architectures, path_priors
 
-__all__ = ["GATING_DEFAULTS", "GatingBetweenSteps", "fit_gating", "gated_copy", "gated_search_bounds",
-           "gating_prior_config", "mean_neg_log_prior", "normalize_gating", "with_gating"]
+__all__ = [
+    "GATING_DEFAULTS",
+    "GatingBetweenSteps",
+    "fit_gating",
+    "gated_copy",
+    "gated_search_bounds",
+    "gating_prior_config",
+    "mean_neg_log_prior",
+    "normalize_gating",
+    "with_gating",
+]
 
 
 def with_gating(model, hidden=32, kernel_size=3, seed=0):
     """A `DeepGMM` sharing `model`'s layers, with a fresh (uniform-initialised) gating prior."""
     from tfdgmm.deep_gmm import DeepGMM
 
-    prior = path_priors.GatingPathPrior(model.layer_specs, model.patch_shape, hidden=hidden,
-                                        kernel_size=kernel_size, seed=seed, dtype=model.dtype)
-    gated = DeepGMM(model.layers, image_shape=model.image_shape, patch_size=model.patch_size,
-                    path_prior=prior, exact_limit=model.exact_limit,
-                    validate_args=model.validate_args)
+    prior = path_priors.GatingPathPrior(
+        model.layer_specs,
+        model.patch_shape,
+        hidden=hidden,
+        kernel_size=kernel_size,
+        seed=seed,
+        dtype=model.dtype,
+    )
+    gated = DeepGMM(
+        model.layers,
+        image_shape=model.image_shape,
+        patch_size=model.patch_size,
+        path_prior=prior,
+        exact_limit=model.exact_limit,
+        validate_args=model.validate_args,
+    )
     if getattr(model, "_config_json", None) is not None:
-        architectures.set_config(gated, dict(
-            architectures.get_config(model),
-            path_prior={"kind": "gating", "hidden": hidden, "kernel_size": kernel_size}))
+        architectures.set_config(
+            gated,
+            dict(
+                architectures.get_config(model),
+                path_prior={"kind": "gating", "hidden": hidden, "kernel_size": kernel_size},
+            ),
+        )
     return gated
 
 
-def fit_gating(model, images, paths, steps=1000, batch_size=100, learning_rate=1e-3,
-               optimizer=None, seed=0, log_every=0, log=print):
+def fit_gating(
+    model,
+    images,
+    paths,
+    steps=1000,
+    batch_size=100,
+    learning_rate=1e-3,
+    optimizer=None,
+    seed=0,
+    log_every=0,
+    log=print,
+):
     """Fit `model.path_prior` (a `GatingPathPrior`) to fixed paths; returns the loss history.
 
     Args:
@@ -53,8 +87,10 @@ def fit_gating(model, images, paths, steps=1000, batch_size=100, learning_rate=1
     """
     prior = model.path_prior
     if not isinstance(prior, path_priors.GatingPathPrior):
-        raise TypeError("fit_gating needs a model whose path prior is a GatingPathPrior "
-                        f"(see tfdgmm.training.gating.with_gating); got {type(prior).__name__}")
+        raise TypeError(
+            "fit_gating needs a model whose path prior is a GatingPathPrior "
+            f"(see tfdgmm.training.gating.with_gating); got {type(prior).__name__}"
+        )
     images = tf.convert_to_tensor(images, model.dtype)
     paths = tuple(tf.convert_to_tensor(z, tf.int32) for z in paths)
     n = int(images.shape[0])
@@ -76,10 +112,10 @@ def fit_gating(model, images, paths, steps=1000, batch_size=100, learning_rate=1
         return loss
 
     def full_nll():
-        total = 0.
+        total = 0.0
         for start in range(0, n, 1000):
-            chunk = tuple(z[start:start + 1000] for z in paths)
-            total += float(nll(images[start:start + 1000], chunk)) * min(1000, n - start)
+            chunk = tuple(z[start : start + 1000] for z in paths)
+            total += float(nll(images[start : start + 1000], chunk)) * min(1000, n - start)
         return total / n
 
     before = full_nll()
@@ -92,8 +128,10 @@ def fit_gating(model, images, paths, steps=1000, batch_size=100, learning_rate=1
         history.append(float(loss))
         if log_every and (s + 1) % log_every == 0:
             rate = (s + 1) / (time.time() - t0)
-            log(f"gating {s + 1}/{steps}: -log pi = {np.mean(history[-log_every:]):.3f} nats, "
-                f"ETA {(steps - s - 1) / rate:.0f} s")
+            log(
+                f"gating {s + 1}/{steps}: -log pi = {np.mean(history[-log_every:]):.3f} nats, "
+                f"ETA {(steps - s - 1) / rate:.0f} s"
+            )
     return {"loss": history, "nats_before": before, "nats_after": full_nll()}
 
 
@@ -128,8 +166,10 @@ def normalize_gating(section, where="config"):
     section = dict(section or {})
     unknown = set(section) - set(GATING_DEFAULTS)
     if unknown:
-        raise ValueError(f"{where}: unknown gating keys {sorted(unknown)}; expected some of "
-                         f"{sorted(GATING_DEFAULTS)}")
+        raise ValueError(
+            f"{where}: unknown gating keys {sorted(unknown)}; expected some of "
+            f"{sorted(GATING_DEFAULTS)}"
+        )
     out.update(section)
     out["enabled"] = bool(out["enabled"])
     for key in ("hidden", "kernel_size", "steps", "batch_size"):
@@ -151,8 +191,11 @@ def normalize_gating(section, where="config"):
 
 def gating_prior_config(settings):
     """The architecture's `path_prior` entry for gating networks with these settings."""
-    return {"kind": "gating", "hidden": int(settings["hidden"]),
-            "kernel_size": int(settings["kernel_size"])}
+    return {
+        "kind": "gating",
+        "hidden": int(settings["hidden"]),
+        "kernel_size": int(settings["kernel_size"]),
+    }
 
 
 def mean_neg_log_prior(model, images, paths, chunk=1000):
@@ -160,10 +203,10 @@ def mean_neg_log_prior(model, images, paths, chunk=1000):
     images = tf.convert_to_tensor(images, model.dtype)
     paths = tuple(tf.convert_to_tensor(z, tf.int32) for z in paths)
     n = int(images.shape[0])
-    total = 0.
+    total = 0.0
     for start in range(0, n, chunk):
-        part = tuple(z[start:start + chunk] for z in paths)
-        lp = model.path_log_prob(part, x=images[start:start + chunk])
+        part = tuple(z[start : start + chunk] for z in paths)
+        lp = model.path_log_prob(part, x=images[start : start + chunk])
         total -= float(tf.reduce_sum(tf.cast(lp, tf.float64)))
     return total / n
 
@@ -195,29 +238,43 @@ class GatingBetweenSteps:
         t = int(info["em_iteration"])
         search = trainer.train_search
         start = time.time()
-        result = fit_gating(trainer.model, search.data, search.path(), steps=self.steps,
-                            batch_size=self.batch_size, learning_rate=self.learning_rate,
-                            seed=[self.seed, t])
-        record = {"em_iteration": t + 1, "nats_before": result["nats_before"],
-                  "nats_after": result["nats_after"], "seconds": time.time() - start}
+        result = fit_gating(
+            trainer.model,
+            search.data,
+            search.path(),
+            steps=self.steps,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            seed=[self.seed, t],
+        )
+        record = {
+            "em_iteration": t + 1,
+            "nats_before": result["nats_before"],
+            "nats_after": result["nats_after"],
+            "seconds": time.time() - start,
+        }
         self.history.append(record)
         (self.log or trainer.log)(
             f"[EM {t + 1}] gating between E- and M-step: -log pi of the training paths "
             f"{result['nats_before']:.3f} -> {result['nats_after']:.3f} nats/image "
-            f"({self.steps} updates, {record['seconds']:.1f} s)")
+            f"({self.steps} updates, {record['seconds']:.1f} s)"
+        )
 
 
 def gated_copy(model, settings):
     """`with_gating(model, ...)` with the settings of a `gating:` section; when `model` already
     has gating networks of the same shape, the copy starts from their weights."""
-    gated = with_gating(model, hidden=settings["hidden"], kernel_size=settings["kernel_size"],
-                        seed=settings["seed"])
+    gated = with_gating(
+        model, hidden=settings["hidden"], kernel_size=settings["kernel_size"], seed=settings["seed"]
+    )
     old = model.path_prior
     if isinstance(old, path_priors.GatingPathPrior):
         new_vars, old_vars = gated.path_prior.trainable_variables, old.trainable_variables
         if [v.shape for v in new_vars] != [v.shape for v in old_vars]:
-            raise ValueError("the model's gating networks differ in shape from the gating "
-                             "settings (hidden, kernel_size)")
+            raise ValueError(
+                "the model's gating networks differ in shape from the gating "
+                "settings (hidden, kernel_size)"
+            )
         for a, b in zip(new_vars, old_vars):
             a.assign(b)
     return gated
@@ -241,9 +298,13 @@ def gated_search_bounds(gated, searches, restarts=1, seed=0):
     first = searches[0]
     image_spec = tf.TensorSpec([None, *gated.image_shape], gated.dtype)
     path_specs = tuple(tf.TensorSpec([None, *v.shape[1:]], tf.int32) for v in first.paths)
-    options = dict(restarts=int(restarts), init_passes=1, restart_passes=2,
-                   location_method=first.location_method,
-                   location_options=first.location_options or None)
+    options = dict(
+        restarts=int(restarts),
+        init_passes=1,
+        restart_passes=2,
+        location_method=first.location_method,
+        location_options=first.location_options or None,
+    )
 
     @tf.function(input_signature=[image_spec, path_specs, tf.TensorSpec([2], tf.int32)])
     def bounds(x, init, batch_seed):
@@ -253,11 +314,11 @@ def gated_search_bounds(gated, searches, restarts=1, seed=0):
 
     out = []
     for j, search in enumerate(searches):
-        lo_sum = up_sum = 0.
+        lo_sum = up_sum = 0.0
         n, b = search.num_images, search.batch_size
         for k, lo in enumerate(range(0, n, b)):
-            x = search.data[lo:lo + b]
-            init = tuple(tf.convert_to_tensor(v[lo:lo + b]) for v in search.paths)
+            x = search.data[lo : lo + b]
+            init = tuple(tf.convert_to_tensor(v[lo : lo + b]) for v in search.paths)
             lower, upper = bounds(x, init, fold_seed(seed, j, k))
             lo_sum += float(tf.reduce_sum(lower))
             up_sum += float(tf.reduce_sum(upper))

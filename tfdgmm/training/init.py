@@ -47,7 +47,7 @@ def whitening_lu(cov, ridge=1e-6):
     cov = cov + ridge * scale * np.eye(d)
     evals, evecs = np.linalg.eigh(cov)
     evals = np.maximum(evals, 1e-12 * scale[..., 0])
-    w = np.einsum("...ij,...j,...kj->...ik", evecs, evals ** -0.5, evecs)
+    w = np.einsum("...ij,...j,...kj->...ik", evecs, evals**-0.5, evecs)
     lu, p = tf.linalg.lu(tf.constant(w, tf.float64))  # w[..., p, :] = L U
     lu, p = lu.numpy(), p.numpy()
     idx = np.arange(d)
@@ -83,8 +83,7 @@ def _group_moments(units, mask):
     return mean, cov, count
 
 
-def initialize_from_data(model, x, max_images=5000, ridge=1e-6, log=None,
-                         identity_below=True):
+def initialize_from_data(model, x, max_images=5000, ridge=1e-6, log=None, identity_below=True):
     """Set the lowest `BlockDiagonal` or `Dense` layer of `model` to a whitening of the data `x`
     (`[N, H, W, C]`, the preprocessed training images; at most `max_images` are used).
 
@@ -99,8 +98,9 @@ def initialize_from_data(model, x, max_images=5000, ridge=1e-6, log=None,
 
     Returns the index of the layer initialised, or None when the model has no such layer."""
     layers = model.layers
-    b = next((i for i, layer in enumerate(layers)
-              if isinstance(layer, (BlockDiagonal, Dense))), None)
+    b = next(
+        (i for i, layer in enumerate(layers) if isinstance(layer, (BlockDiagonal, Dense))), None
+    )
     if b is None:
         return None
     layer = layers[b]
@@ -132,9 +132,9 @@ def initialize_from_data(model, x, max_images=5000, ridge=1e-6, log=None,
     # units [m, G, d]: G parameter sets (locations, or 1 when pooled); energy [m, G] to group by
     centred = h - h.mean(axis=0)
     if per_image:
-        energy = np.sum(centred ** 2, axis=(1, 2, 3))  # [n]
+        energy = np.sum(centred**2, axis=(1, 2, 3))  # [n]
     else:
-        energy = np.sum(centred ** 2, axis=-1).reshape(n, locations)  # per patch
+        energy = np.sum(centred**2, axis=-1).reshape(n, locations)  # per patch
     if per_location:
         units = h.reshape(n, locations, d)
         energy = np.broadcast_to(energy[:, None], (n, locations)) if per_image else energy
@@ -166,8 +166,10 @@ def initialize_from_data(model, x, max_images=5000, ridge=1e-6, log=None,
     if layer.shift is not None:
         layer.shift.assign(shift.astype(dtype))
     if log is not None:
-        log(f"data-dependent init: layer {b} ({type(layer).__name__}, {k} alternative"
+        log(
+            f"data-dependent init: layer {b} ({type(layer).__name__}, {k} alternative"
             f"{'s' if k > 1 else ''}) set to whiten {n} images"
             f"{' by energy quantile groups' if k > 1 else ''}"
-            f"{'; half-convolution layers ' + str(zeroed) + ' start as the identity' if zeroed else ''}")
+            + (f"; half-convolution layers {zeroed} start as the identity" if zeroed else "")
+        )
     return b

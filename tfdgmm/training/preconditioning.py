@@ -30,7 +30,8 @@ probes from the latent (`fisher='sampled'`, the default; the curvature of the Ga
 whatever the fit), or the empirical Fisher of the datapoints' own gradients
 (`fisher='empirical'`, equal in expectation while the latent is white, as after the init, but
 it shrinks as a training set is fitted, understating the curvature; tested:
-`test_sampled_and_empirical_curvature_agree_at_a_white_latent`). The step for the kernel gradient `G` (`[kh kw D_a, D_b]`
+`test_sampled_and_empirical_curvature_agree_at_a_white_latent`). The step for the kernel
+gradient `G` (`[kh kw D_a, D_b]`
 per alternative) is
 
 ```none
@@ -69,16 +70,18 @@ class HalfConvolutionKFAC(tf.Module):
       fisher: `'sampled'` (Gauss-Newton by standard-normal latent probes) or `'empirical'`.
     """
 
-    def __init__(self, model, damping: float = 1e-3, fisher: str = "sampled",
-                 name: str = "hc_kfac"):
+    def __init__(
+        self, model, damping: float = 1e-3, fisher: str = "sampled", name: str = "hc_kfac"
+    ):
         super().__init__(name=name)
         if fisher not in FISHERS:
             raise ValueError(f"fisher must be one of {FISHERS}; got {fisher!r}")
         self.model = model
         self.damping = float(damping)
         self.fisher = fisher
-        self.indices = [i for i, layer in enumerate(model.layers)
-                        if isinstance(layer, HalfConvolution)]
+        self.indices = [
+            i for i, layer in enumerate(model.layers) if isinstance(layer, HalfConvolution)
+        ]
         self.layers = [model.layers[i] for i in self.indices]
         hp, wp = model.patch_shape[:2]
         self.num_locations = int(hp) * int(wp)
@@ -88,12 +91,13 @@ class HalfConvolutionKFAC(tf.Module):
         self.a_inverse, self.b_inverse, self.usage = [], [], []
         for layer in self.layers:
             k, kh, kw, dc, du = (int(s) for s in layer.kernel.shape)
-            self.a_inverse.append(tf.Variable(tf.eye(kh * kw * dc, dtype=dtype),
-                                              trainable=False, name="a_inverse"))
-            self.b_inverse.append(tf.Variable(tf.eye(du, dtype=dtype), trainable=False,
-                                              name="b_inverse"))
-            self.usage.append(tf.Variable(tf.ones([k], dtype) / k, trainable=False,
-                                          name="usage"))
+            self.a_inverse.append(
+                tf.Variable(tf.eye(kh * kw * dc, dtype=dtype), trainable=False, name="a_inverse")
+            )
+            self.b_inverse.append(
+                tf.Variable(tf.eye(du, dtype=dtype), trainable=False, name="b_inverse")
+            )
+            self.usage.append(tf.Variable(tf.ones([k], dtype) / k, trainable=False, name="usage"))
 
     @property
     def kernels(self) -> list:
@@ -119,15 +123,15 @@ class HalfConvolutionKFAC(tf.Module):
         With `latent_probe`, `g` back-propagates it instead (see
         `DeepGMM.layer_inputs_and_output_gradients`)."""
         model = self.model if model is None else model
-        inputs, grads = model.layer_inputs_and_output_gradients(x, path, self.indices,
-                                                                latent_probe=latent_probe)
+        inputs, grads = model.layer_inputs_and_output_gradients(
+            x, path, self.indices, latent_probe=latent_probe
+        )
         out = []
         for layer, h, g in zip(self.layers, inputs, grads):
             _, kh, kw, dc, du = (int(s) for s in layer.kernel.shape)
             cond, g = self._halves(layer, h, g)
             # patches ordered (row, column, channel), like the kernel's [kh, kw, D_a] axes
-            p = tf.image.extract_patches(cond, [1, kh, kw, 1], [1, 1, 1, 1], [1, 1, 1, 1],
-                                         "SAME")
+            p = tf.image.extract_patches(cond, [1, kh, kw, 1], [1, 1, 1, 1], [1, 1, 1, 1], "SAME")
             out.append((tf.reshape(p, [-1, kh * kw * dc]), tf.reshape(g, [-1, du])))
         return out
 
@@ -164,9 +168,11 @@ class HalfConvolutionKFAC(tf.Module):
         if max_step_nats and learning_rate is not None:
             decrease = tf.add_n([tf.reduce_sum(p * g) for p, g in zip(steps, grads)])
             decrease = tf.cast(learning_rate, decrease.dtype) * decrease
-            scale = tf.where(decrease > max_step_nats,
-                             max_step_nats / tf.maximum(decrease, 1e-30),
-                             tf.ones_like(decrease))
+            scale = tf.where(
+                decrease > max_step_nats,
+                max_step_nats / tf.maximum(decrease, 1e-30),
+                tf.ones_like(decrease),
+            )
             scale = tf.where(tf.math.is_finite(scale), scale, tf.zeros_like(scale))
             steps = [scale * p for p in steps]
         return steps

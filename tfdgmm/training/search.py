@@ -54,16 +54,29 @@ class DatasetSearch(tf.Module):
         `strategy.scope()`.
     """
 
-    def __init__(self, model, x, batch_size=500, init_passes=1, restarts=1, restart_passes=2,
-                 location_method="auto", location_options=None, seed=0, name="search",
-                 strategy=None):
+    def __init__(
+        self,
+        model,
+        x,
+        batch_size=500,
+        init_passes=1,
+        restarts=1,
+        restart_passes=2,
+        location_method="auto",
+        location_options=None,
+        seed=0,
+        name="search",
+        strategy=None,
+    ):
         super().__init__(name=name)
         self._model = model
         self.strategy = strategy
         x = tf.convert_to_tensor(x, dtype=model.dtype)
         if x.shape.rank != 4 or tuple(x.shape[1:]) != tuple(model.image_shape):
-            raise ValueError(f"{name}: expected images [N, {', '.join(map(str, model.image_shape))}]"
-                             f"; got {x.shape}")
+            raise ValueError(
+                f"{name}: expected images [N, {', '.join(map(str, model.image_shape))}]"
+                f"; got {x.shape}"
+            )
         n = int(x.shape[0])
         if n < 1:
             raise ValueError(f"{name}: no images")
@@ -79,8 +92,9 @@ class DatasetSearch(tf.Module):
         with self.name_scope:
             self.data = tf.Variable(x, trainable=False, name="data")
             init = path_search.random_path(model, n, fold_seed(self.seed, 0x5EED))
-            self.paths = [tf.Variable(z, trainable=False, name=f"path_{i}")
-                          for i, z in enumerate(init)]
+            self.paths = [
+                tf.Variable(z, trainable=False, name=f"path_{i}") for i, z in enumerate(init)
+            ]
             neg_inf = tf.fill([n], tf.constant(-np.inf, model.dtype))
             self.lower = tf.Variable(neg_inf, trainable=False, name="lower")
             self.upper = tf.Variable(neg_inf, trainable=False, name="upper")
@@ -92,8 +106,12 @@ class DatasetSearch(tf.Module):
 
     def checkpoint_items(self):
         """The variables that make up the E-step state (everything but the data)."""
-        return {"paths": list(self.paths), "lower": self.lower, "upper": self.upper,
-                "position": self.position}
+        return {
+            "paths": list(self.paths),
+            "lower": self.lower,
+            "upper": self.upper,
+            "position": self.position,
+        }
 
     def set_data(self, x):
         self.data.assign(tf.convert_to_tensor(x, dtype=self._model.dtype))
@@ -122,8 +140,7 @@ class DatasetSearch(tf.Module):
         return ops
 
     def _window(self, b):
-        lo = tf.minimum(tf.cast(b, tf.int32) * self.batch_size,
-                        self.num_images - self.batch_size)
+        lo = tf.minimum(tf.cast(b, tf.int32) * self.batch_size, self.num_images - self.batch_size)
         return lo, tf.range(lo, lo + self.batch_size)
 
     def _batch(self, lo):
@@ -140,16 +157,20 @@ class DatasetSearch(tf.Module):
                 lo, idx = self._window(b)
                 x, init = self._batch(lo)
                 path, joint = model.best_path(
-                    x, init=init, restarts=self.restarts, init_passes=self.init_passes,
-                    restart_passes=self.restart_passes, seed=fold_seed(step_seed, b),
+                    x,
+                    init=init,
+                    restarts=self.restarts,
+                    init_passes=self.init_passes,
+                    restart_passes=self.restart_passes,
+                    seed=fold_seed(step_seed, b),
                     location_method=self.location_method,
-                    location_options=self.location_options or None)
+                    location_options=self.location_options or None,
+                )
                 upper = model.log_prob_upper_bound(x, path=path)
                 with tf.control_dependencies(self._store(idx, path, joint, upper)):
                     return [b + 1]
 
-            b, = tf.while_loop(lambda b: b < stop, body, [start],
-                               parallel_iterations=1)
+            (b,) = tf.while_loop(lambda b: b < stop, body, [start], parallel_iterations=1)
             return b
 
         return search
@@ -165,10 +186,14 @@ class DatasetSearch(tf.Module):
                 self._search_fn = self._build_search()
             else:
                 from tfdgmm.training.distribute import build_sharded_search
+
                 self._search_fn = build_sharded_search(self, self.strategy)
         start = int(self.position.numpy())
-        stop = self.num_batches if max_batches is None else min(
-            self.num_batches, start + max(int(max_batches), 1))
+        stop = (
+            self.num_batches
+            if max_batches is None
+            else min(self.num_batches, start + max(int(max_batches), 1))
+        )
         if start >= stop:
             return 0
         step_seed = fold_seed(self.seed if seed is None else seed, step)
@@ -191,17 +216,25 @@ class DatasetSearch(tf.Module):
                 lo, idx = self._window(b)
                 x, path = self._batch(lo)
                 # count each datapoint once: skip the rows the overlapping last batch repeats
-                mask = tf.cast(tf.range(lo, lo + self.batch_size) >=
-                               tf.cast(b, tf.int32) * self.batch_size, tf.float64)
+                mask = tf.cast(
+                    tf.range(lo, lo + self.batch_size) >= tf.cast(b, tf.int32) * self.batch_size,
+                    tf.float64,
+                )
                 lower = tf.cast(model.joint_log_prob(x, path), tf.float64)
                 upper = tf.cast(model.log_prob_upper_bound(x, path=path), tf.float64)
-                return b + 1, lo_sum + tf.reduce_sum(lower * mask), up_sum + tf.reduce_sum(
-                    upper * mask)
+                return (
+                    b + 1,
+                    lo_sum + tf.reduce_sum(lower * mask),
+                    up_sum + tf.reduce_sum(upper * mask),
+                )
 
-            zero = tf.constant(0., tf.float64)
+            zero = tf.constant(0.0, tf.float64)
             _, lo_sum, up_sum = tf.while_loop(
-                lambda b, *_: b < self.num_batches, body, [tf.constant(0, tf.int64), zero, zero],
-                parallel_iterations=1)
+                lambda b, *_: b < self.num_batches,
+                body,
+                [tf.constant(0, tf.int64), zero, zero],
+                parallel_iterations=1,
+            )
             return lo_sum / self.num_images, up_sum / self.num_images
 
         return score
@@ -223,8 +256,9 @@ def path_usage_entropy(model, paths):
         if k == 1:
             out.append(0.0)
             continue
-        counts = tf.math.bincount(tf.reshape(tf.convert_to_tensor(z), [-1]), minlength=k,
-                                  maxlength=k, dtype=tf.float64)
+        counts = tf.math.bincount(
+            tf.reshape(tf.convert_to_tensor(z), [-1]), minlength=k, maxlength=k, dtype=tf.float64
+        )
         p = counts / tf.reduce_sum(counts)
         out.append(max(0.0, float(-tf.reduce_sum(tf.math.multiply_no_nan(tf.math.log(p), p)))))
     return out

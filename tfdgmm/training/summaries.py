@@ -40,8 +40,9 @@ class RateMeter:
         if units <= 0 or seconds <= 0:
             return
         r = units / seconds
-        self.rate = r if self.rate is None else (1 - self._smoothing) * self.rate + \
-            self._smoothing * r
+        self.rate = (
+            r if self.rate is None else (1 - self._smoothing) * self.rate + self._smoothing * r
+        )
 
     def eta(self, units):
         return None if not self.rate else units / self.rate
@@ -71,8 +72,9 @@ class Summaries:
             image = tf.io.decode_png(tf.io.read_file(str(image)), channels=0)
         image = tf.convert_to_tensor(image)
         if image.dtype != tf.uint8:
-            image = tf.image.convert_image_dtype(tf.clip_by_value(
-                tf.cast(image, tf.float32), 0.0, 1.0), tf.uint8)
+            image = tf.image.convert_image_dtype(
+                tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 1.0), tf.uint8
+            )
         if image.shape[-1] == 4:  # RGBA PNGs from matplotlib
             image = image[..., :3]
         with self._writer.as_default(step=int(step)):
@@ -98,8 +100,9 @@ def device_report(strategy=None) -> str:
         names = []
         for g in gpus:
             try:
-                names.append(tf.config.experimental.get_device_details(g).get("device_name")
-                             or g.name)
+                names.append(
+                    tf.config.experimental.get_device_details(g).get("device_name") or g.name
+                )
             except (ValueError, RuntimeError):
                 names.append(g.name)
         where = f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''} ({', '.join(names)})"
@@ -107,8 +110,10 @@ def device_report(strategy=None) -> str:
         where = f"CPU only ({os.cpu_count() or '?'} cores; no GPU visible to TensorFlow)"
     strategy = strategy or tf.distribute.get_strategy()
     replicas = int(getattr(strategy, "num_replicas_in_sync", 1))
-    return (f"devices: {where}; strategy {type(strategy).__name__}, {replicas} "
-            f"replica{'s' if replicas > 1 else ''}")
+    return (
+        f"devices: {where}; strategy {type(strategy).__name__}, {replicas} "
+        f"replica{'s' if replicas > 1 else ''}"
+    )
 
 
 class Clock:

@@ -123,17 +123,25 @@ def default_search_space(hp, base, space=None):
     choices = dict(DEFAULT_SPACE, **(space or {}))
     unknown = set(choices) - set(DEFAULT_SPACE)
     if unknown:
-        raise ValueError(f"unknown search space entries {sorted(unknown)}; expected some of "
-                         f"{sorted(DEFAULT_SPACE)}")
+        raise ValueError(
+            f"unknown search space entries {sorted(unknown)}; expected some of "
+            f"{sorted(DEFAULT_SPACE)}"
+        )
     if choices["patch_size"] is None:
         choices["patch_size"] = _patch_sizes(base["model"]["image_shape"])
     v = {name: _declare(hp, name, c) for name, c in choices.items()}
     if v["blocks"] not in ("shared", "unshared"):
         raise ValueError(f"blocks must be 'shared' or 'unshared'; got {v['blocks']!r}")
-    hc = {"type": "half_convolution", "kernel_size": int(v["hc_kernel_size"]),
-          "repeat": int(v["hc_layers"])}
-    bd = {"type": "block_diagonal", "alternatives": int(v["alternatives"]),
-          "selection": "sample" if v["blocks"] == "shared" else "location"}
+    hc = {
+        "type": "half_convolution",
+        "kernel_size": int(v["hc_kernel_size"]),
+        "repeat": int(v["hc_layers"]),
+    }
+    bd = {
+        "type": "block_diagonal",
+        "alternatives": int(v["alternatives"]),
+        "selection": "sample" if v["blocks"] == "shared" else "location",
+    }
     layers = []
     for _ in range(int(v["bd_layers"])):
         layers += ([dict(hc)] if v["hc_layers"] else []) + [dict(bd)]
@@ -155,9 +163,11 @@ def hyperband_budget(values):
     """
     if "tuner/epochs" not in values:
         return None
-    return {"em_iterations": int(values["tuner/epochs"]),
-            "initial_em_iterations": int(values.get("tuner/initial_epoch", 0) or 0),
-            "continue_trial": values.get("tuner/trial_id")}
+    return {
+        "em_iterations": int(values["tuner/epochs"]),
+        "initial_em_iterations": int(values.get("tuner/initial_epoch", 0) or 0),
+        "continue_trial": values.get("tuner/trial_id"),
+    }
 
 
 def objective_bounds(model, validation, training, log=None):
@@ -168,10 +178,17 @@ def objective_bounds(model, validation, training, log=None):
     from tfdgmm.training.em import evaluate_bounds
 
     em = training if isinstance(training, EMConfig) else EMConfig.from_dict(training)
-    return evaluate_bounds(model, validation, batch_size=em.estep_batch_size,
-                           restarts=em.eval_restarts, location_method=em.location_method,
-                           location_options=em.location_options,
-                           seed=em.seed + OBJECTIVE_SEED_OFFSET, log=log, label="validation")
+    return evaluate_bounds(
+        model,
+        validation,
+        batch_size=em.estep_batch_size,
+        restarts=em.eval_restarts,
+        location_method=em.location_method,
+        location_options=em.location_options,
+        seed=em.seed + OBJECTIVE_SEED_OFFSET,
+        log=log,
+        label="validation",
+    )
 
 
 def normalize_base_config(base):
@@ -180,12 +197,18 @@ def normalize_base_config(base):
     `layers` or `patch_size`, which the search space sets."""
     from tfdgmm.runs.config import normalize_run_config
 
-    if not isinstance(base, dict) or not isinstance(base.get("model"), dict) or (
-            "image_shape" not in base["model"]):
+    if (
+        not isinstance(base, dict)
+        or not isinstance(base.get("model"), dict)
+        or ("image_shape" not in base["model"])
+    ):
         raise ValueError("base config: needs a 'model' section with 'image_shape'")
     model = copy.deepcopy(base["model"])
-    probe = dict(model, layers=model.get("layers") or [{"type": "diagonal"}],
-                 patch_size=model.get("patch_size", 1))
+    probe = dict(
+        model,
+        layers=model.get("layers") or [{"type": "diagonal"}],
+        patch_size=model.get("patch_size", 1),
+    )
     out = normalize_run_config(dict(base, model=probe), where="base config")
     out["model"] = model
     return out
@@ -197,8 +220,9 @@ def _has_checkpoint(run_dir):
     return tf.train.latest_checkpoint(layout.path(run_dir, layout.CHECKPOINTS)) is not None
 
 
-def train_trial(config, train, validation, run_dir, continue_from=None, log=None,
-                extra_metrics=None):
+def train_trial(
+    config, train, validation, run_dir, continue_from=None, log=None, extra_metrics=None
+):
     """Train a (normalised) run config on in-memory images into `run_dir`; returns metrics.
 
     Resumable: a `run_dir` with checkpoints continues from them. `continue_from`: a run
@@ -211,12 +235,12 @@ def train_trial(config, train, validation, run_dir, continue_from=None, log=None
 
     os.makedirs(run_dir, exist_ok=True)
     with RunLock(run_dir, what="tune trial", log=log or print):
-        return _train_trial_locked(config, train, validation, run_dir, continue_from, log,
-                                   extra_metrics)
+        return _train_trial_locked(
+            config, train, validation, run_dir, continue_from, log, extra_metrics
+        )
 
 
-def _train_trial_locked(config, train, validation, run_dir, continue_from, log,
-                        extra_metrics):
+def _train_trial_locked(config, train, validation, run_dir, continue_from, log, extra_metrics):
     from tfdgmm.deep_gmm import DeepGMM
     from tfdgmm.runs.gating import gating_hooks  # gating.between_steps (post-EM: not run)
     from tfdgmm.runs.io import dump_json, dump_yaml
@@ -242,8 +266,15 @@ def _train_trial_locked(config, train, validation, run_dir, continue_from, log,
         write_log(f"continuing the training of {continue_from}")
     em_cfg = EMConfig.from_dict(config["training"])
     model = DeepGMM.from_config(config["model"])
-    trainer = EMTrainer(model, em_cfg, train, validation, run_dir, log=write_log,
-                        hooks=gating_hooks(config, write_log))
+    trainer = EMTrainer(
+        model,
+        em_cfg,
+        train,
+        validation,
+        run_dir,
+        log=write_log,
+        hooks=gating_hooks(config, write_log),
+    )
     if _has_checkpoint(run_dir):
         trainer.keeper.restore_latest()
         state = trainer.state
@@ -253,8 +284,11 @@ def _train_trial_locked(config, train, validation, run_dir, continue_from, log,
             trainer.keeper.save()
     history = trainer.fit(resume=True)
     objective = objective_bounds(model, validation, em_cfg)
-    best = max((r for r in history if "validation_lower_bound" in r),
-               key=lambda r: r["validation_lower_bound"], default=None)
+    best = max(
+        (r for r in history if "validation_lower_bound" in r),
+        key=lambda r: r["validation_lower_bound"],
+        default=None,
+    )
     metrics = {
         OBJECTIVE: objective["lower_bound_nats"],
         "val_upper_bound": objective["upper_bound_nats"],
@@ -263,25 +297,35 @@ def _train_trial_locked(config, train, validation, run_dir, continue_from, log,
         "em_iterations": float(len(history)),
     }
     report = dict(extra_metrics or {})
-    report.update({
-        "metrics": metrics,
-        "objective": {"name": OBJECTIVE, "direction": "max", "value": metrics[OBJECTIVE],
-                      "search": {"batch_size": em_cfg.estep_batch_size,
-                                 "restarts": em_cfg.eval_restarts,
-                                 "location_method": em_cfg.location_method,
-                                 "location_options": em_cfg.location_options,
-                                 "seed": em_cfg.seed + OBJECTIVE_SEED_OFFSET},
-                      "bounds": objective},
-        "config": config,
-        "history": history,
-        "num_parameters": model.num_parameters(),
-        "log10_num_paths": model.log_num_paths / math.log(10),
-        "checkpoint": trainer.keeper.best,
-        "seconds": time.monotonic() - start,
-    })
+    report.update(
+        {
+            "metrics": metrics,
+            "objective": {
+                "name": OBJECTIVE,
+                "direction": "max",
+                "value": metrics[OBJECTIVE],
+                "search": {
+                    "batch_size": em_cfg.estep_batch_size,
+                    "restarts": em_cfg.eval_restarts,
+                    "location_method": em_cfg.location_method,
+                    "location_options": em_cfg.location_options,
+                    "seed": em_cfg.seed + OBJECTIVE_SEED_OFFSET,
+                },
+                "bounds": objective,
+            },
+            "config": config,
+            "history": history,
+            "num_parameters": model.num_parameters(),
+            "log10_num_paths": model.log_num_paths / math.log(10),
+            "checkpoint": trainer.keeper.best,
+            "seconds": time.monotonic() - start,
+        }
+    )
     dump_json(report, layout.path(run_dir, layout.METRICS))
-    write_log(f"trial objective: validation lower bound {metrics[OBJECTIVE]:.3f} nats "
-              f"(fresh search), warm-started {metrics['val_lower_bound_warm']:.3f}")
+    write_log(
+        f"trial objective: validation lower bound {metrics[OBJECTIVE]:.3f} nats "
+        f"(fresh search), warm-started {metrics['val_lower_bound_warm']:.3f}"
+    )
     return metrics
 
 
@@ -303,8 +347,7 @@ class EMTuner(keras_tuner.Tuner):
     be a callable `em_iteration -> images`, as for `EMTrainer`).
     """
 
-    def __init__(self, oracle, base_config, search_space=None, space=None, verbose=True,
-                 **kwargs):
+    def __init__(self, oracle, base_config, search_space=None, space=None, verbose=True, **kwargs):
         # set before Tuner.__init__, which populates the space through `search_space`
         self.base_config = normalize_base_config(base_config)
         self.search_space = search_space or default_search_space
@@ -324,8 +367,9 @@ class EMTuner(keras_tuner.Tuner):
         config = self.search_space(hp, self.base_config, self.space)
         budget = hyperband_budget(hp.values)
         if budget is not None:
-            config = dict(config, training=dict(config["training"],
-                                                em_iterations=budget["em_iterations"]))
+            config = dict(
+                config, training=dict(config["training"], em_iterations=budget["em_iterations"])
+            )
         return normalize_run_config(config, where="trial config")
 
     def run_trial(self, trial, train, validation, **kwargs):
@@ -336,11 +380,19 @@ class EMTuner(keras_tuner.Tuner):
         run_dir = self.get_trial_dir(trial.trial_id)
         values = {k: (v.item() if hasattr(v, "item") else v) for k, v in hp.values.items()}
         log = print if self.verbose else None
-        return train_trial(config, train, validation, run_dir,
-                           continue_from=self.get_trial_dir(parent) if parent else None,
-                           log=log, extra_metrics={"trial_id": trial.trial_id,
-                                                   "hyperparameters": values,
-                                                   "hyperband": budget})
+        return train_trial(
+            config,
+            train,
+            validation,
+            run_dir,
+            continue_from=self.get_trial_dir(parent) if parent else None,
+            log=log,
+            extra_metrics={
+                "trial_id": trial.trial_id,
+                "hyperparameters": values,
+                "hyperband": budget,
+            },
+        )
 
     def load_model(self, trial):
         """The trial's model (a `DeepGMM`), restored from its run directory's `best/`."""
@@ -360,11 +412,17 @@ class EMTuner(keras_tuner.Tuner):
         if not trials:
             return None
         best = trials[0]
-        summary = {"trial_id": best.trial_id, "run_dir": self.get_trial_dir(best.trial_id),
-                   OBJECTIVE: best.score,
-                   "hyperparameters": {k: (v.item() if hasattr(v, "item") else v)
-                                       for k, v in best.hyperparameters.values.items()},
-                   "trials": len(self.oracle.trials), "oracle_seed": self.oracle.seed}
+        summary = {
+            "trial_id": best.trial_id,
+            "run_dir": self.get_trial_dir(best.trial_id),
+            OBJECTIVE: best.score,
+            "hyperparameters": {
+                k: (v.item() if hasattr(v, "item") else v)
+                for k, v in best.hyperparameters.values.items()
+            },
+            "trials": len(self.oracle.trials),
+            "oracle_seed": self.oracle.seed,
+        }
         path = path or os.path.join(self.project_dir, "best.json")
         from tfdgmm.runs.io import dump_json
 
@@ -372,8 +430,15 @@ class EMTuner(keras_tuner.Tuner):
         return summary
 
 
-def make_oracle(tuner="random", max_trials=10, seed=DEFAULT_SEED, max_epochs=None, factor=3,
-                hyperband_iterations=1, **kwargs):
+def make_oracle(
+    tuner="random",
+    max_trials=10,
+    seed=DEFAULT_SEED,
+    max_epochs=None,
+    factor=3,
+    hyperband_iterations=1,
+    **kwargs,
+):
     """A keras-tuner oracle maximising `OBJECTIVE`: `'random'` (RandomSearchOracle),
     `'bayesian'` (BayesianOptimizationOracle; needs scipy and scikit-learn) or `'hyperband'`
     (HyperbandOracle with `max_epochs` EM iterations, stopped after `max_trials` trials).
@@ -381,40 +446,68 @@ def make_oracle(tuner="random", max_trials=10, seed=DEFAULT_SEED, max_epochs=Non
     `seed` must be a positive integer: keras-tuner replaces a falsy seed (0, None) by
     `random.randint`, so that two runs of one command would search different values."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 1:
-        raise ValueError(f"seed must be a positive integer (keras-tuner replaces 0 or None by a "
-                         f"random seed); got {seed!r}")
-    if isinstance(max_trials, bool) or not isinstance(max_trials, (int, np.integer)) or \
-            max_trials < 1:
+        raise ValueError(
+            f"seed must be a positive integer (keras-tuner replaces 0 or None by a "
+            f"random seed); got {seed!r}"
+        )
+    if (
+        isinstance(max_trials, bool)
+        or not isinstance(max_trials, (int, np.integer))
+        or max_trials < 1
+    ):
         raise ValueError(f"max_trials must be a positive integer; got {max_trials!r}")
     seed = int(seed)
     objective = keras_tuner.Objective(OBJECTIVE, "max")
     oracles = keras_tuner.oracles
     if tuner == "random":
-        return oracles.RandomSearchOracle(objective=objective, max_trials=max_trials, seed=seed,
-                                          **kwargs)
+        return oracles.RandomSearchOracle(
+            objective=objective, max_trials=max_trials, seed=seed, **kwargs
+        )
     if tuner == "bayesian":
         try:
             import scipy  # noqa: F401
             import sklearn  # noqa: F401
         except ImportError as err:
-            raise ValueError("the bayesian tuner needs scipy and scikit-learn (pip install "
-                             "scipy scikit-learn)") from err
-        return oracles.BayesianOptimizationOracle(objective=objective, max_trials=max_trials,
-                                                  seed=seed, **kwargs)
+            raise ValueError(
+                "the bayesian tuner needs scipy and scikit-learn (pip install scipy scikit-learn)"
+            ) from err
+        return oracles.BayesianOptimizationOracle(
+            objective=objective, max_trials=max_trials, seed=seed, **kwargs
+        )
     if tuner == "hyperband":
         if not max_epochs or max_epochs < 1:
             raise ValueError("hyperband needs max_epochs (EM iterations) >= 1")
-        oracle = oracles.HyperbandOracle(objective=objective, max_epochs=int(max_epochs),
-                                         factor=factor, hyperband_iterations=hyperband_iterations,
-                                         seed=seed, **kwargs)
+        oracle = oracles.HyperbandOracle(
+            objective=objective,
+            max_epochs=int(max_epochs),
+            factor=factor,
+            hyperband_iterations=hyperband_iterations,
+            seed=seed,
+            **kwargs,
+        )
         oracle.max_trials = max_trials  # Hyperband ends when its brackets do, or here
         return oracle
     raise ValueError(f"tuner must be one of {TUNERS}; got {tuner!r}")
 
 
-def tune(base_config, train, validation, *, max_trials=10, tuner="random", directory="tuning",
-         project_name="tfdgmm", search_space=None, space=None, seed=DEFAULT_SEED,
-         max_epochs=None, factor=3, overwrite=False, verbose=True, oracle_kwargs=None):
+def tune(
+    base_config,
+    train,
+    validation,
+    *,
+    max_trials=10,
+    tuner="random",
+    directory="tuning",
+    project_name="tfdgmm",
+    search_space=None,
+    space=None,
+    seed=DEFAULT_SEED,
+    max_epochs=None,
+    factor=3,
+    overwrite=False,
+    verbose=True,
+    oracle_kwargs=None,
+):
     """Run a keras-tuner search of deep GMM hyperparameters; returns the `EMTuner`.
 
     Args:
@@ -434,10 +527,24 @@ def tune(base_config, train, validation, *, max_trials=10, tuner="random", direc
     base = normalize_base_config(base_config)
     if max_epochs is None:
         max_epochs = base["training"]["em_iterations"]
-    oracle = make_oracle(tuner, max_trials=max_trials, seed=seed, max_epochs=max_epochs,
-                         factor=factor, **(oracle_kwargs or {}))
-    t = EMTuner(oracle, base, search_space=search_space, space=space, verbose=verbose,
-                directory=directory, project_name=project_name, overwrite=overwrite)
+    oracle = make_oracle(
+        tuner,
+        max_trials=max_trials,
+        seed=seed,
+        max_epochs=max_epochs,
+        factor=factor,
+        **(oracle_kwargs or {}),
+    )
+    t = EMTuner(
+        oracle,
+        base,
+        search_space=search_space,
+        space=space,
+        verbose=verbose,
+        directory=directory,
+        project_name=project_name,
+        overwrite=overwrite,
+    )
     t.search(train, validation)
     t.write_summary()
     return t
