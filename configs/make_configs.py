@@ -126,6 +126,28 @@ CPU_TRAINING = dict(
 )
 CPU_DATA = {"train_limit": 4_000, "validation_limit": 1_000, "test_limit": 2_000}
 
+# Deeper stacks of block-diagonal layers take the CPU rate divided by depth beyond 4 layers.
+# Adam moves every entry of every layer by about the learning rate, and the layers of a stack
+# compose, so the whole stack's change per update grows with its depth. Measured on 2026-11-30
+# (BENCHMARKS.md, "Why table2_L8_K4_cpu rolled back"): with the half-convolutions frozen, Adam at
+# 3e-3 on 8 shared BD layers x 4 lost 340 nats/image of training loss between updates 40 and 160
+# of the first M-step (on 4 layers: 62, recovered within 100 updates), and at 1.5e-3 = 3e-3 x 4/8
+# it improved steadily; the half-convolutions' K-FAC steps alone (BD frozen) were steady.
+CPU_REFERENCE_DEPTH = 4
+
+
+def cpu_learning_rate(arch):
+    """The `_cpu` configs' rate for a model: 3e-3, times 4 / (block-diagonal or dense layers)
+    when there are more than 4 of them."""
+    depth = sum(
+        int(layer.get("repeat", 1))
+        for layer in arch["layers"]
+        if layer["type"] in ("block_diagonal", "dense")
+    )
+    rate = CPU_TRAINING["learning_rate"] * min(1.0, CPU_REFERENCE_DEPTH / max(depth, 1))
+    return float(f"{rate:.4g}")
+
+
 # Gating networks after EM (paper, section 3): Adam on the last E-step's paths.
 FULL_GATING = {
     "enabled": True,
@@ -162,6 +184,8 @@ def write(name, description, paper, arch, gating=False):
             "training": dict(training),
             "data": dict(data),
         }
+        if suffix == "_cpu":
+            cfg["training"]["learning_rate"] = cpu_learning_rate(arch)
         if gating:
             cfg["gating"] = dict(gate)
         with open(os.path.join(HERE, f"{name}{suffix}.yaml"), "w") as f:

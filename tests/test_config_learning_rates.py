@@ -1,0 +1,58 @@
+"""The `_cpu` configs' learning rate against the depth rule of configs/make_configs.py."""
+
+import glob
+import importlib.util
+import os
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _make_configs():
+    spec = importlib.util.spec_from_file_location(
+        "make_configs", os.path.join(ROOT, "configs", "make_configs.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _depth(cfg):
+    return sum(
+        int(layer.get("repeat", 1))
+        for layer in cfg["model"]["layers"]
+        if layer["type"] in ("block_diagonal", "dense")
+    )
+
+
+@pytest.mark.parametrize(
+    "name, rate",
+    [
+        ("table1_hc3_cpu", 3e-3),
+        ("table2_L4_K4_cpu", 3e-3),
+        ("table2_L5_K8_cpu", 2.4e-3),
+        ("table2_L8_K4_cpu", 1.5e-3),
+        ("table3_intermediate_L5_cpu", 2.4e-3),
+    ],
+)
+def test_deep_block_diagonal_stacks_take_a_rate_divided_by_depth(name, rate):
+    with open(os.path.join(ROOT, "configs", f"{name}.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    assert cfg["training"]["learning_rate"] == pytest.approx(rate, rel=1e-3)
+    assert _make_configs().cpu_learning_rate(cfg["model"]) == pytest.approx(rate, rel=1e-3)
+
+
+def test_every_cpu_config_follows_the_rule_and_full_configs_keep_the_papers_rate():
+    module = _make_configs()
+    cpu = sorted(glob.glob(os.path.join(ROOT, "configs", "*_cpu.yaml")))
+    assert len(cpu) >= 40
+    for path in cpu:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+        expected = 3e-3 * min(1.0, 4 / _depth(cfg))
+        assert cfg["training"]["learning_rate"] == pytest.approx(expected, rel=1e-3), path
+        assert module.cpu_learning_rate(cfg["model"]) == pytest.approx(expected, rel=1e-3)
+        with open(path.replace("_cpu.yaml", ".yaml")) as f:
+            assert yaml.safe_load(f)["training"]["learning_rate"] == 1e-3
