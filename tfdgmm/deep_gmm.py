@@ -1,12 +1,13 @@
 """The deep GMM as a TensorFlow Probability distribution over images."""
 
+import json
 import math
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfdgmm import path_priors, path_search
+from tfdgmm import architectures, path_priors, path_search
 from tfdgmm.bijectors import Patchify
 
 tfd = tfp.distributions
@@ -88,6 +89,7 @@ class DeepGMM(tfd.Distribution):
         exact_limit=4096,
         validate_args=False,
         name="DeepGMM",
+        config=None,
     ):
         parameters = dict(locals())
         image_shape = tuple(int(s) for s in image_shape)
@@ -116,6 +118,8 @@ class DeepGMM(tfd.Distribution):
                 path_prior, self._layer_specs, dtype, patch_shape=self._patch_shape
             )
             self._ildj_tables = None
+            # A JSON string: a `tf.Module` would wrap a dict attribute in tracking containers.
+            self._config_json = None if config is None else json.dumps(config, sort_keys=True)
             super().__init__(
                 dtype=dtype,
                 reparameterization_type=tfd.NOT_REPARAMETERIZED,
@@ -128,17 +132,50 @@ class DeepGMM(tfd.Distribution):
     # ------------------------------------------------------------------ structure
 
     @classmethod
-    def from_config(cls, config, **kwargs):
-        """Build from an architecture dict (see `tfdgmm.architectures`)."""
-        from tfdgmm import architectures
+    def from_config(cls, config, dtype=None, seed=None, **kwargs):
+        """Build from an architecture dict (see `tfdgmm.architectures`).
 
-        return architectures.build(config, **kwargs)
+        Args:
+          config: the architecture dict.
+          dtype: overrides the config's `dtype`.
+          seed: overrides the config's `seed` (the layers' initial values).
+          **kwargs: other `DeepGMM` arguments (e.g. `validate_args`).
+
+        Returns:
+          A `DeepGMM` whose `config` is the normalised config.
+        """
+        cfg = architectures.normalize(config)
+        if dtype is not None:
+            cfg["dtype"] = tf.as_dtype(dtype).name
+        if seed is not None:
+            cfg["seed"] = int(seed)
+        layers = architectures.build_layers(cfg)
+        h, w, c = cfg["image_shape"]
+        kwargs.setdefault("exact_limit", cfg["exact_limit"])
+        return cls(
+            layers,
+            image_shape=(h, w, c),
+            patch_size=cfg["patch_size"],
+            path_prior=cfg["path_prior"],
+            config=cfg,
+            **kwargs,
+        )
+
+    @property
+    def config(self):
+        """The normalised architecture config (a new plain dict), or None for a model not
+        built from one."""
+        return None if self._config_json is None else json.loads(self._config_json)
 
     def get_config(self):
-        """The normalised architecture config (for models built with `from_config`)."""
-        from tfdgmm import architectures
+        """The normalised architecture config (for models built with `from_config`).
 
-        return architectures.get_config(self)
+        Raises:
+          ValueError: the model was not built from a config.
+        """
+        if self._config_json is None:
+            raise ValueError("this DeepGMM was not built from a config; get_config is unavailable")
+        return self.config
 
     @property
     def layers(self):

@@ -57,6 +57,7 @@ import tensorflow as tf
 
 from tfdgmm import architectures
 from tfdgmm import layers as tlayers
+from tfdgmm.bijectors import registry
 from tfdgmm.deep_gmm import DeepGMM
 
 __all__ = ["DeepGMMModel", "DivergenceGuard", "ESTEP_OPTIONS", "WarmUp", "check_image_range"]
@@ -154,28 +155,12 @@ class DeepGMMModel(keras.Model):
 
     def _make_layer(self, i, spec):
         kind = spec["type"]
-        common = dict(
-            num_alternatives=spec["alternatives"],
-            seed=self.architecture["seed"] * 1009 + i,  # as architectures.build
+        return registry.keras_layer(kind).from_spec(
+            spec,
+            seed=architectures.layer_seed(self.architecture["seed"], i),
             name=f"layer{i}_{kind}",
             dtype=self.dtype_policy,
         )
-        if kind == "block_diagonal":
-            return tlayers.BlockDiagonal(
-                selection=spec["selection"], per_location=spec["per_location"], **common
-            )
-        if kind == "diagonal":
-            return tlayers.Diagonal(
-                selection=spec["selection"], per_location=spec["per_location"], **common
-            )
-        if kind == "half_convolution":
-            return tlayers.HalfConvolution(
-                kernel_size=spec["kernel_size"],
-                update=spec["update"],
-                selection=spec["selection"],
-                **common,
-            )
-        return tlayers.Dense(**common)
 
     def build(self, input_shape=None):
         """Creates every weight (the shapes follow from the architecture; inputs are ignored)."""
@@ -205,7 +190,7 @@ class DeepGMMModel(keras.Model):
         """A new `DeepGMM` (own `tf.Variable`s, `DeepGMM.from_config`) with these values."""
         gmm = DeepGMM.from_config(copy.deepcopy(self.architecture))
         for bij, layer in zip(gmm.layers, self.transforms):
-            for name in layer._PARAMETERS:
+            for name in layer.PARAMETERS:
                 getattr(bij, name).assign(getattr(layer, name).numpy())
         return gmm
 
@@ -216,7 +201,7 @@ class DeepGMMModel(keras.Model):
                 f"the DeepGMM has {len(gmm.layers)} layers, this model {len(self.transforms)}"
             )
         for i, (bij, layer) in enumerate(zip(gmm.layers, self.transforms)):
-            for name in layer._PARAMETERS:
+            for name in layer.PARAMETERS:
                 weight = getattr(layer, name)
                 value = np.asarray(tf.convert_to_tensor(getattr(bij, name, None)))
                 if tuple(value.shape) != tuple(weight.shape):

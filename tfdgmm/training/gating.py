@@ -12,7 +12,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfdgmm import architectures, path_priors
+from tfdgmm import path_priors
+from tfdgmm.deep_gmm import DeepGMM
 
 __all__ = [
     "GATING_DEFAULTS",
@@ -29,8 +30,6 @@ __all__ = [
 
 def with_gating(model, hidden=32, kernel_size=3, seed=0):
     """A `DeepGMM` sharing `model`'s layers, with a fresh (uniform-initialised) gating prior."""
-    from tfdgmm.deep_gmm import DeepGMM
-
     prior = path_priors.GatingPathPrior(
         model.layer_specs,
         model.patch_shape,
@@ -39,6 +38,9 @@ def with_gating(model, hidden=32, kernel_size=3, seed=0):
         seed=seed,
         dtype=model.dtype,
     )
+    config = model.config
+    if config is not None:
+        config["path_prior"] = {"kind": "gating", "hidden": hidden, "kernel_size": kernel_size}
     gated = DeepGMM(
         model.layers,
         image_shape=model.image_shape,
@@ -46,15 +48,8 @@ def with_gating(model, hidden=32, kernel_size=3, seed=0):
         path_prior=prior,
         exact_limit=model.exact_limit,
         validate_args=model.validate_args,
+        config=config,
     )
-    if getattr(model, "_config_json", None) is not None:
-        architectures.set_config(
-            gated,
-            dict(
-                architectures.get_config(model),
-                path_prior={"kind": "gating", "hidden": hidden, "kernel_size": kernel_size},
-            ),
-        )
     return gated
 
 
