@@ -174,7 +174,7 @@ def test_bounds_sandwich_exact_and_search_finds_best_path(name):
 def test_passes_never_lower_the_objective():
     model = make(SMALL_CONFIGS["mixed"], seed=4)
     x = data(model, n=32, seed=3)
-    h0 = model._patchify.forward(x)
+    h0 = model.patchify(x)
     for method in ["brute_force", "ranked", "linearized"]:
         path = path_search.random_path(model, 32, tf.constant([1, 2]))
         prev = path_search.objective(model, h0, path).numpy()
@@ -199,7 +199,7 @@ def test_gram_search_equals_brute_force_coordinate_ascent():
         seed=5,
     )
     x = data(model, n=24, seed=5)
-    h0 = model._patchify.forward(x)
+    h0 = model.patchify(x)
     start = path_search.random_path(model, 24, tf.constant([3, 3]))
     gram = path_search.coordinate_ascent_pass(model, h0, start, "gram")
     brute = path_search.coordinate_ascent_pass(model, h0, start, "brute_force")
@@ -209,7 +209,7 @@ def test_gram_search_equals_brute_force_coordinate_ascent():
         bad = make(SMALL_CONFIGS["mixed"])
         path_search.coordinate_ascent_pass(
             bad,
-            bad._patchify.forward(data(bad)),
+            bad.patchify(data(bad)),
             path_search.random_path(bad, 6, tf.constant([1, 1])),
             "gram",
         )
@@ -234,7 +234,7 @@ def test_ranked_search_with_every_location_matches_brute_force_quality():
     # with top = L the ranked scheme is exact coordinate ascent in a data-dependent order
     model = make(SMALL_CONFIGS["mixed"], seed=2)
     x = data(model, n=32, seed=4)
-    h0 = model._patchify.forward(x)
+    h0 = model.patchify(x)
     start = path_search.random_path(model, 32, tf.constant([7, 7]))
     ranked = path_search.objective(
         model,

@@ -80,7 +80,7 @@ def test_gated_model_density_integrates_to_one():
 def test_gating_search_never_lowers_objective_and_bounds_hold():
     model = make(LAYERS, {"kind": "gating", "hidden": 8}, seed=1)
     x = model.sample(16, seed=tf.constant([3, 2]))
-    h0 = model._patchify.forward(x)
+    h0 = model.patchify(x)
     for method in ["auto", "brute_force", "linearized"]:
         path = path_search.random_path(model, 16, tf.constant([1, 2]))
         prev = path_search.objective(model, h0, path).numpy()

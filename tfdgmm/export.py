@@ -52,7 +52,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfdgmm.runs import layout
+from tfdgmm import layout
 
 __all__ = [
     "search_settings",

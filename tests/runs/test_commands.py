@@ -9,8 +9,7 @@ import tensorflow as tf
 import yaml
 
 import tfdgmm
-from tfdgmm import cli, export, runs
-from tfdgmm.runs import layout
+from tfdgmm import cli, export, layout, runs
 
 ARCH = {
     "image_shape": [4, 4, 1],
@@ -166,7 +165,7 @@ def test_tune_refuses_zero_trials_and_a_falsy_seed(tmp_path, capsys):
 
 
 def test_the_oracle_seed_is_deterministic_by_default():
-    from tfdgmm.training import tuner
+    from tfdgmm.runs import tune as tuner
 
     oracles = [tuner.make_oracle("random", max_trials=2) for _ in range(2)]
     assert oracles[0].seed == oracles[1].seed == tuner.DEFAULT_SEED

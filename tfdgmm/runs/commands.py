@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tfdgmm.runs import layout
+from tfdgmm import layout
 from tfdgmm.runs.config import DATA_DEFAULTS, apply_overrides, load_run_config
 from tfdgmm.runs.data import DataLoadError, bpd_fn, dequantized, load_data, train_images
 from tfdgmm.runs.io import dump_json
@@ -206,16 +206,16 @@ def tune_run(
     verbose=True,
     log=print,
 ):
-    """`tfdgmm tune`: a keras-tuner search (`tfdgmm.training.tuner.tune`) whose trials train
+    """`tfdgmm tune`: a keras-tuner search (`tfdgmm.runs.tune.tune`) whose trials train
     the config's model family on the config's data; `out_dir` is the tuner's project
     directory (trials in `out_dir/trial_ID/`, each a run directory; `out_dir/best.json`).
     Returns the summary of the best trial (with the oracle's seed, `oracle_seed`).
 
-    `seed=None` is `tfdgmm.training.tuner.DEFAULT_SEED`: the same command searches the same
+    `seed=None` is `tfdgmm.runs.tune.DEFAULT_SEED`: the same command searches the same
     hyperparameters."""
     import yaml
 
-    from tfdgmm.training import tuner as tuning
+    from tfdgmm.runs import tune as tuning
 
     seed = tuning.DEFAULT_SEED if seed is None else seed
     if max_trials is None or int(max_trials) < 1:

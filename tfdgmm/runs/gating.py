@@ -6,7 +6,7 @@ import copy
 import os
 import time
 
-from tfdgmm.runs import layout
+from tfdgmm import layout
 from tfdgmm.runs.io import dump_json, dump_yaml
 
 __all__ = ["gating_hooks", "bounds_record", "gate_run"]

@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 
-from tfdgmm.runs import layout
+from tfdgmm import layout
 
 __all__ = ["RunLock", "RunLockedError", "read_lock"]
 

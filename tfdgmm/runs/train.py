@@ -8,7 +8,7 @@ import shlex
 import sys
 import time
 
-from tfdgmm.runs import layout
+from tfdgmm import layout
 from tfdgmm.runs.config import load_run_config
 from tfdgmm.runs.data import bpd_fn, dequantized, load_data, train_images
 from tfdgmm.runs.gating import gate_run, gating_hooks

@@ -18,7 +18,7 @@ import time
 
 import tensorflow as tf
 
-from tfdgmm.runs import layout
+from tfdgmm import layout
 
 __all__ = ["CheckpointKeeper", "load_model_weights", "has_checkpoint"]
 

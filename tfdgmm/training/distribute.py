@@ -62,6 +62,8 @@ import tempfile
 
 import tensorflow as tf
 
+from tfdgmm.training.seeds import fold_seed
+
 __all__ = [
     "STRATEGIES",
     "DistributeConfigError",
@@ -275,8 +277,8 @@ def sharded_best_path(
     batch and sliced, so each datapoint starts where it would on one device."""
     from tfdgmm import path_search
 
-    x, _ = model._prepare(x)
-    init = model._check_path(init) if init is not None else None
+    x, _ = model.prepare_images(x)
+    init = model.check_path(init) if init is not None else None
     return path_search.best_path(
         model,
         x,
@@ -295,9 +297,7 @@ def sharded_best_path(
 def build_sharded_search(search, strategy):
     """The `DatasetSearch` search function (same signature and effect) with every batch split
     across the replicas of `strategy` and the results gathered back."""
-    from tfdgmm.training.search import fold_seed
-
-    model = search._model
+    model = search.model
     b = search.batch_size
     per = split_size(b, strategy, f"{search.name}: the E-step batch size")
     image_shape = list(model.image_shape)
@@ -328,10 +328,10 @@ def build_sharded_search(search, strategy):
     @tf.function
     def run(start, stop, step_seed):
         def body(bb):
-            lo, idx = search._window(bb)
+            lo, idx = search.window(bb)
             out = strategy.run(replica_fn, args=(lo, fold_seed(step_seed, bb)))
             path, joint, upper = local_value(strategy, out)
-            with tf.control_dependencies(search._store(idx, path, joint, upper)):
+            with tf.control_dependencies(search.store(idx, path, joint, upper)):
                 return [bb + 1]
 
         (bb,) = tf.while_loop(lambda bb: bb < stop, body, [start], parallel_iterations=1)

@@ -44,7 +44,8 @@ from tfdgmm.training import checkpointing
 from tfdgmm.training.config import EMConfig, learning_rate_at, mstep_updates
 from tfdgmm.training.init import initialize_from_data
 from tfdgmm.training.preconditioning import HalfConvolutionKFAC
-from tfdgmm.training.search import DatasetSearch, fold_seed, path_usage_entropy
+from tfdgmm.training.search import DatasetSearch, path_usage_entropy
+from tfdgmm.training.seeds import fold_seed
 from tfdgmm.training.summaries import Clock, RateMeter, Summaries, default_log, format_duration
 
 __all__ = ["EMTrainer", "TrainingInterrupted", "evaluate_bounds", "ESTEP", "MSTEP", "BOUNDS"]
@@ -359,14 +360,14 @@ class EMTrainer:
             raise ValueError(f"no {which} data")
         saved = search.restarts
         search.restarts = cfg.eval_restarts if restarts is None else restarts
-        search._search_fn = None
+        search.clear_traced()
         try:
             search.reset()
             start = time.monotonic()
             search.run(step=1_000_003)
         finally:
             search.restarts = saved
-            search._search_fn = None
+            search.clear_traced()
             search.reset()
         return _bounds_dict(search, self.nats_to_bpd, time.monotonic() - start)
 

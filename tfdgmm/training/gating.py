@@ -285,7 +285,7 @@ def gated_search_bounds(gated, searches, restarts=1, seed=0):
     `batch_size`. Nothing is stored. Returns one `(mean lower, mean upper)` per search
     (float64 sums).
     """
-    from tfdgmm.training.search import fold_seed
+    from tfdgmm.training.seeds import fold_seed
 
     searches = list(searches)
     if not searches:

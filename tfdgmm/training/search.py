@@ -24,18 +24,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfdgmm import path_search
+from tfdgmm.training.distribute import build_sharded_search
+from tfdgmm.training.seeds import fold_seed
 
 __all__ = ["DatasetSearch", "fold_seed", "path_usage_entropy"]
-
-
-def fold_seed(seed, *data):
-    """A stateless seed `int32[2]` derived from `seed` (int or `[2]`) and integers `data`."""
-    if isinstance(seed, (int, np.integer)):
-        seed = [int(seed) & 0x7FFFFFFF, int(seed) >> 31]
-    key = tf.cast(tf.convert_to_tensor(seed), tf.int64)
-    for d in data:
-        key = tf.random.experimental.stateless_fold_in(key, tf.cast(d, tf.int64))
-    return tf.cast(key % 0x7FFFFFFF, tf.int32)  # int32 seeds for every stateless op
 
 
 class DatasetSearch(tf.Module):
@@ -113,6 +105,16 @@ class DatasetSearch(tf.Module):
             "position": self.position,
         }
 
+    @property
+    def model(self):
+        """The `DeepGMM` whose paths this searches."""
+        return self._model
+
+    def clear_traced(self):
+        """Forget the traced search function (it is traced again, e.g. after `restarts`
+        changed)."""
+        self._search_fn = None
+
     def set_data(self, x):
         self.data.assign(tf.convert_to_tensor(x, dtype=self._model.dtype))
 
@@ -132,14 +134,15 @@ class DatasetSearch(tf.Module):
 
     # ------------------------------------------------------------------ the search
 
-    def _store(self, idx, path, joint, upper):
+    def store(self, idx, path, joint, upper):
         """Ops writing a batch's found paths and bounds at rows `idx`."""
         ops = [v.scatter_update(tf.IndexedSlices(p, idx)) for v, p in zip(self.paths, path)]
         ops.append(self.lower.scatter_update(tf.IndexedSlices(joint, idx)))
         ops.append(self.upper.scatter_update(tf.IndexedSlices(upper, idx)))
         return ops
 
-    def _window(self, b):
+    def window(self, b):
+        """`(first row, row indices)` of batch `b` (the last batch overlaps the one before)."""
         lo = tf.minimum(tf.cast(b, tf.int32) * self.batch_size, self.num_images - self.batch_size)
         return lo, tf.range(lo, lo + self.batch_size)
 
@@ -154,7 +157,7 @@ class DatasetSearch(tf.Module):
         @tf.function
         def search(start, stop, step_seed):
             def body(b):
-                lo, idx = self._window(b)
+                lo, idx = self.window(b)
                 x, init = self._batch(lo)
                 path, joint = model.best_path(
                     x,
@@ -167,7 +170,7 @@ class DatasetSearch(tf.Module):
                     location_options=self.location_options or None,
                 )
                 upper = model.log_prob_upper_bound(x, path=path)
-                with tf.control_dependencies(self._store(idx, path, joint, upper)):
+                with tf.control_dependencies(self.store(idx, path, joint, upper)):
                     return [b + 1]
 
             (b,) = tf.while_loop(lambda b: b < stop, body, [start], parallel_iterations=1)
@@ -185,8 +188,6 @@ class DatasetSearch(tf.Module):
             if self.strategy is None:
                 self._search_fn = self._build_search()
             else:
-                from tfdgmm.training.distribute import build_sharded_search
-
                 self._search_fn = build_sharded_search(self, self.strategy)
         start = int(self.position.numpy())
         stop = (
@@ -213,7 +214,7 @@ class DatasetSearch(tf.Module):
         @tf.function
         def score():
             def body(b, lo_sum, up_sum):
-                lo, idx = self._window(b)
+                lo, idx = self.window(b)
                 x, path = self._batch(lo)
                 # count each datapoint once: skip the rows the overlapping last batch repeats
                 mask = tf.cast(

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import tfdgmm
 from tfdgmm import export
-from tfdgmm.training import tuner as tt
+from tfdgmm.runs import tune as tt
 
 # 8x8x3 images, 2x2 patches (4 x 4 x 12 patch tensors); one EM iteration of a few updates.
 BASE = {

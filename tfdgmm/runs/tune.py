@@ -1,7 +1,7 @@
 """Hyperparameter search with keras-tuner: every trial is a hard-EM training run.
 
 ```python
-from tfdgmm.training import tuner as tt
+from tfdgmm.runs import tune as tt
 
 t = tt.tune(base_config, x_train, x_val, max_trials=20, tuner="bayesian",
             directory="tuning/cifar10")          # RandomSearch | BayesianOptimization | Hyperband
@@ -49,7 +49,7 @@ import time
 import keras_tuner
 import numpy as np
 
-from tfdgmm.runs import layout
+from tfdgmm import layout
 
 __all__ = [
     "DEFAULT_SPACE",
