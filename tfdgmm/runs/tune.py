@@ -21,7 +21,7 @@ tfdgmm.export.export_run(tt.best_run_dir(t), "saved_models/tuned")
 * The objective is the mean validation lower bound of the trial's best model (EM's early
   stopping choice) by a **fresh** search with fixed settings: `objective_bounds(model, x_val,
   training_config)`, i.e. `evaluate_bounds` with `eval_restarts` random restarts, batches of
-  `estep_batch_size` and the seed `training.seed + 104729` (the settings of
+  `estep_batch_size` and the seed `training.seed + EVAL_SEED_OFFSET` (the settings of
   `EMTrainer.evaluate` and `tfdgmm evaluate`). It is therefore recomputable from the restored
   model alone, and comparable across trials (the warm-started bound of the EM history, also
   reported as `val_lower_bound_warm`, depends on the trial's stored paths).
@@ -50,6 +50,7 @@ import keras_tuner
 import numpy as np
 
 from tfdgmm import layout
+from tfdgmm.training.evaluation import EVAL_SEED_OFFSET
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -69,7 +70,7 @@ __all__ = [
 
 OBJECTIVE = "val_lower_bound"
 #: The objective's search seed is `training.seed + OBJECTIVE_SEED_OFFSET` (as `tfdgmm evaluate`).
-OBJECTIVE_SEED_OFFSET = 104729
+OBJECTIVE_SEED_OFFSET = EVAL_SEED_OFFSET
 TUNERS = ("random", "bayesian", "hyperband")
 #: The oracle's seed when none is given (keras-tuner turns a falsy seed into a random one).
 DEFAULT_SEED = 1
@@ -175,7 +176,7 @@ def objective_bounds(model, validation, training, log=None):
     settings from the run's `training` config (`EMConfig` or dict). Returns the
     `evaluate_bounds` dict (`lower_bound_nats` is the objective)."""
     from tfdgmm.training.config import EMConfig
-    from tfdgmm.training.em import evaluate_bounds
+    from tfdgmm.training.evaluation import evaluate_bounds
 
     em = training if isinstance(training, EMConfig) else EMConfig.from_dict(training)
     return evaluate_bounds(

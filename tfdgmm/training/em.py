@@ -42,13 +42,29 @@ import tensorflow as tf
 from tfdgmm.deep_gmm import check_float_images
 from tfdgmm.training import checkpointing
 from tfdgmm.training.config import EMConfig, learning_rate_at, mstep_updates
+from tfdgmm.training.evaluation import EVAL_SEED_OFFSET, evaluate_bounds, search_record
+from tfdgmm.training.guards import DivergenceGuard
 from tfdgmm.training.init import initialize_from_data
 from tfdgmm.training.preconditioning import HalfConvolutionKFAC
 from tfdgmm.training.search import DatasetSearch, path_usage_entropy
 from tfdgmm.training.seeds import fold_seed
-from tfdgmm.training.summaries import Clock, RateMeter, Summaries, default_log, format_duration
+from tfdgmm.training.summaries import (
+    Clock,
+    ProgressLog,
+    RateMeter,
+    Summaries,
+    bpd_text,
+    default_log,
+    em_eta_text,
+    format_duration,
+    mstep_progress_text,
+    replicas_text,
+    search_progress_text,
+)
 
 __all__ = ["EMTrainer", "TrainingInterrupted", "evaluate_bounds", "ESTEP", "MSTEP", "BOUNDS"]
+
+# (`evaluate_bounds` lives in tfdgmm.training.evaluation; re-exported here for old imports)
 
 ESTEP, MSTEP, BOUNDS = 0, 1, 2
 _STAGE_NAMES = {ESTEP: "E-step", MSTEP: "M-step", BOUNDS: "bounds"}
@@ -158,8 +174,9 @@ class EMTrainer:
         self._mstep_fn = None
         self._probe_fn = None
         self._clock = Clock()
+        # (each meter leaves out its first measurement: the call that traces the tf.function)
         self._rates = {"estep": RateMeter(), "mstep": RateMeter(), "bounds": RateMeter()}
-        self._last_progress = 0.0
+        self._progress_log = ProgressLog(self.log, cfg.progress_interval_seconds, cfg.em_iterations)
 
     def _init_variables(self, model, cfg, train, validation):
         self._train_fn = train if callable(train) else None
@@ -345,7 +362,7 @@ class EMTrainer:
             restarts=cfg.eval_restarts if restarts is None else restarts,
             location_method=cfg.location_method,
             location_options=cfg.location_options,
-            seed=(cfg.seed + 104729) if seed is None else seed,
+            seed=(cfg.seed + EVAL_SEED_OFFSET) if seed is None else seed,
             nats_to_bpd=self.nats_to_bpd,
             log=self.log,
             label=label,
@@ -369,7 +386,7 @@ class EMTrainer:
             search.restarts = saved
             search.clear_traced()
             search.reset()
-        return _bounds_dict(search, self.nats_to_bpd, time.monotonic() - start)
+        return search_record(search, self.nats_to_bpd, time.monotonic() - start)
 
     def path_usage_entropy(self):
         return path_usage_entropy(self.model, self.train_search.path())
@@ -421,10 +438,14 @@ class EMTrainer:
             self._call_hooks(event, info)
             self._progress(
                 t,
-                f"{'E-step' if event == 'estep' else 'validation E-step'} "
-                f"{pos}/{search.num_batches} batches, "
-                f"{meter.rate or 0:.0f} img/s{self._replicas_text()}, "
-                f"ETA {format_duration(meter.eta((search.num_batches - pos) * search.batch_size))}",
+                search_progress_text(
+                    "E-step" if event == "estep" else "validation E-step",
+                    pos,
+                    search.num_batches,
+                    meter.rate,
+                    self._replicas_text(),
+                    meter.eta((search.num_batches - pos) * search.batch_size),
+                ),
             )
             if self.keeper.seconds_since_save() >= self.config.checkpoint_interval_seconds:
                 self._save()
@@ -485,11 +506,12 @@ class EMTrainer:
     def _mstep(self, t):
         cfg = self.config
         total = mstep_updates(cfg, t)
+        meter = self._rates["mstep"]
         if self._mstep_fn is None:
             self._mstep_fn = (
                 self._build_mstep() if self.strategy is None else self._build_distributed_mstep()
             )
-        meter = self._rates["mstep"]
+            meter.skip_next()  # its first call traces it
         u = int(self.state.mstep_update.numpy())
         if u == 0:
             lr0 = learning_rate_at(cfg, t, 0, total, float(self.state.lr_scale.numpy()))
@@ -498,28 +520,26 @@ class EMTrainer:
                 f"{self.batch_size} images, learning rate {lr0:.2e}"
             )
         start_stage = time.monotonic()
-        # Divergence checks (cfg.divergence_nats) compare within this M-step, at the end of
-        # every window of CHECK_WINDOW updates (chunks never cross a window's end): the window's
-        # mean loss with the best window mean so far, starting from the loss the M-step started
-        # from (minus the E-step's training lower bound); every ANCHOR_EVERY updates and at the
-        # end, also the loss of a fixed probe minibatch with the best probe so far, and if that
-        # passes too the state is saved as the rollback target (`keeper.save(anchor=True)`). A
-        # NaN or a divergence restores the last target.
-        # The guard's running values are part of the checkpoint (`state.current`), so a
+        # The divergence and NaN guard (tfdgmm.training.guards) checks at the end of every
+        # window of CHECK_WINDOW updates (chunks never cross a window's end); a problem
+        # restores the last rollback target, written every ANCHOR_EVERY updates once the
+        # checks passed. Its running values are part of the checkpoint (`state.current`), so a
         # resumed run takes the same decisions as an uninterrupted one.
-        check = cfg.divergence_nats > 0
-        window = max(1, int(self.CHECK_WINDOW))
-        every = max(1, int(self.ANCHOR_EVERY) // window) * window
         start_lower = _jget(self.state.current).get("estep_lower_bound")
         start_loss = float("inf") if start_lower is None else -float(start_lower)
-        guard = _jget(self.state.current).get("mstep_guard")
-        if guard is None:
-            guard = self._new_guard(start_loss, check)
-        loss = guard.get("last_window_loss")
+        guard = DivergenceGuard(
+            cfg.divergence_nats,
+            start_loss,
+            probe=self._probe_loss,
+            window=self.CHECK_WINDOW,
+            anchor_every=self.ANCHOR_EVERY,
+            state=_jget(self.state.current).get("mstep_guard"),
+        )
+        loss = guard.last_window_loss
         while True:
             problem, boundary = None, u >= total
             if u < total:
-                n = min(self._chunk(meter, 5, total - u), window - u % window)
+                n = guard.chunk_size(u, self._chunk(meter, 5, total - u))
                 start = time.monotonic()
                 done, ok, loss_sum = self._mstep_fn(
                     tf.constant(n, tf.int64), tf.constant(total, tf.int64), tf.constant(t, tf.int64)
@@ -528,56 +548,32 @@ class EMTrainer:
                 meter.update(done, time.monotonic() - start)
                 u = int(self.state.mstep_update.numpy())
                 self._call_hooks("mstep", {"em_iteration": t, "update": u, "updates": total})
-                guard["sum"] += loss_sum
-                guard["done"] += done
-                if not ok:
-                    problem = "non-finite loss"
-                elif not self._parameters_finite():
-                    problem = "non-finite parameters"
-                else:
-                    self._mstep_progress(t, u, total, loss_sum / max(done, 1), meter)
-                    boundary = u % window == 0 or u >= total
-            if problem is None and boundary and guard["done"]:
-                mean = guard["sum"] / guard["done"]
-                if check and mean > guard["best"] + cfg.divergence_nats:
-                    problem = (
-                        f"diverging loss ({mean:.4g} nats/image over updates "
-                        f"{u - guard['done']}-{u} against {guard['best']:.4g} earlier "
-                        f"in this M-step"
-                        f"{' (its start)' if guard['best'] == start_loss else ''})"
-                    )
-                elif check and (u % every == 0 or u >= total):
-                    probe = self._probe_loss()
-                    if probe <= guard["best_probe"] + cfg.divergence_nats:  # (False for NaN)
-                        guard["best_probe"] = min(guard["best_probe"], probe)
-                    else:
-                        problem = (
-                            f"diverging loss (a fixed probe minibatch: {probe:.4g} "
-                            f"nats/image against {guard['best_probe']:.4g} earlier in "
-                            "this M-step)"
-                        )
+                problem = guard.add_chunk(loss_sum, done, ok, self._parameters_finite)
                 if problem is None:
-                    loss = guard["last_window_loss"] = mean
-                    guard["best"] = min(guard["best"], mean)
-                    guard["sum"], guard["done"] = 0.0, 0
+                    self._mstep_progress(t, u, total, loss_sum / max(done, 1), meter)
+                    boundary = guard.is_boundary(u, total)
+            if problem is None and boundary:
+                problem = guard.end_window(u, total)
+                if problem is None and guard.last_window_loss is not None:
+                    loss = guard.last_window_loss
             if problem is not None:
                 self._rollback(t, u, problem)
                 if int(self.state.stage.numpy()) != MSTEP:
                     self._save(anchor=True)
                     return
                 u = int(self.state.mstep_update.numpy())
-                guard = self._new_guard(start_loss, check)
+                guard.reset()
                 loss = None
-                self._store_guard(guard)
+                self._store_guard(guard.state)
                 self._save(anchor=True)  # the rollback's lowered rate is the new target
                 continue
             if u >= total:
                 break
-            if boundary and u % every == 0:
-                self._store_guard(guard)
+            if boundary and guard.is_anchor(u):
+                self._store_guard(guard.state)
                 self._save(anchor=True)
             elif self.keeper.seconds_since_save() >= cfg.checkpoint_interval_seconds:
-                self._store_guard(guard)  # a timer checkpoint: for resuming, never a target
+                self._store_guard(guard.state)  # a timer checkpoint: for resuming, never a target
                 self._save()
         current = _jget(self.state.current)
         current.pop("mstep_guard", None)
@@ -590,15 +586,6 @@ class EMTrainer:
         _jset(self.state.current, current)
         self.state.stage.assign(BOUNDS)
         self._save()
-
-    def _new_guard(self, start_loss, check):
-        return {
-            "sum": 0.0,
-            "done": 0,
-            "best": start_loss,
-            "best_probe": self._probe_loss() if check else float("inf"),
-            "last_window_loss": None,
-        }
 
     def _store_guard(self, guard):
         current = _jget(self.state.current)
@@ -619,10 +606,9 @@ class EMTrainer:
         )
         self._progress(
             t,
-            f"M-step {u}/{total} ({100 * u / total:.0f}%), loss {loss:.2f} "
-            f"nats/image, lr {lr:.2e}, {meter.rate or 0:.1f} updates/s"
-            f"{self._replicas_text()}, "
-            f"ETA {format_duration(meter.eta(total - u))}",
+            mstep_progress_text(
+                u, total, loss, lr, meter.rate, self._replicas_text(), meter.eta(total - u)
+            ),
         )
 
     def _bounds(self, t):
@@ -916,18 +902,13 @@ class EMTrainer:
         return None if self.nats_to_bpd is None or nats is None else float(self.nats_to_bpd(nats))
 
     def _replicas_text(self):
-        return f" on {self.num_replicas} replicas" if self.num_replicas > 1 else ""
+        return replicas_text(self.num_replicas)
 
     def _bpd_text(self, nats):
-        bpd = self._bpd(nats)
-        return "" if bpd is None else f" ({bpd:.3f} bits/dim)"
+        return bpd_text(self._bpd(nats))
 
     def _progress(self, t, text):
-        now = time.monotonic()
-        if now - self._last_progress < self.config.progress_interval_seconds:
-            return
-        self._last_progress = now
-        self.log(f"[EM {t + 1}/{self.config.em_iterations}] {text}")
+        self._progress_log(t, text)
 
     def _eta_text(self, t):
         """Rough time left for the remaining EM iterations, from the measured rates."""
@@ -942,69 +923,4 @@ class EMTrainer:
         ]
         if self.validation_search is not None:
             parts.append(v.eta(left * self.validation_search.num_images))
-        if any(p is None for p in parts):
-            return ""
-        return f", ETA for {left} more EM iterations {format_duration(sum(parts))}"
-
-
-def _bounds_dict(search, nats_to_bpd, seconds):
-    lo, up = search.mean_bounds()
-    out = {
-        "num_images": search.num_images,
-        "lower_bound_nats": lo,
-        "upper_bound_nats": up,
-        "seconds": seconds,
-    }
-    if nats_to_bpd is not None:
-        out["lower_bound_bits_per_dim"] = float(nats_to_bpd(lo))
-        out["upper_bound_bits_per_dim"] = float(nats_to_bpd(up))
-    return out
-
-
-def evaluate_bounds(
-    model,
-    x,
-    batch_size=500,
-    restarts=2,
-    location_method="auto",
-    location_options=None,
-    seed=0,
-    nats_to_bpd=None,
-    log=None,
-    label="data",
-):
-    """Lower and (approximate) upper bounds of `model` on images `x` by a fresh E-step.
-
-    Every datapoint starts from a random path (1 pass), then `restarts` random restarts
-    (2 passes each); the best path is kept. Returns `{num_images, lower_bound_nats,
-    upper_bound_nats, (lower|upper)_bound_bits_per_dim, seconds}` (means per image).
-    """
-    start = time.monotonic()
-    search = DatasetSearch(
-        model,
-        x,
-        batch_size=batch_size,
-        init_passes=1,
-        restarts=restarts,
-        restart_passes=2,
-        location_method=location_method,
-        location_options=location_options,
-        seed=seed,
-        name="evaluation",
-    )
-    meter = RateMeter()
-    last = time.monotonic()
-    while not search.done:
-        remaining = search.num_batches - int(search.position.numpy())
-        n = 1 if meter.rate is None else max(1, min(remaining, int(meter.rate * 15)))
-        t0 = time.monotonic()
-        search.run(step=0, max_batches=n)
-        meter.update(n, time.monotonic() - t0)
-        if log is not None and time.monotonic() - last > 15 and not search.done:
-            last = time.monotonic()
-            pos = int(search.position.numpy())
-            log(
-                f"evaluating {label}: {pos}/{search.num_batches} batches, ETA "
-                f"{format_duration(meter.eta(search.num_batches - pos))}"
-            )
-    return _bounds_dict(search, nats_to_bpd, time.monotonic() - start)
+        return em_eta_text(left, parts)

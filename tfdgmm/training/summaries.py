@@ -1,15 +1,32 @@
 """Visibility: TensorBoard scalars and images, periodic progress lines with an ETA, and the
-one-line device report at the start of a run."""
+one-line device report at the start of a run.
+
+Progress text lives here too: `RateMeter` (the speed, measured after the traced first call),
+`format_duration` and `ProgressText` (the trainer's progress and ETA lines).
+"""
 
 from __future__ import annotations
 
 import math
 import sys
 import time
+from collections.abc import Callable
 
 import tensorflow as tf
 
-__all__ = ["Summaries", "format_duration", "default_log", "RateMeter", "device_report"]
+__all__ = [
+    "ProgressLog",
+    "RateMeter",
+    "Summaries",
+    "bpd_text",
+    "default_log",
+    "device_report",
+    "em_eta_text",
+    "format_duration",
+    "mstep_progress_text",
+    "replicas_text",
+    "search_progress_text",
+]
 
 
 def default_log(message: str):
@@ -30,21 +47,37 @@ def format_duration(seconds) -> str:
 
 
 class RateMeter:
-    """Work units per second, smoothed (exponential moving average over measured chunks)."""
+    """Work units per second, smoothed (exponential moving average over measured chunks).
 
-    def __init__(self, smoothing=0.3):
+    The first `warmup` measurements (and the next one after `skip_next()`) are not counted:
+    the first call of a `tf.function` traces it (a 1-minute M-step used to begin with
+    "ETA 57m57s"), so the rate, and every ETA from it, starts after the traced call. Until a
+    counted measurement exists `rate` is None and `eta` says so (None).
+    """
+
+    def __init__(self, smoothing: float = 0.3, warmup: int = 1) -> None:
         self.rate = None
         self._smoothing = smoothing
+        self._skip = int(warmup)
 
-    def update(self, units, seconds):
+    def skip_next(self) -> None:
+        """Leave the next measurement out (e.g. the function is traced again)."""
+        self._skip = max(self._skip, 1)
+
+    def update(self, units: float, seconds: float) -> None:
+        """Count `units` of work done in `seconds` (skipped while warming up)."""
         if units <= 0 or seconds <= 0:
+            return
+        if self._skip > 0:
+            self._skip -= 1
             return
         r = units / seconds
         self.rate = (
             r if self.rate is None else (1 - self._smoothing) * self.rate + self._smoothing * r
         )
 
-    def eta(self, units):
+    def eta(self, units: float) -> float | None:
+        """Seconds for `units` more at the current rate; None while unknown."""
         return None if not self.rate else units / self.rate
 
 
@@ -125,3 +158,74 @@ class Clock:
 
     def elapsed(self):
         return self._offset + time.monotonic() - self._start
+
+
+# ---------------------------------------------------------------------- progress text
+
+
+class ProgressLog:
+    """Progress lines `[EM t/T] text`, at most one per `interval` seconds (the first at once)."""
+
+    def __init__(self, log: Callable[[str], None], interval: float, em_iterations: int) -> None:
+        self.log = log
+        self.interval = float(interval)
+        self.em_iterations = int(em_iterations)
+        self._last = 0.0
+
+    def __call__(self, t: int, text: str) -> None:
+        """Log `text` for EM iteration `t` (0-based) unless a line went out < `interval` ago."""
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return
+        self._last = now
+        self.log(f"[EM {t + 1}/{self.em_iterations}] {text}")
+
+
+def replicas_text(num_replicas: int) -> str:
+    """`' on N replicas'` for more than one replica, else `''`."""
+    return f" on {num_replicas} replicas" if num_replicas > 1 else ""
+
+
+def bpd_text(bpd: float | None) -> str:
+    """`' (4.018 bits/dim)'`, or `''` without a bits/dim value."""
+    return "" if bpd is None else f" ({bpd:.3f} bits/dim)"
+
+
+def search_progress_text(
+    label: str,
+    position: int,
+    num_batches: int,
+    rate: float | None,
+    replicas: str,
+    eta: float | None,
+) -> str:
+    """An E-step progress line: batches done, images per second, ETA."""
+    return (
+        f"{label} {position}/{num_batches} batches, {rate or 0:.0f} img/s{replicas}, "
+        f"ETA {format_duration(eta)}"
+    )
+
+
+def mstep_progress_text(
+    update: int,
+    total: int,
+    loss: float,
+    learning_rate: float,
+    rate: float | None,
+    replicas: str,
+    eta: float | None,
+) -> str:
+    """An M-step progress line: updates done, loss, learning rate, speed, ETA."""
+    return (
+        f"M-step {update}/{total} ({100 * update / total:.0f}%), loss {loss:.2f} "
+        f"nats/image, lr {learning_rate:.2e}, {rate or 0:.1f} updates/s{replicas}, "
+        f"ETA {format_duration(eta)}"
+    )
+
+
+def em_eta_text(left: int, parts: list[float | None]) -> str:
+    """`', ETA for N more EM iterations 3m05s'` from the stages' ETAs; `''` when none is left
+    or a stage's speed is not measured yet."""
+    if left <= 0 or any(p is None for p in parts):
+        return ""
+    return f", ETA for {left} more EM iterations {format_duration(sum(parts))}"
