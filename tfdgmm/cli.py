@@ -71,7 +71,7 @@ def _version():
 def _count(low):
     """An argparse type: an integer >= `low` (a clear usage error otherwise)."""
 
-    def parse(text):
+    def parse(text: str):
         try:
             value = int(text)
         except ValueError:
@@ -263,7 +263,7 @@ def _parser():
     return p
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     """Entry point of the `tfdgmm` command (and `python -m tfdgmm`). Returns an exit code.
 
     Arguments are parsed before TensorFlow is imported (`--help` and `--version` are

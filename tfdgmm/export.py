@@ -75,7 +75,11 @@ _INT32_MAX = 2**31 - 1
 
 
 def search_settings(
-    restarts=2, restart_passes=2, location_method="auto", location_options=None, seed=(0, 0)
+    restarts: int = 2,
+    restart_passes: int = 2,
+    location_method: str = "auto",
+    location_options=None,
+    seed: int = (0, 0),
 ):
     """The E-step search settings of an export, as keyword arguments of `DeepGMM.best_path`.
 
@@ -97,7 +101,7 @@ def search_settings(
     """
     from tfdgmm import path_search
 
-    def count(name, v):
+    def count(name: str, v):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"search_settings: {name} must be an int >= 1; got {v!r}")
         return int(v)
@@ -160,7 +164,7 @@ class _ExportModule(tf.Module):
     functions' graphs.
     """
 
-    def __init__(self, model, settings, bin_width=2.0 / 256.0):
+    def __init__(self, model, settings, bin_width=2.0 / 256.0) -> None:
         super().__init__(name="tfdgmm_saved_model")
         from tfdgmm import __version__
 
@@ -176,7 +180,7 @@ class _ExportModule(tf.Module):
         def search(x):
             return model.best_path(tf.cast(x, dtype), seed=search_seed, **search_kwargs)
 
-        def sample(n, seed):
+        def sample(n, seed: int):
             return tf.cast(model.sample_with_path(n, seed=seed)[0], tf.float32)
 
         def log_prob_upper_bound(x):
@@ -243,7 +247,7 @@ class _ExportModule(tf.Module):
             "tfdgmm_version": __version__,
         }
 
-        def var(value, name, dtype=None):
+        def var(value, name: str, dtype=None):
             return tf.Variable(value, dtype=dtype, trainable=False, name=name)
 
         self.image_shape = var(list(model.image_shape), "image_shape", tf.int32)
@@ -275,7 +279,7 @@ def _sample_with_default_seed(sample_fn, n_spec, seed_spec):
     reproducible; without one, a fresh random seed (as TFP's `seed=None`). Two traced
     signatures, so the loaded function accepts both calls."""
 
-    def sample(n, seed=None):
+    def sample(n, seed: int | None = None):
         if seed is None:
             seed = tf.random.uniform([2], minval=-_INT32_MAX - 1, maxval=_INT32_MAX, dtype=tf.int32)
         return sample_fn(n, seed)
@@ -304,7 +308,7 @@ def _is_uniform(model):
     return isinstance(model.path_prior, path_priors.UniformPathPrior)
 
 
-def export_saved_model(model, path, *, search=None, overwrite=False):
+def export_saved_model(model, path, *, search=None, overwrite: bool = False):
     """Write `model` (a `tfdgmm.DeepGMM`) as a SavedModel at `path`; returns `path`.
 
     Args:
@@ -379,7 +383,7 @@ def _target_state(path):
     return "leftover" if entries <= _SAVEDMODEL_ENTRIES else "other"
 
 
-def _recover_interrupted(path):
+def _recover_interrupted(path) -> None:
     """Clean up after an export that was killed: partial siblings are deleted; an old
     SavedModel moved aside by an interrupted `overwrite` comes back when `path` is gone."""
     parent, name = os.path.split(path)
@@ -474,7 +478,7 @@ def _architecture_of(config, path, run_dir):
     )
 
 
-def find_run_checkpoint(run_dir, which="best", notes=None):
+def find_run_checkpoint(run_dir, which: str = "best", notes=None):
     """The checkpoint prefix to export: `which='best'` reads `run_dir/best/` and falls back
     to the latest of `run_dir/checkpoints/` (then `run_dir` itself) only when the run has no
     best model; `'latest'` skips `best/`.
@@ -511,13 +515,13 @@ def find_run_checkpoint(run_dir, which="best", notes=None):
     raise FileNotFoundError(f"{run_dir}: no checkpoint found (looked in {', '.join(looked)})")
 
 
-def checkpoint_kind(run_dir, prefix):
+def checkpoint_kind(run_dir, prefix: str):
     """`'best'`, `'latest'` or `'checkpoint'`: which of a run's checkpoints `prefix` is."""
     parent = os.path.basename(os.path.dirname(os.path.abspath(prefix)))
     return {_BEST_DIR: "best", _STATE_DIR: "latest"}.get(parent, "checkpoint")
 
 
-def load_run_model(run_dir, which="best", notes=None):
+def load_run_model(run_dir, which: str = "best", notes=None):
     """Rebuild a run's model from its config and restore its weights.
 
     Returns `(model, checkpoint prefix)`. The checkpoint must hold the model under the key
@@ -546,7 +550,7 @@ def load_run_model(run_dir, which="best", notes=None):
     return model, prefix
 
 
-def export_run(run_dir, out_dir, *, which="best", search=None, overwrite=False):
+def export_run(run_dir, out_dir, *, which: str = "best", search=None, overwrite: bool = False):
     """`tfdgmm export RUN_DIR OUT_DIR`: rebuild a run's model (see `load_run_model`) and
     export it as a SavedModel (see `export_saved_model`). Returns `out_dir`."""
     model, _ = load_run_model(run_dir, which=which)

@@ -88,16 +88,16 @@ class DeepGMMModel(keras.Model):
         architecture,
         estep_options=None,
         bin_width=2.0 / 256.0,
-        seed=None,
-        hc_optimizer="kfac",
-        hc_learning_rate=0.05,
-        hc_momentum=0.9,
-        hc_damping=1e-3,
-        hc_statistics_interval=50,
-        hc_max_step_nats=1000.0,
-        warmup_updates=100,
+        seed: int | None = None,
+        hc_optimizer: str = "kfac",
+        hc_learning_rate: float = 0.05,
+        hc_momentum: float = 0.9,
+        hc_damping: float = 1e-3,
+        hc_statistics_interval: int = 50,
+        hc_max_step_nats: float = 1000.0,
+        warmup_updates: int = 100,
         **kwargs,
-    ):
+    ) -> None:
         kwargs.setdefault("dtype", None)
         cfg = architectures.normalize(architecture)
         if cfg["path_prior"] != "uniform":
@@ -162,7 +162,7 @@ class DeepGMMModel(keras.Model):
             dtype=self.dtype_policy,
         )
 
-    def build(self, input_shape=None):
+    def build(self, input_shape=None) -> None:
         """Creates every weight (the shapes follow from the architecture; inputs are ignored)."""
         if not self.patchify.built:
             self.patchify.build((None,) + self.image_shape)
@@ -261,7 +261,7 @@ class DeepGMMModel(keras.Model):
 
     # ---------------------------------------------------------------- Keras API
 
-    def compile(self, optimizer="adam", jit_compile=False, **kwargs):
+    def compile(self, optimizer: str = "adam", jit_compile: bool = False, **kwargs):
         """`keras.Model.compile` without a loss (the loss is the hard-EM objective).
 
         `optimizer="adam"` (the default) is Adam at 1e-3 with a linear warm-up over
@@ -292,7 +292,7 @@ class DeepGMMModel(keras.Model):
         hc = {id(v) for v in self._hc_kernels()}
         return [v for v in self.trainable_variables if id(v) not in hc]
 
-    def adapt(self, data, max_images=5000, identity_below=True):
+    def adapt(self, data, max_images: int = 5000, identity_below: bool = True):
         """The command line's data-dependent initialisation (`tfdgmm.training.init`), the Keras
         way (like a preprocessing layer's `adapt`): the lowest block-diagonal (or dense) layer
         becomes a whitening of `data` as it arrives there, and the single-alternative
@@ -321,11 +321,11 @@ class DeepGMMModel(keras.Model):
         self.set_from_deep_gmm(gmm)
         return layer
 
-    def compile_from_config(self, config):
+    def compile_from_config(self, config) -> None:
         """Re-compiles on `keras.models.load_model` (the optimizer's state is then restored)."""
         self.compile(**keras.saving.deserialize_keras_object(config))
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training: bool | None = None):
         """Per-image lower bound `log pi_p + log p_p(x)` (nats), `[N]`.
 
         `inputs`: images `[N, H, W, C]` (best paths searched with a fixed seed) or a dict
@@ -344,7 +344,12 @@ class DeepGMMModel(keras.Model):
         return (tuple(input_shape)[0],)
 
     def export(
-        self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs
+        self,
+        filepath,
+        format: str = "tf_saved_model",
+        verbose: bool | None = None,
+        input_signature=None,
+        **kwargs,
     ):
         """`keras.Model.export`; the default `input_signature` is float images
         `[None, H, W, C]` (the serving endpoint returns the per-image lower bound, `call`)."""
@@ -420,14 +425,14 @@ class DeepGMMModel(keras.Model):
 
     # ---------------------------------------------------------------- batch hard EM helpers
 
-    def best_path(self, x, init=None, seed=None, **options):
+    def best_path(self, x, init=None, seed: int | None = None, **options):
         """`DeepGMM.best_path` with the current weights (defaults from `estep_options`)."""
         opts = dict(self.estep_options)
         opts.update(options)
         x = tf.cast(tf.convert_to_tensor(x), self.compute_dtype)
         return self.deep_gmm().best_path(x, init=init, seed=seed, **opts)
 
-    def estep(self, x, init=None, batch_size=256, seed=0):
+    def estep(self, x, init=None, batch_size: int = 256, seed: int = 0):
         """E-step over a data set: `(paths, lower_bounds)` as numpy arrays.
 
         `x`: images `[N, H, W, C]`; `init`: previous paths (warm start, e.g. the last
@@ -473,7 +478,7 @@ class DeepGMMModel(keras.Model):
             )
         return self.fit({"images": np.asarray(x), "paths": paths}, **fit_kwargs)
 
-    def sample(self, n, seed=None):
+    def sample(self, n, seed: int | None = None):
         """`n` images from the model (`DeepGMM.sample_with_path`): `(images, paths)`."""
         return self.deep_gmm().sample_with_path(n, seed=seed)
 
@@ -505,7 +510,7 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
     From the data-dependent start (`DeepGMMModel.adapt`) full-size first Adam steps throw the
     model far off; a short linear ramp lets Adam's moment estimates settle first."""
 
-    def __init__(self, learning_rate, warmup_updates=100):
+    def __init__(self, learning_rate: float, warmup_updates: int = 100) -> None:
         self.learning_rate = float(learning_rate)
         self.warmup_updates = int(warmup_updates)
 
@@ -525,13 +530,13 @@ class _KerasKFAC(tf.Module):
     the current minibatch on its E-step paths every `interval` updates, momentum SGD on the
     preconditioned gradients."""
 
-    def __init__(self, damping):
+    def __init__(self, damping) -> None:
         super().__init__(name="keras_kfac")
         self.damping = damping
         self.pre = None
         self.velocity = []
 
-    def build(self, gmm):
+    def build(self, gmm) -> None:
         from tfdgmm.training.preconditioning import HalfConvolutionKFAC
 
         self.pre = HalfConvolutionKFAC(gmm, damping=self.damping)
@@ -548,15 +553,15 @@ class _KerasKFAC(tf.Module):
         self,
         kernels,
         grads,
-        iteration,
+        iteration: int,
         x,
         paths,
         make_gmm,
         interval,
-        learning_rate,
+        learning_rate: float,
         momentum,
         max_step_nats,
-    ):
+    ) -> None:
         pre = self.pre
 
         def refresh():
@@ -594,13 +599,13 @@ class DivergenceGuard(keras.callbacks.Callback):
     def __init__(
         self,
         probe_data,
-        probe_images=100,
-        check_every=25,
-        divergence_nats=1000.0,
-        lr_factor=0.5,
-        max_rollbacks=8,
-        verbose=1,
-    ):
+        probe_images: int = 100,
+        check_every: int = 25,
+        divergence_nats: float = 1000.0,
+        lr_factor: float = 0.5,
+        max_rollbacks: int = 8,
+        verbose: int = 1,
+    ) -> None:
         super().__init__()
         x = probe_data["images"] if isinstance(probe_data, dict) else probe_data
         self.probe = np.asarray(x)[:probe_images]
@@ -616,17 +621,17 @@ class DivergenceGuard(keras.callbacks.Callback):
     def _probe_loss(self):
         return -float(np.mean(np.asarray(self.model(self.probe))))
 
-    def _take_snapshot(self):
+    def _take_snapshot(self) -> None:
         self._snapshot = (
             [v.numpy() for v in self.model.variables],
             [v.numpy() for v in self.model.optimizer.variables],
         )
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs=None) -> None:
         self.best = self._probe_loss()
         self._take_snapshot()
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch, logs=None) -> None:
         if (batch + 1) % self.check_every:
             return
         loss = self._probe_loss()
@@ -661,7 +666,7 @@ class DivergenceGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def check_image_range(x, low=-1.0, high=1.0):
+def check_image_range(x, low=-1.0, high: float = 1.0):
     """Refuse integer images and values outside `[low, high]` (the model's documented range:
     dequantised pixels scaled to [-1, 1])."""
     x = np.asarray(x)

@@ -131,7 +131,7 @@ def test_progress_text():
         "M-step 110/150 (73%), loss -6364.91 nats/image, lr 4.36e-04, 35.7 updates/s, ETA 1s"
     )
     assert search_progress_text("E-step", 1, 2, None, "", None) == (
-        "E-step 1/2 batches, 0 img/s, ETA ?"
+        "E-step 1/2 batches, ? img/s, ETA ?"
     )
     assert em_eta_text(2, [10.0, 20.0, 5.0]) == ", ETA for 2 more EM iterations 35s"
     assert em_eta_text(2, [10.0, None]) == "" and em_eta_text(0, [1.0]) == ""

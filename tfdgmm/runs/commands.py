@@ -44,10 +44,10 @@ def run_model(run_dir):
 
 def evaluate_run(
     run_dir,
-    split="validation",
+    split: str = "validation",
     data_spec=None,
     restarts=None,
-    batch_size=None,
+    batch_size: int | None = None,
     log=print,
     out_path=None,
 ):
@@ -101,7 +101,7 @@ def evaluate_run(
     return out
 
 
-def sample_run(run_dir, n=64, seed=0, out=None):
+def sample_run(run_dir, n: int = 64, seed: int = 0, out=None):
     from tfdgmm.training import figures
 
     if isinstance(n, bool) or int(n) < 1:
@@ -116,12 +116,12 @@ def sample_run(run_dir, n=64, seed=0, out=None):
 def baseline_run(
     data_spec=None,
     out_dir=None,
-    noise_seed=0,
+    noise_seed: int = 0,
     train_limit=None,
     validation_limit=None,
     test_limit=None,
-    validation_size=10_000,
-    jitter=0.0,
+    validation_size: int = 10_000,
+    jitter: float = 0.0,
     log=print,
 ):
     """The closed-form full-covariance Gaussian on the same data and protocol."""
@@ -154,12 +154,12 @@ def baseline_run(
 def export_run(
     run_dir,
     out_dir,
-    which="best",
-    restarts=2,
-    restart_passes=2,
-    seed=(0, 0),
-    location_method="auto",
-    overwrite=False,
+    which: str = "best",
+    restarts: int = 2,
+    restart_passes: int = 2,
+    seed: int = (0, 0),
+    location_method: str = "auto",
+    overwrite: bool = False,
     log=print,
 ):
     """`tfdgmm export`: `tfdgmm.export.export_run` with the E-step settings of the exported
@@ -195,15 +195,15 @@ def tune_run(
     config_path,
     out_dir,
     max_trials,
-    tuner="random",
+    tuner: str = "random",
     data_spec=None,
     overrides=(),
     space=None,
     max_epochs=None,
-    factor=3,
-    seed=None,
-    overwrite=False,
-    verbose=True,
+    factor: int = 3,
+    seed: int | None = None,
+    overwrite: bool = False,
+    verbose: bool = True,
     log=print,
 ):
     """`tfdgmm tune`: a keras-tuner search (`tfdgmm.runs.tune.tune`) whose trials train

@@ -30,7 +30,7 @@ DATA_DEFAULTS = {
 _DEQUANTIZE = ("fixed", "per_iteration")
 
 
-def _parse_value(text):
+def _parse_value(text: str):
     import yaml
 
     return yaml.safe_load(text)
@@ -75,7 +75,7 @@ def load_run_config(path, overrides=()) -> dict:
     return normalize_run_config(apply_overrides(raw, overrides), where=path)
 
 
-def normalize_run_config(raw: dict, where="config") -> dict:
+def normalize_run_config(raw: dict, where: str = "config") -> dict:
     from tfdgmm import architectures
     from tfdgmm.training import EMConfig
 
@@ -143,7 +143,7 @@ def normalize_gating_section(section, model, where):
     return gating
 
 
-def _check_int(value, what, low=None, allow_none=False):
+def _check_int(value, what, low=None, allow_none: bool = False):
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
@@ -153,7 +153,7 @@ def _check_int(value, what, low=None, allow_none=False):
         )
 
 
-def check_model_section(model, where="config"):
+def check_model_section(model, where: str = "config"):
     """The fields whose bad values would otherwise fail deep inside the model (a division by
     zero, an unpacking error, negative dimensions): named, with the allowed range."""
     if not isinstance(model, dict):

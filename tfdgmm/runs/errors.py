@@ -19,7 +19,7 @@ def is_disk_full(err) -> bool:
     )
 
 
-def one_line(err, command="train") -> str:
+def one_line(err, command: str = "train") -> str:
     """The message of `err` on one line, with what to do next for a full disk."""
     if is_disk_full(err):
         text = str(getattr(err, "message", None) or err).strip().splitlines()[0]

@@ -38,7 +38,7 @@ def gate_run(
     out_dir,
     test_images=None,
     nats_to_bpd=None,
-    figures=True,
+    figures: bool = True,
     between=(),
     log=print,
 ):

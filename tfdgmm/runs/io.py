@@ -8,7 +8,7 @@ import os
 __all__ = ["dump_yaml", "dump_json", "json_default", "Tee"]
 
 
-def dump_yaml(obj, path):
+def dump_yaml(obj, path) -> None:
     import yaml
 
     tmp = path + ".tmp"
@@ -17,7 +17,7 @@ def dump_yaml(obj, path):
     os.replace(tmp, path)
 
 
-def dump_json(obj, path):
+def dump_json(obj, path) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, default=json_default)
@@ -40,10 +40,10 @@ def json_default(o):
 class Tee:
     """Log lines to stdout and to a file (a run's `train.log`)."""
 
-    def __init__(self, path):
+    def __init__(self, path) -> None:
         self._path = path
 
-    def __call__(self, line):
+    def __call__(self, line) -> None:
         print(line, flush=True)
         with open(self._path, "a") as f:
             f.write(line + "\n")

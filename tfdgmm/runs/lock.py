@@ -45,7 +45,7 @@ def read_lock(run_dir):
         return {}
 
 
-def _pid_alive(pid) -> bool:
+def _pid_alive(pid: int) -> bool:
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -62,7 +62,7 @@ class RunLock:
 
     `log`: where a stale-lock takeover is reported."""
 
-    def __init__(self, run_dir, what="train", log=print):
+    def __init__(self, run_dir, what: str = "train", log=print) -> None:
         self.run_dir = os.fspath(run_dir)
         self.path = layout.path(self.run_dir, layout.LOCK)
         self.what = what
@@ -73,7 +73,7 @@ class RunLock:
     def held(self) -> bool:
         return self._record is not None
 
-    def _owner_text(self, owner):
+    def _owner_text(self, owner) -> str:
         if not owner:
             return "an unknown process (the lock file is unreadable)"
         return (
@@ -140,7 +140,7 @@ class RunLock:
             return self
         raise RunLockedError(f"{self.run_dir}: could not take the lock {self.path}")
 
-    def _remove_if(self, owner):
+    def _remove_if(self, owner) -> None:
         """Remove the lock file if it still holds `owner` (stale takeover)."""
         if read_lock(self.run_dir) == owner:
             self._unlink()
@@ -152,7 +152,7 @@ class RunLock:
             if err.errno != errno.ENOENT:
                 raise
 
-    def release(self):
+    def release(self) -> None:
         if not self.held:
             return
         if read_lock(self.run_dir) == self._record:  # never remove another owner's lock
@@ -162,6 +162,6 @@ class RunLock:
     def __enter__(self):
         return self.acquire()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> bool:
         self.release()
         return False

@@ -69,7 +69,7 @@ def has_checkpoints(out_dir) -> bool:
     )
 
 
-def check_run(config, out_dir, data_spec=None, resume=False, refuse_existing=True):
+def check_run(config, out_dir, data_spec=None, resume: bool = False, refuse_existing: bool = True):
     """Decide, without writing anything, whether `config` may train into `out_dir`.
 
     Returns `(config to train, {'training.KEY': (saved, new)} schedule changes)`; raises
@@ -134,12 +134,12 @@ def train_run(
     config: dict,
     out_dir: str,
     data_spec=None,
-    resume=False,
+    resume: bool = False,
     argv=None,
-    figures=True,
+    figures: bool = True,
     hooks=(),
     log=None,
-    strategy="default",
+    strategy: str = "default",
 ):
     """Train from a normalised run config into `out_dir`; returns the metrics dict.
 
@@ -187,7 +187,17 @@ def _owns_run_dir(strategy):
 
 
 def _train_locked(
-    config, changes, out_dir, resume, argv, figures, hooks, log, strategy, wall_start, owner=True
+    config,
+    changes,
+    out_dir,
+    resume,
+    argv,
+    figures,
+    hooks,
+    log,
+    strategy,
+    wall_start,
+    owner: bool = True,
 ):
     import tensorflow as tf
 

@@ -89,7 +89,7 @@ DEFAULT_SPACE = {
 }
 
 
-def _declare(hp, name, choices):
+def _declare(hp, name: str, choices):
     if isinstance(choices, tuple):
         low, high = choices
         return hp.Float(name, float(low), float(high), sampling="log")
@@ -171,7 +171,7 @@ def hyperband_budget(values):
     }
 
 
-def objective_bounds(model, validation, training, log=None):
+def objective_bounds(model, validation, training: bool, log=None):
     """The trials' objective: bounds of `model` on `validation` by a fresh search with fixed
     settings from the run's `training` config (`EMConfig` or dict). Returns the
     `evaluate_bounds` dict (`lower_bound_nats` is the objective)."""
@@ -215,14 +215,14 @@ def normalize_base_config(base):
     return out
 
 
-def _has_checkpoint(run_dir):
+def _has_checkpoint(run_dir) -> bool:
     import tensorflow as tf
 
     return tf.train.latest_checkpoint(layout.path(run_dir, layout.CHECKPOINTS)) is not None
 
 
 def train_trial(
-    config, train, validation, run_dir, continue_from=None, log=None, extra_metrics=None
+    config, train: bool, validation, run_dir, continue_from=None, log=None, extra_metrics=None
 ):
     """Train a (normalised) run config on in-memory images into `run_dir`; returns metrics.
 
@@ -241,7 +241,9 @@ def train_trial(
         )
 
 
-def _train_trial_locked(config, train, validation, run_dir, continue_from, log, extra_metrics):
+def _train_trial_locked(
+    config, train: bool, validation, run_dir, continue_from, log, extra_metrics
+):
     from tfdgmm.deep_gmm import DeepGMM
     from tfdgmm.runs.gating import gating_hooks  # gating.between_steps (post-EM: not run)
     from tfdgmm.runs.io import dump_json, dump_yaml
@@ -252,7 +254,7 @@ def _train_trial_locked(config, train, validation, run_dir, continue_from, log, 
     os.makedirs(run_dir, exist_ok=True)
     log_path = layout.path(run_dir, layout.LOG)
 
-    def write_log(line):
+    def write_log(line) -> None:
         with open(log_path, "a") as f:
             f.write(line + "\n")
         if log is not None:
@@ -348,7 +350,9 @@ class EMTuner(keras_tuner.Tuner):
     be a callable `em_iteration -> images`, as for `EMTrainer`).
     """
 
-    def __init__(self, oracle, base_config, search_space=None, space=None, verbose=True, **kwargs):
+    def __init__(
+        self, oracle, base_config, search_space=None, space=None, verbose: bool = True, **kwargs
+    ) -> None:
         # set before Tuner.__init__, which populates the space through `search_space`
         self.base_config = normalize_base_config(base_config)
         self.search_space = search_space or default_search_space
@@ -356,7 +360,7 @@ class EMTuner(keras_tuner.Tuner):
         self.verbose = verbose
         super().__init__(oracle=oracle, hypermodel=None, **kwargs)
 
-    def _populate_initial_space(self):
+    def _populate_initial_space(self) -> None:
         hp = self.oracle.get_space()
         self.search_space(hp, self.base_config, self.space)
         self.oracle.update_space(hp)
@@ -373,7 +377,7 @@ class EMTuner(keras_tuner.Tuner):
             )
         return normalize_run_config(config, where="trial config")
 
-    def run_trial(self, trial, train, validation, **kwargs):
+    def run_trial(self, trial, train: bool, validation, **kwargs):
         hp = trial.hyperparameters
         config = self.trial_config(hp)
         budget = hyperband_budget(hp.values)
@@ -432,12 +436,12 @@ class EMTuner(keras_tuner.Tuner):
 
 
 def make_oracle(
-    tuner="random",
-    max_trials=10,
-    seed=DEFAULT_SEED,
+    tuner: str = "random",
+    max_trials: int = 10,
+    seed: int = DEFAULT_SEED,
     max_epochs=None,
-    factor=3,
-    hyperband_iterations=1,
+    factor: int = 3,
+    hyperband_iterations: int = 1,
     **kwargs,
 ):
     """A keras-tuner oracle maximising `OBJECTIVE`: `'random'` (RandomSearchOracle),
@@ -493,20 +497,20 @@ def make_oracle(
 
 def tune(
     base_config,
-    train,
+    train: bool,
     validation,
     *,
-    max_trials=10,
-    tuner="random",
-    directory="tuning",
-    project_name="tfdgmm",
+    max_trials: int = 10,
+    tuner: str = "random",
+    directory: str = "tuning",
+    project_name: str = "tfdgmm",
     search_space=None,
     space=None,
-    seed=DEFAULT_SEED,
+    seed: int = DEFAULT_SEED,
     max_epochs=None,
-    factor=3,
-    overwrite=False,
-    verbose=True,
+    factor: int = 3,
+    overwrite: bool = False,
+    verbose: bool = True,
     oracle_kwargs=None,
 ):
     """Run a keras-tuner search of deep GMM hyperparameters; returns the `EMTuner`.

@@ -29,7 +29,9 @@ BEST_DIR = layout.BEST
 class CheckpointKeeper:
     """Saves and restores `state` (a `tf.train.Checkpoint`) and the best `model`."""
 
-    def __init__(self, directory, state: tf.train.Checkpoint, model, keep=2, log=None):
+    def __init__(
+        self, directory, state: tf.train.Checkpoint, model, keep: int = 2, log=None
+    ) -> None:
         self.directory = directory
         self._state = state
         self.log = log or print
@@ -60,7 +62,7 @@ class CheckpointKeeper:
     def seconds_since_save(self):
         return time.monotonic() - self._last_save
 
-    def save(self, anchor=False):
+    def save(self, anchor: bool = False):
         """A rolling checkpoint; `anchor=True` (at an update-count boundary) also makes it the
         rollback target (`restore_anchor`)."""
         path = self._manager.save()
@@ -184,7 +186,7 @@ def has_checkpoint(run_dir) -> bool:
     return tf.train.latest_checkpoint(os.path.join(run_dir, STATE_DIR)) is not None
 
 
-def load_model_weights(model, run_dir, which="best"):
+def load_model_weights(model, run_dir, which: str = "best"):
     """Load a trained model's weights from a run directory: `which='best'` (falls back to the
     latest state checkpoint) or `'latest'`. Returns the checkpoint path read."""
     candidates = [BEST_DIR, STATE_DIR] if which == "best" else [STATE_DIR]

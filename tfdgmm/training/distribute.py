@@ -107,7 +107,7 @@ def configure_cpu_devices(n):
         ) from e
 
 
-def parse_tf_config(text=None):
+def parse_tf_config(text: str | None = None):
     """Check `TF_CONFIG` (or `text`) and return it as a dict; a `DistributeConfigError` names
     what is missing or wrong."""
     text = os.environ.get("TF_CONFIG") if text is None else text
@@ -148,7 +148,7 @@ def parse_tf_config(text=None):
     return cfg
 
 
-def make_strategy(name="default", devices=None):
+def make_strategy(name: str = "default", devices=None):
     """The strategy for `name` in `STRATEGIES` (`None` for `'default'`); see the module
     docstring. `devices` (mirrored only) overrides the device list."""
     name = (name or "default").lower()
@@ -207,7 +207,7 @@ def worker_dir(out_dir, strategy):
     return tempfile.mkdtemp(prefix=f"tfdgmm-{task_type}{task_id}-")
 
 
-def remove_worker_dir(path, out_dir):
+def remove_worker_dir(path, out_dir) -> None:
     if path and os.path.abspath(path) != os.path.abspath(out_dir):
         shutil.rmtree(path, ignore_errors=True)
 
@@ -233,7 +233,7 @@ def check_model_in_scope(model, strategy):
         )
 
 
-def split_size(total, strategy, what):
+def split_size(total: int, strategy, what):
     """Per-replica share of a global batch of `total` (must divide evenly)."""
     r = num_replicas(strategy)
     if total % r:
@@ -263,13 +263,13 @@ def sharded_best_path(
     x,
     init,
     global_n,
-    offset,
-    restarts=1,
-    init_passes=1,
-    restart_passes=2,
-    seed=None,
-    location_method="auto",
-    use_prior=True,
+    offset: int,
+    restarts: int = 1,
+    init_passes: int = 1,
+    restart_passes: int = 2,
+    seed: int | None = None,
+    location_method: str = "auto",
+    use_prior: bool = True,
     location_options=None,
 ):
     """`tfdgmm.path_search.best_path` on rows `[offset, offset + n)` of a global batch of

@@ -77,7 +77,7 @@ class TrainingInterrupted(RuntimeError):
 class _State(tf.Module):
     """Scalars of the training loop that a checkpoint must restore."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(name="em_state")
         i64 = tf.int64
         self.em_iteration = tf.Variable(0, dtype=i64, trainable=False)
@@ -98,7 +98,7 @@ def _jget(var):
     return json.loads(var.numpy().decode())
 
 
-def _jset(var, value):
+def _jset(var, value) -> None:
     var.assign(json.dumps(value))
 
 
@@ -130,7 +130,7 @@ class EMTrainer:
         self,
         model,
         config=None,
-        train=None,
+        train: bool | None = None,
         validation=None,
         out_dir=None,
         *,
@@ -138,7 +138,7 @@ class EMTrainer:
         hooks=(),
         log=None,
         strategy=None,
-    ):
+    ) -> None:
         from tfdgmm.training import distribute
 
         if train is None:
@@ -178,7 +178,7 @@ class EMTrainer:
         self._rates = {"estep": RateMeter(), "mstep": RateMeter(), "bounds": RateMeter()}
         self._progress_log = ProgressLog(self.log, cfg.progress_interval_seconds, cfg.em_iterations)
 
-    def _init_variables(self, model, cfg, train, validation):
+    def _init_variables(self, model, cfg, train: bool, validation):
         self._train_fn = train if callable(train) else None
         self._loaded_iteration = 0 if self._train_fn is not None else None
         x_train = self._train_fn(0) if self._train_fn is not None else train
@@ -262,7 +262,7 @@ class EMTrainer:
     def em_iteration(self):
         return int(self.state.em_iteration.numpy())
 
-    def fit(self, resume=False):
+    def fit(self, resume: bool = False):
         """Run EM to the end (or to early stopping); returns the history.
 
         `resume=True` continues from the latest checkpoint in `out_dir` (a fresh start when there
@@ -343,14 +343,21 @@ class EMTrainer:
             self.keeper.save()
         return path
 
-    def close(self):
+    def close(self) -> None:
         """Remove a non-chief worker's temporary directory (called at the end of `fit`)."""
         from tfdgmm.training import distribute
 
         self.summaries.close()
         distribute.remove_worker_dir(self.write_dir, self.out_dir)
 
-    def evaluate(self, x, restarts=None, seed=None, batch_size=None, label="data"):
+    def evaluate(
+        self,
+        x,
+        restarts=None,
+        seed: int | None = None,
+        batch_size: int | None = None,
+        label: str = "data",
+    ):
         """Bounds for images `x` without stored paths (e.g. the test split): a search from a
         random path (1 pass) plus `restarts` random restarts (2 passes each). Returns a dict
         (see `evaluate_bounds`)."""
@@ -368,7 +375,7 @@ class EMTrainer:
             label=label,
         )
 
-    def refine(self, which="train", restarts=None):
+    def refine(self, which: str = "train", restarts=None):
         """One more E-step on the stored paths of `'train'` or `'validation'` (warm start plus
         `restarts` random restarts) with the current parameters: the final bounds of a run."""
         cfg = self.config
@@ -396,7 +403,7 @@ class EMTrainer:
 
     # ------------------------------------------------------------------ EM stages
 
-    def _ensure_train_data(self, t):
+    def _ensure_train_data(self, t) -> None:
         if self._train_fn is not None and self._loaded_iteration != t:
             x = self._train_fn(t)
             check_float_images(x, "training images")
@@ -411,7 +418,7 @@ class EMTrainer:
             if not bool(tf.reduce_all(tf.math.is_finite(s.data))):
                 raise ValueError(f"{s.name}: the images contain NaN or Inf")
 
-    def _chunk(self, meter, per_unit_default, remaining, unit=1):
+    def _chunk(self, meter, per_unit_default, remaining, unit: int = 1):
         """How many units of work (updates, or batches of `unit` images for a meter counting
         images) fit in one progress interval (at least 1)."""
         cfg = self.config
@@ -424,7 +431,7 @@ class EMTrainer:
             n = min(n, cfg.max_chunk)
         return max(1, min(remaining, n))
 
-    def _search_stage(self, search, t, event):
+    def _search_stage(self, search, t, event) -> None:
         """Run `search` over its data in chunks, with progress, hooks and checkpoints."""
         meter = self._rates[event if event == "estep" else "bounds"]
         while not search.done:
@@ -450,7 +457,7 @@ class EMTrainer:
             if self.keeper.seconds_since_save() >= self.config.checkpoint_interval_seconds:
                 self._save()
 
-    def _estep(self, t):
+    def _estep(self, t) -> None:
         cfg = self.config
         if int(self.train_search.position.numpy()) == 0:
             self.log(
@@ -503,7 +510,7 @@ class EMTrainer:
     #: the state after every rollback are targets too).
     ANCHOR_EVERY = 100
 
-    def _mstep(self, t):
+    def _mstep(self, t) -> None:
         cfg = self.config
         total = mstep_updates(cfg, t)
         meter = self._rates["mstep"]
@@ -587,12 +594,12 @@ class EMTrainer:
         self.state.stage.assign(BOUNDS)
         self._save()
 
-    def _store_guard(self, guard):
+    def _store_guard(self, guard) -> None:
         current = _jget(self.state.current)
         current["mstep_guard"] = guard
         _jset(self.state.current, current)
 
-    def _mstep_progress(self, t, u, total, loss, meter):
+    def _mstep_progress(self, t, u, total: int, loss, meter) -> None:
         lr = learning_rate_at(self.config, t, u - 1, total, float(self.state.lr_scale.numpy()))
         step = int(self.optimizer.iterations.numpy())
         self.summaries.scalars(
@@ -611,7 +618,7 @@ class EMTrainer:
             ),
         )
 
-    def _bounds(self, t):
+    def _bounds(self, t) -> None:
         cfg = self.config
         start = time.monotonic()
         record = _jget(self.state.current)
@@ -718,7 +725,7 @@ class EMTrainer:
         if self.config.jit_compile:
             loss_and_grads = tf.function(loss_and_grads, jit_compile=True)
 
-        def minibatch_step(idx):
+        def minibatch_step(idx: int):
             return loss_and_grads(tf.gather(data, idx), tuple(tf.gather(v, idx) for v in paths))
 
         return self._mstep_loop(minibatch_step)
@@ -736,7 +743,7 @@ class EMTrainer:
         per = distribute.split_size(b, strategy, "batch_size (M-step minibatch)")
         sum_op = tf.distribute.ReduceOp.SUM
 
-        def replica_loss_and_grads(idx):
+        def replica_loss_and_grads(idx: int):
             mine = tf.slice(idx, [distribute.replica_offset(per)], [per])
             x = tf.gather(data, mine)
             path = tuple(tf.gather(v, mine) for v in paths)
@@ -747,12 +754,12 @@ class EMTrainer:
         if self.config.jit_compile:
             replica_loss_and_grads = tf.function(replica_loss_and_grads, jit_compile=True)
 
-        def replica_step(idx):
+        def replica_step(idx: int):
             loss, grads = replica_loss_and_grads(idx)
             # one batched all-reduce (sum) of the loss and every gradient
             return tf.distribute.get_replica_context().all_reduce(sum_op, [loss] + list(grads))
 
-        def minibatch_step(idx):
+        def minibatch_step(idx: int):
             loss, *grads = distribute.local_value(strategy, strategy.run(replica_step, args=(idx,)))
             return loss, grads
 
@@ -788,7 +795,7 @@ class EMTrainer:
             return tf.constant(0)
 
         @tf.function
-        def run(num, total, em_iteration):
+        def run(num: int, total: int, em_iteration):
             def body(i, ok, loss_sum):
                 u = state.mstep_update.read_value()
                 epoch, pos = u // per_epoch, u % per_epoch
@@ -856,7 +863,7 @@ class EMTrainer:
             bool(tf.reduce_all(tf.math.is_finite(v))) for v in self.model.trainable_variables
         )
 
-    def _save(self, anchor=False):
+    def _save(self, anchor: bool = False):
         if not self._parameters_finite():
             raise FloatingPointError("refusing to checkpoint non-finite parameters")
         self.state.elapsed.assign(self._clock.elapsed())
@@ -892,7 +899,7 @@ class EMTrainer:
         )
         self.summaries.scalars(step, {"mstep/rollback_lr_scale": scale})
 
-    def _call_hooks(self, event, info):
+    def _call_hooks(self, event, info) -> None:
         for hook in self.hooks:
             hook(self, event, info)
 
@@ -907,7 +914,7 @@ class EMTrainer:
     def _bpd_text(self, nats):
         return bpd_text(self._bpd(nats))
 
-    def _progress(self, t, text):
+    def _progress(self, t, text: str) -> None:
         self._progress_log(t, text)
 
     def _eta_text(self, t):

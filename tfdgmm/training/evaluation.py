@@ -57,14 +57,14 @@ def search_record(
 def evaluate_bounds(
     model,
     x,
-    batch_size=500,
-    restarts=2,
-    location_method="auto",
+    batch_size: int = 500,
+    restarts: int = 2,
+    location_method: str = "auto",
     location_options=None,
-    seed=0,
+    seed: int = 0,
     nats_to_bpd=None,
     log=None,
-    label="data",
+    label: str = "data",
 ):
     """Lower and (approximate) upper bounds of `model` on images `x` by a fresh E-step.
 

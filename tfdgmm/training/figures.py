@@ -34,7 +34,7 @@ def _to_unit(images, value_range):
     return np.clip((np.asarray(images, np.float64) - lo) / (hi - lo), 0.0, 1.0)
 
 
-def image_grid(images, cols, pad=1, pad_value=1.0):
+def image_grid(images, cols, pad: int = 1, pad_value: float = 1.0):
     """Tile images `[N, H, W, C]` (values in [0, 1]) into one `[rows*(H+pad), cols*(W+pad), C]`."""
     images = np.asarray(images)
     n, h, w, c = images.shape
@@ -49,7 +49,14 @@ def image_grid(images, cols, pad=1, pad_value=1.0):
     return out
 
 
-def _grid_figure(grid, title=None, scale=3, xlabel=None, ylabel=None, min_width=2.5):
+def _grid_figure(
+    grid,
+    title=None,
+    scale: int = 3,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+    min_width: float = 2.5,
+):
     """A matplotlib `Figure` showing `grid`, with margins (in inches) reserved for the title
     and the axis labels, so that none of them is cut off however narrow the grid."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -82,13 +89,17 @@ def _grid_figure(grid, title=None, scale=3, xlabel=None, ylabel=None, min_width=
     return fig
 
 
-def save_image_grid(grid, path, title=None, scale=3, xlabel=None, ylabel=None):
+def save_image_grid(
+    grid, path, title=None, scale: int = 3, xlabel: str | None = None, ylabel: str | None = None
+):
     """Write a grid (from `image_grid`) to a PNG, with an optional title and axis labels."""
     _grid_figure(grid, title, scale, xlabel, ylabel).savefig(path)
     return path
 
 
-def save_samples(model, path, n=64, seed=0, value_range=(-1.0, 1.0), cols=8, title=None):
+def save_samples(
+    model, path, n: int = 64, seed: int = 0, value_range=(-1.0, 1.0), cols: int = 8, title=None
+):
     """Sample `n` images with a stateless `seed` and save them as a grid PNG; returns the
     samples `[n, H, W, C]` (model scale)."""
     x = model.sample(n, seed=tf.constant([int(seed), 7], tf.int32)).numpy()
@@ -111,7 +122,9 @@ def _choice(model, i, k, n):
     return {"choice": tf.fill([n, *shape], tf.constant(k, tf.int32))}
 
 
-def first_layer_filters(model, layer=None, max_alternatives=8, max_features=12, location=None):
+def first_layer_filters(
+    model, layer=None, max_alternatives: int = 8, max_features: int = 12, location=None
+):
     """Pixel-space filters of the latent features above `layer` (default: the first
     block-diagonal layer).
 
@@ -141,7 +154,7 @@ def first_layer_filters(model, layer=None, max_alternatives=8, max_features=12, 
     return np.stack(out), {"layer": b, "location": [int(ci), int(cj)], "features": shown}
 
 
-def filter_layout(num_alternatives, num_features):
+def filter_layout(num_alternatives: int, num_features: int):
     """`(blocks, rows)`: the features are split into `blocks` side-by-side blocks of `rows`
     rows (each block has one column per alternative), so that the figure is roughly square
     even with few alternatives (2 alternatives x 12 features: 2 blocks of 6 rows)."""
@@ -150,7 +163,9 @@ def filter_layout(num_alternatives, num_features):
     return blocks, int(np.ceil(f / blocks))
 
 
-def save_filters(model, path, layer=None, max_alternatives=8, max_features=12, crop=None):
+def save_filters(
+    model, path, layer=None, max_alternatives: int = 8, max_features: int = 12, crop=None
+):
     """Save the figure-5 style filters as a PNG: one column per alternative, one row per
     feature; with few alternatives the features wrap into side-by-side blocks.
 

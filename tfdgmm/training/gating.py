@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 
-def with_gating(model, hidden=32, kernel_size=3, seed=0):
+def with_gating(model, hidden: int = 32, kernel_size: int = 3, seed: int = 0):
     """A `DeepGMM` sharing `model`'s layers, with a fresh (uniform-initialised) gating prior."""
     prior = path_priors.GatingPathPrior(
         model.layer_specs,
@@ -57,12 +57,12 @@ def fit_gating(
     model,
     images,
     paths,
-    steps=1000,
-    batch_size=100,
-    learning_rate=1e-3,
+    steps: int = 1000,
+    batch_size: int = 100,
+    learning_rate: float = 1e-3,
     optimizer=None,
-    seed=0,
-    log_every=0,
+    seed: int = 0,
+    log_every: int = 0,
     log=print,
 ):
     """Fit `model.path_prior` (a `GatingPathPrior`) to fixed paths; returns the loss history.
@@ -145,7 +145,7 @@ GATING_DEFAULTS = {
 }
 
 
-def normalize_gating(section, where="config"):
+def normalize_gating(section, where: str = "config"):
     """The `gating:` section of a run config with defaults filled in (unknown keys: error).
 
     * `enabled`: fit gating networks after EM on the last E-step's training paths (the paper's
@@ -193,7 +193,7 @@ def gating_prior_config(settings):
     }
 
 
-def mean_neg_log_prior(model, images, paths, chunk=1000):
+def mean_neg_log_prior(model, images, paths, chunk: int = 1000):
     """Mean `-log pi(path | x)` per image (nats) of fixed paths under `model`'s path prior."""
     images = tf.convert_to_tensor(images, model.dtype)
     paths = tuple(tf.convert_to_tensor(z, tf.int32) for z in paths)
@@ -219,7 +219,14 @@ class GatingBetweenSteps:
     the end of the E-step; an interrupted fit is redone from the same weights.
     """
 
-    def __init__(self, steps, batch_size=100, learning_rate=1e-3, seed=0, log=None):
+    def __init__(
+        self,
+        steps: int,
+        batch_size: int = 100,
+        learning_rate: float = 1e-3,
+        seed: int = 0,
+        log=None,
+    ) -> None:
         self.steps = int(steps)
         self.batch_size = int(batch_size)
         self.learning_rate = float(learning_rate)
@@ -227,7 +234,7 @@ class GatingBetweenSteps:
         self.log = log
         self.history = []
 
-    def __call__(self, trainer, event, info):
+    def __call__(self, trainer, event, info) -> None:
         if event != "estep" or info.get("batches") != info.get("num_batches"):
             return
         t = int(info["em_iteration"])
@@ -275,7 +282,7 @@ def gated_copy(model, settings):
     return gated
 
 
-def gated_search_bounds(gated, searches, restarts=1, seed=0):
+def gated_search_bounds(gated, searches, restarts: int = 1, seed: int = 0):
     """Bounds of `gated` on the data of `DatasetSearch`es (e.g. `EMTrainer.train_search`),
     searching from their stored paths (1 pass) plus `restarts` random restarts (2 passes each).
 

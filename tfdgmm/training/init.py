@@ -38,7 +38,7 @@ from tfdgmm.bijectors import BlockDiagonal, Dense, HalfConvolution, Patchify
 __all__ = ["initialize_from_data", "whitening_lu"]
 
 
-def whitening_lu(cov, ridge=1e-6):
+def whitening_lu(cov, ridge: float = 1e-6):
     """ZCA whitening `W = cov^{-1/2}` as `(lower_upper, permutation)` in the bijectors'
     convention (`W = P L U`, `(P v)_i = v[perm[i]]`). `cov` is `[..., d, d]`."""
     cov = np.asarray(cov, np.float64)
@@ -83,7 +83,9 @@ def _group_moments(units, mask):
     return mean, cov, count
 
 
-def initialize_from_data(model, x, max_images=5000, ridge=1e-6, log=None, identity_below=True):
+def initialize_from_data(
+    model, x, max_images: int = 5000, ridge: float = 1e-6, log=None, identity_below: bool = True
+):
     """Set the lowest `BlockDiagonal` or `Dense` layer of `model` to a whitening of the data `x`
     (`[N, H, W, C]`, the preprocessed training images; at most `max_images` are used).
 

@@ -50,16 +50,16 @@ class DatasetSearch(tf.Module):
         self,
         model,
         x,
-        batch_size=500,
-        init_passes=1,
-        restarts=1,
-        restart_passes=2,
-        location_method="auto",
+        batch_size: int = 500,
+        init_passes: int = 1,
+        restarts: int = 1,
+        restart_passes: int = 2,
+        location_method: str = "auto",
         location_options=None,
-        seed=0,
-        name="search",
+        seed: int = 0,
+        name: str = "search",
         strategy=None,
-    ):
+    ) -> None:
         super().__init__(name=name)
         self._model = model
         self.strategy = strategy
@@ -110,12 +110,12 @@ class DatasetSearch(tf.Module):
         """The `DeepGMM` whose paths this searches."""
         return self._model
 
-    def clear_traced(self):
+    def clear_traced(self) -> None:
         """Forget the traced search function (it is traced again, e.g. after `restarts`
         changed)."""
         self._search_fn = None
 
-    def set_data(self, x):
+    def set_data(self, x) -> None:
         self.data.assign(tf.convert_to_tensor(x, dtype=self._model.dtype))
 
     def path(self):
@@ -134,7 +134,7 @@ class DatasetSearch(tf.Module):
 
     # ------------------------------------------------------------------ the search
 
-    def store(self, idx, path, joint, upper):
+    def store(self, idx: int, path, joint, upper):
         """Ops writing a batch's found paths and bounds at rows `idx`."""
         ops = [v.scatter_update(tf.IndexedSlices(p, idx)) for v, p in zip(self.paths, path)]
         ops.append(self.lower.scatter_update(tf.IndexedSlices(joint, idx)))
@@ -178,7 +178,7 @@ class DatasetSearch(tf.Module):
 
         return search
 
-    def run(self, step, max_batches=None, seed=None):
+    def run(self, step, max_batches=None, seed: int | None = None):
         """Search batches `position .. position + max_batches - 1` (all remaining by default).
 
         `step` tags the search (e.g. the EM iteration) so every step draws fresh restarts.
@@ -202,7 +202,7 @@ class DatasetSearch(tf.Module):
         self.position.assign(stop)
         return stop - start
 
-    def reset(self):
+    def reset(self) -> None:
         """Start a new search over the whole dataset (keeps the paths)."""
         self.position.assign(0)
 

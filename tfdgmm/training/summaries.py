@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-def default_log(message: str):
+def default_log(message: str) -> None:
     """Print a line to stdout immediately (progress must be visible when piped to a file)."""
     print(message, file=sys.stdout, flush=True)
 
@@ -84,10 +84,10 @@ class RateMeter:
 class Summaries:
     """Scalars for TensorBoard under `logdir` (or nothing when `logdir` is None)."""
 
-    def __init__(self, logdir=None):
+    def __init__(self, logdir=None) -> None:
         self._writer = tf.summary.create_file_writer(logdir) if logdir else None
 
-    def scalars(self, step, values: dict):
+    def scalars(self, step, values: dict) -> None:
         if self._writer is None:
             return
         with self._writer.as_default(step=int(step)):
@@ -96,7 +96,7 @@ class Summaries:
                     continue
                 tf.summary.scalar(name, float(value))
 
-    def image(self, step, name, image):
+    def image(self, step, name: str, image) -> None:
         """An image for TensorBoard's Images tab: a PNG file path, or an array `[H, W, C]`
         (uint8, or floats in [0, 1])."""
         if self._writer is None:
@@ -113,11 +113,11 @@ class Summaries:
         with self._writer.as_default(step=int(step)):
             tf.summary.image(name, image[None])
 
-    def flush(self):
+    def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()
 
-    def close(self):
+    def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
 
@@ -152,7 +152,7 @@ def device_report(strategy=None) -> str:
 class Clock:
     """Monotonic wall clock with an accumulated offset (so resumed runs keep counting)."""
 
-    def __init__(self, offset=0.0):
+    def __init__(self, offset: float = 0.0) -> None:
         self._offset = float(offset)
         self._start = time.monotonic()
 
@@ -191,6 +191,11 @@ def bpd_text(bpd: float | None) -> str:
     return "" if bpd is None else f" ({bpd:.3f} bits/dim)"
 
 
+def _rate(rate: float | None, spec: str) -> str:
+    """A measured rate, or `'?'` before the first counted measurement."""
+    return "?" if rate is None else format(rate, spec)
+
+
 def search_progress_text(
     label: str,
     position: int,
@@ -201,7 +206,7 @@ def search_progress_text(
 ) -> str:
     """An E-step progress line: batches done, images per second, ETA."""
     return (
-        f"{label} {position}/{num_batches} batches, {rate or 0:.0f} img/s{replicas}, "
+        f"{label} {position}/{num_batches} batches, {_rate(rate, '.0f')} img/s{replicas}, "
         f"ETA {format_duration(eta)}"
     )
 
@@ -218,7 +223,7 @@ def mstep_progress_text(
     """An M-step progress line: updates done, loss, learning rate, speed, ETA."""
     return (
         f"M-step {update}/{total} ({100 * update / total:.0f}%), loss {loss:.2f} "
-        f"nats/image, lr {learning_rate:.2e}, {rate or 0:.1f} updates/s{replicas}, "
+        f"nats/image, lr {learning_rate:.2e}, {_rate(rate, '.1f')} updates/s{replicas}, "
         f"ETA {format_duration(eta)}"
     )
 
