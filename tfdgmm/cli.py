@@ -71,7 +71,7 @@ def _version():
 def _count(low):
     """An argparse type: an integer >= `low` (a clear usage error otherwise)."""
 
-    def parse(text: str):
+    def parse(text):
         try:
             value = int(text)
         except ValueError:

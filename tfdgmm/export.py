@@ -79,7 +79,7 @@ def search_settings(
     restart_passes: int = 2,
     location_method: str = "auto",
     location_options=None,
-    seed: int = (0, 0),
+    seed=(0, 0),
 ):
     """The E-step search settings of an export, as keyword arguments of `DeepGMM.best_path`.
 
@@ -101,7 +101,7 @@ def search_settings(
     """
     from tfdgmm import path_search
 
-    def count(name: str, v):
+    def count(name, v):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"search_settings: {name} must be an int >= 1; got {v!r}")
         return int(v)
@@ -180,7 +180,7 @@ class _ExportModule(tf.Module):
         def search(x):
             return model.best_path(tf.cast(x, dtype), seed=search_seed, **search_kwargs)
 
-        def sample(n, seed: int):
+        def sample(n, seed):
             return tf.cast(model.sample_with_path(n, seed=seed)[0], tf.float32)
 
         def log_prob_upper_bound(x):
@@ -247,7 +247,7 @@ class _ExportModule(tf.Module):
             "tfdgmm_version": __version__,
         }
 
-        def var(value, name: str, dtype=None):
+        def var(value, name, dtype=None):
             return tf.Variable(value, dtype=dtype, trainable=False, name=name)
 
         self.image_shape = var(list(model.image_shape), "image_shape", tf.int32)
@@ -279,7 +279,7 @@ def _sample_with_default_seed(sample_fn, n_spec, seed_spec):
     reproducible; without one, a fresh random seed (as TFP's `seed=None`). Two traced
     signatures, so the loaded function accepts both calls."""
 
-    def sample(n, seed: int | None = None):
+    def sample(n, seed=None):
         if seed is None:
             seed = tf.random.uniform([2], minval=-_INT32_MAX - 1, maxval=_INT32_MAX, dtype=tf.int32)
         return sample_fn(n, seed)
@@ -515,7 +515,7 @@ def find_run_checkpoint(run_dir, which: str = "best", notes=None):
     raise FileNotFoundError(f"{run_dir}: no checkpoint found (looked in {', '.join(looked)})")
 
 
-def checkpoint_kind(run_dir, prefix: str):
+def checkpoint_kind(run_dir, prefix):
     """`'best'`, `'latest'` or `'checkpoint'`: which of a run's checkpoints `prefix` is."""
     parent = os.path.basename(os.path.dirname(os.path.abspath(prefix)))
     return {_BEST_DIR: "best", _STATE_DIR: "latest"}.get(parent, "checkpoint")

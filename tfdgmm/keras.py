@@ -88,7 +88,7 @@ class DeepGMMModel(keras.Model):
         architecture,
         estep_options=None,
         bin_width=2.0 / 256.0,
-        seed: int | None = None,
+        seed=None,
         hc_optimizer: str = "kfac",
         hc_learning_rate: float = 0.05,
         hc_momentum: float = 0.9,
@@ -97,7 +97,7 @@ class DeepGMMModel(keras.Model):
         hc_max_step_nats: float = 1000.0,
         warmup_updates: int = 100,
         **kwargs,
-    ) -> None:
+    ):
         kwargs.setdefault("dtype", None)
         cfg = architectures.normalize(architecture)
         if cfg["path_prior"] != "uniform":
@@ -325,7 +325,7 @@ class DeepGMMModel(keras.Model):
         """Re-compiles on `keras.models.load_model` (the optimizer's state is then restored)."""
         self.compile(**keras.saving.deserialize_keras_object(config))
 
-    def call(self, inputs, training: bool | None = None):
+    def call(self, inputs, training=None):
         """Per-image lower bound `log pi_p + log p_p(x)` (nats), `[N]`.
 
         `inputs`: images `[N, H, W, C]` (best paths searched with a fixed seed) or a dict
@@ -344,12 +344,7 @@ class DeepGMMModel(keras.Model):
         return (tuple(input_shape)[0],)
 
     def export(
-        self,
-        filepath,
-        format: str = "tf_saved_model",
-        verbose: bool | None = None,
-        input_signature=None,
-        **kwargs,
+        self, filepath, format: str = "tf_saved_model", verbose=None, input_signature=None, **kwargs
     ):
         """`keras.Model.export`; the default `input_signature` is float images
         `[None, H, W, C]` (the serving endpoint returns the per-image lower bound, `call`)."""
@@ -425,7 +420,7 @@ class DeepGMMModel(keras.Model):
 
     # ---------------------------------------------------------------- batch hard EM helpers
 
-    def best_path(self, x, init=None, seed: int | None = None, **options):
+    def best_path(self, x, init=None, seed=None, **options):
         """`DeepGMM.best_path` with the current weights (defaults from `estep_options`)."""
         opts = dict(self.estep_options)
         opts.update(options)
@@ -478,7 +473,7 @@ class DeepGMMModel(keras.Model):
             )
         return self.fit({"images": np.asarray(x), "paths": paths}, **fit_kwargs)
 
-    def sample(self, n, seed: int | None = None):
+    def sample(self, n, seed=None):
         """`n` images from the model (`DeepGMM.sample_with_path`): `(images, paths)`."""
         return self.deep_gmm().sample_with_path(n, seed=seed)
 
@@ -510,7 +505,7 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
     From the data-dependent start (`DeepGMMModel.adapt`) full-size first Adam steps throw the
     model far off; a short linear ramp lets Adam's moment estimates settle first."""
 
-    def __init__(self, learning_rate: float, warmup_updates: int = 100) -> None:
+    def __init__(self, learning_rate, warmup_updates: int = 100) -> None:
         self.learning_rate = float(learning_rate)
         self.warmup_updates = int(warmup_updates)
 
@@ -553,12 +548,12 @@ class _KerasKFAC(tf.Module):
         self,
         kernels,
         grads,
-        iteration: int,
+        iteration,
         x,
         paths,
         make_gmm,
         interval,
-        learning_rate: float,
+        learning_rate,
         momentum,
         max_step_nats,
     ) -> None:

@@ -30,7 +30,7 @@ DATA_DEFAULTS = {
 _DEQUANTIZE = ("fixed", "per_iteration")
 
 
-def _parse_value(text: str):
+def _parse_value(text):
     import yaml
 
     return yaml.safe_load(text)

@@ -56,7 +56,7 @@ def train_images(split, data_cfg):
     return images
 
 
-def bpd_fn(num_dims: int):
+def bpd_fn(num_dims):
     from tfdgmm.units import nats_to_bits_per_dim
 
     return functools.partial(nats_to_bits_per_dim, num_dims=num_dims)

@@ -45,7 +45,7 @@ def read_lock(run_dir):
         return {}
 
 
-def _pid_alive(pid: int) -> bool:
+def _pid_alive(pid) -> bool:
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:

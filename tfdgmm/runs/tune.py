@@ -89,7 +89,7 @@ DEFAULT_SPACE = {
 }
 
 
-def _declare(hp, name: str, choices):
+def _declare(hp, name, choices):
     if isinstance(choices, tuple):
         low, high = choices
         return hp.Float(name, float(low), float(high), sampling="log")
@@ -171,7 +171,7 @@ def hyperband_budget(values):
     }
 
 
-def objective_bounds(model, validation, training: bool, log=None):
+def objective_bounds(model, validation, training, log=None):
     """The trials' objective: bounds of `model` on `validation` by a fresh search with fixed
     settings from the run's `training` config (`EMConfig` or dict). Returns the
     `evaluate_bounds` dict (`lower_bound_nats` is the objective)."""
@@ -222,7 +222,7 @@ def _has_checkpoint(run_dir) -> bool:
 
 
 def train_trial(
-    config, train: bool, validation, run_dir, continue_from=None, log=None, extra_metrics=None
+    config, train, validation, run_dir, continue_from=None, log=None, extra_metrics=None
 ):
     """Train a (normalised) run config on in-memory images into `run_dir`; returns metrics.
 
@@ -241,9 +241,7 @@ def train_trial(
         )
 
 
-def _train_trial_locked(
-    config, train: bool, validation, run_dir, continue_from, log, extra_metrics
-):
+def _train_trial_locked(config, train, validation, run_dir, continue_from, log, extra_metrics):
     from tfdgmm.deep_gmm import DeepGMM
     from tfdgmm.runs.gating import gating_hooks  # gating.between_steps (post-EM: not run)
     from tfdgmm.runs.io import dump_json, dump_yaml
@@ -377,7 +375,7 @@ class EMTuner(keras_tuner.Tuner):
             )
         return normalize_run_config(config, where="trial config")
 
-    def run_trial(self, trial, train: bool, validation, **kwargs):
+    def run_trial(self, trial, train, validation, **kwargs):
         hp = trial.hyperparameters
         config = self.trial_config(hp)
         budget = hyperband_budget(hp.values)
@@ -438,7 +436,7 @@ class EMTuner(keras_tuner.Tuner):
 def make_oracle(
     tuner: str = "random",
     max_trials: int = 10,
-    seed: int = DEFAULT_SEED,
+    seed=DEFAULT_SEED,
     max_epochs=None,
     factor: int = 3,
     hyperband_iterations: int = 1,
@@ -497,7 +495,7 @@ def make_oracle(
 
 def tune(
     base_config,
-    train: bool,
+    train,
     validation,
     *,
     max_trials: int = 10,
@@ -506,7 +504,7 @@ def tune(
     project_name: str = "tfdgmm",
     search_space=None,
     space=None,
-    seed: int = DEFAULT_SEED,
+    seed=DEFAULT_SEED,
     max_epochs=None,
     factor: int = 3,
     overwrite: bool = False,

@@ -185,7 +185,7 @@ class EMConfig:
         return dataclasses.replace(self, **changes)
 
     def validate(self):
-        def positive(name: str, allow_zero: bool = False):
+        def positive(name, allow_zero: bool = False):
             v = getattr(self, name)
             if (
                 isinstance(v, bool)
@@ -289,9 +289,7 @@ def mstep_updates(config: EMConfig, em_iteration: int) -> int:
     return config.updates_first if em_iteration < config.first_iterations else config.updates_later
 
 
-def learning_rate_at(
-    config: EMConfig, em_iteration, update, num_updates: int, lr_scale: float = 1.0
-):
+def learning_rate_at(config: EMConfig, em_iteration, update, num_updates, lr_scale: float = 1.0):
     """The scheduled learning rate (see the module docstring); works on Python numbers and
     on tensors (inside the M-step's `tf.function`)."""
     warm = config.lr_warmup_updates

@@ -107,7 +107,7 @@ def configure_cpu_devices(n):
         ) from e
 
 
-def parse_tf_config(text: str | None = None):
+def parse_tf_config(text=None):
     """Check `TF_CONFIG` (or `text`) and return it as a dict; a `DistributeConfigError` names
     what is missing or wrong."""
     text = os.environ.get("TF_CONFIG") if text is None else text
@@ -233,7 +233,7 @@ def check_model_in_scope(model, strategy):
         )
 
 
-def split_size(total: int, strategy, what):
+def split_size(total, strategy, what):
     """Per-replica share of a global batch of `total` (must divide evenly)."""
     r = num_replicas(strategy)
     if total % r:
@@ -263,11 +263,11 @@ def sharded_best_path(
     x,
     init,
     global_n,
-    offset: int,
+    offset,
     restarts: int = 1,
     init_passes: int = 1,
     restart_passes: int = 2,
-    seed: int | None = None,
+    seed=None,
     location_method: str = "auto",
     use_prior: bool = True,
     location_options=None,

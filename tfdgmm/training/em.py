@@ -130,7 +130,7 @@ class EMTrainer:
         self,
         model,
         config=None,
-        train: bool | None = None,
+        train=None,
         validation=None,
         out_dir=None,
         *,
@@ -138,7 +138,7 @@ class EMTrainer:
         hooks=(),
         log=None,
         strategy=None,
-    ) -> None:
+    ):
         from tfdgmm.training import distribute
 
         if train is None:
@@ -178,7 +178,7 @@ class EMTrainer:
         self._rates = {"estep": RateMeter(), "mstep": RateMeter(), "bounds": RateMeter()}
         self._progress_log = ProgressLog(self.log, cfg.progress_interval_seconds, cfg.em_iterations)
 
-    def _init_variables(self, model, cfg, train: bool, validation):
+    def _init_variables(self, model, cfg, train, validation):
         self._train_fn = train if callable(train) else None
         self._loaded_iteration = 0 if self._train_fn is not None else None
         x_train = self._train_fn(0) if self._train_fn is not None else train
@@ -350,14 +350,7 @@ class EMTrainer:
         self.summaries.close()
         distribute.remove_worker_dir(self.write_dir, self.out_dir)
 
-    def evaluate(
-        self,
-        x,
-        restarts=None,
-        seed: int | None = None,
-        batch_size: int | None = None,
-        label: str = "data",
-    ):
+    def evaluate(self, x, restarts=None, seed=None, batch_size=None, label: str = "data"):
         """Bounds for images `x` without stored paths (e.g. the test split): a search from a
         random path (1 pass) plus `restarts` random restarts (2 passes each). Returns a dict
         (see `evaluate_bounds`)."""
@@ -599,7 +592,7 @@ class EMTrainer:
         current["mstep_guard"] = guard
         _jset(self.state.current, current)
 
-    def _mstep_progress(self, t, u, total: int, loss, meter) -> None:
+    def _mstep_progress(self, t, u, total, loss, meter) -> None:
         lr = learning_rate_at(self.config, t, u - 1, total, float(self.state.lr_scale.numpy()))
         step = int(self.optimizer.iterations.numpy())
         self.summaries.scalars(
@@ -725,7 +718,7 @@ class EMTrainer:
         if self.config.jit_compile:
             loss_and_grads = tf.function(loss_and_grads, jit_compile=True)
 
-        def minibatch_step(idx: int):
+        def minibatch_step(idx):
             return loss_and_grads(tf.gather(data, idx), tuple(tf.gather(v, idx) for v in paths))
 
         return self._mstep_loop(minibatch_step)
@@ -743,7 +736,7 @@ class EMTrainer:
         per = distribute.split_size(b, strategy, "batch_size (M-step minibatch)")
         sum_op = tf.distribute.ReduceOp.SUM
 
-        def replica_loss_and_grads(idx: int):
+        def replica_loss_and_grads(idx):
             mine = tf.slice(idx, [distribute.replica_offset(per)], [per])
             x = tf.gather(data, mine)
             path = tuple(tf.gather(v, mine) for v in paths)
@@ -754,12 +747,12 @@ class EMTrainer:
         if self.config.jit_compile:
             replica_loss_and_grads = tf.function(replica_loss_and_grads, jit_compile=True)
 
-        def replica_step(idx: int):
+        def replica_step(idx):
             loss, grads = replica_loss_and_grads(idx)
             # one batched all-reduce (sum) of the loss and every gradient
             return tf.distribute.get_replica_context().all_reduce(sum_op, [loss] + list(grads))
 
-        def minibatch_step(idx: int):
+        def minibatch_step(idx):
             loss, *grads = distribute.local_value(strategy, strategy.run(replica_step, args=(idx,)))
             return loss, grads
 
@@ -795,7 +788,7 @@ class EMTrainer:
             return tf.constant(0)
 
         @tf.function
-        def run(num: int, total: int, em_iteration):
+        def run(num, total, em_iteration):
             def body(i, ok, loss_sum):
                 u = state.mstep_update.read_value()
                 epoch, pos = u // per_epoch, u % per_epoch
@@ -914,7 +907,7 @@ class EMTrainer:
     def _bpd_text(self, nats):
         return bpd_text(self._bpd(nats))
 
-    def _progress(self, t, text: str) -> None:
+    def _progress(self, t, text) -> None:
         self._progress_log(t, text)
 
     def _eta_text(self, t):

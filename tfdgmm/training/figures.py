@@ -50,12 +50,7 @@ def image_grid(images, cols, pad: int = 1, pad_value: float = 1.0):
 
 
 def _grid_figure(
-    grid,
-    title=None,
-    scale: int = 3,
-    xlabel: str | None = None,
-    ylabel: str | None = None,
-    min_width: float = 2.5,
+    grid, title=None, scale: int = 3, xlabel=None, ylabel=None, min_width: float = 2.5
 ):
     """A matplotlib `Figure` showing `grid`, with margins (in inches) reserved for the title
     and the axis labels, so that none of them is cut off however narrow the grid."""
@@ -89,9 +84,7 @@ def _grid_figure(
     return fig
 
 
-def save_image_grid(
-    grid, path, title=None, scale: int = 3, xlabel: str | None = None, ylabel: str | None = None
-):
+def save_image_grid(grid, path, title=None, scale: int = 3, xlabel=None, ylabel=None):
     """Write a grid (from `image_grid`) to a PNG, with an optional title and axis labels."""
     _grid_figure(grid, title, scale, xlabel, ylabel).savefig(path)
     return path
@@ -154,7 +147,7 @@ def first_layer_filters(
     return np.stack(out), {"layer": b, "location": [int(ci), int(cj)], "features": shown}
 
 
-def filter_layout(num_alternatives: int, num_features: int):
+def filter_layout(num_alternatives, num_features):
     """`(blocks, rows)`: the features are split into `blocks` side-by-side blocks of `rows`
     rows (each block has one column per alternative), so that the figure is roughly square
     even with few alternatives (2 alternatives x 12 features: 2 blocks of 6 rows)."""

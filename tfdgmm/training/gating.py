@@ -220,12 +220,7 @@ class GatingBetweenSteps:
     """
 
     def __init__(
-        self,
-        steps: int,
-        batch_size: int = 100,
-        learning_rate: float = 1e-3,
-        seed: int = 0,
-        log=None,
+        self, steps, batch_size: int = 100, learning_rate: float = 1e-3, seed: int = 0, log=None
     ) -> None:
         self.steps = int(steps)
         self.batch_size = int(batch_size)

@@ -72,7 +72,7 @@ class HalfConvolutionKFAC(tf.Module):
 
     def __init__(
         self, model, damping: float = 1e-3, fisher: str = "sampled", name: str = "hc_kfac"
-    ) -> None:
+    ):
         super().__init__(name=name)
         if fisher not in FISHERS:
             raise ValueError(f"fisher must be one of {FISHERS}; got {fisher!r}")
@@ -135,7 +135,7 @@ class HalfConvolutionKFAC(tf.Module):
             out.append((tf.reshape(p, [-1, kh * kw * dc]), tf.reshape(g, [-1, du])))
         return out
 
-    def update(self, x, path, model=None, seed: int = (0, 0)) -> None:
+    def update(self, x, path, model=None, seed=(0, 0)) -> None:
         """Recompute the factors from images `x` `[N, H, W, C]` on their paths `path`
         (`seed`: stateless seed of the latent probes)."""
         probe = None
@@ -155,9 +155,7 @@ class HalfConvolutionKFAC(tf.Module):
                 self.usage[j].assign(tf.reduce_mean(tf.one_hot(choice, k, dtype=p.dtype), 0))
         self.ready.assign(True)
 
-    def precondition(
-        self, grads, learning_rate: float | None = None, max_step_nats: float = 0.0
-    ) -> list:
+    def precondition(self, grads, learning_rate=None, max_step_nats: float = 0.0) -> list:
         """The K-FAC steps `P` for the kernels' gradients `grads` (in `kernels` order).
 
         With `max_step_nats > 0` the steps are scaled down together so that the predicted

@@ -59,7 +59,7 @@ class DatasetSearch(tf.Module):
         seed: int = 0,
         name: str = "search",
         strategy=None,
-    ) -> None:
+    ):
         super().__init__(name=name)
         self._model = model
         self.strategy = strategy
@@ -134,7 +134,7 @@ class DatasetSearch(tf.Module):
 
     # ------------------------------------------------------------------ the search
 
-    def store(self, idx: int, path, joint, upper):
+    def store(self, idx, path, joint, upper):
         """Ops writing a batch's found paths and bounds at rows `idx`."""
         ops = [v.scatter_update(tf.IndexedSlices(p, idx)) for v, p in zip(self.paths, path)]
         ops.append(self.lower.scatter_update(tf.IndexedSlices(joint, idx)))
@@ -178,7 +178,7 @@ class DatasetSearch(tf.Module):
 
         return search
 
-    def run(self, step, max_batches=None, seed: int | None = None):
+    def run(self, step, max_batches=None, seed=None):
         """Search batches `position .. position + max_batches - 1` (all remaining by default).
 
         `step` tags the search (e.g. the EM iteration) so every step draws fresh restarts.

@@ -6,7 +6,7 @@ import tensorflow as tf
 __all__ = ["fold_seed"]
 
 
-def fold_seed(seed: int, *data):
+def fold_seed(seed, *data):
     """A stateless seed `int32[2]` derived from `seed` (int or `[2]`) and integers `data`."""
     if isinstance(seed, (int, np.integer)):
         seed = [int(seed) & 0x7FFFFFFF, int(seed) >> 31]
