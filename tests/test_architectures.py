@@ -91,9 +91,9 @@ def test_every_layer_of_a_config_is_its_registered_class():
 
 
 def test_unknown_type_is_an_error_never_a_fallback():
-    with pytest.raises(ValueError, match=r"unknown transform type 'conv1x1'.*block_diagonal"):
+    with pytest.raises(ValueError, match=r"layer 0: unknown type 'conv1x1'.*block_diagonal"):
         tfdgmm.DeepGMM.from_config(config({"type": "conv1x1"}))
-    with pytest.raises(ValueError, match="unknown transform type"):
+    with pytest.raises(ValueError, match="unknown type 'conv1x1'"):
         DeepGMMModel(config({"type": "conv1x1"}))
     with pytest.raises(ValueError, match="unknown transform type"):
         registry.keras_layer("conv1x1")

@@ -4,7 +4,8 @@ The map is the fenced `layers` block in DESIGN.md ("The layer map"): one layer a
 first; a module may import (top-level or inside a function) only modules of its own layer or of
 the layers below it. Importing `a.b.c` also runs the package `a.b`, so that counts as an import
 of `a.b` too (the root package `tfdgmm`, a lazy facade, excepted). The module graph has no
-cycle, and no module reaches into another module's private names (`obj._name` with `obj` not
+cycle at run time (imports under `if TYPE_CHECKING:`, for annotations, follow the map but
+never run), and no module reaches into another module's private names (`obj._name` with `obj` not
 `self`/`cls`/`super()`, or `from m import _name` from outside `m`'s package).
 """
 
@@ -65,13 +66,29 @@ def resolve(name):
     return name or None
 
 
-def imports(module):
-    """`(line, imported module)` for every tfdgmm import in `module`, at any depth."""
+def type_checking_only(tree):
+    """The import statements under `if TYPE_CHECKING:` (for annotations; they never run)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for inner in node.body:
+                for sub in ast.walk(inner):
+                    if isinstance(sub, (ast.Import, ast.ImportFrom)):
+                        out.add(id(sub))
+    return out
+
+
+def imports(module, runtime_only=False):
+    """`(line, imported module)` for every tfdgmm import in `module`, at any depth (without
+    the `if TYPE_CHECKING:` ones when `runtime_only`)."""
     path = MODULES[module]
     tree = ast.parse(path.read_text())
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    skip = type_checking_only(tree) if runtime_only else set()
     out = []
     for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         targets = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
@@ -149,7 +166,9 @@ def find_cycle(graph):
 
 def test_the_module_graph_has_no_cycle():
     graph = {
-        m: {t for _, t in imports(m) if t not in (m, "tfdgmm")} for m in MODULES if m != "tfdgmm"
+        m: {t for _, t in imports(m, runtime_only=True) if t not in (m, "tfdgmm")}
+        for m in MODULES
+        if m != "tfdgmm"
     }
     # A package's __init__ imports its own modules by design; the modules do not import it.
     for m in graph:

@@ -79,10 +79,11 @@ def normalize(config):
     for j, spec in enumerate(config["layers"]):
         spec = dict(spec)
         kind = spec.pop("type", None)
-        try:
-            cls = registry.lookup(kind)
-        except ValueError as err:
-            raise ValueError(f"layer {j}: {err}") from None
+        if kind not in registry.types():
+            raise ValueError(
+                f"layer {j}: unknown type {kind!r}; expected one of {list(registry.types())}"
+            )
+        cls = registry.lookup(kind)
         repeat = int(spec.pop("repeat", 1))
         unknown = set(spec) - set(cls.CONFIG_KEYS)
         if unknown:

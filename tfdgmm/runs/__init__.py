@@ -16,6 +16,8 @@ nothing imports `tfdgmm.cli`.
 Importing this package does not import TensorFlow (the modules import it where they need it).
 """
 
+from __future__ import annotations
+
 from tfdgmm import layout
 from tfdgmm.runs.commands import baseline_run, evaluate_run, export_run, sample_run, tune_run
 from tfdgmm.runs.config import DATA_DEFAULTS, apply_overrides, load_run_config, normalize_run_config

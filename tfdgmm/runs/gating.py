@@ -5,14 +5,22 @@ from __future__ import annotations
 import copy
 import os
 import time
+from typing import TYPE_CHECKING
 
 from tfdgmm import layout
 from tfdgmm.runs.io import dump_json, dump_yaml
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from tfdgmm.deep_gmm import DeepGMM
+    from tfdgmm.training.em import EMTrainer
+    from tfdgmm.types import Config, Hook, Images, Log, NatsToBpd, PathLike
+
 __all__ = ["gating_hooks", "gate_run"]
 
 
-def gating_hooks(config, log):
+def gating_hooks(config: Config, log: Log) -> tuple:
     """`(GatingBetweenSteps,)` when the config asks for gating between E- and M-steps."""
     gating = config.get("gating") or {}
     if not (gating.get("enabled") and gating.get("between_steps")):
@@ -31,17 +39,17 @@ def gating_hooks(config, log):
 
 
 def gate_run(
-    config,
-    model,
-    trainer,
-    results,
-    out_dir,
-    test_images=None,
-    nats_to_bpd=None,
+    config: Config,
+    model: DeepGMM,
+    trainer: EMTrainer,
+    results: dict,
+    out_dir: PathLike,
+    test_images: Images | None = None,
+    nats_to_bpd: NatsToBpd | None = None,
     figures: bool = True,
-    between=(),
-    log=print,
-):
+    between: Sequence[Hook] = (),
+    log: Log = print,
+) -> dict:
     """Gating networks after EM (paper, section 3): the paper's method, on a trained run.
 
     1. `gated = with_gating(model)` (sharing the trained layers; warm-started from the model's

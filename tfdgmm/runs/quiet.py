@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import logging
 
 __all__ = ["quiet_tensorflow"]
 
@@ -12,7 +16,7 @@ class _NoRetracingWarning:
     """Drop TensorFlow's retracing warning: evaluation searches are traced on purpose."""
 
     @staticmethod
-    def filter(record) -> bool:
+    def filter(record: logging.LogRecord) -> bool:
         return "triggered tf.function retracing" not in record.getMessage()
 
 

@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from tfdgmm import layout
 from tfdgmm.runs.config import load_run_config
@@ -14,6 +15,12 @@ from tfdgmm.runs.data import bpd_fn, dequantized, load_data, train_images
 from tfdgmm.runs.gating import gate_run, gating_hooks
 from tfdgmm.runs.io import Tee, dump_json, dump_yaml
 from tfdgmm.runs.lock import RunLock
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from tfdgmm.deep_gmm import DeepGMM
+    from tfdgmm.types import Config, Hook, Log, PathLike, Strategy
 
 __all__ = [
     "train_run",
@@ -25,7 +32,7 @@ __all__ = [
 ]
 
 
-def model_summary(model):
+def model_summary(model: DeepGMM) -> dict:
     import math
 
     n = model.num_paths
@@ -61,7 +68,7 @@ SCHEDULE_KEYS = (
 )
 
 
-def has_checkpoints(out_dir) -> bool:
+def has_checkpoints(out_dir: PathLike) -> bool:
     """True when `out_dir/checkpoints/` holds anything a trainer wrote (without reading it)."""
     directory = layout.path(out_dir, layout.CHECKPOINTS)
     return os.path.isdir(directory) and any(
@@ -69,7 +76,13 @@ def has_checkpoints(out_dir) -> bool:
     )
 
 
-def check_run(config, out_dir, data_spec=None, resume: bool = False, refuse_existing: bool = True):
+def check_run(
+    config: Config | None,
+    out_dir: PathLike,
+    data_spec: str | None = None,
+    resume: bool = False,
+    refuse_existing: bool = True,
+) -> tuple[Config, list]:
     """Decide, without writing anything, whether `config` may train into `out_dir`.
 
     Returns `(config to train, {'training.KEY': (saved, new)} schedule changes)`; raises
@@ -133,14 +146,14 @@ def check_run(config, out_dir, data_spec=None, resume: bool = False, refuse_exis
 def train_run(
     config: dict,
     out_dir: str,
-    data_spec=None,
+    data_spec: str | None = None,
     resume: bool = False,
-    argv=None,
+    argv: Sequence[str] | None = None,
     figures: bool = True,
-    hooks=(),
-    log=None,
+    hooks: Sequence[Hook] = (),
+    log: Log | None = None,
     strategy: str = "default",
-):
+) -> dict:
     """Train from a normalised run config into `out_dir`; returns the metrics dict.
 
     `strategy`: `'default' | 'mirrored' | 'multiworker'` or a `tf.distribute` strategy (see
@@ -173,7 +186,7 @@ def train_run(
         lock.release()
 
 
-def _owns_run_dir(strategy):
+def _owns_run_dir(strategy: str | Strategy) -> bool:
     """False only for a non-chief worker of `strategy='multiworker'` (from TF_CONFIG)."""
     if strategy != "multiworker":
         return True
@@ -187,18 +200,18 @@ def _owns_run_dir(strategy):
 
 
 def _train_locked(
-    config,
-    changes,
-    out_dir,
-    resume,
-    argv,
-    figures,
-    hooks,
-    log,
-    strategy,
-    wall_start,
+    config: Config,
+    changes: list,
+    out_dir: PathLike,
+    resume: bool,
+    argv: Sequence[str] | None,
+    figures: bool,
+    hooks: Sequence[Hook],
+    log: Log,
+    strategy: str | Strategy,
+    wall_start: float,
     owner: bool = True,
-):
+) -> dict:
     import tensorflow as tf
 
     import tfdgmm
@@ -365,7 +378,7 @@ def _train_locked(
     return metrics
 
 
-def _previous_resume_changes(out_dir):
+def _previous_resume_changes(out_dir: PathLike) -> list:
     try:
         with open(os.path.join(out_dir, layout.METRICS)) as f:
             return list(json.load(f).get("resume_changes") or [])
@@ -373,7 +386,7 @@ def _previous_resume_changes(out_dir):
         return []
 
 
-def known_baseline(out_dir, data_cfg):
+def known_baseline(out_dir: PathLike, data_cfg: Config) -> dict[str, float] | None:
     """The Gaussian baseline's nats per split, when `tfdgmm baseline --out RUN_DIR` wrote a
     `baseline.json` into the run directory for the same noise seed; else None."""
     path = os.path.join(out_dir, layout.BASELINE)
@@ -389,7 +402,7 @@ def known_baseline(out_dir, data_cfg):
         return None
 
 
-def _tfp_version():
+def _tfp_version() -> str:
     import tensorflow_probability as tfp
 
     return tfp.__version__

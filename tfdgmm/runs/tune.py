@@ -45,12 +45,20 @@ import math
 import os
 import shutil
 import time
+from typing import TYPE_CHECKING
 
 import keras_tuner
 import numpy as np
 
 from tfdgmm import layout
 from tfdgmm.training.evaluation import EVAL_SEED_OFFSET
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+    from tfdgmm.deep_gmm import DeepGMM
+    from tfdgmm.types import Config, Images, Log, PathLike
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -89,7 +97,7 @@ DEFAULT_SPACE = {
 }
 
 
-def _declare(hp, name, choices):
+def _declare(hp: keras_tuner.HyperParameters, name: str, choices: Any) -> Any:
     if isinstance(choices, tuple):
         low, high = choices
         return hp.Float(name, float(low), float(high), sampling="log")
@@ -101,13 +109,15 @@ def _declare(hp, name, choices):
     return hp.Choice(name, choices)
 
 
-def _patch_sizes(image_shape):
+def _patch_sizes(image_shape: Sequence[int]) -> list[int]:
     h, w = int(image_shape[0]), int(image_shape[1])
     sizes = [r for r in (2, 4, 8) if h % r == 0 and w % r == 0 and h // r >= 2 and w // r >= 2]
     return sizes or [1]
 
 
-def default_search_space(hp, base, space=None):
+def default_search_space(
+    hp: keras_tuner.HyperParameters, base: Config, space: Config | None = None
+) -> Config:
     """Declare the default hyperparameters on `hp` and return the trial's run config.
 
     Args:
@@ -153,7 +163,7 @@ def default_search_space(hp, base, space=None):
     return config
 
 
-def hyperband_budget(values):
+def hyperband_budget(values: dict) -> dict | None:
     """Hyperband's budget of a trial, from its hyperparameter values.
 
     Returns None when the trial has no `tuner/epochs` (RandomSearch, BayesianOptimization);
@@ -171,7 +181,9 @@ def hyperband_budget(values):
     }
 
 
-def objective_bounds(model, validation, training, log=None):
+def objective_bounds(
+    model: DeepGMM, validation: Images, training: Config, log: Log | None = None
+) -> dict:
     """The trials' objective: bounds of `model` on `validation` by a fresh search with fixed
     settings from the run's `training` config (`EMConfig` or dict). Returns the
     `evaluate_bounds` dict (`lower_bound_nats` is the objective)."""
@@ -192,7 +204,7 @@ def objective_bounds(model, validation, training, log=None):
     )
 
 
-def normalize_base_config(base):
+def normalize_base_config(base: Config) -> Config:
     """Check a base config and fill in defaults (`tfdgmm.runs.normalize_run_config`); its model
     needs `image_shape` (and whatever the search space keeps, e.g. `path_prior`), not
     `layers` or `patch_size`, which the search space sets."""
@@ -215,15 +227,21 @@ def normalize_base_config(base):
     return out
 
 
-def _has_checkpoint(run_dir) -> bool:
+def _has_checkpoint(run_dir: PathLike) -> bool:
     import tensorflow as tf
 
     return tf.train.latest_checkpoint(layout.path(run_dir, layout.CHECKPOINTS)) is not None
 
 
 def train_trial(
-    config, train, validation, run_dir, continue_from=None, log=None, extra_metrics=None
-):
+    config: Config,
+    train: Images,
+    validation: Images,
+    run_dir: PathLike,
+    continue_from: PathLike | None = None,
+    log: Log | None = None,
+    extra_metrics: dict | None = None,
+) -> dict:
     """Train a (normalised) run config on in-memory images into `run_dir`; returns metrics.
 
     Resumable: a `run_dir` with checkpoints continues from them. `continue_from`: a run
@@ -241,7 +259,15 @@ def train_trial(
         )
 
 
-def _train_trial_locked(config, train, validation, run_dir, continue_from, log, extra_metrics):
+def _train_trial_locked(
+    config: Config,
+    train: Images,
+    validation: Images,
+    run_dir: PathLike,
+    continue_from: PathLike | None,
+    log: Log | None,
+    extra_metrics: dict | None,
+) -> dict:
     from tfdgmm.deep_gmm import DeepGMM
     from tfdgmm.runs.gating import gating_hooks  # gating.between_steps (post-EM: not run)
     from tfdgmm.runs.io import dump_json, dump_yaml
@@ -252,7 +278,7 @@ def _train_trial_locked(config, train, validation, run_dir, continue_from, log, 
     os.makedirs(run_dir, exist_ok=True)
     log_path = layout.path(run_dir, layout.LOG)
 
-    def write_log(line) -> None:
+    def write_log(line: str) -> None:
         with open(log_path, "a") as f:
             f.write(line + "\n")
         if log is not None:
@@ -349,7 +375,13 @@ class EMTuner(keras_tuner.Tuner):
     """
 
     def __init__(
-        self, oracle, base_config, search_space=None, space=None, verbose: bool = True, **kwargs
+        self,
+        oracle: keras_tuner.Oracle,
+        base_config: Config,
+        search_space: Callable | None = None,
+        space: Config | None = None,
+        verbose: bool = True,
+        **kwargs: Any,
     ) -> None:
         # set before Tuner.__init__, which populates the space through `search_space`
         self.base_config = normalize_base_config(base_config)
@@ -363,7 +395,7 @@ class EMTuner(keras_tuner.Tuner):
         self.search_space(hp, self.base_config, self.space)
         self.oracle.update_space(hp)
 
-    def trial_config(self, hp):
+    def trial_config(self, hp: keras_tuner.HyperParameters) -> Config:
         """The normalised run config of hyperparameters `hp` (with Hyperband's budget)."""
         from tfdgmm.runs.config import normalize_run_config
 
@@ -375,7 +407,13 @@ class EMTuner(keras_tuner.Tuner):
             )
         return normalize_run_config(config, where="trial config")
 
-    def run_trial(self, trial, train, validation, **kwargs):
+    def run_trial(
+        self,
+        trial: keras_tuner.engine.trial.Trial,
+        train: Images,
+        validation: Images,
+        **kwargs: Any,
+    ) -> dict:
         hp = trial.hyperparameters
         config = self.trial_config(hp)
         budget = hyperband_budget(hp.values)
@@ -397,19 +435,19 @@ class EMTuner(keras_tuner.Tuner):
             },
         )
 
-    def load_model(self, trial):
+    def load_model(self, trial: keras_tuner.engine.trial.Trial) -> DeepGMM:
         """The trial's model (a `DeepGMM`), restored from its run directory's `best/`."""
         from tfdgmm.export import load_run_model
 
         return load_run_model(self.get_trial_dir(trial.trial_id))[0]
 
-    def best_run_dir(self):
+    def best_run_dir(self) -> str:
         trials = self.oracle.get_best_trials(1)
         if not trials:
             raise ValueError(f"{self.project_dir}: no completed trial")
         return self.get_trial_dir(trials[0].trial_id)
 
-    def write_summary(self, path=None):
+    def write_summary(self, path: PathLike | None = None) -> dict | None:
         """`PROJECT/best.json`: the best trial, its run directory, objective and values."""
         trials = self.oracle.get_best_trials(1)
         if not trials:
@@ -436,12 +474,12 @@ class EMTuner(keras_tuner.Tuner):
 def make_oracle(
     tuner: str = "random",
     max_trials: int = 10,
-    seed=DEFAULT_SEED,
-    max_epochs=None,
+    seed: int = DEFAULT_SEED,
+    max_epochs: int | None = None,
     factor: int = 3,
     hyperband_iterations: int = 1,
-    **kwargs,
-):
+    **kwargs: Any,
+) -> keras_tuner.Oracle:
     """A keras-tuner oracle maximising `OBJECTIVE`: `'random'` (RandomSearchOracle),
     `'bayesian'` (BayesianOptimizationOracle; needs scipy and scikit-learn) or `'hyperband'`
     (HyperbandOracle with `max_epochs` EM iterations, stopped after `max_trials` trials).
@@ -494,23 +532,23 @@ def make_oracle(
 
 
 def tune(
-    base_config,
-    train,
-    validation,
+    base_config: Config,
+    train: Images,
+    validation: Images,
     *,
     max_trials: int = 10,
     tuner: str = "random",
     directory: str = "tuning",
     project_name: str = "tfdgmm",
-    search_space=None,
-    space=None,
-    seed=DEFAULT_SEED,
-    max_epochs=None,
+    search_space: Callable | None = None,
+    space: Config | None = None,
+    seed: int = DEFAULT_SEED,
+    max_epochs: int | None = None,
     factor: int = 3,
     overwrite: bool = False,
     verbose: bool = True,
-    oracle_kwargs=None,
-):
+    oracle_kwargs: dict | None = None,
+) -> EMTuner:
     """Run a keras-tuner search of deep GMM hyperparameters; returns the `EMTuner`.
 
     Args:
@@ -553,13 +591,13 @@ def tune(
     return t
 
 
-def best_run_dir(tuner):
+def best_run_dir(tuner: EMTuner) -> str:
     """The run directory of the best completed trial (for `tfdgmm.export.export_run`,
     `tfdgmm evaluate`, ...)."""
     return tuner.best_run_dir()
 
 
-def best_model(tuner):
+def best_model(tuner: EMTuner) -> DeepGMM:
     """The best trial's `DeepGMM`, restored from its run directory."""
     trials = tuner.oracle.get_best_trials(1)
     if not trials:

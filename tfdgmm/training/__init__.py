@@ -14,6 +14,8 @@
 The training code knows nothing about any data set: it takes preprocessed float images.
 """
 
+from __future__ import annotations
+
 from tfdgmm.training.checkpointing import load_model_weights
 from tfdgmm.training.config import EMConfig, learning_rate_at, mstep_updates
 from tfdgmm.training.em import EMTrainer, TrainingInterrupted

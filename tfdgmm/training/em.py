@@ -35,6 +35,7 @@ import math
 import os
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
@@ -61,6 +62,13 @@ from tfdgmm.training.summaries import (
     replicas_text,
     search_progress_text,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+    from tfdgmm.deep_gmm import DeepGMM
+    from tfdgmm.types import ChoicePath, Hook, Images, Log, NatsToBpd, PathLike, Seed, Strategy
 
 __all__ = ["EMTrainer", "TrainingInterrupted", "evaluate_bounds", "ESTEP", "MSTEP", "BOUNDS"]
 
@@ -94,11 +102,11 @@ class _State(tf.Module):
         self.current = tf.Variable("{}", dtype=tf.string, trainable=False)
 
 
-def _jget(var):
+def _jget(var: tf.Variable) -> Any:
     return json.loads(var.numpy().decode())
 
 
-def _jset(var, value) -> None:
+def _jset(var: tf.Variable, value: Any) -> None:
     var.assign(json.dumps(value))
 
 
@@ -128,17 +136,17 @@ class EMTrainer:
 
     def __init__(
         self,
-        model,
-        config=None,
-        train=None,
-        validation=None,
-        out_dir=None,
+        model: DeepGMM,
+        config: EMConfig | dict | None = None,
+        train: Images | Callable[[int], Images] | None = None,
+        validation: Images | None = None,
+        out_dir: PathLike | None = None,
         *,
-        nats_to_bpd=None,
-        hooks=(),
-        log=None,
-        strategy=None,
-    ):
+        nats_to_bpd: NatsToBpd | None = None,
+        hooks: Sequence[Hook] = (),
+        log: Log | None = None,
+        strategy: Strategy | None = None,
+    ) -> None:
         from tfdgmm.training import distribute
 
         if train is None:
@@ -178,7 +186,13 @@ class EMTrainer:
         self._rates = {"estep": RateMeter(), "mstep": RateMeter(), "bounds": RateMeter()}
         self._progress_log = ProgressLog(self.log, cfg.progress_interval_seconds, cfg.em_iterations)
 
-    def _init_variables(self, model, cfg, train, validation):
+    def _init_variables(
+        self,
+        model: DeepGMM,
+        cfg: EMConfig,
+        train: Images | Callable[[int], Images],
+        validation: Images | None,
+    ) -> None:
         self._train_fn = train if callable(train) else None
         self._loaded_iteration = 0 if self._train_fn is not None else None
         x_train = self._train_fn(0) if self._train_fn is not None else train
@@ -254,15 +268,15 @@ class EMTrainer:
     # ------------------------------------------------------------------ public API
 
     @property
-    def history(self):
+    def history(self) -> list[dict]:
         """One dict per completed EM iteration (bounds, learning rate, path entropies, ...)."""
         return _jget(self.state.history)
 
     @property
-    def em_iteration(self):
+    def em_iteration(self) -> int:
         return int(self.state.em_iteration.numpy())
 
-    def fit(self, resume: bool = False):
+    def fit(self, resume: bool = False) -> list[dict]:
         """Run EM to the end (or to early stopping); returns the history.
 
         `resume=True` continues from the latest checkpoint in `out_dir` (a fresh start when there
@@ -332,7 +346,7 @@ class EMTrainer:
             self.close()
         return self.history
 
-    def _restore_for_resume(self):
+    def _restore_for_resume(self) -> str | None:
         """The latest checkpoint of the run: the chief's (every worker restores it; a
         non-chief worker then saves a copy into its own directory)."""
         if self.write_dir == self.out_dir:
@@ -350,7 +364,14 @@ class EMTrainer:
         self.summaries.close()
         distribute.remove_worker_dir(self.write_dir, self.out_dir)
 
-    def evaluate(self, x, restarts=None, seed=None, batch_size=None, label: str = "data"):
+    def evaluate(
+        self,
+        x: Images,
+        restarts: int | None = None,
+        seed: Seed | None = None,
+        batch_size: int | None = None,
+        label: str = "data",
+    ) -> dict:
         """Bounds for images `x` without stored paths (e.g. the test split): a search from a
         random path (1 pass) plus `restarts` random restarts (2 passes each). Returns a dict
         (see `evaluate_bounds`)."""
@@ -368,7 +389,7 @@ class EMTrainer:
             label=label,
         )
 
-    def refine(self, which: str = "train", restarts=None):
+    def refine(self, which: str = "train", restarts: int | None = None) -> dict:
         """One more E-step on the stored paths of `'train'` or `'validation'` (warm start plus
         `restarts` random restarts) with the current parameters: the final bounds of a run."""
         cfg = self.config
@@ -388,22 +409,22 @@ class EMTrainer:
             search.reset()
         return search_record(search, self.nats_to_bpd, time.monotonic() - start)
 
-    def path_usage_entropy(self):
+    def path_usage_entropy(self) -> list[float]:
         return path_usage_entropy(self.model, self.train_search.path())
 
-    def elapsed(self):
+    def elapsed(self) -> float:
         return self._clock.elapsed()
 
     # ------------------------------------------------------------------ EM stages
 
-    def _ensure_train_data(self, t) -> None:
+    def _ensure_train_data(self, t: int) -> None:
         if self._train_fn is not None and self._loaded_iteration != t:
             x = self._train_fn(t)
             check_float_images(x, "training images")
             self.train_search.set_data(x)
             self._loaded_iteration = t
 
-    def _check_finite_data(self):
+    def _check_finite_data(self) -> None:
         searches = [self.train_search] + (
             [self.validation_search] if self.validation_search else []
         )
@@ -411,7 +432,7 @@ class EMTrainer:
             if not bool(tf.reduce_all(tf.math.is_finite(s.data))):
                 raise ValueError(f"{s.name}: the images contain NaN or Inf")
 
-    def _chunk(self, meter, per_unit_default, remaining, unit: int = 1):
+    def _chunk(self, meter: RateMeter, per_unit_default: int, remaining: int, unit: int = 1) -> int:
         """How many units of work (updates, or batches of `unit` images for a meter counting
         images) fit in one progress interval (at least 1)."""
         cfg = self.config
@@ -424,7 +445,7 @@ class EMTrainer:
             n = min(n, cfg.max_chunk)
         return max(1, min(remaining, n))
 
-    def _search_stage(self, search, t, event) -> None:
+    def _search_stage(self, search: DatasetSearch, t: int, event: str) -> None:
         """Run `search` over its data in chunks, with progress, hooks and checkpoints."""
         meter = self._rates[event if event == "estep" else "bounds"]
         while not search.done:
@@ -450,7 +471,7 @@ class EMTrainer:
             if self.keeper.seconds_since_save() >= self.config.checkpoint_interval_seconds:
                 self._save()
 
-    def _estep(self, t) -> None:
+    def _estep(self, t: int) -> None:
         cfg = self.config
         if int(self.train_search.position.numpy()) == 0:
             self.log(
@@ -503,7 +524,7 @@ class EMTrainer:
     #: the state after every rollback are targets too).
     ANCHOR_EVERY = 100
 
-    def _mstep(self, t) -> None:
+    def _mstep(self, t: int) -> None:
         cfg = self.config
         total = mstep_updates(cfg, t)
         meter = self._rates["mstep"]
@@ -587,12 +608,12 @@ class EMTrainer:
         self.state.stage.assign(BOUNDS)
         self._save()
 
-    def _store_guard(self, guard) -> None:
+    def _store_guard(self, guard: dict) -> None:
         current = _jget(self.state.current)
         current["mstep_guard"] = guard
         _jset(self.state.current, current)
 
-    def _mstep_progress(self, t, u, total, loss, meter) -> None:
+    def _mstep_progress(self, t: int, u: int, total: int, loss: float, meter: RateMeter) -> None:
         lr = learning_rate_at(self.config, t, u - 1, total, float(self.state.lr_scale.numpy()))
         step = int(self.optimizer.iterations.numpy())
         self.summaries.scalars(
@@ -611,7 +632,7 @@ class EMTrainer:
             ),
         )
 
-    def _bounds(self, t) -> None:
+    def _bounds(self, t: int) -> None:
         cfg = self.config
         start = time.monotonic()
         record = _jget(self.state.current)
@@ -706,11 +727,11 @@ class EMTrainer:
 
     # ------------------------------------------------------------------ the M-step graph
 
-    def _build_mstep(self):
+    def _build_mstep(self) -> Callable:
         model, variables = self.model, self.variables
         data, paths = self.train_search.data, self.train_search.paths
 
-        def loss_and_grads(x, path):
+        def loss_and_grads(x: tf.Tensor, path: ChoicePath) -> tuple[tf.Tensor, list]:
             with tf.GradientTape() as tape:
                 loss = -tf.reduce_mean(model.joint_log_prob(x, path))
             return loss, tape.gradient(loss, variables)
@@ -718,12 +739,12 @@ class EMTrainer:
         if self.config.jit_compile:
             loss_and_grads = tf.function(loss_and_grads, jit_compile=True)
 
-        def minibatch_step(idx):
+        def minibatch_step(idx: tf.Tensor) -> tuple[tf.Tensor, list]:
             return loss_and_grads(tf.gather(data, idx), tuple(tf.gather(v, idx) for v in paths))
 
         return self._mstep_loop(minibatch_step)
 
-    def _build_distributed_mstep(self):
+    def _build_distributed_mstep(self) -> Callable:
         """The M-step under `self.strategy`: the single-device minibatch (same stateless
         shuffle), each replica's slice of it, gradients of `-sum(joint) / B` summed over the
         replicas, one optimizer step in cross-replica context (see
@@ -736,7 +757,7 @@ class EMTrainer:
         per = distribute.split_size(b, strategy, "batch_size (M-step minibatch)")
         sum_op = tf.distribute.ReduceOp.SUM
 
-        def replica_loss_and_grads(idx):
+        def replica_loss_and_grads(idx: tf.Tensor) -> tuple[tf.Tensor, list]:
             mine = tf.slice(idx, [distribute.replica_offset(per)], [per])
             x = tf.gather(data, mine)
             path = tuple(tf.gather(v, mine) for v in paths)
@@ -747,18 +768,20 @@ class EMTrainer:
         if self.config.jit_compile:
             replica_loss_and_grads = tf.function(replica_loss_and_grads, jit_compile=True)
 
-        def replica_step(idx):
+        def replica_step(idx: tf.Tensor) -> list[tf.Tensor]:
             loss, grads = replica_loss_and_grads(idx)
             # one batched all-reduce (sum) of the loss and every gradient
             return tf.distribute.get_replica_context().all_reduce(sum_op, [loss] + list(grads))
 
-        def minibatch_step(idx):
+        def minibatch_step(idx: tf.Tensor) -> tuple[tf.Tensor, list]:
             loss, *grads = distribute.local_value(strategy, strategy.run(replica_step, args=(idx,)))
             return loss, grads
 
         return self._mstep_loop(minibatch_step)
 
-    def _mstep_loop(self, minibatch_step):
+    def _mstep_loop(
+        self, minibatch_step: Callable[[tf.Tensor], tuple[tf.Tensor, list]]
+    ) -> Callable:
         """`run(num, total, em_iteration)`: up to `num` updates in one `tf.function`, stopping
         at the first non-finite loss or gradient; `minibatch_step(idx) -> (loss, grads)` on
         the minibatch of training indices `idx` (a stateless shuffle per epoch)."""
@@ -774,7 +797,7 @@ class EMTrainer:
         stats_images = min(cfg.hc_statistics_images, n)
         stats_seed = fold_seed(cfg.seed, 0x4FAC)
 
-        def refresh_statistics(em_iteration, u):
+        def refresh_statistics(em_iteration: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
             """The K-FAC factors from `stats_images` training images (a stateless draw per
             update count) on their E-step paths."""
             idx = tf.random.experimental.stateless_shuffle(
@@ -788,8 +811,10 @@ class EMTrainer:
             return tf.constant(0)
 
         @tf.function
-        def run(num, total, em_iteration):
-            def body(i, ok, loss_sum):
+        def run(num: tf.Tensor, total: tf.Tensor, em_iteration: tf.Tensor) -> list[tf.Tensor]:
+            def body(
+                i: tf.Tensor, ok: tf.Tensor, loss_sum: tf.Tensor
+            ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
                 u = state.mstep_update.read_value()
                 epoch, pos = u // per_epoch, u % per_epoch
                 order = tf.random.experimental.stateless_shuffle(
@@ -836,7 +861,7 @@ class EMTrainer:
 
     # ------------------------------------------------------------------ robustness
 
-    def _probe_loss(self):
+    def _probe_loss(self) -> float:
         """Mean loss (nats/image) of a fixed probe minibatch: the first training images with
         their current paths."""
         if self._probe_fn is None:
@@ -844,25 +869,25 @@ class EMTrainer:
             b = min(self.batch_size, self.train_search.num_images)
 
             @tf.function
-            def probe():
+            def probe() -> tf.Tensor:
                 path = tuple(v[:b] for v in paths)
                 return -tf.reduce_mean(model.joint_log_prob(data[:b], path))
 
             self._probe_fn = probe
         return float(self._probe_fn())
 
-    def _parameters_finite(self):
+    def _parameters_finite(self) -> bool:
         return all(
             bool(tf.reduce_all(tf.math.is_finite(v))) for v in self.model.trainable_variables
         )
 
-    def _save(self, anchor: bool = False):
+    def _save(self, anchor: bool = False) -> str:
         if not self._parameters_finite():
             raise FloatingPointError("refusing to checkpoint non-finite parameters")
         self.state.elapsed.assign(self._clock.elapsed())
         return self.keeper.save(anchor=anchor)
 
-    def _rollback(self, t, u, what):
+    def _rollback(self, t: int, u: int, what: str) -> None:
         cfg = self.config
         rollbacks = int(self.state.rollbacks.numpy()) + 1
         if rollbacks > cfg.max_rollbacks:
@@ -892,25 +917,25 @@ class EMTrainer:
         )
         self.summaries.scalars(step, {"mstep/rollback_lr_scale": scale})
 
-    def _call_hooks(self, event, info) -> None:
+    def _call_hooks(self, event: str, info: dict) -> None:
         for hook in self.hooks:
             hook(self, event, info)
 
     # ------------------------------------------------------------------ text
 
-    def _bpd(self, nats):
+    def _bpd(self, nats: float | None) -> float | None:
         return None if self.nats_to_bpd is None or nats is None else float(self.nats_to_bpd(nats))
 
-    def _replicas_text(self):
+    def _replicas_text(self) -> str:
         return replicas_text(self.num_replicas)
 
-    def _bpd_text(self, nats):
+    def _bpd_text(self, nats: float | None) -> str:
         return bpd_text(self._bpd(nats))
 
-    def _progress(self, t, text) -> None:
+    def _progress(self, t: int, text: str) -> None:
         self._progress_log(t, text)
 
-    def _eta_text(self, t):
+    def _eta_text(self, t: int) -> str:
         """Rough time left for the remaining EM iterations, from the measured rates."""
         cfg = self.config
         left = cfg.em_iterations - (t + 1)

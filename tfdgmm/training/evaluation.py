@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tfdgmm.training.search import DatasetSearch
 from tfdgmm.training.summaries import RateMeter, format_duration
+
+if TYPE_CHECKING:
+    from tfdgmm.deep_gmm import DeepGMM
+    from tfdgmm.types import Images, Log, NatsToBpd
 
 __all__ = ["EVAL_SEED_OFFSET", "bounds_record", "evaluate_bounds"]
 
@@ -55,17 +60,17 @@ def search_record(
 
 
 def evaluate_bounds(
-    model,
-    x,
+    model: DeepGMM,
+    x: Images,
     batch_size: int = 500,
     restarts: int = 2,
     location_method: str = "auto",
-    location_options=None,
+    location_options: dict | None = None,
     seed: int = 0,
-    nats_to_bpd=None,
-    log=None,
+    nats_to_bpd: NatsToBpd | None = None,
+    log: Log | None = None,
     label: str = "data",
-):
+) -> dict:
     """Lower and (approximate) upper bounds of `model` on images `x` by a fresh E-step.
 
     Every datapoint starts from a random path (1 pass), then `restarts` random restarts

@@ -6,7 +6,10 @@ partial sample of datapoint n on its path (the output of layer i's inverse). Thi
 part of the hard-EM objective `log pi_p + log p_p(x)` that depends on the gating weights.
 """
 
+from __future__ import annotations
+
 import time
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -14,6 +17,13 @@ import tensorflow as tf
 
 from tfdgmm import path_priors
 from tfdgmm.deep_gmm import DeepGMM
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from tfdgmm.training.em import EMTrainer
+    from tfdgmm.training.search import DatasetSearch
+    from tfdgmm.types import ChoicePath, Config, Images, Log
 
 __all__ = [
     "GATING_DEFAULTS",
@@ -28,7 +38,7 @@ __all__ = [
 ]
 
 
-def with_gating(model, hidden: int = 32, kernel_size: int = 3, seed: int = 0):
+def with_gating(model: DeepGMM, hidden: int = 32, kernel_size: int = 3, seed: int = 0) -> DeepGMM:
     """A `DeepGMM` sharing `model`'s layers, with a fresh (uniform-initialised) gating prior."""
     prior = path_priors.GatingPathPrior(
         model.layer_specs,
@@ -54,17 +64,17 @@ def with_gating(model, hidden: int = 32, kernel_size: int = 3, seed: int = 0):
 
 
 def fit_gating(
-    model,
-    images,
-    paths,
+    model: DeepGMM,
+    images: Images,
+    paths: ChoicePath,
     steps: int = 1000,
     batch_size: int = 100,
     learning_rate: float = 1e-3,
-    optimizer=None,
+    optimizer: keras.optimizers.Optimizer | None = None,
     seed: int = 0,
     log_every: int = 0,
-    log=print,
-):
+    log: Log | None = print,
+) -> dict:
     """Fit `model.path_prior` (a `GatingPathPrior`) to fixed paths; returns the loss history.
 
     Args:
@@ -96,17 +106,17 @@ def fit_gating(
     optimizer.build(variables)
 
     @tf.function
-    def nll(x, path):
+    def nll(x: tf.Tensor, path: ChoicePath) -> tf.Tensor:
         return -tf.reduce_mean(model.path_log_prob(path, x=x))
 
     @tf.function
-    def step(x, path):
+    def step(x: tf.Tensor, path: ChoicePath) -> tf.Tensor:
         with tf.GradientTape() as tape:
             loss = nll(x, path)
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
-    def full_nll():
+    def full_nll() -> float:
         total = 0.0
         for start in range(0, n, 1000):
             chunk = tuple(z[start : start + 1000] for z in paths)
@@ -145,7 +155,7 @@ GATING_DEFAULTS = {
 }
 
 
-def normalize_gating(section, where: str = "config"):
+def normalize_gating(section: Config | None, where: str = "config") -> Config:
     """The `gating:` section of a run config with defaults filled in (unknown keys: error).
 
     * `enabled`: fit gating networks after EM on the last E-step's training paths (the paper's
@@ -184,7 +194,7 @@ def normalize_gating(section, where: str = "config"):
     return out
 
 
-def gating_prior_config(settings):
+def gating_prior_config(settings: Config) -> Config:
     """The architecture's `path_prior` entry for gating networks with these settings."""
     return {
         "kind": "gating",
@@ -193,7 +203,9 @@ def gating_prior_config(settings):
     }
 
 
-def mean_neg_log_prior(model, images, paths, chunk: int = 1000):
+def mean_neg_log_prior(
+    model: DeepGMM, images: Images, paths: ChoicePath, chunk: int = 1000
+) -> float:
     """Mean `-log pi(path | x)` per image (nats) of fixed paths under `model`'s path prior."""
     images = tf.convert_to_tensor(images, model.dtype)
     paths = tuple(tf.convert_to_tensor(z, tf.int32) for z in paths)
@@ -220,7 +232,12 @@ class GatingBetweenSteps:
     """
 
     def __init__(
-        self, steps, batch_size: int = 100, learning_rate: float = 1e-3, seed: int = 0, log=None
+        self,
+        steps: int,
+        batch_size: int = 100,
+        learning_rate: float = 1e-3,
+        seed: int = 0,
+        log: Log | None = None,
     ) -> None:
         self.steps = int(steps)
         self.batch_size = int(batch_size)
@@ -229,7 +246,7 @@ class GatingBetweenSteps:
         self.log = log
         self.history = []
 
-    def __call__(self, trainer, event, info) -> None:
+    def __call__(self, trainer: EMTrainer, event: str, info: dict) -> None:
         if event != "estep" or info.get("batches") != info.get("num_batches"):
             return
         t = int(info["em_iteration"])
@@ -258,7 +275,7 @@ class GatingBetweenSteps:
         )
 
 
-def gated_copy(model, settings):
+def gated_copy(model: DeepGMM, settings: Config) -> DeepGMM:
     """`with_gating(model, ...)` with the settings of a `gating:` section; when `model` already
     has gating networks of the same shape, the copy starts from their weights."""
     gated = with_gating(
@@ -277,7 +294,9 @@ def gated_copy(model, settings):
     return gated
 
 
-def gated_search_bounds(gated, searches, restarts: int = 1, seed: int = 0):
+def gated_search_bounds(
+    gated: DeepGMM, searches: Sequence[DatasetSearch], restarts: int = 1, seed: int = 0
+) -> list[tuple[float, float]]:
     """Bounds of `gated` on the data of `DatasetSearch`es (e.g. `EMTrainer.train_search`),
     searching from their stored paths (1 pass) plus `restarts` random restarts (2 passes each).
 
@@ -304,7 +323,9 @@ def gated_search_bounds(gated, searches, restarts: int = 1, seed: int = 0):
     )
 
     @tf.function(input_signature=[image_spec, path_specs, tf.TensorSpec([2], tf.int32)])
-    def bounds(x, init, batch_seed):
+    def bounds(
+        x: tf.Tensor, init: ChoicePath, batch_seed: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         path, joint = gated.best_path(x, init=init, seed=batch_seed, **options)
         upper = gated.log_prob_upper_bound(x, path=path)
         return tf.cast(joint, tf.float64), tf.cast(upper, tf.float64)

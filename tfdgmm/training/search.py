@@ -19,6 +19,7 @@ Randomness is stateless: batch `b` of the search tagged `step` uses the seed
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
@@ -26,6 +27,12 @@ import tensorflow as tf
 from tfdgmm import path_search
 from tfdgmm.training.distribute import build_sharded_search
 from tfdgmm.training.seeds import fold_seed
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tfdgmm.deep_gmm import DeepGMM
+    from tfdgmm.types import ChoicePath, Images, Seed, Strategy
 
 __all__ = ["DatasetSearch", "fold_seed", "path_usage_entropy"]
 
@@ -48,18 +55,18 @@ class DatasetSearch(tf.Module):
 
     def __init__(
         self,
-        model,
-        x,
+        model: DeepGMM,
+        x: Images,
         batch_size: int = 500,
         init_passes: int = 1,
         restarts: int = 1,
         restart_passes: int = 2,
         location_method: str = "auto",
-        location_options=None,
+        location_options: dict | None = None,
         seed: int = 0,
         name: str = "search",
-        strategy=None,
-    ):
+        strategy: Strategy | None = None,
+    ) -> None:
         super().__init__(name=name)
         self._model = model
         self.strategy = strategy
@@ -96,7 +103,7 @@ class DatasetSearch(tf.Module):
 
     # ------------------------------------------------------------------ state
 
-    def checkpoint_items(self):
+    def checkpoint_items(self) -> dict:
         """The variables that make up the E-step state (everything but the data)."""
         return {
             "paths": list(self.paths),
@@ -106,7 +113,7 @@ class DatasetSearch(tf.Module):
         }
 
     @property
-    def model(self):
+    def model(self) -> DeepGMM:
         """The `DeepGMM` whose paths this searches."""
         return self._model
 
@@ -115,18 +122,18 @@ class DatasetSearch(tf.Module):
         changed)."""
         self._search_fn = None
 
-    def set_data(self, x) -> None:
+    def set_data(self, x: Images) -> None:
         self.data.assign(tf.convert_to_tensor(x, dtype=self._model.dtype))
 
-    def path(self):
+    def path(self) -> tuple[tf.Tensor, ...]:
         """The stored paths as a tuple of tensors."""
         return tuple(tf.convert_to_tensor(v) for v in self.paths)
 
     @property
-    def done(self):
+    def done(self) -> bool:
         return int(self.position.numpy()) >= self.num_batches
 
-    def mean_bounds(self):
+    def mean_bounds(self) -> tuple[float, float]:
         """`(mean lower, mean upper)` over the dataset, as Python floats (float64 sums)."""
         lo = tf.reduce_mean(tf.cast(self.lower, tf.float64))
         up = tf.reduce_mean(tf.cast(self.upper, tf.float64))
@@ -134,29 +141,29 @@ class DatasetSearch(tf.Module):
 
     # ------------------------------------------------------------------ the search
 
-    def store(self, idx, path, joint, upper):
+    def store(self, idx: tf.Tensor, path: ChoicePath, joint: tf.Tensor, upper: tf.Tensor) -> list:
         """Ops writing a batch's found paths and bounds at rows `idx`."""
         ops = [v.scatter_update(tf.IndexedSlices(p, idx)) for v, p in zip(self.paths, path)]
         ops.append(self.lower.scatter_update(tf.IndexedSlices(joint, idx)))
         ops.append(self.upper.scatter_update(tf.IndexedSlices(upper, idx)))
         return ops
 
-    def window(self, b):
+    def window(self, b: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """`(first row, row indices)` of batch `b` (the last batch overlaps the one before)."""
         lo = tf.minimum(tf.cast(b, tf.int32) * self.batch_size, self.num_images - self.batch_size)
         return lo, tf.range(lo, lo + self.batch_size)
 
-    def _batch(self, lo):
+    def _batch(self, lo: tf.Tensor) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
         x = tf.slice(self.data, [lo, 0, 0, 0], [self.batch_size, *self._model.image_shape])
         init = tuple(tf.gather(v, tf.range(lo, lo + self.batch_size)) for v in self.paths)
         return x, init
 
-    def _build_search(self):
+    def _build_search(self) -> Callable:
         model = self._model
 
         @tf.function
-        def search(start, stop, step_seed):
-            def body(b):
+        def search(start: tf.Tensor, stop: tf.Tensor, step_seed: tf.Tensor) -> tf.Tensor:
+            def body(b: tf.Tensor) -> list[tf.Tensor]:
                 lo, idx = self.window(b)
                 x, init = self._batch(lo)
                 path, joint = model.best_path(
@@ -178,7 +185,7 @@ class DatasetSearch(tf.Module):
 
         return search
 
-    def run(self, step, max_batches=None, seed=None):
+    def run(self, step: int, max_batches: int | None = None, seed: Seed | None = None) -> int:
         """Search batches `position .. position + max_batches - 1` (all remaining by default).
 
         `step` tags the search (e.g. the EM iteration) so every step draws fresh restarts.
@@ -208,12 +215,14 @@ class DatasetSearch(tf.Module):
 
     # ------------------------------------------------------------------ scores without search
 
-    def _build_score(self):
+    def _build_score(self) -> Callable:
         model = self._model
 
         @tf.function
-        def score():
-            def body(b, lo_sum, up_sum):
+        def score() -> tuple[tf.Tensor, tf.Tensor]:
+            def body(
+                b: tf.Tensor, lo_sum: tf.Tensor, up_sum: tf.Tensor
+            ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
                 lo, idx = self.window(b)
                 x, path = self._batch(lo)
                 # count each datapoint once: skip the rows the overlapping last batch repeats
@@ -240,7 +249,7 @@ class DatasetSearch(tf.Module):
 
         return score
 
-    def score(self):
+    def score(self) -> tuple[float, float]:
         """`(mean lower, mean upper)` of the stored paths under the current parameters (no
         search, nothing stored): e.g. the training bound right after an M-step."""
         if self._score_fn is None:
@@ -249,7 +258,7 @@ class DatasetSearch(tf.Module):
         return float(lo), float(up)
 
 
-def path_usage_entropy(model, paths):
+def path_usage_entropy(model: DeepGMM, paths: ChoicePath) -> list[float]:
     """Per layer, the entropy (nats) of the empirical distribution of its choices over the
     dataset (pooled over locations for per-location layers); 0 for single-alternative layers."""
     out = []

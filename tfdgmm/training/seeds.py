@@ -1,12 +1,19 @@
 """Stateless seeds: `fold_seed` derives every seed of a run from one (no global RNG state)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from tfdgmm.types import Seed
 
 __all__ = ["fold_seed"]
 
 
-def fold_seed(seed, *data):
+def fold_seed(seed: Seed, *data: int | tf.Tensor) -> tf.Tensor:
     """A stateless seed `int32[2]` derived from `seed` (int or `[2]`) and integers `data`."""
     if isinstance(seed, (int, np.integer)):
         seed = [int(seed) & 0x7FFFFFFF, int(seed) >> 31]

@@ -11,8 +11,14 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tfdgmm.types import PathLike, Strategy
 
 __all__ = [
     "ProgressLog",
@@ -34,7 +40,7 @@ def default_log(message: str) -> None:
     print(message, file=sys.stdout, flush=True)
 
 
-def format_duration(seconds) -> str:
+def format_duration(seconds: float | None) -> str:
     """`'1h02m'`, `'3m05s'`, `'12s'`; `'?'` when unknown."""
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return "?"
@@ -84,10 +90,10 @@ class RateMeter:
 class Summaries:
     """Scalars for TensorBoard under `logdir` (or nothing when `logdir` is None)."""
 
-    def __init__(self, logdir=None) -> None:
+    def __init__(self, logdir: PathLike | None = None) -> None:
         self._writer = tf.summary.create_file_writer(logdir) if logdir else None
 
-    def scalars(self, step, values: dict) -> None:
+    def scalars(self, step: int, values: dict) -> None:
         if self._writer is None:
             return
         with self._writer.as_default(step=int(step)):
@@ -96,7 +102,7 @@ class Summaries:
                     continue
                 tf.summary.scalar(name, float(value))
 
-    def image(self, step, name: str, image) -> None:
+    def image(self, step: int, name: str, image: PathLike | np.ndarray | tf.Tensor) -> None:
         """An image for TensorBoard's Images tab: a PNG file path, or an array `[H, W, C]`
         (uint8, or floats in [0, 1])."""
         if self._writer is None:
@@ -122,7 +128,7 @@ class Summaries:
             self._writer.close()
 
 
-def device_report(strategy=None) -> str:
+def device_report(strategy: Strategy | None = None) -> str:
     """One line: where the run computes, e.g. `devices: CPU only (2 cores); strategy
     _DefaultDistributionStrategy, 1 replica` or `devices: 2 GPUs (...); strategy
     MirroredStrategy, 2 replicas`."""
@@ -156,7 +162,7 @@ class Clock:
         self._offset = float(offset)
         self._start = time.monotonic()
 
-    def elapsed(self):
+    def elapsed(self) -> float:
         return self._offset + time.monotonic() - self._start
 
 
