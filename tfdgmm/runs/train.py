@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from tfdgmm.deep_gmm import DeepGMM
+    from tfdgmm.training.em import EMTrainer
     from tfdgmm.types import Config, Hook, Log, PathLike, Strategy
 
 __all__ = [
@@ -212,7 +213,6 @@ def _train_locked(
     wall_start: float,
     owner: bool = True,
 ) -> dict:
-    import tensorflow as tf
 
     import tfdgmm
     from tfdgmm.training import EMConfig, EMTrainer
@@ -331,11 +331,20 @@ def _train_locked(
             log=log,
         )
 
-    state = trainer.state
-    metrics = {
-        "command": command,
-        "config": config,
-        "data": {
+    metrics = run_record(
+        trainer,
+        config,
+        summary,
+        results,
+        history,
+        wall_time={
+            "training_total": trainer.elapsed(),
+            "training_this_session": train_seconds,
+            "final_evaluation": eval_seconds,
+            "session_total": time.monotonic() - wall_start,
+        },
+        command=command,
+        data={
             "source": splits.source,
             "notes": list(splits.notes),
             "num_images": {n: len(s) for n, s in splits.items()},
@@ -343,28 +352,8 @@ def _train_locked(
             "noise_seed": data_cfg["noise_seed"],
             "dequantize": data_cfg["dequantize"],
         },
-        "model": summary,
-        "splits": results,
-        "best_em_iteration": int(state.best_iteration.numpy()) + 1,
-        "em_iterations_run": trainer.em_iteration,
-        "rollbacks": int(state.rollbacks.numpy()),
-        "replicas": trainer.num_replicas,
-        "history": history,
-        "wall_time_seconds": {
-            "training_total": trainer.elapsed(),
-            "training_this_session": train_seconds,
-            "final_evaluation": eval_seconds,
-            "session_total": time.monotonic() - wall_start,
-        },
-        "figures": figure_paths,
-        "versions": {
-            "tfdgmm": tfdgmm.__version__,
-            "tensorflow": tf.__version__,
-            "tensorflow_probability": _tfp_version(),
-        },
-        "units": "mean log-likelihood per image in nats on the data scale; bits/dim = "
-        "-log2(bin width) - LL / (D ln 2)",
-    }
+        figures=figure_paths,
+    )
     if gating_block is not None:
         metrics["gating"] = gating_block
     previous = _previous_resume_changes(out_dir)
@@ -376,6 +365,57 @@ def _train_locked(
     dump_json(metrics, path)
     log(f"metrics: {path}")
     return metrics
+
+
+def run_record(
+    trainer: EMTrainer,
+    config: Config,
+    model_summary: dict,
+    splits: dict,
+    history: list[dict],
+    wall_time: dict,
+    command: str | None = None,
+    data: dict | None = None,
+    figures: dict | None = None,
+) -> dict:
+    """The one `metrics.json` schema of a run directory (`train_run`, and each tuner trial,
+    which adds its `tuner` block): `command`, `config`, `data`, `model`, `splits` (one
+    `tfdgmm.training.bounds_record` per split), `best_em_iteration`, `em_iterations_run`,
+    `rollbacks`, `replicas`, `history`, `wall_time_seconds`, `figures`, `versions`, `units`
+    (`command`, `data` and `figures` only when given)."""
+    import tensorflow as tf
+
+    import tfdgmm
+
+    state = trainer.state
+    record = {} if command is None else {"command": command}
+    record["config"] = config
+    if data is not None:
+        record["data"] = data
+    record.update(
+        {
+            "model": model_summary,
+            "splits": splits,
+            "best_em_iteration": int(state.best_iteration.numpy()) + 1,
+            "em_iterations_run": trainer.em_iteration,
+            "rollbacks": int(state.rollbacks.numpy()),
+            "replicas": trainer.num_replicas,
+            "history": history,
+            "wall_time_seconds": wall_time,
+        }
+    )
+    if figures is not None:
+        record["figures"] = figures
+    record["versions"] = {
+        "tfdgmm": tfdgmm.__version__,
+        "tensorflow": tf.__version__,
+        "tensorflow_probability": _tfp_version(),
+    }
+    record["units"] = (
+        "mean log-likelihood per image in nats on the data scale; bits/dim = "
+        "-log2(bin width) - LL / (D ln 2)"
+    )
+    return record
 
 
 def _previous_resume_changes(out_dir: PathLike) -> list:

@@ -41,7 +41,6 @@ or unshared (`selection: location`, the same blocks at every location) blocks.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import shutil
 import time
@@ -271,6 +270,7 @@ def _train_trial_locked(
     from tfdgmm.deep_gmm import DeepGMM
     from tfdgmm.runs.gating import gating_hooks  # gating.between_steps (post-EM: not run)
     from tfdgmm.runs.io import dump_json, dump_yaml
+    from tfdgmm.runs.train import model_summary, run_record
     from tfdgmm.training.config import EMConfig
     from tfdgmm.training.em import EMTrainer
 
@@ -323,30 +323,34 @@ def _train_trial_locked(
         "train_lower_bound": history[-1]["train_lower_bound"] if history else float("nan"),
         "em_iterations": float(len(history)),
     }
-    report = dict(extra_metrics or {})
-    report.update(
-        {
-            "metrics": metrics,
-            "objective": {
-                "name": OBJECTIVE,
-                "direction": "max",
-                "value": metrics[OBJECTIVE],
-                "search": {
-                    "batch_size": em_cfg.estep_batch_size,
-                    "restarts": em_cfg.eval_restarts,
-                    "location_method": em_cfg.location_method,
-                    "location_options": em_cfg.location_options,
-                    "seed": em_cfg.seed + OBJECTIVE_SEED_OFFSET,
-                },
-                "bounds": objective,
+    report = run_record(
+        trainer,
+        config,
+        model_summary(model),
+        {"validation": objective},
+        history,
+        wall_time={
+            "training_total": trainer.elapsed(),
+            "session_total": time.monotonic() - start,
+        },
+        data={"num_images": {"train": len(train), "validation": len(validation)}},
+    )
+    report["tuner"] = dict(
+        extra_metrics or {},
+        metrics=metrics,
+        objective={
+            "name": OBJECTIVE,
+            "direction": "max",
+            "value": metrics[OBJECTIVE],
+            "search": {
+                "batch_size": em_cfg.estep_batch_size,
+                "restarts": em_cfg.eval_restarts,
+                "location_method": em_cfg.location_method,
+                "location_options": em_cfg.location_options,
+                "seed": em_cfg.seed + OBJECTIVE_SEED_OFFSET,
             },
-            "config": config,
-            "history": history,
-            "num_parameters": model.num_parameters(),
-            "log10_num_paths": model.log_num_paths / math.log(10),
-            "checkpoint": trainer.keeper.best,
-            "seconds": time.monotonic() - start,
-        }
+        },
+        checkpoint=trainer.keeper.best,
     )
     dump_json(report, layout.path(run_dir, layout.METRICS))
     write_log(
