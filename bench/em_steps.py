@@ -67,7 +67,7 @@ def nominal_flops_per_evaluation(model):
     """Nominal multiply-add FLOPs of one pass through the layers (see module docstring)."""
     hp, wp, d = model.patch_shape
     total = 0
-    for spec in tfdgmm.architectures.get_config(model)["layers"]:
+    for spec in model.get_config()["layers"]:
         kind = spec["type"]
         if kind == "half_convolution":
             k = spec["kernel_size"]

@@ -70,7 +70,7 @@ def main():
     def make_pass(method):
         @tf.function(jit_compile=False, reduce_retracing=True)
         def one_pass(x, path, seed):
-            h0 = model._patchify.forward(x)
+            h0 = model.patchify(x)
             new = path_search.coordinate_ascent_pass(model, h0, path, method, seed=seed)
             return new, path_search.objective(model, h0, new)
 
@@ -79,7 +79,7 @@ def main():
     # quality: every method from the same random start on the same images (brute-force batch)
     n_q = args.brute_batch
     xq = x_all[:n_q]
-    h0q = model._patchify.forward(xq)
+    h0q = model.patchify(xq)
     start_q = path_search.random_path(model, n_q, tf.constant([3, 4]))
     before_q = path_search.objective(model, h0q, start_q)
     methods = ["auto", "linearized", "brute_force"]

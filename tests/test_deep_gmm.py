@@ -9,7 +9,6 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 import tfdgmm
-from tfdgmm import path_search
 
 tfd = tfp.distributions
 
@@ -100,27 +99,6 @@ def test_exact_log_prob_matches_dense_mixtures(name, prior):
     )
 
 
-def test_table_prior_log_prob_and_conditionals():
-    model = make(SMALL_CONFIGS["shared_bd"], prior="table")
-    table = model.path_prior.table
-    table.assign(tf.random.normal(table.shape, dtype=table.dtype))
-    x = data(model)
-    np.testing.assert_allclose(model.log_prob(x), model.as_mixture().log_prob(x), rtol=1e-9)
-    paths = model.enumerate_paths()
-    logp = tf.nn.log_softmax(table).numpy()
-    np.testing.assert_allclose(model.path_log_prob(paths), logp, rtol=1e-12)
-    # conditional over layer 1 (3 alternatives) with the others fixed = a slice of the table
-    sizes = [k for k, _ in model.layer_specs]
-    strides = [int(np.prod(sizes[j + 1 :])) for j in range(len(sizes))]
-    cond = model.path_prior.conditional_log_probs(1, paths).numpy()
-    for p in [0, 3, 5]:
-        idx = [
-            sum((k if j == 1 else int(z[p])) * st for j, (z, st) in enumerate(zip(paths, strides)))
-            for k in range(3)
-        ]
-        np.testing.assert_allclose(cond[p], logp[idx], rtol=1e-12)
-
-
 def test_single_path_model_is_the_closed_form_gaussian():
     model = make([HC, {"type": "block_diagonal"}, HC, {"type": "diagonal"}, {"type": "dense"}])
     assert model.num_paths == 1
@@ -169,84 +147,6 @@ def test_bounds_sandwich_exact_and_search_finds_best_path(name):
     assert np.all(score <= best + 1e-8)
     found = np.isclose(score, best, rtol=0, atol=1e-6)
     assert found.mean() >= 0.75, (found.mean(), best - score)
-
-
-def test_passes_never_lower_the_objective():
-    model = make(SMALL_CONFIGS["mixed"], seed=4)
-    x = data(model, n=32, seed=3)
-    h0 = model._patchify.forward(x)
-    for method in ["brute_force", "ranked", "linearized"]:
-        path = path_search.random_path(model, 32, tf.constant([1, 2]))
-        prev = path_search.objective(model, h0, path).numpy()
-        for p in range(3):
-            path = path_search.coordinate_ascent_pass(
-                model, h0, path, method, seed=tf.constant([p, 9])
-            )
-            cur = path_search.objective(model, h0, path).numpy()
-            assert np.all(cur >= prev - 1e-9), (method, p, (cur - prev).min())
-            prev = cur
-
-
-def test_gram_search_equals_brute_force_coordinate_ascent():
-    # per-location layer with only fixed layers above: the Gram scheme is exact
-    model = make(
-        [
-            HC,
-            {"type": "block_diagonal", "alternatives": 3, "selection": "location"},
-            HC,
-            {"type": "diagonal"},
-        ],
-        seed=5,
-    )
-    x = data(model, n=24, seed=5)
-    h0 = model._patchify.forward(x)
-    start = path_search.random_path(model, 24, tf.constant([3, 3]))
-    gram = path_search.coordinate_ascent_pass(model, h0, start, "gram")
-    brute = path_search.coordinate_ascent_pass(model, h0, start, "brute_force")
-    for a, b in zip(gram, brute):
-        np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="single alternative"):
-        bad = make(SMALL_CONFIGS["mixed"])
-        path_search.coordinate_ascent_pass(
-            bad,
-            bad._patchify.forward(data(bad)),
-            path_search.random_path(bad, 6, tf.constant([1, 1])),
-            "gram",
-        )
-
-
-@pytest.mark.parametrize("method", ["ranked", "linearized"])
-def test_approximate_location_search_close_to_brute_force(method):
-    model = make(SMALL_CONFIGS["mixed"], seed=6)
-    x = data(model, n=64, seed=8)
-    _, approx = model.best_path(x, restarts=2, seed=tf.constant([1, 1]), location_method=method)
-    _, brute = model.best_path(
-        x, restarts=2, seed=tf.constant([1, 1]), location_method="brute_force"
-    )
-    best, _ = brute_force_best(model, x)
-    gap = (best - approx.numpy()).mean()
-    gap_brute = (best - brute.numpy()).mean()
-    # at most a little worse than exact coordinate ascent on average (nats per image)
-    assert gap <= gap_brute + 1.0, (gap, gap_brute)
-
-
-def test_ranked_search_with_every_location_matches_brute_force_quality():
-    # with top = L the ranked scheme is exact coordinate ascent in a data-dependent order
-    model = make(SMALL_CONFIGS["mixed"], seed=2)
-    x = data(model, n=32, seed=4)
-    h0 = model._patchify.forward(x)
-    start = path_search.random_path(model, 32, tf.constant([7, 7]))
-    ranked = path_search.objective(
-        model,
-        h0,
-        path_search.coordinate_ascent_pass(model, h0, start, "ranked", location_options={"top": 4}),
-    )
-    brute = path_search.objective(
-        model, h0, path_search.coordinate_ascent_pass(model, h0, start, "brute_force")
-    )
-    assert abs(float(tf.reduce_mean(ranked - brute))) < 0.05 * float(
-        tf.reduce_mean(tf.abs(brute - path_search.objective(model, h0, start)))
-    )
 
 
 def test_log_prob_refuses_too_many_paths_and_points_to_bounds():

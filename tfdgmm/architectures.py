@@ -23,17 +23,15 @@ Layer types and their keys (defaults in brackets):
   `update` [alternates `second`, `first`, ... over the model's half-convolutions].
 * `dense`: `alternatives` [1] (a full matrix on the whole image: the 2014 deep GMM layer).
 * every type: `repeat` [1].
+
+The types are those of `tfdgmm.bijectors.registry`; a registered transform's keys and
+defaults are its `CONFIG_KEYS` and `normalize_spec`.
 """
 
-import json
+from tfdgmm.bijectors import registry
 
-import tensorflow as tf
+__all__ = ["build_layers", "layer_seed", "layer_types", "normalize"]
 
-from tfdgmm import bijectors
-
-__all__ = ["build", "normalize", "get_config", "set_config", "LAYER_TYPES"]
-
-LAYER_TYPES = ("block_diagonal", "diagonal", "half_convolution", "dense")
 _TOP_KEYS = {
     "image_shape",
     "patch_size",
@@ -44,16 +42,21 @@ _TOP_KEYS = {
     "layers",
     "name",
 }
-_LAYER_KEYS = {
-    "block_diagonal": {"alternatives", "selection", "per_location"},
-    "diagonal": {"alternatives", "selection", "per_location"},
-    "half_convolution": {"kernel_size", "alternatives", "selection", "update"},
-    "dense": {"alternatives"},
-}
+
+
+def layer_types():
+    """The layer `type`s a config may use: the registered transforms
+    (`tfdgmm.bijectors.registry`)."""
+    return registry.types()
 
 
 def normalize(config):
-    """Check a config and fill in defaults; `repeat` is expanded. Returns a new dict."""
+    """Check a config and fill in defaults; `repeat` is expanded. Returns a new dict.
+
+    Raises:
+      TypeError: `config` is not a dict.
+      ValueError: an unknown or missing key, an unknown layer type, a bad value, or no layers.
+    """
     if not isinstance(config, dict):
         raise TypeError(f"an architecture config must be a dict; got {type(config).__name__}")
     unknown = set(config) - _TOP_KEYS
@@ -73,117 +76,56 @@ def normalize(config):
         "seed": int(config.get("seed", 0)),
         "layers": [],
     }
-    half_convs = 0
     for j, spec in enumerate(config["layers"]):
         spec = dict(spec)
         kind = spec.pop("type", None)
-        if kind not in LAYER_TYPES:
-            raise ValueError(f"layer {j}: unknown type {kind!r}; expected one of {LAYER_TYPES}")
+        if kind not in registry.types():
+            raise ValueError(
+                f"layer {j}: unknown type {kind!r}; expected one of {list(registry.types())}"
+            )
+        cls = registry.lookup(kind)
         repeat = int(spec.pop("repeat", 1))
-        unknown = set(spec) - _LAYER_KEYS[kind]
+        unknown = set(spec) - set(cls.CONFIG_KEYS)
         if unknown:
             raise ValueError(
                 f"layer {j} ({kind}): unknown keys {sorted(unknown)}; "
-                f"expected some of {sorted(_LAYER_KEYS[kind])} and 'repeat'"
+                f"expected some of {sorted(cls.CONFIG_KEYS)} and 'repeat'"
             )
         for _ in range(repeat):
-            layer = {"type": kind, "alternatives": int(spec.get("alternatives", 1))}
-            if kind != "dense":
-                selection = spec.get("selection", "sample")
-                if selection not in ("sample", "location"):
-                    raise ValueError(
-                        f"layer {j} ({kind}): selection must be 'sample' or "
-                        f"'location'; got {selection!r}"
-                    )
-                layer["selection"] = selection
-            if kind in ("block_diagonal", "diagonal"):
-                default = kind == "diagonal" or layer["selection"] == "sample"
-                layer["per_location"] = bool(spec.get("per_location", default))
-            if kind == "half_convolution":
-                layer["kernel_size"] = int(spec.get("kernel_size", 5))
-                layer["update"] = spec.get("update", ("second", "first")[half_convs % 2])
-                half_convs += 1
-            out["layers"].append(layer)
+            try:
+                layer = cls.normalize_spec(spec, out["layers"])
+            except ValueError as err:
+                raise ValueError(f"layer {j} ({kind}): {err}") from None
+            out["layers"].append({"type": kind, **layer})
     if not out["layers"]:
         raise ValueError("architecture config has no layers")
     return out
 
 
-def build(config, dtype=None, seed=None, **kwargs):
-    """Build a `DeepGMM` from a config dict (see module docstring).
+def layer_seed(seed, index):
+    """The initial-value seed of layer `index` of a model with seed `seed` (the one formula:
+    `DeepGMM.from_config` and the Keras model start from the same values)."""
+    return int(seed) * 1009 + int(index)
 
-    `dtype` and `seed` override the config's; `kwargs` go to `DeepGMM` (e.g. `validate_args`).
+
+def build_layers(cfg):
+    """The layers (new `BankBijector`s, bottom-up) of a normalised config.
+
+    Raises:
+      ValueError: the image size is not divisible by the patch size.
     """
-    from tfdgmm.deep_gmm import DeepGMM
-
-    cfg = normalize(config)
-    if dtype is not None:
-        cfg["dtype"] = tf.as_dtype(dtype).name
-    if seed is not None:
-        cfg["seed"] = int(seed)
     h, w, c = cfg["image_shape"]
     r = cfg["patch_size"]
     if h % r or w % r:
         raise ValueError(f"image size {h}x{w} is not divisible by the patch size {r}")
-    hp, wp, d = h // r, w // r, r * r * c
-    layers = []
-    for i, spec in enumerate(cfg["layers"]):
-        layer_seed = cfg["seed"] * 1009 + i
-        common = dict(
-            num_alternatives=spec["alternatives"],
-            seed=layer_seed,
+    patch_shape = (h // r, w // r, r * r * c)
+    return [
+        registry.lookup(spec["type"]).from_spec(
+            spec,
+            patch_shape,
+            seed=layer_seed(cfg["seed"], i),
             dtype=cfg["dtype"],
             name=f"layer{i}_{spec['type']}",
         )
-        kind = spec["type"]
-        if kind == "block_diagonal":
-            layers.append(
-                bijectors.BlockDiagonal.new(
-                    d,
-                    spatial_shape=(hp, wp) if spec["per_location"] else None,
-                    selection=spec["selection"],
-                    **common,
-                )
-            )
-        elif kind == "diagonal":
-            layers.append(
-                bijectors.Diagonal.new(
-                    d,
-                    spatial_shape=(hp, wp) if spec["per_location"] else None,
-                    selection=spec["selection"],
-                    **common,
-                )
-            )
-        elif kind == "half_convolution":
-            layers.append(
-                bijectors.HalfConvolution.new(
-                    d,
-                    kernel_size=spec["kernel_size"],
-                    update=spec["update"],
-                    selection=spec["selection"],
-                    **common,
-                )
-            )
-        else:
-            layers.append(bijectors.Dense.new((hp, wp, d), **common))
-    kwargs.setdefault("exact_limit", cfg["exact_limit"])
-    model = DeepGMM(
-        layers, image_shape=(h, w, c), patch_size=r, path_prior=cfg["path_prior"], **kwargs
-    )
-    set_config(model, cfg)
-    return model
-
-
-def set_config(model, config):
-    """Attach a (normalised) config to a model. Stored as a JSON string: a `tf.Module` would
-    wrap a dict attribute in tracking containers that are not plain dicts."""
-    model._config_json = json.dumps(config, sort_keys=True)
-
-
-def get_config(model):
-    """The normalised config a model was built from (models built by `build` only), as plain
-    JSON-serialisable dicts and lists."""
-    text = getattr(model, "_config_json", None)
-    if text is None:
-        raise ValueError("this DeepGMM was not built from a config; get_config is unavailable")
-    return json.loads(text)
+        for i, spec in enumerate(cfg["layers"])
+    ]

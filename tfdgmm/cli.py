@@ -58,20 +58,24 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 __all__ = ["main"]
 
 
-def _version():
+def _version() -> str:
     from tfdgmm import __version__
 
     return __version__
 
 
-def _count(low):
+def _count(low: int) -> Callable[[str], int]:
     """An argparse type: an integer >= `low` (a clear usage error otherwise)."""
 
-    def parse(text):
+    def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
@@ -84,7 +88,7 @@ def _count(low):
     return parse
 
 
-def _parser():
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tfdgmm", description="Deep GMMs with locally-connected transformations."
     )
@@ -263,7 +267,7 @@ def _parser():
     return p
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tfdgmm` command (and `python -m tfdgmm`). Returns an exit code.
 
     Arguments are parsed before TensorFlow is imported (`--help` and `--version` are

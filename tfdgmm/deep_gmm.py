@@ -1,12 +1,13 @@
 """The deep GMM as a TensorFlow Probability distribution over images."""
 
+import json
 import math
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfdgmm import path_priors, path_search
+from tfdgmm import architectures, path_priors, path_search
 from tfdgmm.bijectors import Patchify
 
 tfd = tfp.distributions
@@ -88,6 +89,7 @@ class DeepGMM(tfd.Distribution):
         exact_limit=4096,
         validate_args=False,
         name="DeepGMM",
+        config=None,
     ):
         parameters = dict(locals())
         image_shape = tuple(int(s) for s in image_shape)
@@ -116,6 +118,8 @@ class DeepGMM(tfd.Distribution):
                 path_prior, self._layer_specs, dtype, patch_shape=self._patch_shape
             )
             self._ildj_tables = None
+            # A JSON string: a `tf.Module` would wrap a dict attribute in tracking containers.
+            self._config_json = None if config is None else json.dumps(config, sort_keys=True)
             super().__init__(
                 dtype=dtype,
                 reparameterization_type=tfd.NOT_REPARAMETERIZED,
@@ -128,17 +132,50 @@ class DeepGMM(tfd.Distribution):
     # ------------------------------------------------------------------ structure
 
     @classmethod
-    def from_config(cls, config, **kwargs):
-        """Build from an architecture dict (see `tfdgmm.architectures`)."""
-        from tfdgmm import architectures
+    def from_config(cls, config, dtype=None, seed=None, **kwargs):
+        """Build from an architecture dict (see `tfdgmm.architectures`).
 
-        return architectures.build(config, **kwargs)
+        Args:
+          config: the architecture dict.
+          dtype: overrides the config's `dtype`.
+          seed: overrides the config's `seed` (the layers' initial values).
+          **kwargs: other `DeepGMM` arguments (e.g. `validate_args`).
+
+        Returns:
+          A `DeepGMM` whose `config` is the normalised config.
+        """
+        cfg = architectures.normalize(config)
+        if dtype is not None:
+            cfg["dtype"] = tf.as_dtype(dtype).name
+        if seed is not None:
+            cfg["seed"] = int(seed)
+        layers = architectures.build_layers(cfg)
+        h, w, c = cfg["image_shape"]
+        kwargs.setdefault("exact_limit", cfg["exact_limit"])
+        return cls(
+            layers,
+            image_shape=(h, w, c),
+            patch_size=cfg["patch_size"],
+            path_prior=cfg["path_prior"],
+            config=cfg,
+            **kwargs,
+        )
+
+    @property
+    def config(self):
+        """The normalised architecture config (a new plain dict), or None for a model not
+        built from one."""
+        return None if self._config_json is None else json.loads(self._config_json)
 
     def get_config(self):
-        """The normalised architecture config (for models built with `from_config`)."""
-        from tfdgmm import architectures
+        """The normalised architecture config (for models built with `from_config`).
 
-        return architectures.get_config(self)
+        Raises:
+          ValueError: the model was not built from a config.
+        """
+        if self._config_json is None:
+            raise ValueError("this DeepGMM was not built from a config; get_config is unavailable")
+        return self.config
 
     @property
     def layers(self):
@@ -201,8 +238,15 @@ class DeepGMM(tfd.Distribution):
         return tf.constant([], tf.int32)
 
     # ------------------------------------------------------------------ building blocks
+    # The layer-chain algebra. Public because `tfdgmm.path_search` and
+    # `tfdgmm.training.distribute` build on it: `patchify`, `prepare_images`, `check_path`,
+    # `ildj_table`, `up`, `joint_from_patches` and `score_above` are their contract.
 
-    def _prepare(self, x):
+    def patchify(self, x):
+        """Images `[N, H, W, C]` -> the patch tensor `h_0`, `[N, Hp, Wp, D]`."""
+        return self._patchify.forward(x)
+
+    def prepare_images(self, x):
         """Convert `x`, check its trailing shape, flatten leading dims: `([N, H, W, C], lead)`."""
         check_float_images(x)
         x = tf.convert_to_tensor(x, dtype=self.dtype, name="x")
@@ -225,7 +269,7 @@ class DeepGMM(tfd.Distribution):
         lead = tf.shape(x)[:-3]
         return tf.reshape(x, [-1, *self._image_shape]), lead
 
-    def _check_path(self, path, n=None):
+    def check_path(self, path, n=None):
         if len(path) != len(self._layers):
             raise ValueError(
                 f"a path needs one choice tensor per layer ({len(self._layers)}); got {len(path)}"
@@ -243,7 +287,7 @@ class DeepGMM(tfd.Distribution):
             out.append(z)
         return tuple(out)
 
-    def _ildj_table(self, i):
+    def ildj_table(self, i):
         """`[K, Hp, Wp]` per-alternative, per-location log|det| of layer i's inverse."""
         return tf.convert_to_tensor(
             self._layers[i].inverse_log_det_table(self._patch_shape), dtype=self.dtype
@@ -252,7 +296,7 @@ class DeepGMM(tfd.Distribution):
     def _layer_ildj(self, i, z):
         """Layer i's ildj for choices `z` (`[N...]` or `[N..., Hp, Wp]`), shape `z.shape[:n]`."""
         k, shape = self._layer_specs[i]
-        table = self._ildj_table(i)
+        table = self.ildj_table(i)
         if k == 1:
             return tf.fill(tf.shape(z)[: tf.rank(z) - len(shape)], tf.reduce_sum(table))
         if not shape:
@@ -278,7 +322,7 @@ class DeepGMM(tfd.Distribution):
         z = tf.reshape(z, tf.concat([tf.shape(z)[:1], _ints([1] * extra), _ints(shape)], 0))
         return tf.broadcast_to(z, tf.concat([batch_shape, _ints(shape)], 0))
 
-    def _up(self, h, path, start, stop=None):
+    def up(self, h, path, start, stop=None):
         """Apply the inverses of layers `start..stop-1` with the path's choices.
 
         `h` is `[N, *extra, Hp, Wp, D]`; choices are broadcast over `extra`.
@@ -298,7 +342,7 @@ class DeepGMM(tfd.Distribution):
             acts.append(h)
         return acts
 
-    def _joint_from_patches(self, h0, path, use_prior=True):
+    def joint_from_patches(self, h0, path, use_prior=True):
         """`log p_p(x) (+ log pi_p)` from `h0 = patchify(x)`, `[N]`."""
         acts = self._activations(h0, path)
         score = self._base_log_prob(acts[-1]) + self._path_ildj(path)
@@ -311,7 +355,7 @@ class DeepGMM(tfd.Distribution):
             return self._path_prior.log_prob(path, acts)
         return self._path_prior.log_prob(path)
 
-    def _score_above(self, y, path, i, choice_i=None, use_prior=True):
+    def score_above(self, y, path, i, choice_i=None, use_prior=True):
         """Exact terms that depend on layer i's output `y = h_{i+1}` (`[N, *extra, ...]`):
         `log N(z)` after the layers above, plus, for a conditional (gating) prior, the gating
         terms of layer i (given its choices `choice_i`, broadcast like `y`) and of every layer
@@ -340,9 +384,9 @@ class DeepGMM(tfd.Distribution):
     @_no_autograph
     def latent(self, x, path):
         """The latent `z = Omega_p^{-1}(x - beta_p)` of images `[N, H, W, C]` on `path`."""
-        x, _ = self._prepare(x)
-        path = self._check_path(path)
-        return self._up(self._patchify.forward(x), path, 0)
+        x, _ = self.prepare_images(x)
+        path = self.check_path(path)
+        return self.up(self.patchify(x), path, 0)
 
     # ------------------------------------------------------------------ densities
 
@@ -350,12 +394,12 @@ class DeepGMM(tfd.Distribution):
     def component_log_prob(self, x, path):
         """`log p_p(x)`: the Gaussian log-density of component `path` (no prior), `[N]`."""
         z = self.latent(x, path)
-        return self._base_log_prob(z) + self._path_ildj(self._check_path(path))
+        return self._base_log_prob(z) + self._path_ildj(self.check_path(path))
 
     @_no_autograph
     def path_log_prob(self, path, x=None):
         """`log pi_p`, `[N]`. Gating priors depend on the partial sample: pass the images `x`."""
-        path = self._check_path(path)
+        path = self.check_path(path)
         if not self._path_prior.is_conditional:
             return self._path_prior.log_prob(path)
         if x is None:
@@ -363,14 +407,14 @@ class DeepGMM(tfd.Distribution):
                 "this model's path prior (gating networks) depends on the sample; "
                 "pass x to path_log_prob"
             )
-        x, _ = self._prepare(x)
-        return self._path_prior.log_prob(path, self._activations(self._patchify.forward(x), path))
+        x, _ = self.prepare_images(x)
+        return self._path_prior.log_prob(path, self._activations(self.patchify(x), path))
 
     @_no_autograph
     def joint_log_prob(self, x, path):
         """`log pi_p + log p_p(x)`, `[N]`: the hard-EM objective."""
-        x, _ = self._prepare(x)
-        return self._joint_from_patches(self._patchify.forward(x), self._check_path(path))
+        x, _ = self.prepare_images(x)
+        return self.joint_from_patches(self.patchify(x), self.check_path(path))
 
     @_no_autograph
     def layer_inputs_and_output_gradients(self, x, path, indices, latent_probe=None):
@@ -384,10 +428,10 @@ class DeepGMM(tfd.Distribution):
         like the latent `z`, e.g. standard normal), the gradient of `sum(latent_probe * z)`
         instead: `J^T probe`, whose second moment is the Gauss-Newton matrix `J^T J` of the
         Gaussian term whatever the fit."""
-        x, _ = self._prepare(x)
-        path = self._check_path(path)
+        x, _ = self.prepare_images(x)
+        path = self.check_path(path)
         indices = sorted(set(int(i) for i in indices))
-        h = self._patchify.forward(x)
+        h = self.patchify(x)
         batch_shape = tf.shape(h)[:-3]
         inputs, outputs, acts = [], [], []
         with tf.GradientTape() as tape:
@@ -442,14 +486,14 @@ class DeepGMM(tfd.Distribution):
     @_no_autograph
     def _log_prob(self, x):
         self._require_enumerable("log_prob")
-        x, lead = self._prepare(x)
-        h = self._patchify.forward(x)[:, None]  # [N, P=1, Hp, Wp, D]
+        x, lead = self.prepare_images(x)
+        h = self.patchify(x)[:, None]  # [N, P=1, Hp, Wp, D]
         n = tf.shape(h)[0]
         ildj = tf.zeros([n, 1], self.dtype)
         gating = self._path_prior.is_conditional
         all_paths = self.enumerate_paths()
         for i, (layer, (k, shape)) in enumerate(zip(self._layers, self._layer_specs)):
-            table = self._ildj_table(i)
+            table = self.ildj_table(i)
             if k == 1:
                 h = layer.inverse(h)
                 ildj += tf.reduce_sum(table)
@@ -525,10 +569,10 @@ class DeepGMM(tfd.Distribution):
           `(path, score)`: the path tuple and `log pi_p + log p_p(x)` (or `log p_p(x)` when
           `use_prior=False`), `[N]`.
         """
-        x, _ = self._prepare(x)
+        x, _ = self.prepare_images(x)
         check_seed(seed)
         if init is not None:
-            init = self._check_path(init)
+            init = self.check_path(init)
         return path_search.best_path(
             self,
             x,
@@ -746,7 +790,7 @@ class DeepGMM(tfd.Distribution):
     def component_params(self, path):
         """Mean `beta_p [P, D]` and factor `Omega_p [P, D, D]` (image-space flattening,
         `x = Omega_p z + beta_p` with `z` flattened like the patch tensor) of given paths."""
-        path = self._check_path(path)
+        path = self.check_path(path)
         p = tf.shape(path[0])[0]
         d = int(np.prod(self._patch_shape))
         eye = tf.reshape(tf.eye(d, dtype=self.dtype), [d, *self._patch_shape])

@@ -43,16 +43,26 @@ The same functions are also exported as serving signatures (dict outputs) for TF
 live model's; the bijectors' own XLA-compiled parameter preparation is kept as it is.
 """
 
+from __future__ import annotations
+
 import json
 import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
 
-from tfdgmm.runs import layout
+from tfdgmm import layout
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from tfdgmm.deep_gmm import DeepGMM
+    from tfdgmm.types import Config, PathLike, Seed
 
 __all__ = [
     "search_settings",
@@ -75,8 +85,12 @@ _INT32_MAX = 2**31 - 1
 
 
 def search_settings(
-    restarts=2, restart_passes=2, location_method="auto", location_options=None, seed=(0, 0)
-):
+    restarts: int = 2,
+    restart_passes: int = 2,
+    location_method: str = "auto",
+    location_options: dict | None = None,
+    seed: Seed = (0, 0),
+) -> dict:
     """The E-step search settings of an export, as keyword arguments of `DeepGMM.best_path`.
 
     `model.best_path(x, **search_settings(...))` on the live model gives exactly what the
@@ -97,7 +111,7 @@ def search_settings(
     """
     from tfdgmm import path_search
 
-    def count(name, v):
+    def count(name: str, v: Any) -> int:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"search_settings: {name} must be an int >= 1; got {v!r}")
         return int(v)
@@ -134,7 +148,7 @@ def search_settings(
     return settings
 
 
-def _model_config_json(model):
+def _model_config_json(model: DeepGMM) -> str:
     try:
         config = model.get_config()
     except ValueError:  # not built from a config
@@ -142,7 +156,7 @@ def _model_config_json(model):
     return json.dumps(_plain(config), sort_keys=True)
 
 
-def _plain(obj):
+def _plain(obj: Any) -> Any:
     """Plain dicts and lists (a tf.Module wraps dict/list attributes in tracking wrappers,
     which `json` refuses)."""
     if isinstance(obj, Mapping):
@@ -160,7 +174,7 @@ class _ExportModule(tf.Module):
     functions' graphs.
     """
 
-    def __init__(self, model, settings, bin_width=2.0 / 256.0):
+    def __init__(self, model: DeepGMM, settings: dict, bin_width: float = 2.0 / 256.0) -> None:
         super().__init__(name="tfdgmm_saved_model")
         from tfdgmm import __version__
 
@@ -173,21 +187,21 @@ class _ExportModule(tf.Module):
         search_kwargs = dict(settings)
         search_seed = tf.constant(search_kwargs.pop("seed"), tf.int32)
 
-        def search(x):
+        def search(x: tf.Tensor) -> tuple:
             return model.best_path(tf.cast(x, dtype), seed=search_seed, **search_kwargs)
 
-        def sample(n, seed):
+        def sample(n: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
             return tf.cast(model.sample_with_path(n, seed=seed)[0], tf.float32)
 
-        def log_prob_upper_bound(x):
+        def log_prob_upper_bound(x: tf.Tensor) -> tf.Tensor:
             if uniform:  # the live model's formula, reusing the search
                 return search_fn(x)[1] + tf.constant(model.log_num_paths, dtype)
             return model.log_prob_upper_bound(tf.cast(x, dtype), seed=search_seed, **search_kwargs)
 
-        def log_prob(x):
+        def log_prob(x: tf.Tensor) -> tf.Tensor:
             return model.log_prob(tf.cast(x, dtype))
 
-        def best_path(x):
+        def best_path(x: tf.Tensor) -> dict:
             path, joint = search_fn(x)
             out = {f"path_{i}": tf.cast(z, tf.int32) for i, z in enumerate(path)}
             out["lower_bound"] = joint
@@ -204,7 +218,9 @@ class _ExportModule(tf.Module):
         log2_bin = math.log2(bin_width)
         nats_per_bit = float(model.num_dims) * math.log(2.0)
 
-        def bits_per_dim(lower):  # -log2(bin_width) - LL / (D ln 2), see tfdgmm.units
+        def bits_per_dim(
+            lower: tf.Tensor,
+        ) -> tf.Tensor:  # -log2(bin_width) - LL / (D ln 2), see tfdgmm.units
             return tf.constant(-log2_bin, lower.dtype) - lower / tf.constant(
                 nats_per_bit, lower.dtype
             )
@@ -243,7 +259,7 @@ class _ExportModule(tf.Module):
             "tfdgmm_version": __version__,
         }
 
-        def var(value, name, dtype=None):
+        def var(value: Any, name: str, dtype: tf.DType | None = None) -> tf.Variable:
             return tf.Variable(value, dtype=dtype, trainable=False, name=name)
 
         self.image_shape = var(list(model.image_shape), "image_shape", tf.int32)
@@ -252,7 +268,7 @@ class _ExportModule(tf.Module):
         for key in ("num_paths", "dtype", "config", "search_config", "functions", "tfdgmm_version"):
             setattr(self, key, var(meta[key], key, tf.string))
 
-        def metadata():
+        def metadata() -> dict:
             return {k: tf.constant(v, tf.string) for k, v in meta.items()}
 
         metadata_fn = _traced(metadata)
@@ -261,7 +277,7 @@ class _ExportModule(tf.Module):
         # a plain function attribute: not tracked (a dict attribute would be)
         self._signature_bodies = lambda: bodies
 
-    def signatures(self):
+    def signatures(self) -> dict:
         """Serving signatures: the same functions with dict outputs (`images`, `lower_bound`,
         `upper_bound`, `log_prob`; `best_path` and `metadata` return dicts already)."""
         return {
@@ -270,12 +286,14 @@ class _ExportModule(tf.Module):
         }
 
 
-def _sample_with_default_seed(sample_fn, n_spec, seed_spec):
+def _sample_with_default_seed(
+    sample_fn: Callable, n_spec: tf.TensorSpec, seed_spec: tf.TensorSpec
+) -> Callable:
     """`sample(n, seed=None)`: with a seed (positional or keyword), stateless and exactly
     reproducible; without one, a fresh random seed (as TFP's `seed=None`). Two traced
     signatures, so the loaded function accepts both calls."""
 
-    def sample(n, seed=None):
+    def sample(n: tf.Tensor, seed: tf.Tensor | None = None) -> tf.Tensor:
         if seed is None:
             seed = tf.random.uniform([2], minval=-_INT32_MAX - 1, maxval=_INT32_MAX, dtype=tf.int32)
         return sample_fn(n, seed)
@@ -286,25 +304,27 @@ def _sample_with_default_seed(sample_fn, n_spec, seed_spec):
     return fn
 
 
-def _traced(fn, *specs):
+def _traced(fn: Callable, *specs: tf.TensorSpec) -> Any:
     """`fn` traced once into a concrete function (autograph on: the model code needs it)."""
     return tf.function(fn, input_signature=list(specs)).get_concrete_function()
 
 
-def _thin(fn, specs, key=None):
+def _thin(fn: Callable, specs: Sequence[tf.TensorSpec], key: str | None = None) -> Any:
     """A `tf.function` calling `fn` (cheap to trace), its output wrapped as `{key: ...}`."""
     if key is None:
         return tf.function(lambda *args: fn(*args), input_signature=specs, autograph=False)
     return tf.function(lambda *args: {key: fn(*args)}, input_signature=specs, autograph=False)
 
 
-def _is_uniform(model):
+def _is_uniform(model: DeepGMM) -> bool:
     from tfdgmm import path_priors
 
     return isinstance(model.path_prior, path_priors.UniformPathPrior)
 
 
-def export_saved_model(model, path, *, search=None, overwrite=False):
+def export_saved_model(
+    model: DeepGMM, path: PathLike, *, search: dict | None = None, overwrite: bool = False
+) -> str:
     """Write `model` (a `tfdgmm.DeepGMM`) as a SavedModel at `path`; returns `path`.
 
     Args:
@@ -369,7 +389,7 @@ _OLD = ".old-"
 _SAVEDMODEL_ENTRIES = {"saved_model.pb", "variables", "assets", "fingerprint.pb"}
 
 
-def _target_state(path):
+def _target_state(path: PathLike) -> str:
     """`'absent'`, `'leftover'` (empty, or an interrupted export), `'savedmodel'` or `'other'`."""
     if not os.path.isdir(path):
         return "absent"
@@ -379,7 +399,7 @@ def _target_state(path):
     return "leftover" if entries <= _SAVEDMODEL_ENTRIES else "other"
 
 
-def _recover_interrupted(path):
+def _recover_interrupted(path: PathLike) -> None:
     """Clean up after an export that was killed: partial siblings are deleted; an old
     SavedModel moved aside by an interrupted `overwrite` comes back when `path` is gone."""
     parent, name = os.path.split(path)
@@ -399,7 +419,7 @@ def _recover_interrupted(path):
 # ---------------------------------------------------------------------- run directories
 
 
-def find_run_config(run_dir):
+def find_run_config(run_dir: PathLike) -> tuple[Config, str]:
     """The architecture dict of a run: from the first of `CONFIG_NAMES` in `run_dir`.
 
     The file is either the architecture itself (it has `layers`) or a run config with the
@@ -423,7 +443,7 @@ def find_run_config(run_dir):
     return arch, path
 
 
-def _read_config_file(path):
+def _read_config_file(path: PathLike) -> Config:
     try:
         with open(path) as f:
             text = f.read()
@@ -444,7 +464,7 @@ def _read_config_file(path):
     return config
 
 
-def _architecture_of(config, path, run_dir):
+def _architecture_of(config: Config, path: PathLike, run_dir: PathLike) -> Config:
     if "layers" in config:
         return config
     for key in ("model", "architecture"):
@@ -474,7 +494,7 @@ def _architecture_of(config, path, run_dir):
     )
 
 
-def find_run_checkpoint(run_dir, which="best", notes=None):
+def find_run_checkpoint(run_dir: PathLike, which: str = "best", notes: list | None = None) -> str:
     """The checkpoint prefix to export: `which='best'` reads `run_dir/best/` and falls back
     to the latest of `run_dir/checkpoints/` (then `run_dir` itself) only when the run has no
     best model; `'latest'` skips `best/`.
@@ -511,13 +531,15 @@ def find_run_checkpoint(run_dir, which="best", notes=None):
     raise FileNotFoundError(f"{run_dir}: no checkpoint found (looked in {', '.join(looked)})")
 
 
-def checkpoint_kind(run_dir, prefix):
+def checkpoint_kind(run_dir: PathLike, prefix: str) -> str:
     """`'best'`, `'latest'` or `'checkpoint'`: which of a run's checkpoints `prefix` is."""
     parent = os.path.basename(os.path.dirname(os.path.abspath(prefix)))
     return {_BEST_DIR: "best", _STATE_DIR: "latest"}.get(parent, "checkpoint")
 
 
-def load_run_model(run_dir, which="best", notes=None):
+def load_run_model(
+    run_dir: PathLike, which: str = "best", notes: list | None = None
+) -> tuple[DeepGMM, str]:
     """Rebuild a run's model from its config and restore its weights.
 
     Returns `(model, checkpoint prefix)`. The checkpoint must hold the model under the key
@@ -546,7 +568,14 @@ def load_run_model(run_dir, which="best", notes=None):
     return model, prefix
 
 
-def export_run(run_dir, out_dir, *, which="best", search=None, overwrite=False):
+def export_run(
+    run_dir: PathLike,
+    out_dir: PathLike,
+    *,
+    which: str = "best",
+    search: dict | None = None,
+    overwrite: bool = False,
+) -> str:
     """`tfdgmm export RUN_DIR OUT_DIR`: rebuild a run's model (see `load_run_model`) and
     export it as a SavedModel (see `export_saved_model`). Returns `out_dir`."""
     model, _ = load_run_model(run_dir, which=which)

@@ -1,9 +1,9 @@
 """Closed-form baseline: a full-covariance Gaussian fitted by maximum likelihood.
 
 The paper's reference model (section 4.4): mean and covariance by maximum likelihood (the
-covariance divides by N), in float64, wrapped as ``tfd.MultivariateNormalTriL`` over the flattened
-image (event ``[3072]``). The covariance is accumulated in chunks, so the data is never held in
-float64 all at once: peak memory is about ``D^2 * 8`` bytes (75 MB) plus one chunk.
+covariance divides by N), in float64, wrapped as `tfd.MultivariateNormalTriL` over the flattened
+image (event `[3072]`). The covariance is accumulated in chunks, so the data is never held in
+float64 all at once: peak memory is about `D^2 * 8` bytes (75 MB) plus one chunk.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ DEFAULT_CHUNK = 2048
 
 
 def _chunks(x, chunk_size: int):
-    """Yield float64 ``[n, D]`` chunks from an array ``[N, ...]`` or an iterable of arrays."""
+    """Yield float64 `[n, D]` chunks from an array `[N, ...]` or an iterable of arrays."""
     if isinstance(x, (np.ndarray, tf.Tensor)):
         x = np.asarray(x)
         for lo in range(0, x.shape[0], chunk_size):
@@ -41,14 +41,14 @@ def fit_full_covariance_gaussian(
     """Maximum-likelihood Gaussian with full covariance, float64.
 
     Args:
-      x_train: ``[N, ...]`` array (flattened to ``[N, D]``) or an iterable of such chunks,
-        e.g. ``split.iter_dequantized(seed=0)``.
-      chunk_size: rows per chunk when ``x_train`` is an array.
+      x_train: `[N, ...]` array (flattened to `[N, D]`) or an iterable of such chunks,
+        e.g. `split.iter_dequantized(seed=0)`.
+      chunk_size: rows per chunk when `x_train` is an array.
       jitter: added to the covariance diagonal (0 = the exact ML estimate).
 
     Returns:
-      ``tfd.MultivariateNormalTriL(loc=mean, scale_tril=cholesky(cov))``, float64, event ``[D]``,
-      where ``cov = sum_n (x_n - mean)(x_n - mean)^T / N``.
+      `tfd.MultivariateNormalTriL(loc=mean, scale_tril=cholesky(cov))`, float64, event `[D]`,
+      where `cov = sum_n (x_n - mean)(x_n - mean)^T / N`.
     """
     n, shift, s1, s2 = 0, None, None, None
     for c in _chunks(x_train, chunk_size):
@@ -86,10 +86,10 @@ def fit_full_covariance_gaussian(
 
 
 def log_prob(dist, x) -> np.ndarray:
-    """Per-image log-density in nats (float64 ``[n]``) of one chunk ``x [n, ...]``.
+    """Per-image log-density in nats (float64 `[n]`) of one chunk `x [n, ...]`.
 
-    For ``MultivariateNormalTriL`` this uses one triangular solve for the whole chunk (TFP's own
-    ``log_prob`` broadcasts the solve per example and is ~5x slower at D = 3072).
+    For `MultivariateNormalTriL` this uses one triangular solve for the whole chunk (TFP's own
+    `log_prob` broadcasts the solve per example and is ~5x slower at D = 3072).
     """
     x = np.asarray(x)
     x = tf.constant(x.reshape(x.shape[0], -1), tf.float64)
@@ -107,7 +107,7 @@ def log_prob(dist, x) -> np.ndarray:
 
 
 def mean_log_prob(dist, x, *, chunk_size: int = DEFAULT_CHUNK) -> float:
-    """Mean log-likelihood per image in nats over an array ``[N, ...]`` or iterable of chunks."""
+    """Mean log-likelihood per image in nats over an array `[N, ...]` or iterable of chunks."""
     total, n = 0.0, 0
     for c in _chunks(x, chunk_size):
         if c.shape[0]:
@@ -122,7 +122,7 @@ def ml_training_log_likelihood(dist) -> float:
     """Mean log-likelihood of a maximum-likelihood Gaussian on its own training data, exactly.
 
     For the ML fit (no jitter) the mean Mahalanobis term over the training data is
-    ``tr(Sigma^-1 S) = D``, so ``LL = -D/2 (1 + ln 2 pi) - sum log diag(L)``: no pass over the data.
+    `tr(Sigma^-1 S) = D`, so `LL = -D/2 (1 + ln 2 pi) - sum log diag(L)`: no pass over the data.
     """
     chol = dist.scale.to_dense().numpy()
     d = chol.shape[-1]
@@ -143,11 +143,11 @@ def num_parameters(num_dims: int = 3072) -> dict:
 def evaluate(
     dist, splits, *, noise_seed: int | None = 0, chunk_size: int = DEFAULT_CHUNK, skip=()
 ) -> dict:
-    """``{split name: {num_images, nats, bits_per_dim}}`` for every split that exists.
+    """`{split name: {num_images, nats, bits_per_dim}}` for every split that exists.
 
-    ``splits`` is a :class:`tfdgmm.data.Splits` (or an iterable of ``Split``); each split is
-    dequantized with its fixed noise of ``noise_seed`` (``None`` = bin midpoints). Split names in
-    ``skip`` are left out.
+    `splits` is a `tfdgmm.data.Splits` (or an iterable of `Split`); each split is
+    dequantized with its fixed noise of `noise_seed` (`None` = bin midpoints). Split names in
+    `skip` are left out.
     """
     items = splits.items() if hasattr(splits, "items") else [(s.name, s) for s in splits if s]
     out = {}
@@ -175,15 +175,15 @@ def run_gaussian_baseline(
     direct_train: bool = False,
     jitter: float = 0.0,
 ) -> dict:
-    """Fit on ``splits.train`` and evaluate every split: a plain dict for a CLI or a report.
+    """Fit on `splits.train` and evaluate every split: a plain dict for a CLI or a report.
 
-    The training score uses :func:`ml_training_log_likelihood` (exact for the ML fit, and saves
-    two thirds of the run time on CIFAR-10) unless ``direct_train=True``, which evaluates the
-    training images one by one like the other splits (always so with ``jitter > 0``, which
+    The training score uses `ml_training_log_likelihood` (exact for the ML fit, and saves
+    two thirds of the run time on CIFAR-10) unless `direct_train=True`, which evaluates the
+    training images one by one like the other splits (always so with `jitter > 0`, which
     is added to the covariance diagonal: the shortcut holds for the exact ML fit only).
 
-    Returns ``{"model", "noise_seed", "num_dims", "num_parameters", "splits": {name: {...}},
-    "seconds"}`` with the mean log-likelihood per image in nats on the [-1, 1] scale and bits/dim.
+    Returns `{"model", "noise_seed", "num_dims", "num_parameters", "splits": {name: {...}},
+    "seconds"}` with the mean log-likelihood per image in nats on the [-1, 1] scale and bits/dim.
     """
     start = time.perf_counter()
     train = splits.train

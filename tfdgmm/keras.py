@@ -48,8 +48,11 @@ Limitations: the path prior must be `'uniform'` (a learned factorized prior woul
 closed-form update; use `tfdgmm.training` for it); no XLA (`jit_compile` resolves to False).
 """
 
+from __future__ import annotations
+
 import copy
 import math
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -57,7 +60,14 @@ import tensorflow as tf
 
 from tfdgmm import architectures
 from tfdgmm import layers as tlayers
+from tfdgmm.bijectors import registry
 from tfdgmm.deep_gmm import DeepGMM
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+    from tfdgmm.types import ChoicePath, Config, Images, PathLike, Seed
 
 __all__ = ["DeepGMMModel", "DivergenceGuard", "ESTEP_OPTIONS", "WarmUp", "check_image_range"]
 
@@ -84,19 +94,19 @@ class DeepGMMModel(keras.Model):
 
     def __init__(
         self,
-        architecture,
-        estep_options=None,
-        bin_width=2.0 / 256.0,
-        seed=None,
-        hc_optimizer="kfac",
-        hc_learning_rate=0.05,
-        hc_momentum=0.9,
-        hc_damping=1e-3,
-        hc_statistics_interval=50,
-        hc_max_step_nats=1000.0,
-        warmup_updates=100,
-        **kwargs,
-    ):
+        architecture: Config,
+        estep_options: dict | None = None,
+        bin_width: float = 2.0 / 256.0,
+        seed: int | None = None,
+        hc_optimizer: str = "kfac",
+        hc_learning_rate: float = 0.05,
+        hc_momentum: float = 0.9,
+        hc_damping: float = 1e-3,
+        hc_statistics_interval: int = 50,
+        hc_max_step_nats: float = 1000.0,
+        warmup_updates: int = 100,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("dtype", None)
         cfg = architectures.normalize(architecture)
         if cfg["path_prior"] != "uniform":
@@ -152,32 +162,16 @@ class DeepGMMModel(keras.Model):
         if self._kfac is not None:  # the factors' shapes; values come from the data
             self._kfac.build(self.to_deep_gmm())
 
-    def _make_layer(self, i, spec):
+    def _make_layer(self, i: int, spec: Config) -> tlayers.TransformLayer:
         kind = spec["type"]
-        common = dict(
-            num_alternatives=spec["alternatives"],
-            seed=self.architecture["seed"] * 1009 + i,  # as architectures.build
+        return registry.keras_layer(kind).from_spec(
+            spec,
+            seed=architectures.layer_seed(self.architecture["seed"], i),
             name=f"layer{i}_{kind}",
             dtype=self.dtype_policy,
         )
-        if kind == "block_diagonal":
-            return tlayers.BlockDiagonal(
-                selection=spec["selection"], per_location=spec["per_location"], **common
-            )
-        if kind == "diagonal":
-            return tlayers.Diagonal(
-                selection=spec["selection"], per_location=spec["per_location"], **common
-            )
-        if kind == "half_convolution":
-            return tlayers.HalfConvolution(
-                kernel_size=spec["kernel_size"],
-                update=spec["update"],
-                selection=spec["selection"],
-                **common,
-            )
-        return tlayers.Dense(**common)
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: Any = None) -> None:
         """Creates every weight (the shapes follow from the architecture; inputs are ignored)."""
         if not self.patchify.built:
             self.patchify.build((None,) + self.image_shape)
@@ -187,7 +181,7 @@ class DeepGMMModel(keras.Model):
 
     # ---------------------------------------------------------------- the distribution
 
-    def deep_gmm(self):
+    def deep_gmm(self) -> DeepGMM:
         """A `tfdgmm.DeepGMM` on the current values of the Keras weights.
 
         Its parameters are tensors read now: build it inside a `GradientTape` to differentiate
@@ -201,22 +195,22 @@ class DeepGMMModel(keras.Model):
             exact_limit=self.architecture["exact_limit"],
         )
 
-    def to_deep_gmm(self):
+    def to_deep_gmm(self) -> DeepGMM:
         """A new `DeepGMM` (own `tf.Variable`s, `DeepGMM.from_config`) with these values."""
         gmm = DeepGMM.from_config(copy.deepcopy(self.architecture))
         for bij, layer in zip(gmm.layers, self.transforms):
-            for name in layer._PARAMETERS:
+            for name in layer.PARAMETERS:
                 getattr(bij, name).assign(getattr(layer, name).numpy())
         return gmm
 
-    def set_from_deep_gmm(self, gmm):
+    def set_from_deep_gmm(self, gmm: DeepGMM) -> None:
         """Copy the parameter values of a `DeepGMM` of the same architecture into the weights."""
         if len(gmm.layers) != len(self.transforms):
             raise ValueError(
                 f"the DeepGMM has {len(gmm.layers)} layers, this model {len(self.transforms)}"
             )
         for i, (bij, layer) in enumerate(zip(gmm.layers, self.transforms)):
-            for name in layer._PARAMETERS:
+            for name in layer.PARAMETERS:
                 weight = getattr(layer, name)
                 value = np.asarray(tf.convert_to_tensor(getattr(bij, name, None)))
                 if tuple(value.shape) != tuple(weight.shape):
@@ -228,7 +222,7 @@ class DeepGMMModel(keras.Model):
 
     # ---------------------------------------------------------------- inputs and units
 
-    def _unpack(self, data):
+    def _unpack(self, data: Any) -> tuple:
         """`(images, paths or None, sample_weight or None)` from a batch (a `y` is ignored)."""
         x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         paths = None
@@ -245,7 +239,7 @@ class DeepGMMModel(keras.Model):
         x = self._check_images(x)
         return x, paths, sample_weight
 
-    def _check_images(self, x):
+    def _check_images(self, x: Images) -> tf.Tensor:
         """Float images `[N, H, W, C]` on the model's scale, or a clear error: raw pixels
         (uint8 or any integer dtype) are refused, since the model is a density of dequantized
         data on [-1, 1] (`tfdgmm.data.dequantize`; bits/dim assume that scale)."""
@@ -267,16 +261,16 @@ class DeepGMMModel(keras.Model):
                 raise ValueError(f"DeepGMMModel expects images [N, {expected}]; got shape {shape}")
         return x
 
-    def bits_per_dim(self, lower_bound):
+    def bits_per_dim(self, lower_bound: float | tf.Tensor) -> float | tf.Tensor:
         """`-log2(bin_width) - LL / (D ln 2)`, elementwise (`7 - LL/(D ln 2)` by default)."""
         return -math.log2(self.bin_width) - lower_bound / (self.num_dims * math.log(2.0))
 
-    def _estep_seed(self, salt):
+    def _estep_seed(self, salt: int | tf.Tensor) -> tf.Tensor:
         return tf.stack([tf.constant(self.seed, tf.int32), tf.cast(salt, tf.int32)])
 
     # ---------------------------------------------------------------- Keras API
 
-    def compile(self, optimizer="adam", jit_compile=False, **kwargs):
+    def compile(self, optimizer: str = "adam", jit_compile: bool = False, **kwargs: Any) -> None:
         """`keras.Model.compile` without a loss (the loss is the hard-EM objective).
 
         `optimizer="adam"` (the default) is Adam at 1e-3 with a linear warm-up over
@@ -299,15 +293,17 @@ class DeepGMMModel(keras.Model):
         if not self.optimizer.built:
             self.optimizer.build(self._optimizer_variables())
 
-    def _hc_kernels(self):
+    def _hc_kernels(self) -> list:
         return [self.transforms[i].kernel for i in self._kfac.indices] if self._kfac else []
 
-    def _optimizer_variables(self):
+    def _optimizer_variables(self) -> list:
         """The variables the Keras optimizer steps (all but K-FAC's kernels)."""
         hc = {id(v) for v in self._hc_kernels()}
         return [v for v in self.trainable_variables if id(v) not in hc]
 
-    def adapt(self, data, max_images=5000, identity_below=True):
+    def adapt(
+        self, data: Images, max_images: int = 5000, identity_below: bool = True
+    ) -> int | None:
         """The command line's data-dependent initialisation (`tfdgmm.training.init`), the Keras
         way (like a preprocessing layer's `adapt`): the lowest block-diagonal (or dense) layer
         becomes a whitening of `data` as it arrives there, and the single-alternative
@@ -336,11 +332,11 @@ class DeepGMMModel(keras.Model):
         self.set_from_deep_gmm(gmm)
         return layer
 
-    def compile_from_config(self, config):
+    def compile_from_config(self, config: dict) -> None:
         """Re-compiles on `keras.models.load_model` (the optimizer's state is then restored)."""
         self.compile(**keras.saving.deserialize_keras_object(config))
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: Any, training: bool | None = None) -> tf.Tensor:
         """Per-image lower bound `log pi_p + log p_p(x)` (nats), `[N]`.
 
         `inputs`: images `[N, H, W, C]` (best paths searched with a fixed seed) or a dict
@@ -352,15 +348,20 @@ class DeepGMMModel(keras.Model):
             return gmm.joint_log_prob(x, paths)
         return gmm.best_path(x, seed=self._estep_seed(-1), **self.estep_options)[1]
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple:
         """`[N]`: one lower bound per image."""
         if isinstance(input_shape, dict):
             input_shape = input_shape["images"]
         return (tuple(input_shape)[0],)
 
     def export(
-        self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs
-    ):
+        self,
+        filepath: PathLike,
+        format: str = "tf_saved_model",
+        verbose: bool | None = None,
+        input_signature: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         """`keras.Model.export`; the default `input_signature` is float images
         `[None, H, W, C]` (the serving endpoint returns the per-image lower bound, `call`)."""
         if input_signature is None and format == "tf_saved_model":
@@ -372,10 +373,12 @@ class DeepGMMModel(keras.Model):
         return super().export(filepath, format=format, input_signature=input_signature, **kwargs)
 
     @property
-    def metrics(self):
+    def metrics(self) -> list:
         return [self.loss_tracker, self.lower_bound_tracker, self.bits_per_dim_tracker]
 
-    def _update_metrics(self, loss, joint, sample_weight):
+    def _update_metrics(
+        self, loss: tf.Tensor, joint: tf.Tensor, sample_weight: tf.Tensor | None
+    ) -> dict:
         self.loss_tracker.update_state(loss, sample_weight=tf.shape(joint)[0])
         self.lower_bound_tracker.update_state(joint, sample_weight=sample_weight)
         self.bits_per_dim_tracker.update_state(
@@ -384,13 +387,13 @@ class DeepGMMModel(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     @staticmethod
-    def _mean(joint, sample_weight):
+    def _mean(joint: tf.Tensor, sample_weight: tf.Tensor | None) -> tf.Tensor:
         if sample_weight is None:
             return tf.reduce_mean(joint)
         w = tf.cast(tf.reshape(sample_weight, [-1]), joint.dtype)
         return tf.reduce_sum(w * joint) / tf.maximum(tf.reduce_sum(w), 1e-12)
 
-    def train_step(self, data):
+    def train_step(self, data: Any) -> dict:
         """Online hard EM on one batch: E-step (best paths, no gradient), then one M-step."""
         x, paths, sample_weight = self._unpack(data)
         if paths is None:
@@ -423,7 +426,7 @@ class DeepGMMModel(keras.Model):
         self.optimizer.apply_gradients(zip(grads[: len(main)], main))
         return self._update_metrics(loss, joint, sample_weight)
 
-    def test_step(self, data):
+    def test_step(self, data: Any) -> dict:
         """Lower bound at the best paths (fixed seed) or at the given paths."""
         x, paths, sample_weight = self._unpack(data)
         gmm = self.deep_gmm()
@@ -435,14 +438,18 @@ class DeepGMMModel(keras.Model):
 
     # ---------------------------------------------------------------- batch hard EM helpers
 
-    def best_path(self, x, init=None, seed=None, **options):
+    def best_path(
+        self, x: Images, init: ChoicePath | None = None, seed: Seed | None = None, **options: Any
+    ) -> tuple:
         """`DeepGMM.best_path` with the current weights (defaults from `estep_options`)."""
         opts = dict(self.estep_options)
         opts.update(options)
         x = tf.cast(tf.convert_to_tensor(x), self.compute_dtype)
         return self.deep_gmm().best_path(x, init=init, seed=seed, **opts)
 
-    def estep(self, x, init=None, batch_size=256, seed=0):
+    def estep(
+        self, x: Images, init: ChoicePath | None = None, batch_size: int = 256, seed: int = 0
+    ) -> tuple:
         """E-step over a data set: `(paths, lower_bounds)` as numpy arrays.
 
         `x`: images `[N, H, W, C]`; `init`: previous paths (warm start, e.g. the last
@@ -452,7 +459,7 @@ class DeepGMMModel(keras.Model):
         x = np.asarray(x)
         if self._estep_function is None:
 
-            def fn(xb, init_b, seed_b):
+            def fn(xb: tf.Tensor, init_b: Sequence[tf.Tensor], seed_b: tf.Tensor) -> tuple:
                 init_b = None if len(init_b) == 0 else tuple(init_b)
                 return self.best_path(xb, init=init_b, seed=seed_b)
 
@@ -475,7 +482,7 @@ class DeepGMMModel(keras.Model):
         paths = tuple(np.concatenate(z, axis=0) for z in zip(*paths))
         return paths, np.concatenate(scores, axis=0)
 
-    def mstep_fit(self, x, paths, **fit_kwargs):
+    def mstep_fit(self, x: Images, paths: ChoicePath, **fit_kwargs: Any) -> keras.callbacks.History:
         """`fit` on given paths (no E-step): the M-step of batch hard EM.
 
         `paths`: one int array per layer, `[N]` or `[N, Hp, Wp]` (as from `estep`). Other
@@ -488,13 +495,13 @@ class DeepGMMModel(keras.Model):
             )
         return self.fit({"images": np.asarray(x), "paths": paths}, **fit_kwargs)
 
-    def sample(self, n, seed=None):
+    def sample(self, n: int, seed: Seed | None = None) -> tuple:
         """`n` images from the model (`DeepGMM.sample_with_path`): `(images, paths)`."""
         return self.deep_gmm().sample_with_path(n, seed=seed)
 
     # ---------------------------------------------------------------- serialisation
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = {
             "architecture": copy.deepcopy(self.architecture),
             "estep_options": copy.deepcopy(self.estep_options),
@@ -506,7 +513,7 @@ class DeepGMMModel(keras.Model):
         return config
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict) -> DeepGMMModel:
         return cls(**config)
 
 
@@ -520,17 +527,17 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
     From the data-dependent start (`DeepGMMModel.adapt`) full-size first Adam steps throw the
     model far off; a short linear ramp lets Adam's moment estimates settle first."""
 
-    def __init__(self, learning_rate, warmup_updates=100):
+    def __init__(self, learning_rate: float, warmup_updates: int = 100) -> None:
         self.learning_rate = float(learning_rate)
         self.warmup_updates = int(warmup_updates)
 
-    def __call__(self, step):
+    def __call__(self, step: tf.Tensor) -> tf.Tensor:
         if self.warmup_updates <= 0:
             return tf.constant(self.learning_rate, tf.float32)
         ramp = tf.cast(step + 1, tf.float32) / float(self.warmup_updates)
         return self.learning_rate * tf.minimum(ramp, 1.0)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"learning_rate": self.learning_rate, "warmup_updates": self.warmup_updates}
 
 
@@ -540,13 +547,13 @@ class _KerasKFAC(tf.Module):
     the current minibatch on its E-step paths every `interval` updates, momentum SGD on the
     preconditioned gradients."""
 
-    def __init__(self, damping):
+    def __init__(self, damping: float) -> None:
         super().__init__(name="keras_kfac")
         self.damping = damping
         self.pre = None
         self.velocity = []
 
-    def build(self, gmm):
+    def build(self, gmm: DeepGMM) -> None:
         from tfdgmm.training.preconditioning import HalfConvolutionKFAC
 
         self.pre = HalfConvolutionKFAC(gmm, damping=self.damping)
@@ -556,25 +563,25 @@ class _KerasKFAC(tf.Module):
         ]
 
     @property
-    def indices(self):
+    def indices(self) -> list[int]:
         return self.pre.indices
 
     def step(
         self,
-        kernels,
-        grads,
-        iteration,
-        x,
-        paths,
-        make_gmm,
-        interval,
-        learning_rate,
-        momentum,
-        max_step_nats,
-    ):
+        kernels: Sequence[Any],
+        grads: Sequence[tf.Tensor],
+        iteration: tf.Tensor,
+        x: tf.Tensor,
+        paths: ChoicePath,
+        make_gmm: Callable[[], DeepGMM],
+        interval: int,
+        learning_rate: tf.Tensor,
+        momentum: float,
+        max_step_nats: float,
+    ) -> None:
         pre = self.pre
 
-        def refresh():
+        def refresh() -> tf.Tensor:
             pre.update(
                 tf.stop_gradient(x),
                 paths,
@@ -608,14 +615,14 @@ class DivergenceGuard(keras.callbacks.Callback):
 
     def __init__(
         self,
-        probe_data,
-        probe_images=100,
-        check_every=25,
-        divergence_nats=1000.0,
-        lr_factor=0.5,
-        max_rollbacks=8,
-        verbose=1,
-    ):
+        probe_data: Images,
+        probe_images: int = 100,
+        check_every: int = 25,
+        divergence_nats: float = 1000.0,
+        lr_factor: float = 0.5,
+        max_rollbacks: int = 8,
+        verbose: int = 1,
+    ) -> None:
         super().__init__()
         x = probe_data["images"] if isinstance(probe_data, dict) else probe_data
         self.probe = np.asarray(x)[:probe_images]
@@ -628,20 +635,20 @@ class DivergenceGuard(keras.callbacks.Callback):
         self.best = float("inf")
         self._snapshot = None
 
-    def _probe_loss(self):
+    def _probe_loss(self) -> float:
         return -float(np.mean(np.asarray(self.model(self.probe))))
 
-    def _take_snapshot(self):
+    def _take_snapshot(self) -> None:
         self._snapshot = (
             [v.numpy() for v in self.model.variables],
             [v.numpy() for v in self.model.optimizer.variables],
         )
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         self.best = self._probe_loss()
         self._take_snapshot()
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if (batch + 1) % self.check_every:
             return
         loss = self._probe_loss()
@@ -676,7 +683,7 @@ class DivergenceGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def check_image_range(x, low=-1.0, high=1.0):
+def check_image_range(x: Images, low: float = -1.0, high: float = 1.0) -> None:
     """Refuse integer images and values outside `[low, high]` (the model's documented range:
     dequantised pixels scaled to [-1, 1])."""
     x = np.asarray(x)

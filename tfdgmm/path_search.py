@@ -73,7 +73,7 @@ def random_path(model, n, seed):
 
 def objective(model, h0, path, use_prior=True):
     """`log p_p(x) (+ log pi_p)` from the patch tensor `h0 = patchify(x)`."""
-    return model._joint_from_patches(h0, path, use_prior)
+    return model.joint_from_patches(h0, path, use_prior)
 
 
 def best_path(
@@ -101,7 +101,7 @@ def best_path(
         )
     if init is None and restarts < 1:
         raise ValueError("best_path needs an initial path or at least one random restart")
-    h0 = model._patchify.forward(x)
+    h0 = model.patchify(x)
     n = tf.shape(h0)[0]
     seed = tfp.random.sanitize_seed(seed, salt="best_path")
     seeds = tfp.random.split_seed(seed, n=max(restarts, 1) + 1)
@@ -202,8 +202,8 @@ def _sample_layer_update(model, i, h, path, use_prior):
     k = model.layer_specs[i][0]
     choices = tf.broadcast_to(tf.range(k)[None], tf.shape(ys)[:2])
     score = (
-        model._score_above(ys, path, i, choices, use_prior)
-        + tf.reduce_sum(model._ildj_table(i), axis=[1, 2])[None]
+        model.score_above(ys, path, i, choices, use_prior)
+        + tf.reduce_sum(model.ildj_table(i), axis=[1, 2])[None]
     )
     if use_prior and not model.path_prior.is_conditional:
         score += model.path_prior.conditional_log_probs(i, path)
@@ -229,7 +229,7 @@ class _LocationProblem:
         self._model, self._i, self._path, self._use_prior = model, i, path, use_prior
         # terms of the objective that depend on this layer's choice at each location and add
         # up over locations (gating terms do not: `exact` scores them)
-        terms = tf.transpose(tf.reshape(model._ildj_table(i), [k, self.num_locations]))[None]
+        terms = tf.transpose(tf.reshape(model.ildj_table(i), [k, self.num_locations]))[None]
         if use_prior and not model.path_prior.is_conditional:
             terms = terms + tf.reshape(
                 model.path_prior.conditional_log_probs(i, path), [n, self.num_locations, k]
@@ -241,7 +241,7 @@ class _LocationProblem:
         layer's choices `choice [N, *extra, L]`: `log N(z)` plus any gating terms."""
         hp, wp, _ = self.shape
         choice = tf.reshape(choice, tf.concat([tf.shape(choice)[:-1], [hp, wp]], 0))
-        return self._model._score_above(self.image(y), self._path, self._i, choice, self._use_prior)
+        return self._model.score_above(self.image(y), self._path, self._i, choice, self._use_prior)
 
     def trial_choices(self, cur, loc_mask):
         """`[N, K, L]`: current choices with the masked location set to each alternative."""
@@ -273,11 +273,11 @@ def _gram_update(model, i, h, path, use_prior, seed=None):
     dtype = model.dtype
     # Jacobian of the (data-independent) affine map above: rows G e_j for each basis vector.
     basis = tf.concat([tf.zeros([1, ld], dtype), tf.eye(ld, dtype=dtype)], 0)
-    cols = tf.reshape(model._up(tf.reshape(basis, [ld + 1, hp, wp, d]), path, i + 1), [ld + 1, ld])
+    cols = tf.reshape(model.up(tf.reshape(basis, [ld + 1, hp, wp, d]), path, i + 1), [ld + 1, ld])
     gt = tf.reshape(cols[1:] - cols[:1], [num_loc, d, ld])  # gt[l] = (G[:, block l])^T
     gram = tf.einsum("lde,lfe->ldf", gt, gt)  # [L, d, d] local Gram blocks
     y = prob.select(prob.cur)  # [N, L, d]
-    z = tf.reshape(model._up(prob.image(y), path, i + 1), [prob.n, ld])
+    z = tf.reshape(model.up(prob.image(y), path, i + 1), [prob.n, ld])
     cands = tf.transpose(prob.candidates, [1, 0, 2, 3])  # [L, N, K, d]
     terms = tf.transpose(prob.terms, [1, 0, 2])  # [L, N, K]
 
@@ -384,7 +384,7 @@ def _mean_local_gram(model, i, prob, y, path, probes, seed):
     )
     with tf.GradientTape() as tape:
         tape.watch(y_rep)
-        s = tf.reduce_sum(v * model._up(prob.image(y_rep), rep_path, i + 1))
+        s = tf.reduce_sum(v * model.up(prob.image(y_rep), rep_path, i + 1))
     u = tape.gradient(s, y_rep)  # [P*N, L, d]
     return tf.einsum("mld,mle->lde", u, u) / tf.cast(probes * n, model.dtype)
 

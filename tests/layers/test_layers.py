@@ -96,7 +96,7 @@ def _perturb(layer, seed=0):
 
 
 def _weights(layer):
-    return {name: getattr(layer, name).numpy() for name in layer._PARAMETERS}
+    return {name: getattr(layer, name).numpy() for name in layer.PARAMETERS}
 
 
 def _kw(choice):
@@ -132,7 +132,7 @@ def test_initial_values_come_from_the_bijector_factory(case):
     layer = make_layer()
     layer.build((None, HP, WP, D))
     ref = make_new()
-    for name in layer._PARAMETERS:
+    for name in layer.PARAMETERS:
         w = getattr(layer, name)
         np.testing.assert_array_equal(w.numpy(), getattr(ref, name).numpy())
         if name == "permutation":

@@ -1,6 +1,7 @@
 """`tfdgmm.runs.commands`: atomic export, an unreadable `best/checkpoint`, tune's seed."""
 
 import errno
+import json
 import os
 
 import numpy as np
@@ -9,8 +10,7 @@ import tensorflow as tf
 import yaml
 
 import tfdgmm
-from tfdgmm import cli, export, runs
-from tfdgmm.runs import layout
+from tfdgmm import cli, export, layout, runs
 
 ARCH = {
     "image_shape": [4, 4, 1],
@@ -166,7 +166,7 @@ def test_tune_refuses_zero_trials_and_a_falsy_seed(tmp_path, capsys):
 
 
 def test_the_oracle_seed_is_deterministic_by_default():
-    from tfdgmm.training import tuner
+    from tfdgmm.runs import tune as tuner
 
     oracles = [tuner.make_oracle("random", max_trials=2) for _ in range(2)]
     assert oracles[0].seed == oracles[1].seed == tuner.DEFAULT_SEED
@@ -174,3 +174,54 @@ def test_the_oracle_seed_is_deterministic_by_default():
         tuner.make_oracle("random", max_trials=2, seed=0)
     with pytest.raises(ValueError, match="max_trials"):
         tuner.make_oracle("random", max_trials=0)
+
+
+TINY_ARCH = {
+    "image_shape": [4, 4, 1],
+    "patch_size": 2,
+    "layers": [{"type": "block_diagonal", "alternatives": 2}],
+}
+
+
+def _write_run(run_dir, model):
+    """A run directory as the trainer leaves it (config.yaml, best/), without training."""
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump({"model": TINY_ARCH, "training": {"em_iterations": 1}}, f)
+    ckpt = tf.train.Checkpoint(model=model)
+    tf.train.CheckpointManager(ckpt, os.path.join(run_dir, "best"), max_to_keep=1).save()
+
+
+def test_export_command(tmp_path, capsys):
+    model = tfdgmm.DeepGMM.from_config(TINY_ARCH)
+    for v in model.trainable_variables:
+        v.assign_add(0.1 * tf.ones_like(v))
+    run, out = str(tmp_path / "run"), str(tmp_path / "saved" / "tiny")
+    _write_run(run, model)
+    assert (
+        cli.main(
+            ["export", run, out, "--restarts", "1", "--restart-passes", "1", "--seed", "3", "4"]
+        )
+        == 0
+    )
+    assert "exported" in capsys.readouterr().out
+    loaded = tf.saved_model.load(out)
+    search = json.loads(loaded.metadata()["search_config"].numpy().decode())
+    assert search["restarts"] == 1 and search["restart_passes"] == 1 and search["seed"] == [3, 4]
+    x = model.sample(5, seed=[1, 1])
+    _, lower = model.best_path(
+        x, **export.search_settings(restarts=1, restart_passes=1, seed=[3, 4])
+    )
+    np.testing.assert_allclose(loaded.log_prob_lower_bound(x).numpy(), lower.numpy(), rtol=1e-6)
+
+    # errors: one line on stderr, exit code 2
+    for argv, text in (
+        ([run, out], "pass --overwrite"),
+        ([str(tmp_path / "nope"), str(tmp_path / "o2")], "does not exist"),
+        ([run, str(tmp_path / "o3"), "--restarts", "0"], "restarts"),
+        ([run, str(tmp_path / "o4"), "--which", "latest"], "no checkpoint"),
+    ):
+        assert cli.main(["export"] + argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("tfdgmm export: error:") and text in err and "\n" not in err, err
+    assert cli.main(["export", run, out, "--overwrite"]) == 0

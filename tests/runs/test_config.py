@@ -5,6 +5,7 @@ import os
 import pytest
 
 from tfdgmm import cli, runs
+from tfdgmm.training.gating import normalize_gating
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TINY = os.path.join(HERE, "..", "..", "configs", "tiny.yaml")
@@ -54,3 +55,47 @@ def test_a_yaml_syntax_error_is_one_line_with_file_and_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad.yaml:3" in err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+TINY_ARCH = {
+    "image_shape": [4, 4, 1],
+    "patch_size": 2,
+    "layers": [{"type": "block_diagonal", "alternatives": 2}],
+}
+
+
+def test_gating_section_is_checked_and_sets_the_prior_for_between_steps():
+    base = {"model": TINY_ARCH, "training": {}}
+    assert "gating" not in runs.normalize_run_config(base)  # no section: unchanged configs
+    cfg = runs.normalize_run_config(dict(base, gating={"enabled": True, "steps": 10}))
+    assert cfg["gating"]["steps"] == 10 and cfg["gating"]["hidden"] == 32
+    assert cfg["model"]["path_prior"] == "uniform"  # after EM only: the trained model is not
+    cfg = runs.normalize_run_config(
+        dict(base, gating={"enabled": True, "between_steps": 5, "hidden": 8})
+    )
+    assert cfg["model"]["path_prior"] == {"kind": "gating", "hidden": 8, "kernel_size": 3}
+    assert runs.normalize_run_config(cfg) == cfg  # idempotent (config.yaml is read back)
+    for bad, text in (
+        ({"enabled": True, "stpes": 3}, "unknown gating keys"),
+        ({"steps": 0}, "gating.steps"),
+        ({"learning_rate": -1}, "learning_rate"),
+    ):
+        with pytest.raises(ValueError, match=text):
+            runs.normalize_run_config(dict(base, gating=bad))
+    with pytest.raises(ValueError, match="path_prior"):
+        runs.normalize_run_config(
+            {
+                "model": dict(TINY_ARCH, path_prior="factorized"),
+                "gating": {"enabled": True, "between_steps": 1},
+            }
+        )
+    assert normalize_gating(None)["enabled"] is False
+
+
+def test_config_overrides_and_validation(tmp_path):
+    cfg = runs.load_run_config(TINY, ["training.em_iterations=5", "data.train_limit=100"])
+    assert cfg["training"]["em_iterations"] == 5 and cfg["data"]["train_limit"] == 100
+    with pytest.raises(ValueError, match="unknown training config keys"):
+        runs.load_run_config(TINY, ["training.em_iteratons=5"])
+    with pytest.raises(ValueError, match="unknown data keys"):
+        runs.load_run_config(TINY, ["data.limit=5"])

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tfdgmm.runs import layout
+from tfdgmm import layout
 from tfdgmm.runs.lock import RunLock, RunLockedError, read_lock
 
 

@@ -5,8 +5,7 @@ import os
 
 import pytest
 
-from tfdgmm import cli, runs
-from tfdgmm.runs import layout
+from tfdgmm import cli, layout, runs
 from tfdgmm.runs.lock import RunLock
 from tfdgmm.runs.train import check_run
 

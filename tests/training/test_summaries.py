@@ -5,10 +5,22 @@ import collections
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfdgmm.training import EMConfig, EMTrainer
-from tfdgmm.training.summaries import Summaries, device_report
+from tfdgmm.training.summaries import (
+    ProgressLog,
+    RateMeter,
+    Summaries,
+    bpd_text,
+    device_report,
+    em_eta_text,
+    format_duration,
+    mstep_progress_text,
+    replicas_text,
+    search_progress_text,
+)
 
 CONFIG = EMConfig(
     em_iterations=2,
@@ -89,3 +101,42 @@ def test_images_and_device_report(tmp_path):
     gpus = tf.config.list_physical_devices("GPU")
     assert line.startswith(f"devices: {len(gpus)} GPU" if gpus else "devices: CPU only"), line
     assert "1 replica" in line or "replicas" in line
+
+
+def test_rate_meter_leaves_out_the_traced_first_call():
+    # A 1-minute M-step of 600 updates whose first 5-update call spends 35 s tracing: counting
+    # that call gave "ETA 57m57s" at first; the rate starts after it.
+    meter = RateMeter()
+    meter.update(5, 35.0)  # the first call: tracing
+    assert meter.rate is None and meter.eta(595) is None
+    assert format_duration(meter.eta(595)) == "?"
+    meter.update(50, 5.0)  # 10 updates/s
+    assert meter.rate == pytest.approx(10.0)
+    assert format_duration(meter.eta(545)) == "54s"
+    meter.skip_next()  # traced again (e.g. rebuilt after a rollback)
+    meter.update(5, 100.0)
+    assert meter.rate == pytest.approx(10.0)
+    meter.update(20, 1.0)  # smoothed: 0.7 * 10 + 0.3 * 20
+    assert meter.rate == pytest.approx(13.0)
+    counted = RateMeter(warmup=0)
+    counted.update(5, 35.0)
+    assert counted.rate == pytest.approx(5 / 35)
+
+
+def test_progress_text():
+    assert format_duration(3725) == "1h02m" and format_duration(185) == "3m05s"
+    assert bpd_text(None) == "" and bpd_text(4.0183) == " (4.018 bits/dim)"
+    assert replicas_text(1) == "" and replicas_text(2) == " on 2 replicas"
+    assert mstep_progress_text(110, 150, -6364.912, 4.36e-4, 35.71, "", 1.1) == (
+        "M-step 110/150 (73%), loss -6364.91 nats/image, lr 4.36e-04, 35.7 updates/s, ETA 1s"
+    )
+    assert search_progress_text("E-step", 1, 2, None, "", None) == (
+        "E-step 1/2 batches, ? img/s, ETA ?"
+    )
+    assert em_eta_text(2, [10.0, 20.0, 5.0]) == ", ETA for 2 more EM iterations 35s"
+    assert em_eta_text(2, [10.0, None]) == "" and em_eta_text(0, [1.0]) == ""
+    lines = []
+    progress = ProgressLog(lines.append, interval=1000, em_iterations=3)
+    progress(0, "first")
+    progress(0, "too soon")
+    assert lines == ["[EM 1/3] first"]

@@ -3,12 +3,15 @@
 import tensorflow as tf
 from tensorflow_probability.python.internal import dtype_util, tensor_util
 
-from tfdgmm.bijectors import _bank
+from tfdgmm.bijectors import _bank, registry
+from tfdgmm.bijectors._bank import SELECTIONS
+from tfdgmm.bijectors.base import BankBijector
 
 __all__ = ["BlockDiagonal"]
 
 
-class BlockDiagonal(_bank.BankBijector):
+@registry.register
+class BlockDiagonal(BankBijector):
     r"""Block-diagonal linear layer on a patch tensor, with `K` alternatives.
 
     Acts on a patch tensor event `[Hp, Wp, d]` (see `Patchify`): the `d`-vector at
@@ -72,6 +75,38 @@ class BlockDiagonal(_bank.BankBijector):
     [2]: Diederik P. Kingma and Prafulla Dhariwal. Glow: Generative flow with
          invertible 1x1 convolutions. NeurIPS, 2018. https://arxiv.org/abs/1807.03039
     """
+
+    TYPE = "block_diagonal"
+    CONFIG_KEYS = ("alternatives", "selection", "per_location")
+
+    @classmethod
+    def normalize_spec(cls, spec, previous):
+        """Defaults: 1 alternative, `'sample'` selection, `per_location` True for `'sample'`
+        (the paper's shared blocks) and False for `'location'` (unshared blocks)."""
+        del previous
+        selection = spec.get("selection", "sample")
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be 'sample' or 'location'; got {selection!r}")
+        per_location = bool(spec.get("per_location", selection == "sample"))
+        return {
+            "alternatives": int(spec.get("alternatives", 1)),
+            "selection": selection,
+            "per_location": per_location,
+        }
+
+    @classmethod
+    def from_spec(cls, spec, patch_shape, seed, dtype, name):
+        """A new bank for a normalised spec (see `BankBijector.from_spec`)."""
+        hp, wp, d = patch_shape
+        return cls.new(
+            d,
+            spatial_shape=(hp, wp) if spec["per_location"] else None,
+            selection=spec["selection"],
+            num_alternatives=spec["alternatives"],
+            seed=seed,
+            dtype=dtype,
+            name=name,
+        )
 
     def __init__(
         self,

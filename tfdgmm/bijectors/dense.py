@@ -4,12 +4,14 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_probability.python.internal import dtype_util, tensor_util
 
-from tfdgmm.bijectors import _bank
+from tfdgmm.bijectors import _bank, registry
+from tfdgmm.bijectors.base import BankBijector
 
 __all__ = ["Dense"]
 
 
-class Dense(_bank.BankBijector):
+@registry.register
+class Dense(BankBijector):
     r"""Full-matrix affine layer on the flattened event, with `K` alternatives.
 
     The layer of the original deep GMM (van den Oord & Schrauwen, 2014): the
@@ -47,6 +49,20 @@ class Dense(_bank.BankBijector):
     [2]: Diederik P. Kingma and Prafulla Dhariwal. Glow: Generative flow with
          invertible 1x1 convolutions. NeurIPS, 2018.
     """
+
+    TYPE = "dense"
+    CONFIG_KEYS = ("alternatives",)
+
+    @classmethod
+    def from_spec(cls, spec, patch_shape, seed, dtype, name):
+        """A new bank for a normalised spec (see `BankBijector.from_spec`)."""
+        return cls.new(
+            tuple(patch_shape),
+            num_alternatives=spec["alternatives"],
+            seed=seed,
+            dtype=dtype,
+            name=name,
+        )
 
     def __init__(
         self, lower_upper, permutation, shift=None, event_ndims=3, validate_args=False, name="dense"

@@ -3,12 +3,15 @@
 import tensorflow as tf
 from tensorflow_probability.python.internal import dtype_util, tensor_util
 
-from tfdgmm.bijectors import _bank
+from tfdgmm.bijectors import _bank, registry
+from tfdgmm.bijectors._bank import SELECTIONS
+from tfdgmm.bijectors.base import BankBijector
 
 __all__ = ["Diagonal"]
 
 
-class Diagonal(_bank.BankBijector):
+@registry.register
+class Diagonal(BankBijector):
     r"""Elementwise affine layer (block size 1), with `K` alternatives.
 
     The special case of `BlockDiagonal` with `1 x 1` blocks (van den Oord &
@@ -44,6 +47,36 @@ class Diagonal(_bank.BankBijector):
     [1]: Aaron van den Oord and Joni Dambre. Locally-connected transformations
          for deep GMMs. ICML Deep Learning Workshop, 2015.
     """
+
+    TYPE = "diagonal"
+    CONFIG_KEYS = ("alternatives", "selection", "per_location")
+
+    @classmethod
+    def normalize_spec(cls, spec, previous):
+        """Defaults: 1 alternative, `'sample'` selection, `per_location` True."""
+        del previous
+        selection = spec.get("selection", "sample")
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be 'sample' or 'location'; got {selection!r}")
+        return {
+            "alternatives": int(spec.get("alternatives", 1)),
+            "selection": selection,
+            "per_location": bool(spec.get("per_location", True)),
+        }
+
+    @classmethod
+    def from_spec(cls, spec, patch_shape, seed, dtype, name):
+        """A new bank for a normalised spec (see `BankBijector.from_spec`)."""
+        hp, wp, d = patch_shape
+        return cls.new(
+            d,
+            spatial_shape=(hp, wp) if spec["per_location"] else None,
+            selection=spec["selection"],
+            num_alternatives=spec["alternatives"],
+            seed=seed,
+            dtype=dtype,
+            name=name,
+        )
 
     def __init__(
         self, log_scale, shift=None, selection="sample", validate_args=False, name="diagonal"

@@ -3,14 +3,17 @@
 import tensorflow as tf
 from tensorflow_probability.python.internal import dtype_util, tensor_util
 
-from tfdgmm.bijectors import _bank
+from tfdgmm.bijectors import _bank, registry
+from tfdgmm.bijectors._bank import SELECTIONS
+from tfdgmm.bijectors.base import BankBijector
 
 __all__ = ["HalfConvolution"]
 
 _UPDATES = ("first", "second")
 
 
-class HalfConvolution(_bank.BankBijector):
+@registry.register
+class HalfConvolution(BankBijector):
     r"""Half-convolution (additive coupling) on a patch tensor, `K` alternatives.
 
     The channels of the patch tensor event `[Hp, Wp, D]` are split into a
@@ -55,6 +58,38 @@ class HalfConvolution(_bank.BankBijector):
     [2]: Laurent Dinh, David Krueger and Yoshua Bengio. NICE: Non-linear
          independent components estimation. 2014. https://arxiv.org/abs/1410.8516
     """
+
+    TYPE = "half_convolution"
+    CONFIG_KEYS = ("kernel_size", "alternatives", "selection", "update")
+
+    @classmethod
+    def normalize_spec(cls, spec, previous):
+        """Defaults: kernel size 5, 1 alternative, `'sample'` selection, and `update`
+        alternating `'second'`, `'first'`, ... over the model's half-convolutions."""
+        selection = spec.get("selection", "sample")
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be 'sample' or 'location'; got {selection!r}")
+        half_convs = sum(1 for p in previous if p["type"] == cls.TYPE)
+        return {
+            "alternatives": int(spec.get("alternatives", 1)),
+            "selection": selection,
+            "kernel_size": int(spec.get("kernel_size", 5)),
+            "update": spec.get("update", ("second", "first")[half_convs % 2]),
+        }
+
+    @classmethod
+    def from_spec(cls, spec, patch_shape, seed, dtype, name):
+        """A new bank for a normalised spec (see `BankBijector.from_spec`)."""
+        return cls.new(
+            patch_shape[-1],
+            kernel_size=spec["kernel_size"],
+            update=spec["update"],
+            selection=spec["selection"],
+            num_alternatives=spec["alternatives"],
+            seed=seed,
+            dtype=dtype,
+            name=name,
+        )
 
     def __init__(
         self,

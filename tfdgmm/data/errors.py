@@ -1,4 +1,4 @@
-"""Exceptions raised by :mod:`tfdgmm.data`.
+"""Exceptions raised by `tfdgmm.data`.
 
 Every message names the problem and the path (or the tfds name) it concerns.
 """

@@ -1,13 +1,13 @@
-"""Readers for local copies of CIFAR-10; each returns ``(images, labels)``.
+"""Readers for local copies of CIFAR-10; each returns `(images, labels)`.
 
-``images`` is uint8 ``[N, 32, 32, 3]`` (HWC), ``labels`` int64 ``[N]`` (-1 when a ``.npz`` has no
+`images` is uint8 `[N, 32, 32, 3]` (HWC), `labels` int64 `[N]` (-1 when a `.npz` has no
 labels). Formats:
 
-* ``.npz`` with ``images`` (uint8 ``[N, 32, 32, 3]``) and optionally ``labels`` (``[N]``);
-* the official binary format: ``data_batch_1.bin`` ... ``data_batch_5.bin``, ``test_batch.bin``,
+* `.npz` with `images` (uint8 `[N, 32, 32, 3]`) and optionally `labels` (`[N]`);
+* the official binary format: `data_batch_1.bin` ... `data_batch_5.bin`, `test_batch.bin`,
   3073-byte records (1 label byte, then 1024 R, 1024 G, 1024 B bytes, row-major);
-* the official python format: ``data_batch_1`` ... ``data_batch_5``, ``test_batch``, pickled dicts
-  with ``b'data'`` (uint8 ``[n, 3072]``, channel-major as above) and ``b'labels'``. They are read
+* the official python format: `data_batch_1` ... `data_batch_5`, `test_batch`, pickled dicts
+  with `b'data'` (uint8 `[n, 3072]`, channel-major as above) and `b'labels'`. They are read
   with a restricted unpickler that only rebuilds numpy arrays, so a hostile pickle cannot run code.
 """
 
@@ -31,9 +31,9 @@ TEST_BATCH = "test_batch"
 
 
 def check_images(images, labels, where: str):
-    """Validate and normalise ``(images, labels)`` read from ``where``; return them.
+    """Validate and normalise `(images, labels)` read from `where`; return them.
 
-    Raises :class:`DataError` naming ``where`` on a wrong dtype or shape or a label mismatch.
+    Raises `DataError` naming `where` on a wrong dtype or shape or a label mismatch.
     """
     images = np.asarray(images)
     if images.dtype != np.uint8:
@@ -61,7 +61,7 @@ def check_images(images, labels, where: str):
 
 
 def read_npz(path: str):
-    """Read ``images`` (and ``labels`` if present) from one ``.npz`` file."""
+    """Read `images` (and `labels` if present) from one `.npz` file."""
     if not os.path.isfile(path):
         raise DataNotFoundError(f"{path}: no such file")
     try:
@@ -82,7 +82,7 @@ def read_npz(path: str):
 
 
 def _chw_rows_to_hwc(rows: np.ndarray) -> np.ndarray:
-    """``[n, 3072]`` channel-major rows (the official layout) -> ``[n, 32, 32, 3]``."""
+    """`[n, 3072]` channel-major rows (the official layout) -> `[n, 32, 32, 3]`."""
     return np.ascontiguousarray(rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
 
 
@@ -95,7 +95,7 @@ def _check_labels_range(labels: np.ndarray, path: str):
 
 
 def read_binary_batch(path: str):
-    """Read one official binary batch file (``*.bin``, 3073-byte records)."""
+    """Read one official binary batch file (`*.bin`, 3073-byte records)."""
     if not os.path.isfile(path):
         raise DataNotFoundError(f"{path}: no such file")
     raw = np.fromfile(path, dtype=np.uint8)
@@ -132,7 +132,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
 
 def read_python_batch(path: str):
-    """Read one official python-format batch (a pickled dict with ``b'data'``, ``b'labels'``)."""
+    """Read one official python-format batch (a pickled dict with `b'data'`, `b'labels'`)."""
     if not os.path.isfile(path):
         raise DataNotFoundError(f"{path}: no such file")
     try:
@@ -168,7 +168,7 @@ def read_python_batch(path: str):
 
 
 def read_batches(directory: str, names, suffix: str, reader):
-    """Concatenate the batches ``names`` (in order) of one format found in ``directory``."""
+    """Concatenate the batches `names` (in order) of one format found in `directory`."""
     paths = [os.path.join(directory, n + suffix) for n in names]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:

@@ -1,21 +1,21 @@
-"""``tf.data`` input pipeline: float32 batches on [-1, 1) plus each datapoint's index.
+"""`tf.data` input pipeline: float32 batches on [-1, 1) plus each datapoint's index.
 
 Everything is stateless (derived from the given seeds, not from TensorFlow's global seed), so
 the stream of batches is identical on every run with the same arguments.
 
-* Order: epoch ``e`` visits every datapoint exactly once, in the order
-  ``tf.random.experimental.stateless_shuffle(range(N), seed=fold_in([seed, 0], e))`` (or in
-  index order when ``shuffle=False``). Batches never straddle epochs; the last batch of an epoch
-  is smaller unless ``drop_remainder=True``.
-* ``dequantize='fixed'``: the reference noise of :mod:`tfdgmm.data.dequantize`, drawn once;
+* Order: epoch `e` visits every datapoint exactly once, in the order
+  `tf.random.experimental.stateless_shuffle(range(N), seed=fold_in([seed, 0], e))` (or in
+  index order when `shuffle=False`). Batches never straddle epochs; the last batch of an epoch
+  is smaller unless `drop_remainder=True`.
+* `dequantize='fixed'`: the reference noise of `tfdgmm.data.dequantize`, drawn once;
   the dataset is materialised as float32 in memory (N x 12 KiB).
-* ``dequantize='epoch'``: fresh noise every epoch, drawn per batch with
-  ``stateless_uniform(seed=fold_in(fold_in(fold_in([noise_seed, 1], noise_start), e), b),
-  alg='philox')`` for batch ``b`` of epoch ``e``, ``noise_start`` being the split's place in the
+* `dequantize='epoch'`: fresh noise every epoch, drawn per batch with
+  `stateless_uniform(seed=fold_in(fold_in(fold_in([noise_seed, 1], noise_start), e), b),
+  alg='philox')` for batch `b` of epoch `e`, `noise_start` being the split's place in the
   fixed-noise stream (so splits get independent noise). Reproducible for the same seeds and batch
   size; a datapoint's noise depends on which batch it lands in. (Per-datapoint keys cost ~60 us
   per image in tf.data, 5 s per 40k epoch on 2 cores, so the vectorised per-batch draw is used.)
-* ``dequantize='midpoint'``: no noise, ``(pixel + 0.5) / 128 - 1``.
+* `dequantize='midpoint'`: no noise, `(pixel + 0.5) / 128 - 1`.
 """
 
 from __future__ import annotations
@@ -51,20 +51,20 @@ def make_dataset(
     noise_seed: int = 0,
     drop_remainder: bool = False,
 ) -> tf.data.Dataset:
-    """Batches of dequantized images ``float32 [B, H, W, C]`` (and ``int64 [B]`` indices).
+    """Batches of dequantized images `float32 [B, H, W, C]` (and `int64 [B]` indices).
 
     Args:
-      data: a :class:`~tfdgmm.data.Split` or a uint8 array ``[N, H, W, C]`` (e.g. CIFAR-10's
-        ``[N, 32, 32, 3]``; treated as a training file: stream positions ``0 .. N-1``).
+      data: a `tfdgmm.data.Split` or a uint8 array `[N, H, W, C]` (e.g. CIFAR-10's
+        `[N, 32, 32, 3]`; treated as a training file: stream positions `0 .. N-1`).
       batch_size: images per batch.
       seed: shuffling seed.
-      shuffle: reshuffle every epoch (deterministically from ``seed`` and the epoch number).
-      repeat: ``False`` one epoch, an int ``k`` for ``k`` epochs, ``True`` forever.
-      dequantize: ``'fixed'`` (noise fixed once per dataset, the reference layout),
-        ``'epoch'`` (redrawn every epoch) or ``'midpoint'`` (no noise).
-      with_index: yield ``(x, index)`` where ``index`` is each image's position in ``data``
-        (to look up per-datapoint state such as an EM path); otherwise yield ``x`` only.
-      noise_seed: the noise seed (the README's "noise seed 0" is ``noise_seed=0``).
+      shuffle: reshuffle every epoch (deterministically from `seed` and the epoch number).
+      repeat: `False` one epoch, an int `k` for `k` epochs, `True` forever.
+      dequantize: `'fixed'` (noise fixed once per dataset, the reference layout),
+        `'epoch'` (redrawn every epoch) or `'midpoint'` (no noise).
+      with_index: yield `(x, index)` where `index` is each image's position in `data`
+        (to look up per-datapoint state such as an EM path); otherwise yield `x` only.
+      noise_seed: the noise seed (the README's "noise seed 0" is `noise_seed=0`).
       drop_remainder: drop each epoch's last, smaller batch.
     """
     if dequantize not in DEQUANTIZE_MODES:

@@ -1,4 +1,4 @@
-"""The paper's split protocol and the single entry point :func:`load_cifar10`."""
+"""The paper's split protocol and the single entry point `load_cifar10`."""
 
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ _CHUNK = 4096
 class Split:
     """One split: uint8 images in source order, with what is needed to dequantize them.
 
-    ``noise_start`` is the position of ``images[0]`` in the fixed-noise stream (see
-    :mod:`tfdgmm.data.dequantize`); image ``i`` of the split is stream image ``noise_start + i``.
-    ``file_offset`` is the position of ``images[0]`` in its source file (train or test file).
+    `noise_start` is the position of `images[0]` in the fixed-noise stream (see
+    `tfdgmm.data.dequantize`); image `i` of the split is stream image `noise_start + i`.
+    `file_offset` is the position of `images[0]` in its source file (train or test file).
     """
 
     name: str
@@ -46,7 +46,7 @@ class Split:
         return int(np.prod(self.images.shape[1:]))
 
     def noise(self, seed: int = 0, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Fixed (reference-layout) float64 noise for images ``start:stop`` of this split."""
+        """Fixed (reference-layout) float64 noise for images `start:stop` of this split."""
         start, stop, _ = slice(start, stop).indices(len(self))
         return reference_noise(
             seed, self.noise_start + start, max(stop - start, 0), self.images.shape[1:]
@@ -55,9 +55,9 @@ class Split:
     def dequantized(
         self, seed: int | None = 0, dtype=np.float32, start: int = 0, stop: int | None = None
     ) -> np.ndarray:
-        """Images ``start:stop`` dequantized with the fixed noise of ``seed`` onto [-1, 1).
+        """Images `start:stop` dequantized with the fixed noise of `seed` onto [-1, 1).
 
-        ``seed=None`` uses bin midpoints (``(pixel + 0.5) / 128 - 1``) instead of noise.
+        `seed=None` uses bin midpoints (`(pixel + 0.5) / 128 - 1`) instead of noise.
         """
         start, stop, _ = slice(start, stop).indices(len(self))
         stop = max(stop, start)
@@ -71,14 +71,14 @@ class Split:
     def iter_dequantized(
         self, seed: int | None = 0, chunk_size: int = 2048, dtype=np.float64
     ) -> Iterator[np.ndarray]:
-        """The same values as :meth:`dequantized`, in chunks of ``chunk_size`` images."""
+        """The same values as `dequantized`, in chunks of `chunk_size` images."""
         for start in range(0, len(self), chunk_size):
             yield self.dequantized(seed, dtype, start, start + chunk_size)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Splits:
-    """``train``, ``validation`` and ``test`` (``None`` when the source has no test set)."""
+    """`train`, `validation` and `test` (`None` when the source has no test set)."""
 
     train: Split
     validation: Split
@@ -87,7 +87,7 @@ class Splits:
     notes: tuple[str, ...] = ()
 
     def items(self):
-        """``(name, split)`` pairs of the splits that exist: train, validation, test."""
+        """`(name, split)` pairs of the splits that exist: train, validation, test."""
         return [(s.name, s) for s in (self.train, self.validation, self.test) if s is not None]
 
     def __iter__(self):
@@ -100,7 +100,7 @@ class Splits:
 
 
 def _read_directory(path: str):
-    """Return ``(train, test_or_None, description)`` from a directory in a supported format."""
+    """Return `(train, test_or_None, description)` from a directory in a supported format."""
     entries = set(os.listdir(path))
     if "train.npz" in entries:
         train = formats.read_npz(os.path.join(path, "train.npz"))
@@ -129,7 +129,7 @@ def _read_directory(path: str):
 
 
 def _read_source(spec: str, tfds_data_dir, download):
-    """Return ``(train, test_or_None, source_text, notes)`` for a spec."""
+    """Return `(train, test_or_None, source_text, notes)` for a spec."""
     if spec == "tfds" or spec.startswith("tfds:"):
         name = spec.partition(":")[2] or "cifar10"
         data, notes = load_tfds(name, data_dir=tfds_data_dir, download=download)
@@ -181,23 +181,23 @@ def load_cifar10(
     """Load CIFAR-10 and split it by the paper's protocol.
 
     Args:
-      spec: ``"tfds"`` / ``"tfds:cifar10"`` (tensorflow-datasets; downloads when it can), a
-        directory (``train.npz`` + optional ``test.npz``; official binary batches
-        ``data_batch_{1..5}.bin`` + ``test_batch.bin``; official python batches; or a directory
-        holding an extracted ``cifar-10-batches-bin``/``-py``), or one ``.npz`` file. A single
-        ``.npz`` is the training file and there is **no test split** (``Splits.test is None``,
-        recorded in ``Splits.notes``); the same holds for a directory without a test file.
-      validation_size: the **last** ``validation_size`` images of the training file are the
+      spec: `"tfds"` / `"tfds:cifar10"` (tensorflow-datasets; downloads when it can), a
+        directory (`train.npz` + optional `test.npz`; official binary batches
+        `data_batch_{1..5}.bin` + `test_batch.bin`; official python batches; or a directory
+        holding an extracted `cifar-10-batches-bin`/`-py`), or one `.npz` file. A single
+        `.npz` is the training file and there is **no test split** (`Splits.test is None`,
+        recorded in `Splits.notes`); the same holds for a directory without a test file.
+      validation_size: the **last** `validation_size` images of the training file are the
         validation split, all images before them the training split (protocol: 10,000 of
         50,000, so training = the first 40,000 and validation = official batch 5).
-      train_limit, validation_limit, test_limit: keep only the first ``k`` images of that split
+      train_limit, validation_limit, test_limit: keep only the first `k` images of that split
         (for small runs). The kept images are a prefix of the protocol split, so they carry the
         same fixed noise as in a full run.
-      tfds_data_dir, download: passed to ``tfds.load``.
+      tfds_data_dir, download: passed to `tfds.load`.
 
     Returns:
-      :class:`Splits` with uint8 images in source order. Dequantize with
-      ``split.dequantized(seed)`` or :func:`tfdgmm.data.make_dataset`.
+      `Splits` with uint8 images in source order. Dequantize with
+      `split.dequantized(seed)` or `tfdgmm.data.make_dataset`.
 
     Raises:
       DataNotFoundError: the path does not exist or holds no recognised data.

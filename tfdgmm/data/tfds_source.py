@@ -1,6 +1,6 @@
-"""CIFAR-10 through tensorflow-datasets (``tfds.load``), in the official order.
+"""CIFAR-10 through tensorflow-datasets (`tfds.load`), in the official order.
 
-TFDS stores examples in a hashed order; CIFAR-10's ``id`` feature (``"train_00042"``) gives each
+TFDS stores examples in a hashed order; CIFAR-10's `id` feature (`"train_00042"`) gives each
 example's position in the official files, so the examples are sorted back by it. The protocol's
 "last 10,000 training images = official batch 5" depends on this order.
 """
@@ -51,9 +51,9 @@ def _not_prepared(err) -> bool:
 
 
 def official_order(ids) -> np.ndarray | None:
-    """Permutation that sorts examples by their CIFAR ``id`` (``train_00042`` -> 42).
+    """Permutation that sorts examples by their CIFAR `id` (`train_00042` -> 42).
 
-    Returns ``None`` when some id does not have that form (e.g. ``tfds.testing.mock_data``).
+    Returns `None` when some id does not have that form (e.g. `tfds.testing.mock_data`).
     """
     positions = []
     for raw in ids:
@@ -85,9 +85,9 @@ def _to_numpy(dataset, name: str, split: str):
 
 
 def load_tfds(name: str = "cifar10", data_dir: str | None = None, download: bool = True):
-    """Return ``{'train': (images, labels), 'test': (images, labels)}`` and a list of notes.
+    """Return `{'train': (images, labels), 'test': (images, labels)}` and a list of notes.
 
-    Raises :class:`DataUnavailableError` (suggesting ``--data PATH``) when tfds cannot provide
+    Raises `DataUnavailableError` (suggesting `--data PATH`) when tfds cannot provide
     the data, e.g. because it cannot be downloaded.
     """
     where = f"tfds:{name}" + (f" (data_dir={data_dir})" if data_dir else "")

@@ -33,8 +33,23 @@ class TransformLayer(keras.layers.Layer):
     `[N, 1, Hp, Wp, D]` gives all alternatives, `[N, K, Hp, Wp, D]`.
     """
 
-    # Subclasses: names of the bijector parameters held as Keras weights, in constructor order.
-    _PARAMETERS = ()
+    #: Subclasses: names of the bijector parameters held as Keras weights, in constructor order.
+    PARAMETERS = ()
+
+    @classmethod
+    def from_spec(cls, spec, **kwargs):
+        """The layer for a normalised architecture layer spec (`tfdgmm.architectures`).
+
+        Args:
+          spec: a normalised layer dict: `type`, `alternatives` and the type's other keys,
+            which are this layer's constructor arguments of the same names.
+          **kwargs: further constructor arguments (`seed`, `name`, `dtype`).
+
+        Returns:
+          A new, unbuilt layer.
+        """
+        options = {k: v for k, v in spec.items() if k not in ("type", "alternatives")}
+        return cls(num_alternatives=spec["alternatives"], **options, **kwargs)
 
     def __init__(self, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -78,7 +93,7 @@ class TransformLayer(keras.layers.Layer):
 
     def _adopt(self, bijector):
         """Create one Keras weight per bijector parameter, initialised to its values."""
-        for name in self._PARAMETERS:
+        for name in self.PARAMETERS:
             var = getattr(bijector, name)
             integer = var.dtype.is_integer
             weight = self._add_from(
@@ -88,7 +103,7 @@ class TransformLayer(keras.layers.Layer):
 
     def parameter_values(self):
         """`{name: tensor}` of the current parameter values (differentiable reads)."""
-        return {name: tf.convert_to_tensor(getattr(self, name)) for name in self._PARAMETERS}
+        return {name: tf.convert_to_tensor(getattr(self, name)) for name in self.PARAMETERS}
 
     # -- the bijector -------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ class BlockDiagonal(TransformLayer):
       seed: int or None, for the initial values.
     """
 
-    _PARAMETERS = ("lower_upper", "permutation", "shift")
+    PARAMETERS = ("lower_upper", "permutation", "shift")
 
     def __init__(
         self, num_alternatives=1, selection="sample", per_location=None, seed=None, **kwargs
@@ -64,3 +64,6 @@ class BlockDiagonal(TransformLayer):
             per_location=self.per_location,
         )
         return config
+
+
+bijectors.registry.register_layer(bijectors.BlockDiagonal.TYPE, BlockDiagonal)

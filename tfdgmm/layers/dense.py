@@ -25,7 +25,7 @@ class Dense(TransformLayer):
       seed: int or None.
     """
 
-    _PARAMETERS = ("lower_upper", "permutation", "shift")
+    PARAMETERS = ("lower_upper", "permutation", "shift")
 
     def __init__(self, num_alternatives=1, seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
@@ -49,3 +49,6 @@ class Dense(TransformLayer):
         config = super().get_config()
         config.update(num_alternatives=self.num_alternatives)
         return config
+
+
+bijectors.registry.register_layer(bijectors.Dense.TYPE, Dense)

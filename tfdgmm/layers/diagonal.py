@@ -27,7 +27,7 @@ class Diagonal(TransformLayer):
       init_stddev: perturbation scale of the initial values for `K > 1`.
     """
 
-    _PARAMETERS = ("log_scale", "shift")
+    PARAMETERS = ("log_scale", "shift")
 
     def __init__(
         self,
@@ -69,3 +69,6 @@ class Diagonal(TransformLayer):
             init_stddev=self.init_stddev,
         )
         return config
+
+
+bijectors.registry.register_layer(bijectors.Diagonal.TYPE, Diagonal)

@@ -29,7 +29,7 @@ class HalfConvolution(TransformLayer):
       init_stddev: kernel init scale (default `0.1 / sqrt(kh * kw * D_cond)`).
     """
 
-    _PARAMETERS = ("kernel",)
+    PARAMETERS = ("kernel",)
 
     def __init__(
         self,
@@ -81,3 +81,6 @@ class HalfConvolution(TransformLayer):
             init_stddev=self.init_stddev,
         )
         return config
+
+
+bijectors.registry.register_layer(bijectors.HalfConvolution.TYPE, HalfConvolution)

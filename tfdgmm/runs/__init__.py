@@ -3,7 +3,8 @@
 `tfdgmm.cli` (argparse only), `tfdgmm.main_job`, the tuner, `bench/` and `repro/` call these;
 nothing imports `tfdgmm.cli`.
 
-* `layout`: the names of a run directory's files (one definition; imports nothing).
+* `layout`: the names of a run directory's files (`tfdgmm.layout`, one definition, imports
+  nothing, so training and export use it too; re-exported here).
 * `config`: the run-config schema (`load_run_config`, `normalize_run_config`, `apply_overrides`).
 * `data`: the data policy (`load_data`, dequantisation, `DataLoadError`).
 * `io`: atomic writes (`dump_yaml`, `dump_json`) and the log tee.
@@ -15,7 +16,9 @@ nothing imports `tfdgmm.cli`.
 Importing this package does not import TensorFlow (the modules import it where they need it).
 """
 
-from tfdgmm.runs import layout
+from __future__ import annotations
+
+from tfdgmm import layout
 from tfdgmm.runs.commands import baseline_run, evaluate_run, export_run, sample_run, tune_run
 from tfdgmm.runs.config import DATA_DEFAULTS, apply_overrides, load_run_config, normalize_run_config
 from tfdgmm.runs.data import DataLoadError, load_data

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from tfdgmm.runs import layout
+from tfdgmm import layout
 from tfdgmm.runs.config import DATA_DEFAULTS, apply_overrides, load_run_config
 from tfdgmm.runs.data import DataLoadError, bpd_fn, dequantized, load_data, train_images
 from tfdgmm.runs.io import dump_json
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from tfdgmm.deep_gmm import DeepGMM
+    from tfdgmm.types import Config, Log, PathLike, Seed
 
 __all__ = [
     "check_run_dir",
@@ -20,7 +27,7 @@ __all__ = [
 ]
 
 
-def check_run_dir(run_dir):
+def check_run_dir(run_dir: PathLike) -> None:
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(
             f"no run directory at {run_dir} (train one with `tfdgmm train "
@@ -32,7 +39,7 @@ def check_run_dir(run_dir):
         )
 
 
-def run_model(run_dir):
+def run_model(run_dir: PathLike) -> tuple[Config, DeepGMM, str]:
     """`(run config, model with its best weights, checkpoint prefix)` of a run directory."""
     from tfdgmm.export import load_run_model
 
@@ -43,17 +50,17 @@ def run_model(run_dir):
 
 
 def evaluate_run(
-    run_dir,
-    split="validation",
-    data_spec=None,
-    restarts=None,
-    batch_size=None,
-    log=print,
-    out_path=None,
-):
+    run_dir: PathLike,
+    split: str = "validation",
+    data_spec: str | None = None,
+    restarts: int | None = None,
+    batch_size: int | None = None,
+    log: Log = print,
+    out_path: PathLike | None = None,
+) -> dict:
     """Bounds of a trained run on one or all splits, by a fresh search; writes
     `RUN_DIR/evaluation-SPLIT.json` (or `out_path`) and returns the results."""
-    from tfdgmm.training import EMConfig, evaluate_bounds
+    from tfdgmm.training import EVAL_SEED_OFFSET, EMConfig, evaluate_bounds
 
     if restarts is not None and int(restarts) < 0:
         raise ValueError(f"restarts must be >= 0; got {restarts}")
@@ -77,7 +84,7 @@ def evaluate_run(
             restarts=em.eval_restarts if restarts is None else restarts,
             location_method=em.location_method,
             location_options=em.location_options,
-            seed=em.seed + 104729,
+            seed=em.seed + EVAL_SEED_OFFSET,
             nats_to_bpd=bpd_fn(s.num_dims),
             log=log,
             label=name,
@@ -101,7 +108,7 @@ def evaluate_run(
     return out
 
 
-def sample_run(run_dir, n=64, seed=0, out=None):
+def sample_run(run_dir: PathLike, n: int = 64, seed: int = 0, out: PathLike | None = None) -> str:
     from tfdgmm.training import figures
 
     if isinstance(n, bool) or int(n) < 1:
@@ -114,16 +121,16 @@ def sample_run(run_dir, n=64, seed=0, out=None):
 
 
 def baseline_run(
-    data_spec=None,
-    out_dir=None,
-    noise_seed=0,
-    train_limit=None,
-    validation_limit=None,
-    test_limit=None,
-    validation_size=10_000,
-    jitter=0.0,
-    log=print,
-):
+    data_spec: str | None = None,
+    out_dir: PathLike | None = None,
+    noise_seed: int = 0,
+    train_limit: int | None = None,
+    validation_limit: int | None = None,
+    test_limit: int | None = None,
+    validation_size: int = 10_000,
+    jitter: float = 0.0,
+    log: Log = print,
+) -> dict:
     """The closed-form full-covariance Gaussian on the same data and protocol."""
     from tfdgmm.gaussian import run_gaussian_baseline
 
@@ -152,16 +159,16 @@ def baseline_run(
 
 
 def export_run(
-    run_dir,
-    out_dir,
-    which="best",
-    restarts=2,
-    restart_passes=2,
-    seed=(0, 0),
-    location_method="auto",
-    overwrite=False,
-    log=print,
-):
+    run_dir: PathLike,
+    out_dir: PathLike,
+    which: str = "best",
+    restarts: int = 2,
+    restart_passes: int = 2,
+    seed: Seed = (0, 0),
+    location_method: str = "auto",
+    overwrite: bool = False,
+    log: Log = print,
+) -> str:
     """`tfdgmm export`: `tfdgmm.export.export_run` with the E-step settings of the exported
     `best_path` / bounds functions (see `tfdgmm.export.search_settings`). Returns `out_dir`."""
     from tfdgmm import export
@@ -192,30 +199,30 @@ def export_run(
 
 
 def tune_run(
-    config_path,
-    out_dir,
-    max_trials,
-    tuner="random",
-    data_spec=None,
-    overrides=(),
-    space=None,
-    max_epochs=None,
-    factor=3,
-    seed=None,
-    overwrite=False,
-    verbose=True,
-    log=print,
-):
-    """`tfdgmm tune`: a keras-tuner search (`tfdgmm.training.tuner.tune`) whose trials train
+    config_path: PathLike,
+    out_dir: PathLike,
+    max_trials: int,
+    tuner: str = "random",
+    data_spec: str | None = None,
+    overrides: Sequence[str] = (),
+    space: Config | None = None,
+    max_epochs: int | None = None,
+    factor: int = 3,
+    seed: int | None = None,
+    overwrite: bool = False,
+    verbose: bool = True,
+    log: Log = print,
+) -> dict | None:
+    """`tfdgmm tune`: a keras-tuner search (`tfdgmm.runs.tune.tune`) whose trials train
     the config's model family on the config's data; `out_dir` is the tuner's project
     directory (trials in `out_dir/trial_ID/`, each a run directory; `out_dir/best.json`).
     Returns the summary of the best trial (with the oracle's seed, `oracle_seed`).
 
-    `seed=None` is `tfdgmm.training.tuner.DEFAULT_SEED`: the same command searches the same
+    `seed=None` is `tfdgmm.runs.tune.DEFAULT_SEED`: the same command searches the same
     hyperparameters."""
     import yaml
 
-    from tfdgmm.training import tuner as tuning
+    from tfdgmm.runs import tune as tuning
 
     seed = tuning.DEFAULT_SEED if seed is None else seed
     if max_trials is None or int(max_trials) < 1:

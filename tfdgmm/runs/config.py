@@ -8,6 +8,13 @@ the optional `gating` (`tfdgmm.training.gating.GATING_DEFAULTS`), `description`,
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    from tfdgmm.types import Config, PathLike
 
 __all__ = [
     "DATA_DEFAULTS",
@@ -30,13 +37,13 @@ DATA_DEFAULTS = {
 _DEQUANTIZE = ("fixed", "per_iteration")
 
 
-def _parse_value(text):
+def _parse_value(text: str) -> Any:
     import yaml
 
     return yaml.safe_load(text)
 
 
-def apply_overrides(config: dict, overrides) -> dict:
+def apply_overrides(config: dict, overrides: Sequence[str]) -> dict:
     """`['training.em_iterations=3', 'data.train_limit=1000']` -> a modified copy."""
     config = copy.deepcopy(config)
     for item in overrides or ():
@@ -58,7 +65,7 @@ def apply_overrides(config: dict, overrides) -> dict:
     return config
 
 
-def load_run_config(path, overrides=()) -> dict:
+def load_run_config(path: PathLike, overrides: Sequence[str] = ()) -> dict:
     """Read a YAML/JSON run config, apply `--set` overrides, check and fill in defaults."""
     import yaml
 
@@ -75,7 +82,7 @@ def load_run_config(path, overrides=()) -> dict:
     return normalize_run_config(apply_overrides(raw, overrides), where=path)
 
 
-def normalize_run_config(raw: dict, where="config") -> dict:
+def normalize_run_config(raw: dict, where: str = "config") -> dict:
     from tfdgmm import architectures
     from tfdgmm.training import EMConfig
 
@@ -118,7 +125,7 @@ def normalize_run_config(raw: dict, where="config") -> dict:
     return out
 
 
-def normalize_gating_section(section, model, where):
+def normalize_gating_section(section: Config | None, model: Config, where: str) -> Config:
     """`gating:` with defaults. With `between_steps > 0` the trained model itself is gated:
     `model['path_prior']` (modified in place) becomes the gating prior."""
     from tfdgmm.training.gating import GATING_DEFAULTS, gating_prior_config, normalize_gating
@@ -143,7 +150,7 @@ def normalize_gating_section(section, model, where):
     return gating
 
 
-def _check_int(value, what, low=None, allow_none=False):
+def _check_int(value: Any, what: str, low: int | None = None, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
@@ -153,7 +160,7 @@ def _check_int(value, what, low=None, allow_none=False):
         )
 
 
-def check_model_section(model, where="config"):
+def check_model_section(model: Config, where: str = "config") -> None:
     """The fields whose bad values would otherwise fail deep inside the model (a division by
     zero, an unpacking error, negative dimensions): named, with the allowed range."""
     if not isinstance(model, dict):
@@ -192,7 +199,7 @@ def check_model_section(model, where="config"):
                     _check_int(value, f"{where}: model.layers[{j}].{key}", low=1)
 
 
-def _floats_as_floats(cls, section):
+def _floats_as_floats(cls, section: Config) -> Config:
     """An int where a float is expected (`learning_rate: 1`) becomes that float."""
     import dataclasses
 

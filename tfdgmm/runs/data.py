@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import numpy as np
+
+    from tfdgmm.data import Split, Splits
+    from tfdgmm.types import Config, NatsToBpd
 
 __all__ = ["DataLoadError", "load_data", "dequantized", "train_images", "bpd_fn"]
 
@@ -11,7 +20,7 @@ class DataLoadError(RuntimeError):
     """The data could not be loaded; the message says what to pass instead."""
 
 
-def load_data(data_cfg: dict, spec=None):
+def load_data(data_cfg: dict, spec: str | None = None) -> Splits:
     """`tfdgmm.data.load_cifar10` with the config's limits; a clear error naming `--data`."""
     from tfdgmm.data import DataError, load_cifar10
 
@@ -35,11 +44,11 @@ def load_data(data_cfg: dict, spec=None):
         raise DataLoadError(f"could not load the data ({spec}): {e}{hint}") from e
 
 
-def dequantized(split, data_cfg):
+def dequantized(split: Split, data_cfg: Config) -> np.ndarray:
     return split.dequantized(int(data_cfg["noise_seed"]))
 
 
-def train_images(split, data_cfg):
+def train_images(split: Split, data_cfg: Config) -> np.ndarray | Callable[[int], np.ndarray]:
     """Fixed noise: an array. Per-iteration noise: a callable `t -> images` (stateless)."""
     if data_cfg["dequantize"] == "fixed":
         return dequantized(split, data_cfg)
@@ -49,14 +58,14 @@ def train_images(split, data_cfg):
 
     seed = int(data_cfg["noise_seed"])
 
-    def images(t):
+    def images(t: int) -> np.ndarray:
         rng = np.random.default_rng([seed, 0x17E2, int(t)])
         return dequantize(split.images, rng.random(split.images.shape))
 
     return images
 
 
-def bpd_fn(num_dims):
+def bpd_fn(num_dims: int) -> NatsToBpd:
     from tfdgmm.units import nats_to_bits_per_dim
 
     return functools.partial(nats_to_bits_per_dim, num_dims=num_dims)

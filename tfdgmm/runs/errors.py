@@ -7,7 +7,7 @@ import errno
 __all__ = ["is_disk_full", "one_line"]
 
 
-def is_disk_full(err) -> bool:
+def is_disk_full(err: BaseException) -> bool:
     """An `OSError(ENOSPC)`, or TensorFlow's error for a write that ran out of space."""
     if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
         return True
@@ -19,7 +19,7 @@ def is_disk_full(err) -> bool:
     )
 
 
-def one_line(err, command="train") -> str:
+def one_line(err: BaseException, command: str = "train") -> str:
     """The message of `err` on one line, with what to do next for a full disk."""
     if is_disk_full(err):
         text = str(getattr(err, "message", None) or err).strip().splitlines()[0]

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from tfdgmm.types import PathLike
 
 __all__ = ["dump_yaml", "dump_json", "json_default", "Tee"]
 
 
-def dump_yaml(obj, path):
+def dump_yaml(obj: Any, path: PathLike) -> None:
     import yaml
 
     tmp = path + ".tmp"
@@ -17,7 +23,7 @@ def dump_yaml(obj, path):
     os.replace(tmp, path)
 
 
-def dump_json(obj, path):
+def dump_json(obj: Any, path: PathLike) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, default=json_default)
@@ -25,7 +31,7 @@ def dump_json(obj, path):
     os.replace(tmp, path)
 
 
-def json_default(o):
+def json_default(o: Any) -> Any:
     import numpy as np
 
     if isinstance(o, (np.integer,)):
@@ -40,10 +46,10 @@ def json_default(o):
 class Tee:
     """Log lines to stdout and to a file (a run's `train.log`)."""
 
-    def __init__(self, path):
+    def __init__(self, path: PathLike) -> None:
         self._path = path
 
-    def __call__(self, line):
+    def __call__(self, line: str) -> None:
         print(line, flush=True)
         with open(self._path, "a") as f:
             f.write(line + "\n")

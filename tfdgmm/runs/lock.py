@@ -16,8 +16,14 @@ import os
 import socket
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from tfdgmm.runs import layout
+from tfdgmm import layout
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from tfdgmm.types import Log, PathLike
 
 __all__ = ["RunLock", "RunLockedError", "read_lock"]
 
@@ -30,7 +36,7 @@ class RunLockedError(RuntimeError):
     """Another process holds the run directory's lock."""
 
 
-def read_lock(run_dir):
+def read_lock(run_dir: PathLike) -> dict | None:
     """The owner record of `run_dir`'s lock (dict), `{}` when unreadable, None when absent."""
     path = layout.path(run_dir, layout.LOCK)
     try:
@@ -45,7 +51,7 @@ def read_lock(run_dir):
         return {}
 
 
-def _pid_alive(pid) -> bool:
+def _pid_alive(pid: int) -> bool:
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -62,7 +68,7 @@ class RunLock:
 
     `log`: where a stale-lock takeover is reported."""
 
-    def __init__(self, run_dir, what="train", log=print):
+    def __init__(self, run_dir: PathLike, what: str = "train", log: Log = print) -> None:
         self.run_dir = os.fspath(run_dir)
         self.path = layout.path(self.run_dir, layout.LOCK)
         self.what = what
@@ -73,7 +79,7 @@ class RunLock:
     def held(self) -> bool:
         return self._record is not None
 
-    def _owner_text(self, owner):
+    def _owner_text(self, owner: dict) -> str:
         if not owner:
             return "an unknown process (the lock file is unreadable)"
         return (
@@ -81,7 +87,7 @@ class RunLock:
             f"since {owner.get('started', '?')})"
         )
 
-    def _is_stale(self, owner):
+    def _is_stale(self, owner: dict) -> bool:
         if owner is None:
             return False  # gone meanwhile: just retry
         if not owner:
@@ -94,7 +100,7 @@ class RunLock:
             return False
         return not _pid_alive(owner.get("pid"))
 
-    def acquire(self):
+    def acquire(self) -> RunLock:
         if self.held:
             raise RuntimeError(f"{self.path}: already held by this RunLock")
         record = {
@@ -140,28 +146,28 @@ class RunLock:
             return self
         raise RunLockedError(f"{self.run_dir}: could not take the lock {self.path}")
 
-    def _remove_if(self, owner):
+    def _remove_if(self, owner: dict) -> None:
         """Remove the lock file if it still holds `owner` (stale takeover)."""
         if read_lock(self.run_dir) == owner:
             self._unlink()
 
-    def _unlink(self):
+    def _unlink(self) -> None:
         try:
             os.unlink(self.path)
         except OSError as err:
             if err.errno != errno.ENOENT:
                 raise
 
-    def release(self):
+    def release(self) -> None:
         if not self.held:
             return
         if read_lock(self.run_dir) == self._record:  # never remove another owner's lock
             self._unlink()
         self._record = None
 
-    def __enter__(self):
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: Any) -> bool:
         self.release()
         return False

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import logging
 
 __all__ = ["quiet_tensorflow"]
 
@@ -12,11 +16,11 @@ class _NoRetracingWarning:
     """Drop TensorFlow's retracing warning: evaluation searches are traced on purpose."""
 
     @staticmethod
-    def filter(record):
+    def filter(record: logging.LogRecord) -> bool:
         return "triggered tf.function retracing" not in record.getMessage()
 
 
-def _import_tensorflow_quietly():
+def _import_tensorflow_quietly() -> None:
     """Import TensorFlow with its start-up log lines silenced.
 
     `TF_CPP_MIN_LOG_LEVEL` must be set before TensorFlow is imported, and some C++ lines
@@ -51,7 +55,7 @@ def _import_tensorflow_quietly():
         os.close(saved)
 
 
-def quiet_tensorflow():
+def quiet_tensorflow() -> None:
     _import_tensorflow_quietly()
     import tensorflow as tf
 

@@ -7,13 +7,21 @@ import os
 import shlex
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from tfdgmm.runs import layout
+from tfdgmm import layout
 from tfdgmm.runs.config import load_run_config
 from tfdgmm.runs.data import bpd_fn, dequantized, load_data, train_images
 from tfdgmm.runs.gating import gate_run, gating_hooks
 from tfdgmm.runs.io import Tee, dump_json, dump_yaml
 from tfdgmm.runs.lock import RunLock
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from tfdgmm.deep_gmm import DeepGMM
+    from tfdgmm.training.em import EMTrainer
+    from tfdgmm.types import Config, Hook, Log, PathLike, Strategy
 
 __all__ = [
     "train_run",
@@ -25,7 +33,7 @@ __all__ = [
 ]
 
 
-def model_summary(model):
+def model_summary(model: DeepGMM) -> dict:
     import math
 
     n = model.num_paths
@@ -61,7 +69,7 @@ SCHEDULE_KEYS = (
 )
 
 
-def has_checkpoints(out_dir) -> bool:
+def has_checkpoints(out_dir: PathLike) -> bool:
     """True when `out_dir/checkpoints/` holds anything a trainer wrote (without reading it)."""
     directory = layout.path(out_dir, layout.CHECKPOINTS)
     return os.path.isdir(directory) and any(
@@ -69,7 +77,13 @@ def has_checkpoints(out_dir) -> bool:
     )
 
 
-def check_run(config, out_dir, data_spec=None, resume=False, refuse_existing=True):
+def check_run(
+    config: Config | None,
+    out_dir: PathLike,
+    data_spec: str | None = None,
+    resume: bool = False,
+    refuse_existing: bool = True,
+) -> tuple[Config, list]:
     """Decide, without writing anything, whether `config` may train into `out_dir`.
 
     Returns `(config to train, {'training.KEY': (saved, new)} schedule changes)`; raises
@@ -133,14 +147,14 @@ def check_run(config, out_dir, data_spec=None, resume=False, refuse_existing=Tru
 def train_run(
     config: dict,
     out_dir: str,
-    data_spec=None,
-    resume=False,
-    argv=None,
-    figures=True,
-    hooks=(),
-    log=None,
-    strategy="default",
-):
+    data_spec: str | None = None,
+    resume: bool = False,
+    argv: Sequence[str] | None = None,
+    figures: bool = True,
+    hooks: Sequence[Hook] = (),
+    log: Log | None = None,
+    strategy: str = "default",
+) -> dict:
     """Train from a normalised run config into `out_dir`; returns the metrics dict.
 
     `strategy`: `'default' | 'mirrored' | 'multiworker'` or a `tf.distribute` strategy (see
@@ -173,7 +187,7 @@ def train_run(
         lock.release()
 
 
-def _owns_run_dir(strategy):
+def _owns_run_dir(strategy: str | Strategy) -> bool:
     """False only for a non-chief worker of `strategy='multiworker'` (from TF_CONFIG)."""
     if strategy != "multiworker":
         return True
@@ -187,9 +201,18 @@ def _owns_run_dir(strategy):
 
 
 def _train_locked(
-    config, changes, out_dir, resume, argv, figures, hooks, log, strategy, wall_start, owner=True
-):
-    import tensorflow as tf
+    config: Config,
+    changes: list,
+    out_dir: PathLike,
+    resume: bool,
+    argv: Sequence[str] | None,
+    figures: bool,
+    hooks: Sequence[Hook],
+    log: Log,
+    strategy: str | Strategy,
+    wall_start: float,
+    owner: bool = True,
+) -> dict:
 
     import tfdgmm
     from tfdgmm.training import EMConfig, EMTrainer
@@ -308,11 +331,20 @@ def _train_locked(
             log=log,
         )
 
-    state = trainer.state
-    metrics = {
-        "command": command,
-        "config": config,
-        "data": {
+    metrics = run_record(
+        trainer,
+        config,
+        summary,
+        results,
+        history,
+        wall_time={
+            "training_total": trainer.elapsed(),
+            "training_this_session": train_seconds,
+            "final_evaluation": eval_seconds,
+            "session_total": time.monotonic() - wall_start,
+        },
+        command=command,
+        data={
             "source": splits.source,
             "notes": list(splits.notes),
             "num_images": {n: len(s) for n, s in splits.items()},
@@ -320,28 +352,8 @@ def _train_locked(
             "noise_seed": data_cfg["noise_seed"],
             "dequantize": data_cfg["dequantize"],
         },
-        "model": summary,
-        "splits": results,
-        "best_em_iteration": int(state.best_iteration.numpy()) + 1,
-        "em_iterations_run": trainer.em_iteration,
-        "rollbacks": int(state.rollbacks.numpy()),
-        "replicas": trainer.num_replicas,
-        "history": history,
-        "wall_time_seconds": {
-            "training_total": trainer.elapsed(),
-            "training_this_session": train_seconds,
-            "final_evaluation": eval_seconds,
-            "session_total": time.monotonic() - wall_start,
-        },
-        "figures": figure_paths,
-        "versions": {
-            "tfdgmm": tfdgmm.__version__,
-            "tensorflow": tf.__version__,
-            "tensorflow_probability": _tfp_version(),
-        },
-        "units": "mean log-likelihood per image in nats on the data scale; bits/dim = "
-        "-log2(bin width) - LL / (D ln 2)",
-    }
+        figures=figure_paths,
+    )
     if gating_block is not None:
         metrics["gating"] = gating_block
     previous = _previous_resume_changes(out_dir)
@@ -355,7 +367,58 @@ def _train_locked(
     return metrics
 
 
-def _previous_resume_changes(out_dir):
+def run_record(
+    trainer: EMTrainer,
+    config: Config,
+    model_summary: dict,
+    splits: dict,
+    history: list[dict],
+    wall_time: dict,
+    command: str | None = None,
+    data: dict | None = None,
+    figures: dict | None = None,
+) -> dict:
+    """The one `metrics.json` schema of a run directory (`train_run`, and each tuner trial,
+    which adds its `tuner` block): `command`, `config`, `data`, `model`, `splits` (one
+    `tfdgmm.training.bounds_record` per split), `best_em_iteration`, `em_iterations_run`,
+    `rollbacks`, `replicas`, `history`, `wall_time_seconds`, `figures`, `versions`, `units`
+    (`command`, `data` and `figures` only when given)."""
+    import tensorflow as tf
+
+    import tfdgmm
+
+    state = trainer.state
+    record = {} if command is None else {"command": command}
+    record["config"] = config
+    if data is not None:
+        record["data"] = data
+    record.update(
+        {
+            "model": model_summary,
+            "splits": splits,
+            "best_em_iteration": int(state.best_iteration.numpy()) + 1,
+            "em_iterations_run": trainer.em_iteration,
+            "rollbacks": int(state.rollbacks.numpy()),
+            "replicas": trainer.num_replicas,
+            "history": history,
+            "wall_time_seconds": wall_time,
+        }
+    )
+    if figures is not None:
+        record["figures"] = figures
+    record["versions"] = {
+        "tfdgmm": tfdgmm.__version__,
+        "tensorflow": tf.__version__,
+        "tensorflow_probability": _tfp_version(),
+    }
+    record["units"] = (
+        "mean log-likelihood per image in nats on the data scale; bits/dim = "
+        "-log2(bin width) - LL / (D ln 2)"
+    )
+    return record
+
+
+def _previous_resume_changes(out_dir: PathLike) -> list:
     try:
         with open(os.path.join(out_dir, layout.METRICS)) as f:
             return list(json.load(f).get("resume_changes") or [])
@@ -363,7 +426,7 @@ def _previous_resume_changes(out_dir):
         return []
 
 
-def known_baseline(out_dir, data_cfg):
+def known_baseline(out_dir: PathLike, data_cfg: Config) -> dict[str, float] | None:
     """The Gaussian baseline's nats per split, when `tfdgmm baseline --out RUN_DIR` wrote a
     `baseline.json` into the run directory for the same noise seed; else None."""
     path = os.path.join(out_dir, layout.BASELINE)
@@ -379,7 +442,7 @@ def known_baseline(out_dir, data_cfg):
         return None
 
 
-def _tfp_version():
+def _tfp_version() -> str:
     import tensorflow_probability as tfp
 
     return tfp.__version__

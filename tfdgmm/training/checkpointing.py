@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
-from tfdgmm.runs import layout
+from tfdgmm import layout
+
+if TYPE_CHECKING:
+    from tfdgmm.deep_gmm import DeepGMM
+    from tfdgmm.types import Log, PathLike
 
 __all__ = ["CheckpointKeeper", "load_model_weights", "has_checkpoint"]
 
@@ -29,7 +34,14 @@ BEST_DIR = layout.BEST
 class CheckpointKeeper:
     """Saves and restores `state` (a `tf.train.Checkpoint`) and the best `model`."""
 
-    def __init__(self, directory, state: tf.train.Checkpoint, model, keep=2, log=None):
+    def __init__(
+        self,
+        directory: PathLike,
+        state: tf.train.Checkpoint,
+        model: DeepGMM,
+        keep: int = 2,
+        log: Log | None = None,
+    ) -> None:
         self.directory = directory
         self._state = state
         self.log = log or print
@@ -50,17 +62,17 @@ class CheckpointKeeper:
         self._last_save = time.monotonic()
 
     @property
-    def latest(self):
+    def latest(self) -> str | None:
         return self._manager.latest_checkpoint
 
     @property
-    def best(self):
+    def best(self) -> str | None:
         return self._best_manager.latest_checkpoint
 
-    def seconds_since_save(self):
+    def seconds_since_save(self) -> float:
         return time.monotonic() - self._last_save
 
-    def save(self, anchor=False):
+    def save(self, anchor: bool = False) -> str:
         """A rolling checkpoint; `anchor=True` (at an update-count boundary) also makes it the
         rollback target (`restore_anchor`)."""
         path = self._manager.save()
@@ -70,10 +82,10 @@ class CheckpointKeeper:
         return path
 
     @property
-    def anchor(self):
+    def anchor(self) -> str | None:
         return self._anchor_manager.latest_checkpoint
 
-    def restore_anchor(self):
+    def restore_anchor(self) -> str | None:
         """Restore the rollback target (the latest checkpoint when there is none); returns its
         path."""
         path = self._anchor_manager.latest_checkpoint
@@ -83,7 +95,7 @@ class CheckpointKeeper:
         self._last_save = time.monotonic()
         return path
 
-    def restore_latest(self):
+    def restore_latest(self) -> str | None:
         """Restore the newest readable checkpoint; returns its path, or None when there is none.
 
         A checkpoint that cannot be read (truncated by a crash or a full disk) is skipped for
@@ -117,10 +129,10 @@ class CheckpointKeeper:
             raise first_error
         return None
 
-    def save_best(self):
+    def save_best(self) -> str:
         return self._best_manager.save()
 
-    def restore_best(self):
+    def restore_best(self) -> str | None:
         path = self._best_manager.latest_checkpoint
         if path is None:
             return None
@@ -128,7 +140,7 @@ class CheckpointKeeper:
         return path
 
 
-def remove_temp_leftovers(directory):
+def remove_temp_leftovers(directory: PathLike) -> list[str]:
     """Delete the `ckpt-N_temp*` directories a checkpoint write killed midway leaves behind
     (TensorFlow writes there, then renames); returns their names."""
     import shutil
@@ -147,7 +159,7 @@ def remove_temp_leftovers(directory):
     return removed
 
 
-def _numbered(directory):
+def _numbered(directory: PathLike) -> list:
     """`[(N, prefix)]` of the `ckpt-N` checkpoints in `directory` with an index file, newest
     first (read from the file names, not from the state file)."""
     out = []
@@ -158,7 +170,7 @@ def _numbered(directory):
     return sorted(out, reverse=True)
 
 
-def checkpoint_in(directory):
+def checkpoint_in(directory: PathLike) -> tuple[str | None, str | None]:
     """`(prefix, problem)`: the checkpoint a directory's state file names, or, when the state
     file is unreadable or names missing files, the newest `ckpt-N` found by its files with
     `problem` saying so (never silently). `(None, None)`: no checkpoint there."""
@@ -180,11 +192,11 @@ def checkpoint_in(directory):
     return None, f"the state file {state} {reason}, and {directory} holds no checkpoint files"
 
 
-def has_checkpoint(run_dir) -> bool:
+def has_checkpoint(run_dir: PathLike) -> bool:
     return tf.train.latest_checkpoint(os.path.join(run_dir, STATE_DIR)) is not None
 
 
-def load_model_weights(model, run_dir, which="best"):
+def load_model_weights(model: DeepGMM, run_dir: PathLike, which: str = "best") -> str:
     """Load a trained model's weights from a run directory: `which='best'` (falls back to the
     latest state checkpoint) or `'latest'`. Returns the checkpoint path read."""
     candidates = [BEST_DIR, STATE_DIR] if which == "best" else [STATE_DIR]

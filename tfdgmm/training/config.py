@@ -24,8 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    import keras
 
 __all__ = ["EMConfig", "learning_rate_at", "mstep_updates"]
 
@@ -161,7 +167,7 @@ class EMConfig:
     whose loss jumps from -4,700 to +10^6 after an Adam step). 0 disables the check."""
     max_rollbacks: int = 8
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.validate()
 
     # ------------------------------------------------------------------ (de)serialisation
@@ -181,11 +187,11 @@ class EMConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes) -> EMConfig:
+    def replace(self, **changes: Any) -> EMConfig:
         return dataclasses.replace(self, **changes)
 
-    def validate(self):
-        def positive(name, allow_zero=False):
+    def validate(self) -> None:
+        def positive(name: str, allow_zero: bool = False) -> None:
             v = getattr(self, name)
             if (
                 isinstance(v, bool)
@@ -265,7 +271,7 @@ class EMConfig:
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a dict")
 
-    def make_optimizer(self):
+    def make_optimizer(self) -> keras.optimizers.Optimizer:
         """A fresh Keras optimizer (its learning rate is set at every update by the trainer)."""
         import keras
 
@@ -277,7 +283,7 @@ class EMConfig:
         }[self.optimizer.lower()]
         return cls(learning_rate=self.learning_rate, **self.optimizer_kwargs)
 
-    def make_hc_optimizer(self):
+    def make_hc_optimizer(self) -> keras.optimizers.Optimizer:
         """The momentum SGD that applies the half-convolutions' K-FAC steps."""
         import keras
 
@@ -289,7 +295,13 @@ def mstep_updates(config: EMConfig, em_iteration: int) -> int:
     return config.updates_first if em_iteration < config.first_iterations else config.updates_later
 
 
-def learning_rate_at(config: EMConfig, em_iteration, update, num_updates, lr_scale=1.0):
+def learning_rate_at(
+    config: EMConfig,
+    em_iteration: int | tf.Tensor,
+    update: int | tf.Tensor,
+    num_updates: int | tf.Tensor,
+    lr_scale: float = 1.0,
+) -> float | tf.Tensor:
     """The scheduled learning rate (see the module docstring); works on Python numbers and
     on tensors (inside the M-step's `tf.function`)."""
     warm = config.lr_warmup_updates

@@ -59,8 +59,20 @@ import json
 import os
 import shutil
 import tempfile
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
+
+from tfdgmm.training.seeds import fold_seed
+
+if TYPE_CHECKING:
+    import contextlib
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+    from tfdgmm.deep_gmm import DeepGMM
+    from tfdgmm.training.search import DatasetSearch
+    from tfdgmm.types import ChoicePath, PathLike, Seed, Strategy
 
 __all__ = [
     "STRATEGIES",
@@ -90,7 +102,7 @@ class DistributeConfigError(ValueError):
 # ---------------------------------------------------------------------- building strategies
 
 
-def configure_cpu_devices(n):
+def configure_cpu_devices(n: int) -> None:
     """Split the (first) physical CPU into `n` logical devices, for `MirroredStrategy` without
     GPUs (tests, benchmarks). Must run before TensorFlow initialises its devices."""
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -105,7 +117,7 @@ def configure_cpu_devices(n):
         ) from e
 
 
-def parse_tf_config(text=None):
+def parse_tf_config(text: str | None = None) -> dict:
     """Check `TF_CONFIG` (or `text`) and return it as a dict; a `DistributeConfigError` names
     what is missing or wrong."""
     text = os.environ.get("TF_CONFIG") if text is None else text
@@ -146,7 +158,7 @@ def parse_tf_config(text=None):
     return cfg
 
 
-def make_strategy(name="default", devices=None):
+def make_strategy(name: str = "default", devices: Sequence[str] | None = None) -> Strategy | None:
     """The strategy for `name` in `STRATEGIES` (`None` for `'default'`); see the module
     docstring. `devices` (mirrored only) overrides the device list."""
     name = (name or "default").lower()
@@ -172,18 +184,18 @@ def make_strategy(name="default", devices=None):
     )
 
 
-def num_replicas(strategy):
+def num_replicas(strategy: Strategy | None) -> int:
     return 1 if strategy is None else int(strategy.num_replicas_in_sync)
 
 
-def _task(strategy):
+def _task(strategy: Strategy | None) -> tuple:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not getattr(resolver, "task_type", None):
         return None, None, {}
     return resolver.task_type, resolver.task_id, resolver.cluster_spec().as_dict()
 
 
-def is_chief(strategy):
+def is_chief(strategy: Strategy | None) -> bool:
     """True for single-process strategies and for the chief worker (the `chief` task, or worker
     0 when the cluster has no chief)."""
     if strategy is None:
@@ -196,7 +208,7 @@ def is_chief(strategy):
     )
 
 
-def worker_dir(out_dir, strategy):
+def worker_dir(out_dir: PathLike, strategy: Strategy | None) -> str:
     """Where this process writes: `out_dir` for the chief, a fresh temporary directory for the
     other workers (their checkpoints are only needed while they run)."""
     if is_chief(strategy):
@@ -205,12 +217,12 @@ def worker_dir(out_dir, strategy):
     return tempfile.mkdtemp(prefix=f"tfdgmm-{task_type}{task_id}-")
 
 
-def remove_worker_dir(path, out_dir):
+def remove_worker_dir(path: PathLike, out_dir: PathLike) -> None:
     if path and os.path.abspath(path) != os.path.abspath(out_dir):
         shutil.rmtree(path, ignore_errors=True)
 
 
-def data_options():
+def data_options() -> tf.data.Options:
     """`tf.data.Options` with auto-sharding by data (each worker reads every file and keeps
     its share of the elements): the right policy for in-memory or single-file data."""
     options = tf.data.Options()
@@ -218,7 +230,7 @@ def data_options():
     return options
 
 
-def check_model_in_scope(model, strategy):
+def check_model_in_scope(model: DeepGMM, strategy: Strategy | None) -> None:
     if strategy is None:
         return
     outside = [
@@ -231,7 +243,7 @@ def check_model_in_scope(model, strategy):
         )
 
 
-def split_size(total, strategy, what):
+def split_size(total: int, strategy: Strategy | None, what: str) -> int:
     """Per-replica share of a global batch of `total` (must divide evenly)."""
     r = num_replicas(strategy)
     if total % r:
@@ -242,13 +254,13 @@ def split_size(total, strategy, what):
     return total // r
 
 
-def replica_offset(per_replica):
+def replica_offset(per_replica: int) -> tf.Tensor:
     """The first row of this replica's slice of a global batch (inside `strategy.run`)."""
     ctx = tf.distribute.get_replica_context()
     return tf.cast(ctx.replica_id_in_sync_group, tf.int32) * per_replica
 
 
-def local_value(strategy, value):
+def local_value(strategy: Strategy, value: Any) -> Any:
     """The first local copy of an all-reduced / all-gathered (mirrored) structure."""
     return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], value)
 
@@ -257,26 +269,26 @@ def local_value(strategy, value):
 
 
 def sharded_best_path(
-    model,
-    x,
-    init,
-    global_n,
-    offset,
-    restarts=1,
-    init_passes=1,
-    restart_passes=2,
-    seed=None,
-    location_method="auto",
-    use_prior=True,
-    location_options=None,
-):
+    model: DeepGMM,
+    x: tf.Tensor,
+    init: ChoicePath | None,
+    global_n: int,
+    offset: int | tf.Tensor,
+    restarts: int = 1,
+    init_passes: int = 1,
+    restart_passes: int = 2,
+    seed: Seed | None = None,
+    location_method: str = "auto",
+    use_prior: bool = True,
+    location_options: dict | None = None,
+) -> tuple[tuple[tf.Tensor, ...], tf.Tensor]:
     """`tfdgmm.path_search.best_path` on rows `[offset, offset + n)` of a global batch of
     `global_n`: the same algorithm and seeds, with the random restarts drawn for the global
     batch and sliced, so each datapoint starts where it would on one device."""
     from tfdgmm import path_search
 
-    x, _ = model._prepare(x)
-    init = model._check_path(init) if init is not None else None
+    x, _ = model.prepare_images(x)
+    init = model.check_path(init) if init is not None else None
     return path_search.best_path(
         model,
         x,
@@ -292,17 +304,15 @@ def sharded_best_path(
     )
 
 
-def build_sharded_search(search, strategy):
+def build_sharded_search(search: DatasetSearch, strategy: Strategy) -> Callable:
     """The `DatasetSearch` search function (same signature and effect) with every batch split
     across the replicas of `strategy` and the results gathered back."""
-    from tfdgmm.training.search import fold_seed
-
-    model = search._model
+    model = search.model
     b = search.batch_size
     per = split_size(b, strategy, f"{search.name}: the E-step batch size")
     image_shape = list(model.image_shape)
 
-    def replica_fn(lo, batch_seed):
+    def replica_fn(lo: tf.Tensor, batch_seed: tf.Tensor) -> tuple:
         off = replica_offset(per)
         start = lo + off
         x = tf.slice(search.data, [start, 0, 0, 0], [per, *image_shape])
@@ -326,12 +336,12 @@ def build_sharded_search(search, strategy):
         return tf.distribute.get_replica_context().all_gather((tuple(path), joint, upper), axis=0)
 
     @tf.function
-    def run(start, stop, step_seed):
-        def body(bb):
-            lo, idx = search._window(bb)
+    def run(start: tf.Tensor, stop: tf.Tensor, step_seed: tf.Tensor) -> tf.Tensor:
+        def body(bb: tf.Tensor) -> list[tf.Tensor]:
+            lo, idx = search.window(bb)
             out = strategy.run(replica_fn, args=(lo, fold_seed(step_seed, bb)))
             path, joint, upper = local_value(strategy, out)
-            with tf.control_dependencies(search._store(idx, path, joint, upper)):
+            with tf.control_dependencies(search.store(idx, path, joint, upper)):
                 return [bb + 1]
 
         (bb,) = tf.while_loop(lambda bb: bb < stop, body, [start], parallel_iterations=1)
@@ -340,7 +350,7 @@ def build_sharded_search(search, strategy):
     return run
 
 
-def scope(strategy):
+def scope(strategy: Strategy | None) -> contextlib.AbstractContextManager:
     """`strategy.scope()`, or a no-op context for the default (None) strategy."""
     import contextlib
 

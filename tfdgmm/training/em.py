@@ -35,6 +35,7 @@ import math
 import os
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
@@ -42,12 +43,36 @@ import tensorflow as tf
 from tfdgmm.deep_gmm import check_float_images
 from tfdgmm.training import checkpointing
 from tfdgmm.training.config import EMConfig, learning_rate_at, mstep_updates
+from tfdgmm.training.evaluation import EVAL_SEED_OFFSET, evaluate_bounds, search_record
+from tfdgmm.training.guards import DivergenceGuard
 from tfdgmm.training.init import initialize_from_data
 from tfdgmm.training.preconditioning import HalfConvolutionKFAC
-from tfdgmm.training.search import DatasetSearch, fold_seed, path_usage_entropy
-from tfdgmm.training.summaries import Clock, RateMeter, Summaries, default_log, format_duration
+from tfdgmm.training.search import DatasetSearch, path_usage_entropy
+from tfdgmm.training.seeds import fold_seed
+from tfdgmm.training.summaries import (
+    Clock,
+    ProgressLog,
+    RateMeter,
+    Summaries,
+    bpd_text,
+    default_log,
+    em_eta_text,
+    format_duration,
+    mstep_progress_text,
+    replicas_text,
+    search_progress_text,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+    from tfdgmm.deep_gmm import DeepGMM
+    from tfdgmm.types import ChoicePath, Hook, Images, Log, NatsToBpd, PathLike, Seed, Strategy
 
 __all__ = ["EMTrainer", "TrainingInterrupted", "evaluate_bounds", "ESTEP", "MSTEP", "BOUNDS"]
+
+# (`evaluate_bounds` lives in tfdgmm.training.evaluation; re-exported here for old imports)
 
 ESTEP, MSTEP, BOUNDS = 0, 1, 2
 _STAGE_NAMES = {ESTEP: "E-step", MSTEP: "M-step", BOUNDS: "bounds"}
@@ -60,7 +85,7 @@ class TrainingInterrupted(RuntimeError):
 class _State(tf.Module):
     """Scalars of the training loop that a checkpoint must restore."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(name="em_state")
         i64 = tf.int64
         self.em_iteration = tf.Variable(0, dtype=i64, trainable=False)
@@ -77,11 +102,11 @@ class _State(tf.Module):
         self.current = tf.Variable("{}", dtype=tf.string, trainable=False)
 
 
-def _jget(var):
+def _jget(var: tf.Variable) -> Any:
     return json.loads(var.numpy().decode())
 
 
-def _jset(var, value):
+def _jset(var: tf.Variable, value: Any) -> None:
     var.assign(json.dumps(value))
 
 
@@ -111,17 +136,17 @@ class EMTrainer:
 
     def __init__(
         self,
-        model,
-        config=None,
-        train=None,
-        validation=None,
-        out_dir=None,
+        model: DeepGMM,
+        config: EMConfig | dict | None = None,
+        train: Images | Callable[[int], Images] | None = None,
+        validation: Images | None = None,
+        out_dir: PathLike | None = None,
         *,
-        nats_to_bpd=None,
-        hooks=(),
-        log=None,
-        strategy=None,
-    ):
+        nats_to_bpd: NatsToBpd | None = None,
+        hooks: Sequence[Hook] = (),
+        log: Log | None = None,
+        strategy: Strategy | None = None,
+    ) -> None:
         from tfdgmm.training import distribute
 
         if train is None:
@@ -157,10 +182,17 @@ class EMTrainer:
         self._mstep_fn = None
         self._probe_fn = None
         self._clock = Clock()
+        # (each meter leaves out its first measurement: the call that traces the tf.function)
         self._rates = {"estep": RateMeter(), "mstep": RateMeter(), "bounds": RateMeter()}
-        self._last_progress = 0.0
+        self._progress_log = ProgressLog(self.log, cfg.progress_interval_seconds, cfg.em_iterations)
 
-    def _init_variables(self, model, cfg, train, validation):
+    def _init_variables(
+        self,
+        model: DeepGMM,
+        cfg: EMConfig,
+        train: Images | Callable[[int], Images],
+        validation: Images | None,
+    ) -> None:
         self._train_fn = train if callable(train) else None
         self._loaded_iteration = 0 if self._train_fn is not None else None
         x_train = self._train_fn(0) if self._train_fn is not None else train
@@ -236,15 +268,15 @@ class EMTrainer:
     # ------------------------------------------------------------------ public API
 
     @property
-    def history(self):
+    def history(self) -> list[dict]:
         """One dict per completed EM iteration (bounds, learning rate, path entropies, ...)."""
         return _jget(self.state.history)
 
     @property
-    def em_iteration(self):
+    def em_iteration(self) -> int:
         return int(self.state.em_iteration.numpy())
 
-    def fit(self, resume=False):
+    def fit(self, resume: bool = False) -> list[dict]:
         """Run EM to the end (or to early stopping); returns the history.
 
         `resume=True` continues from the latest checkpoint in `out_dir` (a fresh start when there
@@ -314,7 +346,7 @@ class EMTrainer:
             self.close()
         return self.history
 
-    def _restore_for_resume(self):
+    def _restore_for_resume(self) -> str | None:
         """The latest checkpoint of the run: the chief's (every worker restores it; a
         non-chief worker then saves a copy into its own directory)."""
         if self.write_dir == self.out_dir:
@@ -325,14 +357,21 @@ class EMTrainer:
             self.keeper.save()
         return path
 
-    def close(self):
+    def close(self) -> None:
         """Remove a non-chief worker's temporary directory (called at the end of `fit`)."""
         from tfdgmm.training import distribute
 
         self.summaries.close()
         distribute.remove_worker_dir(self.write_dir, self.out_dir)
 
-    def evaluate(self, x, restarts=None, seed=None, batch_size=None, label="data"):
+    def evaluate(
+        self,
+        x: Images,
+        restarts: int | None = None,
+        seed: Seed | None = None,
+        batch_size: int | None = None,
+        label: str = "data",
+    ) -> dict:
         """Bounds for images `x` without stored paths (e.g. the test split): a search from a
         random path (1 pass) plus `restarts` random restarts (2 passes each). Returns a dict
         (see `evaluate_bounds`)."""
@@ -344,13 +383,13 @@ class EMTrainer:
             restarts=cfg.eval_restarts if restarts is None else restarts,
             location_method=cfg.location_method,
             location_options=cfg.location_options,
-            seed=(cfg.seed + 104729) if seed is None else seed,
+            seed=(cfg.seed + EVAL_SEED_OFFSET) if seed is None else seed,
             nats_to_bpd=self.nats_to_bpd,
             log=self.log,
             label=label,
         )
 
-    def refine(self, which="train", restarts=None):
+    def refine(self, which: str = "train", restarts: int | None = None) -> dict:
         """One more E-step on the stored paths of `'train'` or `'validation'` (warm start plus
         `restarts` random restarts) with the current parameters: the final bounds of a run."""
         cfg = self.config
@@ -359,33 +398,33 @@ class EMTrainer:
             raise ValueError(f"no {which} data")
         saved = search.restarts
         search.restarts = cfg.eval_restarts if restarts is None else restarts
-        search._search_fn = None
+        search.clear_traced()
         try:
             search.reset()
             start = time.monotonic()
             search.run(step=1_000_003)
         finally:
             search.restarts = saved
-            search._search_fn = None
+            search.clear_traced()
             search.reset()
-        return _bounds_dict(search, self.nats_to_bpd, time.monotonic() - start)
+        return search_record(search, self.nats_to_bpd, time.monotonic() - start)
 
-    def path_usage_entropy(self):
+    def path_usage_entropy(self) -> list[float]:
         return path_usage_entropy(self.model, self.train_search.path())
 
-    def elapsed(self):
+    def elapsed(self) -> float:
         return self._clock.elapsed()
 
     # ------------------------------------------------------------------ EM stages
 
-    def _ensure_train_data(self, t):
+    def _ensure_train_data(self, t: int) -> None:
         if self._train_fn is not None and self._loaded_iteration != t:
             x = self._train_fn(t)
             check_float_images(x, "training images")
             self.train_search.set_data(x)
             self._loaded_iteration = t
 
-    def _check_finite_data(self):
+    def _check_finite_data(self) -> None:
         searches = [self.train_search] + (
             [self.validation_search] if self.validation_search else []
         )
@@ -393,7 +432,7 @@ class EMTrainer:
             if not bool(tf.reduce_all(tf.math.is_finite(s.data))):
                 raise ValueError(f"{s.name}: the images contain NaN or Inf")
 
-    def _chunk(self, meter, per_unit_default, remaining, unit=1):
+    def _chunk(self, meter: RateMeter, per_unit_default: int, remaining: int, unit: int = 1) -> int:
         """How many units of work (updates, or batches of `unit` images for a meter counting
         images) fit in one progress interval (at least 1)."""
         cfg = self.config
@@ -406,7 +445,7 @@ class EMTrainer:
             n = min(n, cfg.max_chunk)
         return max(1, min(remaining, n))
 
-    def _search_stage(self, search, t, event):
+    def _search_stage(self, search: DatasetSearch, t: int, event: str) -> None:
         """Run `search` over its data in chunks, with progress, hooks and checkpoints."""
         meter = self._rates[event if event == "estep" else "bounds"]
         while not search.done:
@@ -420,15 +459,19 @@ class EMTrainer:
             self._call_hooks(event, info)
             self._progress(
                 t,
-                f"{'E-step' if event == 'estep' else 'validation E-step'} "
-                f"{pos}/{search.num_batches} batches, "
-                f"{meter.rate or 0:.0f} img/s{self._replicas_text()}, "
-                f"ETA {format_duration(meter.eta((search.num_batches - pos) * search.batch_size))}",
+                search_progress_text(
+                    "E-step" if event == "estep" else "validation E-step",
+                    pos,
+                    search.num_batches,
+                    meter.rate,
+                    self._replicas_text(),
+                    meter.eta((search.num_batches - pos) * search.batch_size),
+                ),
             )
             if self.keeper.seconds_since_save() >= self.config.checkpoint_interval_seconds:
                 self._save()
 
-    def _estep(self, t):
+    def _estep(self, t: int) -> None:
         cfg = self.config
         if int(self.train_search.position.numpy()) == 0:
             self.log(
@@ -481,14 +524,15 @@ class EMTrainer:
     #: the state after every rollback are targets too).
     ANCHOR_EVERY = 100
 
-    def _mstep(self, t):
+    def _mstep(self, t: int) -> None:
         cfg = self.config
         total = mstep_updates(cfg, t)
+        meter = self._rates["mstep"]
         if self._mstep_fn is None:
             self._mstep_fn = (
                 self._build_mstep() if self.strategy is None else self._build_distributed_mstep()
             )
-        meter = self._rates["mstep"]
+            meter.skip_next()  # its first call traces it
         u = int(self.state.mstep_update.numpy())
         if u == 0:
             lr0 = learning_rate_at(cfg, t, 0, total, float(self.state.lr_scale.numpy()))
@@ -497,28 +541,26 @@ class EMTrainer:
                 f"{self.batch_size} images, learning rate {lr0:.2e}"
             )
         start_stage = time.monotonic()
-        # Divergence checks (cfg.divergence_nats) compare within this M-step, at the end of
-        # every window of CHECK_WINDOW updates (chunks never cross a window's end): the window's
-        # mean loss with the best window mean so far, starting from the loss the M-step started
-        # from (minus the E-step's training lower bound); every ANCHOR_EVERY updates and at the
-        # end, also the loss of a fixed probe minibatch with the best probe so far, and if that
-        # passes too the state is saved as the rollback target (`keeper.save(anchor=True)`). A
-        # NaN or a divergence restores the last target.
-        # The guard's running values are part of the checkpoint (`state.current`), so a
+        # The divergence and NaN guard (tfdgmm.training.guards) checks at the end of every
+        # window of CHECK_WINDOW updates (chunks never cross a window's end); a problem
+        # restores the last rollback target, written every ANCHOR_EVERY updates once the
+        # checks passed. Its running values are part of the checkpoint (`state.current`), so a
         # resumed run takes the same decisions as an uninterrupted one.
-        check = cfg.divergence_nats > 0
-        window = max(1, int(self.CHECK_WINDOW))
-        every = max(1, int(self.ANCHOR_EVERY) // window) * window
         start_lower = _jget(self.state.current).get("estep_lower_bound")
         start_loss = float("inf") if start_lower is None else -float(start_lower)
-        guard = _jget(self.state.current).get("mstep_guard")
-        if guard is None:
-            guard = self._new_guard(start_loss, check)
-        loss = guard.get("last_window_loss")
+        guard = DivergenceGuard(
+            cfg.divergence_nats,
+            start_loss,
+            probe=self._probe_loss,
+            window=self.CHECK_WINDOW,
+            anchor_every=self.ANCHOR_EVERY,
+            state=_jget(self.state.current).get("mstep_guard"),
+        )
+        loss = guard.last_window_loss
         while True:
             problem, boundary = None, u >= total
             if u < total:
-                n = min(self._chunk(meter, 5, total - u), window - u % window)
+                n = guard.chunk_size(u, self._chunk(meter, 5, total - u))
                 start = time.monotonic()
                 done, ok, loss_sum = self._mstep_fn(
                     tf.constant(n, tf.int64), tf.constant(total, tf.int64), tf.constant(t, tf.int64)
@@ -527,56 +569,32 @@ class EMTrainer:
                 meter.update(done, time.monotonic() - start)
                 u = int(self.state.mstep_update.numpy())
                 self._call_hooks("mstep", {"em_iteration": t, "update": u, "updates": total})
-                guard["sum"] += loss_sum
-                guard["done"] += done
-                if not ok:
-                    problem = "non-finite loss"
-                elif not self._parameters_finite():
-                    problem = "non-finite parameters"
-                else:
-                    self._mstep_progress(t, u, total, loss_sum / max(done, 1), meter)
-                    boundary = u % window == 0 or u >= total
-            if problem is None and boundary and guard["done"]:
-                mean = guard["sum"] / guard["done"]
-                if check and mean > guard["best"] + cfg.divergence_nats:
-                    problem = (
-                        f"diverging loss ({mean:.4g} nats/image over updates "
-                        f"{u - guard['done']}-{u} against {guard['best']:.4g} earlier "
-                        f"in this M-step"
-                        f"{' (its start)' if guard['best'] == start_loss else ''})"
-                    )
-                elif check and (u % every == 0 or u >= total):
-                    probe = self._probe_loss()
-                    if probe <= guard["best_probe"] + cfg.divergence_nats:  # (False for NaN)
-                        guard["best_probe"] = min(guard["best_probe"], probe)
-                    else:
-                        problem = (
-                            f"diverging loss (a fixed probe minibatch: {probe:.4g} "
-                            f"nats/image against {guard['best_probe']:.4g} earlier in "
-                            "this M-step)"
-                        )
+                problem = guard.add_chunk(loss_sum, done, ok, self._parameters_finite)
                 if problem is None:
-                    loss = guard["last_window_loss"] = mean
-                    guard["best"] = min(guard["best"], mean)
-                    guard["sum"], guard["done"] = 0.0, 0
+                    self._mstep_progress(t, u, total, loss_sum / max(done, 1), meter)
+                    boundary = guard.is_boundary(u, total)
+            if problem is None and boundary:
+                problem = guard.end_window(u, total)
+                if problem is None and guard.last_window_loss is not None:
+                    loss = guard.last_window_loss
             if problem is not None:
                 self._rollback(t, u, problem)
                 if int(self.state.stage.numpy()) != MSTEP:
                     self._save(anchor=True)
                     return
                 u = int(self.state.mstep_update.numpy())
-                guard = self._new_guard(start_loss, check)
+                guard.reset()
                 loss = None
-                self._store_guard(guard)
+                self._store_guard(guard.state)
                 self._save(anchor=True)  # the rollback's lowered rate is the new target
                 continue
             if u >= total:
                 break
-            if boundary and u % every == 0:
-                self._store_guard(guard)
+            if boundary and guard.is_anchor(u):
+                self._store_guard(guard.state)
                 self._save(anchor=True)
             elif self.keeper.seconds_since_save() >= cfg.checkpoint_interval_seconds:
-                self._store_guard(guard)  # a timer checkpoint: for resuming, never a target
+                self._store_guard(guard.state)  # a timer checkpoint: for resuming, never a target
                 self._save()
         current = _jget(self.state.current)
         current.pop("mstep_guard", None)
@@ -590,21 +608,12 @@ class EMTrainer:
         self.state.stage.assign(BOUNDS)
         self._save()
 
-    def _new_guard(self, start_loss, check):
-        return {
-            "sum": 0.0,
-            "done": 0,
-            "best": start_loss,
-            "best_probe": self._probe_loss() if check else float("inf"),
-            "last_window_loss": None,
-        }
-
-    def _store_guard(self, guard):
+    def _store_guard(self, guard: dict) -> None:
         current = _jget(self.state.current)
         current["mstep_guard"] = guard
         _jset(self.state.current, current)
 
-    def _mstep_progress(self, t, u, total, loss, meter):
+    def _mstep_progress(self, t: int, u: int, total: int, loss: float, meter: RateMeter) -> None:
         lr = learning_rate_at(self.config, t, u - 1, total, float(self.state.lr_scale.numpy()))
         step = int(self.optimizer.iterations.numpy())
         self.summaries.scalars(
@@ -618,13 +627,12 @@ class EMTrainer:
         )
         self._progress(
             t,
-            f"M-step {u}/{total} ({100 * u / total:.0f}%), loss {loss:.2f} "
-            f"nats/image, lr {lr:.2e}, {meter.rate or 0:.1f} updates/s"
-            f"{self._replicas_text()}, "
-            f"ETA {format_duration(meter.eta(total - u))}",
+            mstep_progress_text(
+                u, total, loss, lr, meter.rate, self._replicas_text(), meter.eta(total - u)
+            ),
         )
 
-    def _bounds(self, t):
+    def _bounds(self, t: int) -> None:
         cfg = self.config
         start = time.monotonic()
         record = _jget(self.state.current)
@@ -719,11 +727,11 @@ class EMTrainer:
 
     # ------------------------------------------------------------------ the M-step graph
 
-    def _build_mstep(self):
+    def _build_mstep(self) -> Callable:
         model, variables = self.model, self.variables
         data, paths = self.train_search.data, self.train_search.paths
 
-        def loss_and_grads(x, path):
+        def loss_and_grads(x: tf.Tensor, path: ChoicePath) -> tuple[tf.Tensor, list]:
             with tf.GradientTape() as tape:
                 loss = -tf.reduce_mean(model.joint_log_prob(x, path))
             return loss, tape.gradient(loss, variables)
@@ -731,12 +739,12 @@ class EMTrainer:
         if self.config.jit_compile:
             loss_and_grads = tf.function(loss_and_grads, jit_compile=True)
 
-        def minibatch_step(idx):
+        def minibatch_step(idx: tf.Tensor) -> tuple[tf.Tensor, list]:
             return loss_and_grads(tf.gather(data, idx), tuple(tf.gather(v, idx) for v in paths))
 
         return self._mstep_loop(minibatch_step)
 
-    def _build_distributed_mstep(self):
+    def _build_distributed_mstep(self) -> Callable:
         """The M-step under `self.strategy`: the single-device minibatch (same stateless
         shuffle), each replica's slice of it, gradients of `-sum(joint) / B` summed over the
         replicas, one optimizer step in cross-replica context (see
@@ -749,7 +757,7 @@ class EMTrainer:
         per = distribute.split_size(b, strategy, "batch_size (M-step minibatch)")
         sum_op = tf.distribute.ReduceOp.SUM
 
-        def replica_loss_and_grads(idx):
+        def replica_loss_and_grads(idx: tf.Tensor) -> tuple[tf.Tensor, list]:
             mine = tf.slice(idx, [distribute.replica_offset(per)], [per])
             x = tf.gather(data, mine)
             path = tuple(tf.gather(v, mine) for v in paths)
@@ -760,18 +768,20 @@ class EMTrainer:
         if self.config.jit_compile:
             replica_loss_and_grads = tf.function(replica_loss_and_grads, jit_compile=True)
 
-        def replica_step(idx):
+        def replica_step(idx: tf.Tensor) -> list[tf.Tensor]:
             loss, grads = replica_loss_and_grads(idx)
             # one batched all-reduce (sum) of the loss and every gradient
             return tf.distribute.get_replica_context().all_reduce(sum_op, [loss] + list(grads))
 
-        def minibatch_step(idx):
+        def minibatch_step(idx: tf.Tensor) -> tuple[tf.Tensor, list]:
             loss, *grads = distribute.local_value(strategy, strategy.run(replica_step, args=(idx,)))
             return loss, grads
 
         return self._mstep_loop(minibatch_step)
 
-    def _mstep_loop(self, minibatch_step):
+    def _mstep_loop(
+        self, minibatch_step: Callable[[tf.Tensor], tuple[tf.Tensor, list]]
+    ) -> Callable:
         """`run(num, total, em_iteration)`: up to `num` updates in one `tf.function`, stopping
         at the first non-finite loss or gradient; `minibatch_step(idx) -> (loss, grads)` on
         the minibatch of training indices `idx` (a stateless shuffle per epoch)."""
@@ -787,7 +797,7 @@ class EMTrainer:
         stats_images = min(cfg.hc_statistics_images, n)
         stats_seed = fold_seed(cfg.seed, 0x4FAC)
 
-        def refresh_statistics(em_iteration, u):
+        def refresh_statistics(em_iteration: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
             """The K-FAC factors from `stats_images` training images (a stateless draw per
             update count) on their E-step paths."""
             idx = tf.random.experimental.stateless_shuffle(
@@ -801,8 +811,10 @@ class EMTrainer:
             return tf.constant(0)
 
         @tf.function
-        def run(num, total, em_iteration):
-            def body(i, ok, loss_sum):
+        def run(num: tf.Tensor, total: tf.Tensor, em_iteration: tf.Tensor) -> list[tf.Tensor]:
+            def body(
+                i: tf.Tensor, ok: tf.Tensor, loss_sum: tf.Tensor
+            ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
                 u = state.mstep_update.read_value()
                 epoch, pos = u // per_epoch, u % per_epoch
                 order = tf.random.experimental.stateless_shuffle(
@@ -849,7 +861,7 @@ class EMTrainer:
 
     # ------------------------------------------------------------------ robustness
 
-    def _probe_loss(self):
+    def _probe_loss(self) -> float:
         """Mean loss (nats/image) of a fixed probe minibatch: the first training images with
         their current paths."""
         if self._probe_fn is None:
@@ -857,25 +869,25 @@ class EMTrainer:
             b = min(self.batch_size, self.train_search.num_images)
 
             @tf.function
-            def probe():
+            def probe() -> tf.Tensor:
                 path = tuple(v[:b] for v in paths)
                 return -tf.reduce_mean(model.joint_log_prob(data[:b], path))
 
             self._probe_fn = probe
         return float(self._probe_fn())
 
-    def _parameters_finite(self):
+    def _parameters_finite(self) -> bool:
         return all(
             bool(tf.reduce_all(tf.math.is_finite(v))) for v in self.model.trainable_variables
         )
 
-    def _save(self, anchor=False):
+    def _save(self, anchor: bool = False) -> str:
         if not self._parameters_finite():
             raise FloatingPointError("refusing to checkpoint non-finite parameters")
         self.state.elapsed.assign(self._clock.elapsed())
         return self.keeper.save(anchor=anchor)
 
-    def _rollback(self, t, u, what):
+    def _rollback(self, t: int, u: int, what: str) -> None:
         cfg = self.config
         rollbacks = int(self.state.rollbacks.numpy()) + 1
         if rollbacks > cfg.max_rollbacks:
@@ -905,30 +917,25 @@ class EMTrainer:
         )
         self.summaries.scalars(step, {"mstep/rollback_lr_scale": scale})
 
-    def _call_hooks(self, event, info):
+    def _call_hooks(self, event: str, info: dict) -> None:
         for hook in self.hooks:
             hook(self, event, info)
 
     # ------------------------------------------------------------------ text
 
-    def _bpd(self, nats):
+    def _bpd(self, nats: float | None) -> float | None:
         return None if self.nats_to_bpd is None or nats is None else float(self.nats_to_bpd(nats))
 
-    def _replicas_text(self):
-        return f" on {self.num_replicas} replicas" if self.num_replicas > 1 else ""
+    def _replicas_text(self) -> str:
+        return replicas_text(self.num_replicas)
 
-    def _bpd_text(self, nats):
-        bpd = self._bpd(nats)
-        return "" if bpd is None else f" ({bpd:.3f} bits/dim)"
+    def _bpd_text(self, nats: float | None) -> str:
+        return bpd_text(self._bpd(nats))
 
-    def _progress(self, t, text):
-        now = time.monotonic()
-        if now - self._last_progress < self.config.progress_interval_seconds:
-            return
-        self._last_progress = now
-        self.log(f"[EM {t + 1}/{self.config.em_iterations}] {text}")
+    def _progress(self, t: int, text: str) -> None:
+        self._progress_log(t, text)
 
-    def _eta_text(self, t):
+    def _eta_text(self, t: int) -> str:
         """Rough time left for the remaining EM iterations, from the measured rates."""
         cfg = self.config
         left = cfg.em_iterations - (t + 1)
@@ -941,69 +948,4 @@ class EMTrainer:
         ]
         if self.validation_search is not None:
             parts.append(v.eta(left * self.validation_search.num_images))
-        if any(p is None for p in parts):
-            return ""
-        return f", ETA for {left} more EM iterations {format_duration(sum(parts))}"
-
-
-def _bounds_dict(search, nats_to_bpd, seconds):
-    lo, up = search.mean_bounds()
-    out = {
-        "num_images": search.num_images,
-        "lower_bound_nats": lo,
-        "upper_bound_nats": up,
-        "seconds": seconds,
-    }
-    if nats_to_bpd is not None:
-        out["lower_bound_bits_per_dim"] = float(nats_to_bpd(lo))
-        out["upper_bound_bits_per_dim"] = float(nats_to_bpd(up))
-    return out
-
-
-def evaluate_bounds(
-    model,
-    x,
-    batch_size=500,
-    restarts=2,
-    location_method="auto",
-    location_options=None,
-    seed=0,
-    nats_to_bpd=None,
-    log=None,
-    label="data",
-):
-    """Lower and (approximate) upper bounds of `model` on images `x` by a fresh E-step.
-
-    Every datapoint starts from a random path (1 pass), then `restarts` random restarts
-    (2 passes each); the best path is kept. Returns `{num_images, lower_bound_nats,
-    upper_bound_nats, (lower|upper)_bound_bits_per_dim, seconds}` (means per image).
-    """
-    start = time.monotonic()
-    search = DatasetSearch(
-        model,
-        x,
-        batch_size=batch_size,
-        init_passes=1,
-        restarts=restarts,
-        restart_passes=2,
-        location_method=location_method,
-        location_options=location_options,
-        seed=seed,
-        name="evaluation",
-    )
-    meter = RateMeter()
-    last = time.monotonic()
-    while not search.done:
-        remaining = search.num_batches - int(search.position.numpy())
-        n = 1 if meter.rate is None else max(1, min(remaining, int(meter.rate * 15)))
-        t0 = time.monotonic()
-        search.run(step=0, max_batches=n)
-        meter.update(n, time.monotonic() - t0)
-        if log is not None and time.monotonic() - last > 15 and not search.done:
-            last = time.monotonic()
-            pos = int(search.position.numpy())
-            log(
-                f"evaluating {label}: {pos}/{search.num_batches} batches, ETA "
-                f"{format_duration(meter.eta(search.num_batches - pos))}"
-            )
-    return _bounds_dict(search, nats_to_bpd, time.monotonic() - start)
+        return em_eta_text(left, parts)

@@ -12,10 +12,18 @@ Only matplotlib's object-oriented API is used (no pyplot state), so this works h
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import tensorflow as tf
 
 from tfdgmm.bijectors import BlockDiagonal, Patchify
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from tfdgmm.deep_gmm import DeepGMM
+    from tfdgmm.types import Images, NatsToBpd, PathLike
 
 __all__ = [
     "image_grid",
@@ -29,12 +37,12 @@ __all__ = [
 ]
 
 
-def _to_unit(images, value_range):
+def _to_unit(images: Images, value_range: tuple[float, float]) -> np.ndarray:
     lo, hi = value_range
     return np.clip((np.asarray(images, np.float64) - lo) / (hi - lo), 0.0, 1.0)
 
 
-def image_grid(images, cols, pad=1, pad_value=1.0):
+def image_grid(images: Images, cols: int, pad: int = 1, pad_value: float = 1.0) -> np.ndarray:
     """Tile images `[N, H, W, C]` (values in [0, 1]) into one `[rows*(H+pad), cols*(W+pad), C]`."""
     images = np.asarray(images)
     n, h, w, c = images.shape
@@ -49,7 +57,14 @@ def image_grid(images, cols, pad=1, pad_value=1.0):
     return out
 
 
-def _grid_figure(grid, title=None, scale=3, xlabel=None, ylabel=None, min_width=2.5):
+def _grid_figure(
+    grid: np.ndarray,
+    title: str | None = None,
+    scale: int = 3,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+    min_width: float = 2.5,
+) -> Figure:
     """A matplotlib `Figure` showing `grid`, with margins (in inches) reserved for the title
     and the axis labels, so that none of them is cut off however narrow the grid."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -82,13 +97,28 @@ def _grid_figure(grid, title=None, scale=3, xlabel=None, ylabel=None, min_width=
     return fig
 
 
-def save_image_grid(grid, path, title=None, scale=3, xlabel=None, ylabel=None):
+def save_image_grid(
+    grid: np.ndarray,
+    path: PathLike,
+    title: str | None = None,
+    scale: int = 3,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+) -> PathLike:
     """Write a grid (from `image_grid`) to a PNG, with an optional title and axis labels."""
     _grid_figure(grid, title, scale, xlabel, ylabel).savefig(path)
     return path
 
 
-def save_samples(model, path, n=64, seed=0, value_range=(-1.0, 1.0), cols=8, title=None):
+def save_samples(
+    model: DeepGMM,
+    path: PathLike,
+    n: int = 64,
+    seed: int = 0,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    cols: int = 8,
+    title: str | None = None,
+) -> np.ndarray:
     """Sample `n` images with a stateless `seed` and save them as a grid PNG; returns the
     samples `[n, H, W, C]` (model scale)."""
     x = model.sample(n, seed=tf.constant([int(seed), 7], tf.int32)).numpy()
@@ -97,21 +127,27 @@ def save_samples(model, path, n=64, seed=0, value_range=(-1.0, 1.0), cols=8, tit
     return x
 
 
-def _first_block_diagonal(model):
+def _first_block_diagonal(model: DeepGMM) -> int:
     for i, layer in enumerate(model.layers):
         if isinstance(layer, BlockDiagonal):
             return i
     return len(model.layers) - 1
 
 
-def _choice(model, i, k, n):
+def _choice(model: DeepGMM, i: int, k: int, n: int) -> dict:
     kk, shape = model.layer_specs[i]
     if kk == 1:
         return {}
     return {"choice": tf.fill([n, *shape], tf.constant(k, tf.int32))}
 
 
-def first_layer_filters(model, layer=None, max_alternatives=8, max_features=12, location=None):
+def first_layer_filters(
+    model: DeepGMM,
+    layer: int | None = None,
+    max_alternatives: int = 8,
+    max_features: int = 12,
+    location: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, dict]:
     """Pixel-space filters of the latent features above `layer` (default: the first
     block-diagonal layer).
 
@@ -141,7 +177,7 @@ def first_layer_filters(model, layer=None, max_alternatives=8, max_features=12, 
     return np.stack(out), {"layer": b, "location": [int(ci), int(cj)], "features": shown}
 
 
-def filter_layout(num_alternatives, num_features):
+def filter_layout(num_alternatives: int, num_features: int) -> tuple[int, int]:
     """`(blocks, rows)`: the features are split into `blocks` side-by-side blocks of `rows`
     rows (each block has one column per alternative), so that the figure is roughly square
     even with few alternatives (2 alternatives x 12 features: 2 blocks of 6 rows)."""
@@ -150,7 +186,14 @@ def filter_layout(num_alternatives, num_features):
     return blocks, int(np.ceil(f / blocks))
 
 
-def save_filters(model, path, layer=None, max_alternatives=8, max_features=12, crop=None):
+def save_filters(
+    model: DeepGMM,
+    path: PathLike,
+    layer: int | None = None,
+    max_alternatives: int = 8,
+    max_features: int = 12,
+    crop: int | None = None,
+) -> dict:
     """Save the figure-5 style filters as a PNG: one column per alternative, one row per
     feature; with few alternatives the features wrap into side-by-side blocks.
 
@@ -197,13 +240,24 @@ def save_filters(model, path, layer=None, max_alternatives=8, max_features=12, c
     return info
 
 
-def save_training_curve(history, path, nats_to_bpd=None, baseline=None, title=None):
+def save_training_curve(
+    history: list[dict],
+    path: PathLike,
+    nats_to_bpd: NatsToBpd | None = None,
+    baseline: dict | float | None = None,
+    title: str | None = None,
+) -> PathLike:
     """`training_curve_figure(...)` saved as a PNG at `path`; returns `path`."""
     training_curve_figure(history, nats_to_bpd, baseline, title).savefig(path)
     return path
 
 
-def training_curve_figure(history, nats_to_bpd=None, baseline=None, title=None):
+def training_curve_figure(
+    history: list[dict],
+    nats_to_bpd: NatsToBpd | None = None,
+    baseline: dict | float | None = None,
+    title: str | None = None,
+) -> Figure:
     """Bounds against M-step updates (a matplotlib `Figure`): nats on the left axis and
     bits/dim on the right, one point per EM iteration.
 

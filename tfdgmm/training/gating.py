@@ -6,13 +6,24 @@ partial sample of datapoint n on its path (the output of layer i's inverse). Thi
 part of the hard-EM objective `log pi_p + log p_p(x)` that depends on the gating weights.
 """
 
+from __future__ import annotations
+
 import time
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfdgmm import architectures, path_priors
+from tfdgmm import path_priors
+from tfdgmm.deep_gmm import DeepGMM
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from tfdgmm.training.em import EMTrainer
+    from tfdgmm.training.search import DatasetSearch
+    from tfdgmm.types import ChoicePath, Config, Images, Log
 
 __all__ = [
     "GATING_DEFAULTS",
@@ -27,10 +38,8 @@ __all__ = [
 ]
 
 
-def with_gating(model, hidden=32, kernel_size=3, seed=0):
+def with_gating(model: DeepGMM, hidden: int = 32, kernel_size: int = 3, seed: int = 0) -> DeepGMM:
     """A `DeepGMM` sharing `model`'s layers, with a fresh (uniform-initialised) gating prior."""
-    from tfdgmm.deep_gmm import DeepGMM
-
     prior = path_priors.GatingPathPrior(
         model.layer_specs,
         model.patch_shape,
@@ -39,6 +48,9 @@ def with_gating(model, hidden=32, kernel_size=3, seed=0):
         seed=seed,
         dtype=model.dtype,
     )
+    config = model.config
+    if config is not None:
+        config["path_prior"] = {"kind": "gating", "hidden": hidden, "kernel_size": kernel_size}
     gated = DeepGMM(
         model.layers,
         image_shape=model.image_shape,
@@ -46,30 +58,23 @@ def with_gating(model, hidden=32, kernel_size=3, seed=0):
         path_prior=prior,
         exact_limit=model.exact_limit,
         validate_args=model.validate_args,
+        config=config,
     )
-    if getattr(model, "_config_json", None) is not None:
-        architectures.set_config(
-            gated,
-            dict(
-                architectures.get_config(model),
-                path_prior={"kind": "gating", "hidden": hidden, "kernel_size": kernel_size},
-            ),
-        )
     return gated
 
 
 def fit_gating(
-    model,
-    images,
-    paths,
-    steps=1000,
-    batch_size=100,
-    learning_rate=1e-3,
-    optimizer=None,
-    seed=0,
-    log_every=0,
-    log=print,
-):
+    model: DeepGMM,
+    images: Images,
+    paths: ChoicePath,
+    steps: int = 1000,
+    batch_size: int = 100,
+    learning_rate: float = 1e-3,
+    optimizer: keras.optimizers.Optimizer | None = None,
+    seed: int = 0,
+    log_every: int = 0,
+    log: Log | None = print,
+) -> dict:
     """Fit `model.path_prior` (a `GatingPathPrior`) to fixed paths; returns the loss history.
 
     Args:
@@ -101,17 +106,17 @@ def fit_gating(
     optimizer.build(variables)
 
     @tf.function
-    def nll(x, path):
+    def nll(x: tf.Tensor, path: ChoicePath) -> tf.Tensor:
         return -tf.reduce_mean(model.path_log_prob(path, x=x))
 
     @tf.function
-    def step(x, path):
+    def step(x: tf.Tensor, path: ChoicePath) -> tf.Tensor:
         with tf.GradientTape() as tape:
             loss = nll(x, path)
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
-    def full_nll():
+    def full_nll() -> float:
         total = 0.0
         for start in range(0, n, 1000):
             chunk = tuple(z[start : start + 1000] for z in paths)
@@ -150,7 +155,7 @@ GATING_DEFAULTS = {
 }
 
 
-def normalize_gating(section, where="config"):
+def normalize_gating(section: Config | None, where: str = "config") -> Config:
     """The `gating:` section of a run config with defaults filled in (unknown keys: error).
 
     * `enabled`: fit gating networks after EM on the last E-step's training paths (the paper's
@@ -189,7 +194,7 @@ def normalize_gating(section, where="config"):
     return out
 
 
-def gating_prior_config(settings):
+def gating_prior_config(settings: Config) -> Config:
     """The architecture's `path_prior` entry for gating networks with these settings."""
     return {
         "kind": "gating",
@@ -198,7 +203,9 @@ def gating_prior_config(settings):
     }
 
 
-def mean_neg_log_prior(model, images, paths, chunk=1000):
+def mean_neg_log_prior(
+    model: DeepGMM, images: Images, paths: ChoicePath, chunk: int = 1000
+) -> float:
     """Mean `-log pi(path | x)` per image (nats) of fixed paths under `model`'s path prior."""
     images = tf.convert_to_tensor(images, model.dtype)
     paths = tuple(tf.convert_to_tensor(z, tf.int32) for z in paths)
@@ -224,7 +231,14 @@ class GatingBetweenSteps:
     the end of the E-step; an interrupted fit is redone from the same weights.
     """
 
-    def __init__(self, steps, batch_size=100, learning_rate=1e-3, seed=0, log=None):
+    def __init__(
+        self,
+        steps: int,
+        batch_size: int = 100,
+        learning_rate: float = 1e-3,
+        seed: int = 0,
+        log: Log | None = None,
+    ) -> None:
         self.steps = int(steps)
         self.batch_size = int(batch_size)
         self.learning_rate = float(learning_rate)
@@ -232,7 +246,7 @@ class GatingBetweenSteps:
         self.log = log
         self.history = []
 
-    def __call__(self, trainer, event, info):
+    def __call__(self, trainer: EMTrainer, event: str, info: dict) -> None:
         if event != "estep" or info.get("batches") != info.get("num_batches"):
             return
         t = int(info["em_iteration"])
@@ -261,7 +275,7 @@ class GatingBetweenSteps:
         )
 
 
-def gated_copy(model, settings):
+def gated_copy(model: DeepGMM, settings: Config) -> DeepGMM:
     """`with_gating(model, ...)` with the settings of a `gating:` section; when `model` already
     has gating networks of the same shape, the copy starts from their weights."""
     gated = with_gating(
@@ -280,7 +294,9 @@ def gated_copy(model, settings):
     return gated
 
 
-def gated_search_bounds(gated, searches, restarts=1, seed=0):
+def gated_search_bounds(
+    gated: DeepGMM, searches: Sequence[DatasetSearch], restarts: int = 1, seed: int = 0
+) -> list[tuple[float, float]]:
     """Bounds of `gated` on the data of `DatasetSearch`es (e.g. `EMTrainer.train_search`),
     searching from their stored paths (1 pass) plus `restarts` random restarts (2 passes each).
 
@@ -290,7 +306,7 @@ def gated_search_bounds(gated, searches, restarts=1, seed=0):
     `batch_size`. Nothing is stored. Returns one `(mean lower, mean upper)` per search
     (float64 sums).
     """
-    from tfdgmm.training.search import fold_seed
+    from tfdgmm.training.seeds import fold_seed
 
     searches = list(searches)
     if not searches:
@@ -307,7 +323,9 @@ def gated_search_bounds(gated, searches, restarts=1, seed=0):
     )
 
     @tf.function(input_signature=[image_spec, path_specs, tf.TensorSpec([2], tf.int32)])
-    def bounds(x, init, batch_seed):
+    def bounds(
+        x: tf.Tensor, init: ChoicePath, batch_seed: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         path, joint = gated.best_path(x, init=init, seed=batch_seed, **options)
         upper = gated.log_prob_upper_bound(x, path=path)
         return tf.cast(joint, tf.float64), tf.cast(upper, tf.float64)

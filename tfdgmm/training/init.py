@@ -30,15 +30,21 @@ are (orthogonal blocks and near-identity half-convolutions keep white data white
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import tensorflow as tf
 
 from tfdgmm.bijectors import BlockDiagonal, Dense, HalfConvolution, Patchify
 
+if TYPE_CHECKING:
+    from tfdgmm.deep_gmm import DeepGMM
+    from tfdgmm.types import Images, Log
+
 __all__ = ["initialize_from_data", "whitening_lu"]
 
 
-def whitening_lu(cov, ridge=1e-6):
+def whitening_lu(cov: np.ndarray, ridge: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """ZCA whitening `W = cov^{-1/2}` as `(lower_upper, permutation)` in the bijectors'
     convention (`W = P L U`, `(P v)_i = v[perm[i]]`). `cov` is `[..., d, d]`."""
     cov = np.asarray(cov, np.float64)
@@ -62,7 +68,7 @@ def whitening_lu(cov, ridge=1e-6):
     return lower_upper, perm
 
 
-def _group_ids(energy, k):
+def _group_ids(energy: np.ndarray, k: int) -> np.ndarray:
     """Equal-size groups `0..k-1` by quantiles of `energy` (ties broken by position)."""
     order = np.argsort(energy, kind="stable")
     ids = np.empty(len(energy), np.int64)
@@ -70,7 +76,7 @@ def _group_ids(energy, k):
     return ids
 
 
-def _group_moments(units, mask):
+def _group_moments(units: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Per column `G`: weighted mean `[G, d]`, covariance `[G, d, d]` and count `[G]` of
     `units [m, G, d]` with weights `mask [m, G]`."""
     count = mask.sum(axis=0)
@@ -83,7 +89,14 @@ def _group_moments(units, mask):
     return mean, cov, count
 
 
-def initialize_from_data(model, x, max_images=5000, ridge=1e-6, log=None, identity_below=True):
+def initialize_from_data(
+    model: DeepGMM,
+    x: Images,
+    max_images: int = 5000,
+    ridge: float = 1e-6,
+    log: Log | None = None,
+    identity_below: bool = True,
+) -> int | None:
     """Set the lowest `BlockDiagonal` or `Dense` layer of `model` to a whitening of the data `x`
     (`[N, H, W, C]`, the preprocessed training images; at most `max_images` are used).
 

@@ -50,9 +50,17 @@ are kept in variables, so a checkpoint holds them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import tensorflow as tf
 
 from tfdgmm.bijectors import HalfConvolution
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from tfdgmm.deep_gmm import DeepGMM
+    from tfdgmm.types import ChoicePath, Seed
 
 __all__ = ["FISHERS", "HalfConvolutionKFAC"]
 
@@ -71,8 +79,8 @@ class HalfConvolutionKFAC(tf.Module):
     """
 
     def __init__(
-        self, model, damping: float = 1e-3, fisher: str = "sampled", name: str = "hc_kfac"
-    ):
+        self, model: DeepGMM, damping: float = 1e-3, fisher: str = "sampled", name: str = "hc_kfac"
+    ) -> None:
         super().__init__(name=name)
         if fisher not in FISHERS:
             raise ValueError(f"fisher must be one of {FISHERS}; got {fisher!r}")
@@ -107,7 +115,9 @@ class HalfConvolutionKFAC(tf.Module):
     def __bool__(self) -> bool:
         return bool(self.layers)
 
-    def _halves(self, layer, h, g):
+    def _halves(
+        self, layer: HalfConvolution, h: tf.Tensor, g: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         """`(x_a, g_b)`: the conditioning half of the input and the updated half of the output
         gradient."""
         _, _, _, dc, du = (int(s) for s in layer.kernel.shape)
@@ -115,7 +125,13 @@ class HalfConvolutionKFAC(tf.Module):
             return h[..., :dc], g[..., dc:]
         return h[..., du:], g[..., :du]
 
-    def kernel_gradient_factors(self, x, path, model=None, latent_probe=None) -> list:
+    def kernel_gradient_factors(
+        self,
+        x: tf.Tensor,
+        path: ChoicePath,
+        model: DeepGMM | None = None,
+        latent_probe: tf.Tensor | None = None,
+    ) -> list:
         """Per layer, `(p, g)`: the conditioning-half patches `[U, kh kw D_a]` and the
         gradients of the negative joint with respect to the updated half's output `[U, D_b]`,
         one row per (datapoint, location) unit `U`. The gradient of `-sum_n log(pi p(x_n))` with
@@ -135,7 +151,9 @@ class HalfConvolutionKFAC(tf.Module):
             out.append((tf.reshape(p, [-1, kh * kw * dc]), tf.reshape(g, [-1, du])))
         return out
 
-    def update(self, x, path, model=None, seed=(0, 0)):
+    def update(
+        self, x: tf.Tensor, path: ChoicePath, model: DeepGMM | None = None, seed: Seed = (0, 0)
+    ) -> None:
         """Recompute the factors from images `x` `[N, H, W, C]` on their paths `path`
         (`seed`: stateless seed of the latent probes)."""
         probe = None
@@ -155,7 +173,12 @@ class HalfConvolutionKFAC(tf.Module):
                 self.usage[j].assign(tf.reduce_mean(tf.one_hot(choice, k, dtype=p.dtype), 0))
         self.ready.assign(True)
 
-    def precondition(self, grads, learning_rate=None, max_step_nats=0.0) -> list:
+    def precondition(
+        self,
+        grads: Sequence[tf.Tensor],
+        learning_rate: float | tf.Tensor | None = None,
+        max_step_nats: float = 0.0,
+    ) -> list:
         """The K-FAC steps `P` for the kernels' gradients `grads` (in `kernels` order).
 
         With `max_step_nats > 0` the steps are scaled down together so that the predicted
@@ -177,7 +200,7 @@ class HalfConvolutionKFAC(tf.Module):
             steps = [scale * p for p in steps]
         return steps
 
-    def _steps(self, grads) -> list:
+    def _steps(self, grads: Sequence[tf.Tensor]) -> list:
         out = []
         for j, (layer, g) in enumerate(zip(self.layers, grads)):
             k, kh, kw, dc, du = (int(s) for s in layer.kernel.shape)
@@ -189,7 +212,7 @@ class HalfConvolutionKFAC(tf.Module):
         return out
 
 
-def _damped_inverse(m, damping):
+def _damped_inverse(m: tf.Tensor, damping: float) -> tf.Tensor:
     n = tf.shape(m)[0]
     scale = damping * tf.reduce_mean(tf.linalg.diag_part(m))
     # a tiny absolute floor keeps an all-zero factor (e.g. an unused layer) invertible

@@ -19,23 +19,22 @@ Randomness is stateless: batch `b` of the search tagged `step` uses the seed
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
 
 from tfdgmm import path_search
+from tfdgmm.training.distribute import build_sharded_search
+from tfdgmm.training.seeds import fold_seed
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tfdgmm.deep_gmm import DeepGMM
+    from tfdgmm.types import ChoicePath, Images, Seed, Strategy
 
 __all__ = ["DatasetSearch", "fold_seed", "path_usage_entropy"]
-
-
-def fold_seed(seed, *data):
-    """A stateless seed `int32[2]` derived from `seed` (int or `[2]`) and integers `data`."""
-    if isinstance(seed, (int, np.integer)):
-        seed = [int(seed) & 0x7FFFFFFF, int(seed) >> 31]
-    key = tf.cast(tf.convert_to_tensor(seed), tf.int64)
-    for d in data:
-        key = tf.random.experimental.stateless_fold_in(key, tf.cast(d, tf.int64))
-    return tf.cast(key % 0x7FFFFFFF, tf.int32)  # int32 seeds for every stateless op
 
 
 class DatasetSearch(tf.Module):
@@ -56,18 +55,18 @@ class DatasetSearch(tf.Module):
 
     def __init__(
         self,
-        model,
-        x,
-        batch_size=500,
-        init_passes=1,
-        restarts=1,
-        restart_passes=2,
-        location_method="auto",
-        location_options=None,
-        seed=0,
-        name="search",
-        strategy=None,
-    ):
+        model: DeepGMM,
+        x: Images,
+        batch_size: int = 500,
+        init_passes: int = 1,
+        restarts: int = 1,
+        restart_passes: int = 2,
+        location_method: str = "auto",
+        location_options: dict | None = None,
+        seed: int = 0,
+        name: str = "search",
+        strategy: Strategy | None = None,
+    ) -> None:
         super().__init__(name=name)
         self._model = model
         self.strategy = strategy
@@ -104,7 +103,7 @@ class DatasetSearch(tf.Module):
 
     # ------------------------------------------------------------------ state
 
-    def checkpoint_items(self):
+    def checkpoint_items(self) -> dict:
         """The variables that make up the E-step state (everything but the data)."""
         return {
             "paths": list(self.paths),
@@ -113,18 +112,28 @@ class DatasetSearch(tf.Module):
             "position": self.position,
         }
 
-    def set_data(self, x):
+    @property
+    def model(self) -> DeepGMM:
+        """The `DeepGMM` whose paths this searches."""
+        return self._model
+
+    def clear_traced(self) -> None:
+        """Forget the traced search function (it is traced again, e.g. after `restarts`
+        changed)."""
+        self._search_fn = None
+
+    def set_data(self, x: Images) -> None:
         self.data.assign(tf.convert_to_tensor(x, dtype=self._model.dtype))
 
-    def path(self):
+    def path(self) -> tuple[tf.Tensor, ...]:
         """The stored paths as a tuple of tensors."""
         return tuple(tf.convert_to_tensor(v) for v in self.paths)
 
     @property
-    def done(self):
+    def done(self) -> bool:
         return int(self.position.numpy()) >= self.num_batches
 
-    def mean_bounds(self):
+    def mean_bounds(self) -> tuple[float, float]:
         """`(mean lower, mean upper)` over the dataset, as Python floats (float64 sums)."""
         lo = tf.reduce_mean(tf.cast(self.lower, tf.float64))
         up = tf.reduce_mean(tf.cast(self.upper, tf.float64))
@@ -132,29 +141,30 @@ class DatasetSearch(tf.Module):
 
     # ------------------------------------------------------------------ the search
 
-    def _store(self, idx, path, joint, upper):
+    def store(self, idx: tf.Tensor, path: ChoicePath, joint: tf.Tensor, upper: tf.Tensor) -> list:
         """Ops writing a batch's found paths and bounds at rows `idx`."""
         ops = [v.scatter_update(tf.IndexedSlices(p, idx)) for v, p in zip(self.paths, path)]
         ops.append(self.lower.scatter_update(tf.IndexedSlices(joint, idx)))
         ops.append(self.upper.scatter_update(tf.IndexedSlices(upper, idx)))
         return ops
 
-    def _window(self, b):
+    def window(self, b: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """`(first row, row indices)` of batch `b` (the last batch overlaps the one before)."""
         lo = tf.minimum(tf.cast(b, tf.int32) * self.batch_size, self.num_images - self.batch_size)
         return lo, tf.range(lo, lo + self.batch_size)
 
-    def _batch(self, lo):
+    def _batch(self, lo: tf.Tensor) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
         x = tf.slice(self.data, [lo, 0, 0, 0], [self.batch_size, *self._model.image_shape])
         init = tuple(tf.gather(v, tf.range(lo, lo + self.batch_size)) for v in self.paths)
         return x, init
 
-    def _build_search(self):
+    def _build_search(self) -> Callable:
         model = self._model
 
         @tf.function
-        def search(start, stop, step_seed):
-            def body(b):
-                lo, idx = self._window(b)
+        def search(start: tf.Tensor, stop: tf.Tensor, step_seed: tf.Tensor) -> tf.Tensor:
+            def body(b: tf.Tensor) -> list[tf.Tensor]:
+                lo, idx = self.window(b)
                 x, init = self._batch(lo)
                 path, joint = model.best_path(
                     x,
@@ -167,7 +177,7 @@ class DatasetSearch(tf.Module):
                     location_options=self.location_options or None,
                 )
                 upper = model.log_prob_upper_bound(x, path=path)
-                with tf.control_dependencies(self._store(idx, path, joint, upper)):
+                with tf.control_dependencies(self.store(idx, path, joint, upper)):
                     return [b + 1]
 
             (b,) = tf.while_loop(lambda b: b < stop, body, [start], parallel_iterations=1)
@@ -175,7 +185,7 @@ class DatasetSearch(tf.Module):
 
         return search
 
-    def run(self, step, max_batches=None, seed=None):
+    def run(self, step: int, max_batches: int | None = None, seed: Seed | None = None) -> int:
         """Search batches `position .. position + max_batches - 1` (all remaining by default).
 
         `step` tags the search (e.g. the EM iteration) so every step draws fresh restarts.
@@ -185,8 +195,6 @@ class DatasetSearch(tf.Module):
             if self.strategy is None:
                 self._search_fn = self._build_search()
             else:
-                from tfdgmm.training.distribute import build_sharded_search
-
                 self._search_fn = build_sharded_search(self, self.strategy)
         start = int(self.position.numpy())
         stop = (
@@ -201,19 +209,21 @@ class DatasetSearch(tf.Module):
         self.position.assign(stop)
         return stop - start
 
-    def reset(self):
+    def reset(self) -> None:
         """Start a new search over the whole dataset (keeps the paths)."""
         self.position.assign(0)
 
     # ------------------------------------------------------------------ scores without search
 
-    def _build_score(self):
+    def _build_score(self) -> Callable:
         model = self._model
 
         @tf.function
-        def score():
-            def body(b, lo_sum, up_sum):
-                lo, idx = self._window(b)
+        def score() -> tuple[tf.Tensor, tf.Tensor]:
+            def body(
+                b: tf.Tensor, lo_sum: tf.Tensor, up_sum: tf.Tensor
+            ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+                lo, idx = self.window(b)
                 x, path = self._batch(lo)
                 # count each datapoint once: skip the rows the overlapping last batch repeats
                 mask = tf.cast(
@@ -239,7 +249,7 @@ class DatasetSearch(tf.Module):
 
         return score
 
-    def score(self):
+    def score(self) -> tuple[float, float]:
         """`(mean lower, mean upper)` of the stored paths under the current parameters (no
         search, nothing stored): e.g. the training bound right after an M-step."""
         if self._score_fn is None:
@@ -248,7 +258,7 @@ class DatasetSearch(tf.Module):
         return float(lo), float(up)
 
 
-def path_usage_entropy(model, paths):
+def path_usage_entropy(model: DeepGMM, paths: ChoicePath) -> list[float]:
     """Per layer, the entropy (nats) of the empirical distribution of its choices over the
     dataset (pooled over locations for per-location layers); 0 for single-alternative layers."""
     out = []

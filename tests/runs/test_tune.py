@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import tfdgmm
 from tfdgmm import export
-from tfdgmm.training import tuner as tt
+from tfdgmm.runs import tune as tt
 
 # 8x8x3 images, 2x2 patches (4 x 4 x 12 patch tensors); one EM iteration of a few updates.
 BASE = {
@@ -191,7 +191,15 @@ def test_hyperband_continues_trials_in_em_iterations(images, tmp_path):
     parent = third["tuner/trial_id"]
     assert parent in (trials[0].trial_id, trials[1].trial_id)
     with open(os.path.join(t.get_trial_dir(trials[2].trial_id), "metrics.json")) as f:
-        history = json.load(f)["history"]
+        record = json.load(f)
+    history = record["history"]
+    # one metrics.json schema: a trial's is a run's (runs.train.run_record) plus its tuner block
+    for key in ("config", "data", "model", "splits", "best_em_iteration", "em_iterations_run"):
+        assert key in record, key
+    for key in ("rollbacks", "replicas", "wall_time_seconds", "versions", "units"):
+        assert key in record, key
+    assert set(record["splits"]["validation"]) >= {"lower_bound_nats", "upper_bound_nats"}
+    assert record["tuner"]["objective"]["value"] == record["tuner"]["metrics"]["val_lower_bound"]
     with open(os.path.join(t.get_trial_dir(parent), "metrics.json")) as f:
         parent_history = json.load(f)["history"]
     # the continued trial's first EM iteration is its parent's (copied checkpoints)

@@ -1,7 +1,7 @@
 """Hyperparameter search with keras-tuner: every trial is a hard-EM training run.
 
 ```python
-from tfdgmm.training import tuner as tt
+from tfdgmm.runs import tune as tt
 
 t = tt.tune(base_config, x_train, x_val, max_trials=20, tuner="bayesian",
             directory="tuning/cifar10")          # RandomSearch | BayesianOptimization | Hyperband
@@ -21,7 +21,7 @@ tfdgmm.export.export_run(tt.best_run_dir(t), "saved_models/tuned")
 * The objective is the mean validation lower bound of the trial's best model (EM's early
   stopping choice) by a **fresh** search with fixed settings: `objective_bounds(model, x_val,
   training_config)`, i.e. `evaluate_bounds` with `eval_restarts` random restarts, batches of
-  `estep_batch_size` and the seed `training.seed + 104729` (the settings of
+  `estep_batch_size` and the seed `training.seed + EVAL_SEED_OFFSET` (the settings of
   `EMTrainer.evaluate` and `tfdgmm evaluate`). It is therefore recomputable from the restored
   model alone, and comparable across trials (the warm-started bound of the EM history, also
   reported as `val_lower_bound_warm`, depends on the trial's stored paths).
@@ -41,15 +41,23 @@ or unshared (`selection: location`, the same blocks at every location) blocks.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import shutil
 import time
+from typing import TYPE_CHECKING
 
 import keras_tuner
 import numpy as np
 
-from tfdgmm.runs import layout
+from tfdgmm import layout
+from tfdgmm.training.evaluation import EVAL_SEED_OFFSET
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+    from tfdgmm.deep_gmm import DeepGMM
+    from tfdgmm.types import Config, Images, Log, PathLike
 
 __all__ = [
     "DEFAULT_SPACE",
@@ -69,7 +77,7 @@ __all__ = [
 
 OBJECTIVE = "val_lower_bound"
 #: The objective's search seed is `training.seed + OBJECTIVE_SEED_OFFSET` (as `tfdgmm evaluate`).
-OBJECTIVE_SEED_OFFSET = 104729
+OBJECTIVE_SEED_OFFSET = EVAL_SEED_OFFSET
 TUNERS = ("random", "bayesian", "hyperband")
 #: The oracle's seed when none is given (keras-tuner turns a falsy seed into a random one).
 DEFAULT_SEED = 1
@@ -88,7 +96,7 @@ DEFAULT_SPACE = {
 }
 
 
-def _declare(hp, name, choices):
+def _declare(hp: keras_tuner.HyperParameters, name: str, choices: Any) -> Any:
     if isinstance(choices, tuple):
         low, high = choices
         return hp.Float(name, float(low), float(high), sampling="log")
@@ -100,13 +108,15 @@ def _declare(hp, name, choices):
     return hp.Choice(name, choices)
 
 
-def _patch_sizes(image_shape):
+def _patch_sizes(image_shape: Sequence[int]) -> list[int]:
     h, w = int(image_shape[0]), int(image_shape[1])
     sizes = [r for r in (2, 4, 8) if h % r == 0 and w % r == 0 and h // r >= 2 and w // r >= 2]
     return sizes or [1]
 
 
-def default_search_space(hp, base, space=None):
+def default_search_space(
+    hp: keras_tuner.HyperParameters, base: Config, space: Config | None = None
+) -> Config:
     """Declare the default hyperparameters on `hp` and return the trial's run config.
 
     Args:
@@ -152,7 +162,7 @@ def default_search_space(hp, base, space=None):
     return config
 
 
-def hyperband_budget(values):
+def hyperband_budget(values: dict) -> dict | None:
     """Hyperband's budget of a trial, from its hyperparameter values.
 
     Returns None when the trial has no `tuner/epochs` (RandomSearch, BayesianOptimization);
@@ -170,12 +180,14 @@ def hyperband_budget(values):
     }
 
 
-def objective_bounds(model, validation, training, log=None):
+def objective_bounds(
+    model: DeepGMM, validation: Images, training: Config, log: Log | None = None
+) -> dict:
     """The trials' objective: bounds of `model` on `validation` by a fresh search with fixed
     settings from the run's `training` config (`EMConfig` or dict). Returns the
     `evaluate_bounds` dict (`lower_bound_nats` is the objective)."""
     from tfdgmm.training.config import EMConfig
-    from tfdgmm.training.em import evaluate_bounds
+    from tfdgmm.training.evaluation import evaluate_bounds
 
     em = training if isinstance(training, EMConfig) else EMConfig.from_dict(training)
     return evaluate_bounds(
@@ -191,7 +203,7 @@ def objective_bounds(model, validation, training, log=None):
     )
 
 
-def normalize_base_config(base):
+def normalize_base_config(base: Config) -> Config:
     """Check a base config and fill in defaults (`tfdgmm.runs.normalize_run_config`); its model
     needs `image_shape` (and whatever the search space keeps, e.g. `path_prior`), not
     `layers` or `patch_size`, which the search space sets."""
@@ -214,15 +226,21 @@ def normalize_base_config(base):
     return out
 
 
-def _has_checkpoint(run_dir):
+def _has_checkpoint(run_dir: PathLike) -> bool:
     import tensorflow as tf
 
     return tf.train.latest_checkpoint(layout.path(run_dir, layout.CHECKPOINTS)) is not None
 
 
 def train_trial(
-    config, train, validation, run_dir, continue_from=None, log=None, extra_metrics=None
-):
+    config: Config,
+    train: Images,
+    validation: Images,
+    run_dir: PathLike,
+    continue_from: PathLike | None = None,
+    log: Log | None = None,
+    extra_metrics: dict | None = None,
+) -> dict:
     """Train a (normalised) run config on in-memory images into `run_dir`; returns metrics.
 
     Resumable: a `run_dir` with checkpoints continues from them. `continue_from`: a run
@@ -240,10 +258,19 @@ def train_trial(
         )
 
 
-def _train_trial_locked(config, train, validation, run_dir, continue_from, log, extra_metrics):
+def _train_trial_locked(
+    config: Config,
+    train: Images,
+    validation: Images,
+    run_dir: PathLike,
+    continue_from: PathLike | None,
+    log: Log | None,
+    extra_metrics: dict | None,
+) -> dict:
     from tfdgmm.deep_gmm import DeepGMM
     from tfdgmm.runs.gating import gating_hooks  # gating.between_steps (post-EM: not run)
     from tfdgmm.runs.io import dump_json, dump_yaml
+    from tfdgmm.runs.train import model_summary, run_record
     from tfdgmm.training.config import EMConfig
     from tfdgmm.training.em import EMTrainer
 
@@ -251,7 +278,7 @@ def _train_trial_locked(config, train, validation, run_dir, continue_from, log, 
     os.makedirs(run_dir, exist_ok=True)
     log_path = layout.path(run_dir, layout.LOG)
 
-    def write_log(line):
+    def write_log(line: str) -> None:
         with open(log_path, "a") as f:
             f.write(line + "\n")
         if log is not None:
@@ -296,30 +323,34 @@ def _train_trial_locked(config, train, validation, run_dir, continue_from, log, 
         "train_lower_bound": history[-1]["train_lower_bound"] if history else float("nan"),
         "em_iterations": float(len(history)),
     }
-    report = dict(extra_metrics or {})
-    report.update(
-        {
-            "metrics": metrics,
-            "objective": {
-                "name": OBJECTIVE,
-                "direction": "max",
-                "value": metrics[OBJECTIVE],
-                "search": {
-                    "batch_size": em_cfg.estep_batch_size,
-                    "restarts": em_cfg.eval_restarts,
-                    "location_method": em_cfg.location_method,
-                    "location_options": em_cfg.location_options,
-                    "seed": em_cfg.seed + OBJECTIVE_SEED_OFFSET,
-                },
-                "bounds": objective,
+    report = run_record(
+        trainer,
+        config,
+        model_summary(model),
+        {"validation": objective},
+        history,
+        wall_time={
+            "training_total": trainer.elapsed(),
+            "session_total": time.monotonic() - start,
+        },
+        data={"num_images": {"train": len(train), "validation": len(validation)}},
+    )
+    report["tuner"] = dict(
+        extra_metrics or {},
+        metrics=metrics,
+        objective={
+            "name": OBJECTIVE,
+            "direction": "max",
+            "value": metrics[OBJECTIVE],
+            "search": {
+                "batch_size": em_cfg.estep_batch_size,
+                "restarts": em_cfg.eval_restarts,
+                "location_method": em_cfg.location_method,
+                "location_options": em_cfg.location_options,
+                "seed": em_cfg.seed + OBJECTIVE_SEED_OFFSET,
             },
-            "config": config,
-            "history": history,
-            "num_parameters": model.num_parameters(),
-            "log10_num_paths": model.log_num_paths / math.log(10),
-            "checkpoint": trainer.keeper.best,
-            "seconds": time.monotonic() - start,
-        }
+        },
+        checkpoint=trainer.keeper.best,
     )
     dump_json(report, layout.path(run_dir, layout.METRICS))
     write_log(
@@ -347,7 +378,15 @@ class EMTuner(keras_tuner.Tuner):
     be a callable `em_iteration -> images`, as for `EMTrainer`).
     """
 
-    def __init__(self, oracle, base_config, search_space=None, space=None, verbose=True, **kwargs):
+    def __init__(
+        self,
+        oracle: keras_tuner.Oracle,
+        base_config: Config,
+        search_space: Callable | None = None,
+        space: Config | None = None,
+        verbose: bool = True,
+        **kwargs: Any,
+    ) -> None:
         # set before Tuner.__init__, which populates the space through `search_space`
         self.base_config = normalize_base_config(base_config)
         self.search_space = search_space or default_search_space
@@ -355,12 +394,12 @@ class EMTuner(keras_tuner.Tuner):
         self.verbose = verbose
         super().__init__(oracle=oracle, hypermodel=None, **kwargs)
 
-    def _populate_initial_space(self):
+    def _populate_initial_space(self) -> None:
         hp = self.oracle.get_space()
         self.search_space(hp, self.base_config, self.space)
         self.oracle.update_space(hp)
 
-    def trial_config(self, hp):
+    def trial_config(self, hp: keras_tuner.HyperParameters) -> Config:
         """The normalised run config of hyperparameters `hp` (with Hyperband's budget)."""
         from tfdgmm.runs.config import normalize_run_config
 
@@ -372,7 +411,13 @@ class EMTuner(keras_tuner.Tuner):
             )
         return normalize_run_config(config, where="trial config")
 
-    def run_trial(self, trial, train, validation, **kwargs):
+    def run_trial(
+        self,
+        trial: keras_tuner.engine.trial.Trial,
+        train: Images,
+        validation: Images,
+        **kwargs: Any,
+    ) -> dict:
         hp = trial.hyperparameters
         config = self.trial_config(hp)
         budget = hyperband_budget(hp.values)
@@ -394,19 +439,19 @@ class EMTuner(keras_tuner.Tuner):
             },
         )
 
-    def load_model(self, trial):
+    def load_model(self, trial: keras_tuner.engine.trial.Trial) -> DeepGMM:
         """The trial's model (a `DeepGMM`), restored from its run directory's `best/`."""
         from tfdgmm.export import load_run_model
 
         return load_run_model(self.get_trial_dir(trial.trial_id))[0]
 
-    def best_run_dir(self):
+    def best_run_dir(self) -> str:
         trials = self.oracle.get_best_trials(1)
         if not trials:
             raise ValueError(f"{self.project_dir}: no completed trial")
         return self.get_trial_dir(trials[0].trial_id)
 
-    def write_summary(self, path=None):
+    def write_summary(self, path: PathLike | None = None) -> dict | None:
         """`PROJECT/best.json`: the best trial, its run directory, objective and values."""
         trials = self.oracle.get_best_trials(1)
         if not trials:
@@ -431,14 +476,14 @@ class EMTuner(keras_tuner.Tuner):
 
 
 def make_oracle(
-    tuner="random",
-    max_trials=10,
-    seed=DEFAULT_SEED,
-    max_epochs=None,
-    factor=3,
-    hyperband_iterations=1,
-    **kwargs,
-):
+    tuner: str = "random",
+    max_trials: int = 10,
+    seed: int = DEFAULT_SEED,
+    max_epochs: int | None = None,
+    factor: int = 3,
+    hyperband_iterations: int = 1,
+    **kwargs: Any,
+) -> keras_tuner.Oracle:
     """A keras-tuner oracle maximising `OBJECTIVE`: `'random'` (RandomSearchOracle),
     `'bayesian'` (BayesianOptimizationOracle; needs scipy and scikit-learn) or `'hyperband'`
     (HyperbandOracle with `max_epochs` EM iterations, stopped after `max_trials` trials).
@@ -491,23 +536,23 @@ def make_oracle(
 
 
 def tune(
-    base_config,
-    train,
-    validation,
+    base_config: Config,
+    train: Images,
+    validation: Images,
     *,
-    max_trials=10,
-    tuner="random",
-    directory="tuning",
-    project_name="tfdgmm",
-    search_space=None,
-    space=None,
-    seed=DEFAULT_SEED,
-    max_epochs=None,
-    factor=3,
-    overwrite=False,
-    verbose=True,
-    oracle_kwargs=None,
-):
+    max_trials: int = 10,
+    tuner: str = "random",
+    directory: str = "tuning",
+    project_name: str = "tfdgmm",
+    search_space: Callable | None = None,
+    space: Config | None = None,
+    seed: int = DEFAULT_SEED,
+    max_epochs: int | None = None,
+    factor: int = 3,
+    overwrite: bool = False,
+    verbose: bool = True,
+    oracle_kwargs: dict | None = None,
+) -> EMTuner:
     """Run a keras-tuner search of deep GMM hyperparameters; returns the `EMTuner`.
 
     Args:
@@ -550,13 +595,13 @@ def tune(
     return t
 
 
-def best_run_dir(tuner):
+def best_run_dir(tuner: EMTuner) -> str:
     """The run directory of the best completed trial (for `tfdgmm.export.export_run`,
     `tfdgmm evaluate`, ...)."""
     return tuner.best_run_dir()
 
 
-def best_model(tuner):
+def best_model(tuner: EMTuner) -> DeepGMM:
     """The best trial's `DeepGMM`, restored from its run directory."""
     trials = tuner.oracle.get_best_trials(1)
     if not trials:

@@ -1,0 +1,211 @@
+"""tfdgmm.path_search: the E-step schemes against brute-force coordinate ascent; passes never
+lower the objective (also with a gating prior)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfdgmm
+from tfdgmm import path_search
+
+IMAGE = [4, 4, 3]  # patch 2 -> patch tensor [2, 2, 12]
+
+
+HC = {"type": "half_convolution", "kernel_size": 3}
+
+
+SMALL_CONFIGS = {
+    "shared_bd": [
+        HC,
+        {"type": "block_diagonal", "alternatives": 3},
+        HC,
+        {"type": "block_diagonal", "alternatives": 2},
+    ],
+    "unshared_bd": [HC, {"type": "block_diagonal", "alternatives": 2, "selection": "location"}, HC],
+    "diag_dense_hc": [
+        {"type": "diagonal", "alternatives": 2},
+        HC,
+        {"type": "dense", "alternatives": 2},
+        {"type": "half_convolution", "kernel_size": 3, "alternatives": 2},
+    ],
+    "mixed": [
+        {
+            "type": "block_diagonal",
+            "alternatives": 2,
+            "selection": "location",
+            "per_location": True,
+        },
+        HC,
+        {"type": "diagonal", "alternatives": 2, "selection": "location"},
+    ],
+}
+
+
+def make(layers, prior="uniform", seed=0, **kw):
+    model = tfdgmm.DeepGMM.from_config(
+        {
+            "image_shape": IMAGE,
+            "patch_size": 2,
+            "layers": layers,
+            "path_prior": prior,
+            "exact_limit": 1 << 12,
+            "seed": seed,
+        },
+        dtype=tf.float64,
+        **kw,
+    )
+    perturb(model, seed)
+    return model
+
+
+def perturb(model, seed):
+    """Move every trainable variable off its initial value so that all terms are exercised."""
+    rng = np.random.default_rng(seed + 100)
+    for v in model.trainable_variables:
+        v.assign_add(0.3 * rng.standard_normal(v.shape))
+
+
+def data(model, n=6, seed=7):
+    return model.sample(n, seed=tf.constant([seed, 1]))
+
+
+def test_passes_never_lower_the_objective():
+    model = make(SMALL_CONFIGS["mixed"], seed=4)
+    x = data(model, n=32, seed=3)
+    h0 = model.patchify(x)
+    for method in ["brute_force", "ranked", "linearized"]:
+        path = path_search.random_path(model, 32, tf.constant([1, 2]))
+        prev = path_search.objective(model, h0, path).numpy()
+        for p in range(3):
+            path = path_search.coordinate_ascent_pass(
+                model, h0, path, method, seed=tf.constant([p, 9])
+            )
+            cur = path_search.objective(model, h0, path).numpy()
+            assert np.all(cur >= prev - 1e-9), (method, p, (cur - prev).min())
+            prev = cur
+
+
+def test_gram_search_equals_brute_force_coordinate_ascent():
+    # per-location layer with only fixed layers above: the Gram scheme is exact
+    model = make(
+        [
+            HC,
+            {"type": "block_diagonal", "alternatives": 3, "selection": "location"},
+            HC,
+            {"type": "diagonal"},
+        ],
+        seed=5,
+    )
+    x = data(model, n=24, seed=5)
+    h0 = model.patchify(x)
+    start = path_search.random_path(model, 24, tf.constant([3, 3]))
+    gram = path_search.coordinate_ascent_pass(model, h0, start, "gram")
+    brute = path_search.coordinate_ascent_pass(model, h0, start, "brute_force")
+    for a, b in zip(gram, brute):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="single alternative"):
+        bad = make(SMALL_CONFIGS["mixed"])
+        path_search.coordinate_ascent_pass(
+            bad,
+            bad.patchify(data(bad)),
+            path_search.random_path(bad, 6, tf.constant([1, 1])),
+            "gram",
+        )
+
+
+@pytest.mark.parametrize("method", ["ranked", "linearized"])
+def test_approximate_location_search_close_to_brute_force(method):
+    model = make(SMALL_CONFIGS["mixed"], seed=6)
+    x = data(model, n=64, seed=8)
+    _, approx = model.best_path(x, restarts=2, seed=tf.constant([1, 1]), location_method=method)
+    _, brute = model.best_path(
+        x, restarts=2, seed=tf.constant([1, 1]), location_method="brute_force"
+    )
+    best, _ = brute_force_best(model, x)
+    gap = (best - approx.numpy()).mean()
+    gap_brute = (best - brute.numpy()).mean()
+    # at most a little worse than exact coordinate ascent on average (nats per image)
+    assert gap <= gap_brute + 1.0, (gap, gap_brute)
+
+
+def test_ranked_search_with_every_location_matches_brute_force_quality():
+    # with top = L the ranked scheme is exact coordinate ascent in a data-dependent order
+    model = make(SMALL_CONFIGS["mixed"], seed=2)
+    x = data(model, n=32, seed=4)
+    h0 = model.patchify(x)
+    start = path_search.random_path(model, 32, tf.constant([7, 7]))
+    ranked = path_search.objective(
+        model,
+        h0,
+        path_search.coordinate_ascent_pass(model, h0, start, "ranked", location_options={"top": 4}),
+    )
+    brute = path_search.objective(
+        model, h0, path_search.coordinate_ascent_pass(model, h0, start, "brute_force")
+    )
+    assert abs(float(tf.reduce_mean(ranked - brute))) < 0.05 * float(
+        tf.reduce_mean(tf.abs(brute - path_search.objective(model, h0, start)))
+    )
+
+
+def make_gated(layers, prior, seed=0):
+    """A model as tests/test_path_priors.py builds gated ones (no exact_limit, own seed)."""
+    model = tfdgmm.DeepGMM.from_config(
+        {
+            "image_shape": IMAGE,
+            "patch_size": 2,
+            "layers": layers,
+            "path_prior": prior,
+            "seed": seed,
+        },
+        dtype=tf.float64,
+    )
+    rng = np.random.default_rng(seed)
+    for v in model.trainable_variables:
+        v.assign_add(0.3 * rng.standard_normal(v.shape))
+    return model
+
+
+LAYERS = [
+    {"type": "block_diagonal", "alternatives": 2, "selection": "location"},
+    HC,
+    {"type": "block_diagonal", "alternatives": 3},
+]
+
+
+def test_gating_search_never_lowers_objective_and_bounds_hold():
+    model = make_gated(LAYERS, {"kind": "gating", "hidden": 8}, seed=1)
+    x = model.sample(16, seed=tf.constant([3, 2]))
+    h0 = model.patchify(x)
+    for method in ["auto", "brute_force", "linearized"]:
+        path = path_search.random_path(model, 16, tf.constant([1, 2]))
+        prev = path_search.objective(model, h0, path).numpy()
+        for p in range(2):
+            path = path_search.coordinate_ascent_pass(
+                model, h0, path, method, seed=tf.constant([p, 1])
+            )
+            cur = path_search.objective(model, h0, path).numpy()
+            assert np.all(cur >= prev - 1e-9), (method, (cur - prev).min())
+            prev = cur
+    top_only = make_gated(
+        [HC, {"type": "block_diagonal", "alternatives": 2, "selection": "location"}],
+        {"kind": "gating", "hidden": 4},
+    )
+    with pytest.raises(ValueError, match="gating networks do not"):
+        path_search.coordinate_ascent_pass(
+            top_only, h0, path_search.random_path(top_only, 16, tf.constant([1, 1])), "gram"
+        )
+    path, lower = model.best_path(x, restarts=2, seed=tf.constant([4, 4]))
+    exact = model.log_prob(x).numpy()
+    upper = model.log_prob_upper_bound(x, restarts=2, seed=tf.constant([4, 4])).numpy()
+    assert np.all(lower.numpy() <= exact + 1e-9)
+    assert np.all(exact <= upper + 1e-9)
+
+
+def brute_force_best(model, x):
+    paths = model.enumerate_paths()
+    num = paths[0].shape[0]
+    n = x.shape[0]
+    xs = tf.repeat(x, num, axis=0)
+    ps = tuple(tf.tile(z, [n] + [1] * (z.shape.rank - 1)) for z in paths)
+    joint = tf.reshape(model.joint_log_prob(xs, ps), [n, num]).numpy()
+    return joint.max(axis=1), joint.argmax(axis=1)
