@@ -106,12 +106,15 @@ FULL_TRAINING = {
     "lr_warmup_updates": 500,
     "estep_batch_size": 500,
     "early_stopping_patience": 3,
+    # converged: an EM iteration gained less than 5 nats/image of validation bound per 1,000
+    # updates (the paper-budget reproduction's rule)
+    "early_stopping_min_gain_per_1000_updates": 5.0,
     "eval_restarts": 2,
 }
 FULL_DATA = {"train_limit": None, "validation_limit": None, "test_limit": None}
 
 CPU_TRAINING = dict(
-    FULL_TRAINING,
+    {k: v for k, v in FULL_TRAINING.items() if k != "early_stopping_min_gain_per_1000_updates"},
     em_iterations=4,
     updates_first=1_500,
     updates_later=500,

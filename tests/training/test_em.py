@@ -131,3 +131,18 @@ def test_the_trainer_refuses_integer_images(synthetic, make_model, tmp_path):
         with pytest.raises(ValueError, match=r"uint8 .*\[-1, 1\]"):
             EMTrainer(make_model(seed=0), CONFIG, train, val, str(tmp_path))
     assert not os.listdir(tmp_path)
+
+
+def test_a_slow_validation_gain_stops_the_run_as_converged(synthetic, make_model, tmp_path):
+    """`early_stopping_min_gain_per_1000_updates`: after the second EM iteration the validation
+    bound rose by far less than 10^6 nats per 1,000 updates, so the run stops there; with the
+    rule off (the test above) all four iterations run."""
+    _, x_train, x_val = synthetic
+    cfg = EMConfig(**dict(CONFIG.__dict__, early_stopping_min_gain_per_1000_updates=1.0e6))
+    lines = []
+    trainer = EMTrainer(make_model(seed=0), cfg, x_train, x_val, str(tmp_path), log=lines.append)
+    history = trainer.fit()
+    assert [r["iteration"] for r in history] == [1, 2]
+    gain = history[1]["validation_lower_bound"] - history[0]["validation_lower_bound"]
+    message = [line for line in lines if "converged" in line]
+    assert len(message) == 1 and f"{gain:.2f} nats/image in 100 updates" in message[0]

@@ -148,6 +148,10 @@ class EMConfig:
     """Stop after this many EM iterations without a better validation lower bound (0: never)."""
     early_stopping_min_delta: float = 0.0
     """Improvement (nats per image) that counts as better."""
+    early_stopping_min_gain_per_1000_updates: float = 0.0
+    """Stop once an EM iteration raised the validation lower bound by less than this many
+    nats/image per 1,000 of its M-step updates (a converged run; 0: never). The full-budget
+    configs use 5, the rule of the paper-budget reproduction."""
 
     # --- robustness and visibility
     checkpoint_interval_seconds: float = 180.0
@@ -227,6 +231,7 @@ class EMConfig:
             "eval_restarts",
             "early_stopping_patience",
             "early_stopping_min_delta",
+            "early_stopping_min_gain_per_1000_updates",
             "checkpoint_interval_seconds",
             "prior_pseudo_count",
             "max_rollbacks",

@@ -715,7 +715,11 @@ class EMTrainer:
         if self.validation_search is not None:
             self.validation_search.reset()
         patience = cfg.early_stopping_patience
-        if patience and int(self.state.bad_iterations.numpy()) >= patience:
+        slow = self._slow_gain(history)
+        if slow is not None:
+            self.log(slow)
+            self.state.finished.assign(1)
+        elif patience and int(self.state.bad_iterations.numpy()) >= patience:
             self.log(
                 f"early stopping: no better validation lower bound for {patience} EM "
                 f"iterations (best {float(self.state.best_validation.numpy()):.2f} nats "
@@ -724,6 +728,26 @@ class EMTrainer:
             self.state.finished.assign(1)
         self._call_hooks("iteration", {"em_iteration": t, "record": record})
         self._save()
+
+    def _slow_gain(self, history: list) -> str | None:
+        """The converged-run message when the last EM iteration's validation gain per 1,000
+        M-step updates fell below `early_stopping_min_gain_per_1000_updates`, else None."""
+        threshold = self.config.early_stopping_min_gain_per_1000_updates
+        if not threshold or self.validation_search is None or len(history) < 2:
+            return None
+        last, before = history[-1], history[-2]
+        updates = last.get("updates") or 0
+        if updates <= 0:
+            return None
+        gain = last["validation_lower_bound"] - before["validation_lower_bound"]
+        rate = 1000.0 * gain / updates
+        if rate >= threshold:
+            return None
+        return (
+            f"early stopping: EM iteration {last['iteration']} raised the validation lower "
+            f"bound by {gain:.2f} nats/image in {updates} updates ({rate:.2f} per 1,000, "
+            f"below {threshold:g}): converged"
+        )
 
     # ------------------------------------------------------------------ the M-step graph
 
