@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The paper at its own budget (issue 18): every model of Tables 1-4 on all 40,000 training images,
+# the full 10,000-image validation split for model choice and early stopping, the test split
+# touched once at the end. The full configs (configs/NAME.yaml, not _cpu) are the paper's schedule:
+# 20 EM iterations, 50,000 updates in the first M-step and 7,500 later, minibatches of 100,
+# stopping early after 3 EM iterations without a better validation bound or once an iteration
+# gains less than 5 nats/image per 1,000 updates (training.early_stopping_min_gain_per_1000_updates).
+#
+#   bash repro/full.sh lane_a        # the Gaussian, Table 1 (5 models), Table 2 (L1-L4 x 4, L1 x 32)
+#   bash repro/full.sh lane_b        # Table 3: bottom L3, intermediate L2/L3, gated L2/L3
+#   bash repro/full.sh park NAME     # copy a running run's newest checkpoint under repro/inflight/
+#   bash repro/full.sh unpark NAME   # put it back (another machine, a new session), then resume
+#   bash repro/full.sh final         # exact-pixel evaluation, then Table 4: the test split, once
+#
+# Every run resumes where it stopped (`--resume` when its checkpoints exist), so a lane can be
+# stopped and restarted at any time. Lanes run side by side, one core each.
+# Results: runs/full/NAME/{metrics.json,train.log,figures/}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+DATA=${DATA:-../shared/data/cifar10-jpeg75}
+OUT=${OUT:-runs/full}
+PARK=${PARK:-repro/inflight}
+export TF_NUM_INTRAOP_THREADS=${TF_NUM_INTRAOP_THREADS:-1}
+export TF_NUM_INTEROP_THREADS=${TF_NUM_INTEROP_THREADS:-1}
+export TF_CPP_MIN_LOG_LEVEL=2
+mkdir -p "$OUT"
+
+train() {  # NAME [--set ...]: train configs/NAME.yaml into $OUT/NAME, resuming if interrupted
+  local name=$1; shift
+  if [[ -f "$OUT/$name/metrics.json" ]]; then echo "== $name: done"; return; fi
+  local resume=""
+  [[ -d "$OUT/$name/checkpoints" ]] && resume="--resume"
+  echo "== $name ($(date -u +%FT%TZ))"
+  # shellcheck disable=SC2086
+  $PY -m tfdgmm train --config "configs/$name.yaml" --data "$DATA" --out "$OUT/$name" \
+      --set data.evaluate_test=false $resume "$@" >> "$OUT/$name.out" 2>&1 || { echo "!! $name failed: see $OUT/$name.out"; return 1; }
+}
+
+lane_a() {
+  [[ -f "$OUT/gaussian/baseline.json" ]] || \
+    $PY -m tfdgmm baseline --data "$DATA" --out "$OUT/gaussian" > "$OUT/gaussian.out" 2>&1
+  for k in 3 4 2 1 0; do train table1_hc$k; done
+  for l in 1 2 3 4; do train table2_L${l}_K4; done
+  train table2_L1_K32
+}
+
+lane_b() {
+  train table3_intermediate_L3
+  train table3_gating_L3
+  train table3_intermediate_L2
+  train table3_gating_L2
+  train table3_bottom_L3
+}
+
+park() {  # NAME: the run's config, metrics so far and newest checkpoint, small enough to commit
+  local name=$1 src="$OUT/$1" dst="$PARK/$1"
+  [[ -d "$src/checkpoints" ]] || { echo "no checkpoints under $src" >&2; return 1; }
+  rm -rf "$dst.tmp" && mkdir -p "$dst.tmp/checkpoints"
+  local latest
+  latest=$($PY -c "import sys,tensorflow as tf; print(tf.train.latest_checkpoint(sys.argv[1]))" \
+      "$src/checkpoints")
+  cp "$src/checkpoints/checkpoint" "$dst.tmp/checkpoints/"
+  cp "$latest".* "$dst.tmp/checkpoints/"
+  cp "$src"/*.yaml "$src"/*.json "$dst.tmp/" 2>/dev/null || true
+  rm -rf "$dst" && mv "$dst.tmp" "$dst"
+  echo "parked $name at $(basename "$latest") in $dst: commit it, and remove it once the run is done"
+}
+
+unpark() {  # NAME: restore a parked run into $OUT/NAME; `lane_*` then resumes it
+  local name=$1 src="$PARK/$1" dst="$OUT/$1"
+  [[ -d "$src/checkpoints" ]] || { echo "nothing parked under $src" >&2; return 1; }
+  mkdir -p "$dst" && cp -r "$src"/. "$dst/"
+  echo "restored $name into $dst"
+}
+
+final() {  # after both lanes: exact pixels, then the best validation model on the test split
+  local runs=()
+  for d in "$OUT"/table*; do [[ -f "$d/metrics.json" ]] && runs+=("$d"); done
+  (( ${#runs[@]} )) && $PY repro/exact_subset.py --n 1017 "${runs[@]}"
+  $PY repro/test_once.py --runs "$OUT"
+}
+
+"$@"
