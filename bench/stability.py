@@ -40,6 +40,14 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 from convergence import commit, machine  # noqa: E402
 
 
+def _first_estep_bound(lines):
+    """The first E-step's training lower bound, from the trainer's log line."""
+    for line in lines:
+        if "E-step done: training lower bound" in line:
+            return float(line.split("training lower bound")[1].split()[0])
+    return None
+
+
 def run_config(name, data_spec, overrides):
     cfg = load_run_config(
         os.path.join(ROOT, "configs", f"{name}.yaml"),
@@ -53,8 +61,25 @@ def run_config(name, data_spec, overrides):
         trainer = EMTrainer(
             model, cfg["training"], splits.train.dequantized(0), None, out, log=lines.append
         )
-        history = trainer.fit()
+        gave_up = None
+        try:
+            history = trainer.fit()
+        except FloatingPointError as err:  # the trainer gave up after max_rollbacks
+            gave_up = str(err)
+            history = json.loads(trainer.state.history.numpy().decode())
         rollbacks = int(trainer.state.rollbacks.numpy())
+    if gave_up is not None:
+        return {
+            "config": name,
+            "overrides": list(overrides),
+            "rollbacks": rollbacks,
+            "gave_up": gave_up,
+            "updates": sum(r["updates"] for r in history),
+            "start_train_lower_bound": _first_estep_bound(lines),
+            "train_lower_bound": [r["train_lower_bound"] for r in history],
+            "rollback_messages": [line for line in lines if "rolled back" in line],
+            "seconds": time.monotonic() - start,
+        }
     return {
         "config": name,
         "overrides": list(overrides),
@@ -83,6 +108,8 @@ def main(argv=None):
     for name in names:
         record = run_config(name, args.data, args.overrides)
         record.update(commit=commit(), machine=machine())
+        if "gave_up" in record:
+            print(f"{name}: gave up after {record['rollbacks']} rollbacks", flush=True)
         print(
             f"{name}: {record['rollbacks']} rollbacks, train LB "
             f"{record['start_train_lower_bound']:.1f} -> "
