@@ -577,6 +577,15 @@ class DeepGMM(tfd.Distribution):
             1
         ]
 
+    def conditional(self, x, mask, **kwargs):
+        """The posterior over missing pixels given the observed ones (`mask`: 1 = observed):
+        a `tfdgmm.conditional.DeepGMMConditional` (`sample`, `mean`, `log_prob`), exact per
+        path and weighted across paths by the observed block's likelihood. See
+        `tfdgmm.conditional.conditional` for the arguments."""
+        from tfdgmm import conditional
+
+        return conditional.conditional(self, x, mask, **kwargs)
+
     # ------------------------------------------------------------------ sampling
 
     @_no_autograph
