@@ -6,7 +6,6 @@ import pytest
 import tensorflow as tf
 
 import tfdgmm
-from tfdgmm import conditional as cond
 
 IMAGE = [4, 4, 3]  # patch 2 -> patch tensor [2, 2, 12]
 HC = {"type": "half_convolution", "kernel_size": 3}
