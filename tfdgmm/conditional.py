@@ -21,8 +21,10 @@ mean       mu_m     = b_m - Lambda_m^{-1} W_m^T W_o (x_o - b_o)
 and the observed block's marginal is `log p_p(x_o) = log p_p(x_o, mu_m) + (m/2) log 2 pi
 - (1/2) log det Lambda_m` (`m` missing pixels). The columns `W_m` are found by pushing the `m`
 basis images `e_j` (and the zero image, for the offset) through the layers' inverses in one
-batch; `Lambda_m` is factored by Cholesky (`Lambda_m = L L^T`, in `linalg_dtype`, float64 by
-default: the whitening layers make `Lambda_m` ill-conditioned for float32).
+batch (through the layers below the first one with alternatives only once, for every path);
+`Lambda_m` is formed in the model's dtype and factored by Cholesky (`Lambda_m = L L^T`) in
+`linalg_dtype`, float64 by default: the whitening layers make `Lambda_m` too ill-conditioned
+for a float32 factorisation.
 
 #### Across paths: weights by the observed block's marginal likelihood
 
@@ -60,6 +62,8 @@ import math
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
+
+from tfdgmm.bijectors import Patchify
 
 tfd = tfp.distributions
 
@@ -227,25 +231,58 @@ def conditional(
     )
 
 
-def _one_path(path, i):
-    return tuple(z[i] for z in path)
-
-
 def _path_groups(model, path, x_zero, missing, linalg_dtype):
     """Per path `g` of `path` (a batch `[G...]`), the Gaussian conditionals of the images
     `x_zero [G, k, H, W, C]` (or `[k, H, W, C]`, the same images for every path).
 
     Returns `mu [G, k, m]`, `chol [G, m, m]`, `log p_g(x_o) [G, k]` (in `linalg_dtype`) and
-    `log pi_g [G]`. One path at a time (`tf.map_fn`): a path costs one push of `m + 1 + k`
-    images through the layers and an `m x m` Cholesky factorisation."""
+    `log pi_g [G]`.
+
+    The layers below the lowest one with alternatives are the same on every path: the basis
+    images `e_j` (and the zero image) go through them once, for all paths. Each path then costs
+    the rest of the push (`m + 1 + k` rows, one path at a time by `tf.map_fn`), the Gram matrix
+    `W_m^T W_m` (in the model's dtype: `W_m` is no more accurate than that) and its Cholesky
+    factor (in `linalg_dtype`)."""
+    image_shape = list(model.image_shape)
+    d = int(np.prod(image_shape))
+    m = tf.size(missing)
+    g = tf.shape(path[0])[0]
     shared = x_zero.shape.rank == 4
+    split = _first_choice_layer(model)
     log_pi = model.path_log_prob(path)
+    # log |det W| per path from the zero image: log p_g(0) = log N(z_g(0)) + log |det W_g|
+    zeros = tf.zeros([g, *image_shape], model.dtype)
+    offset = tf.cast(tf.reshape(model.latent(zeros, path), [g, d]), linalg_dtype)  # z(0) = -W b
+    log_det_w = (
+        tf.cast(model.component_log_prob(zeros, path), linalg_dtype)
+        + 0.5 * tf.reduce_sum(tf.square(offset), -1)
+        + 0.5 * d * _LOG_2PI
+    )
+    basis = tf.concat([tf.zeros([1, d], model.dtype), tf.one_hot(missing, d, dtype=model.dtype)], 0)
+    low_basis = _lower_layers(model, tf.reshape(basis, [-1, *image_shape]), split)
+    xz = tf.cast(x_zero, model.dtype)
+    low_x = _lower_layers(model, tf.reshape(xz, [-1, *image_shape]), split)
+    if not shared:
+        low_x = tf.reshape(low_x, tf.concat([tf.shape(x_zero)[:2], tf.shape(low_x)[1:]], 0))
 
     def one(args):
-        p, xz = args[:-1], args[-1]
-        return _gaussian_conditional(model, p, x_zero if shared else xz, missing, linalg_dtype)
+        p, lx, ldw = args[:-2], args[-2], args[-1]
+        h = tf.concat([low_basis, low_x if shared else lx], 0)
+        z = tf.reshape(_upper_layers(model, h, p, split), [-1, d])
+        w_m = z[1 : 1 + m] - z[:1]  # [m, D]: row j is W e_j, the column of W at pixel j
+        gram = tf.cast(tf.matmul(w_m, w_m, transpose_b=True), linalg_dtype)  # W_m^T W_m
+        w_m = tf.cast(w_m, linalg_dtype)
+        z0 = tf.cast(z[1 + m :], linalg_dtype)  # [k, D]: latents with the missing pixels at 0
+        chol = tf.linalg.cholesky(gram)
+        rhs = -tf.matmul(w_m, z0, transpose_b=True)  # [m, k]
+        mu = tf.transpose(tf.linalg.cholesky_solve(chol, rhs))  # [k, m]
+        z_hat = z0 + tf.matmul(mu, w_m)  # the latent at the conditional mode
+        log_full = -0.5 * tf.reduce_sum(tf.square(z_hat), -1) - 0.5 * d * _LOG_2PI + ldw
+        half_log_det = tf.reduce_sum(tf.math.log(tf.linalg.diag_part(chol)))
+        log_obs = log_full + 0.5 * tf.cast(m, linalg_dtype) * _LOG_2PI - half_log_det
+        return mu, chol, log_obs
 
-    elems = tuple(path) + (tf.zeros(tf.shape(path[0])[:1]) if shared else x_zero,)
+    elems = tuple(path) + (tf.zeros([g]) if shared else low_x, log_det_w)
     spec_v = tf.TensorSpec([None, None], linalg_dtype)
     mu, chol, log_obs = tf.map_fn(
         one,
@@ -256,41 +293,35 @@ def _path_groups(model, path, x_zero, missing, linalg_dtype):
     return mu, chol, log_obs, log_pi
 
 
-def _gaussian_conditional(model, path, x_zero, missing, linalg_dtype):
-    """One path (a tuple of scalar / `[Hp, Wp]` choices), images `x_zero [k, H, W, C]` with
-    their missing pixels at 0: `(mu [k, m], chol [m, m], log p_p(x_o) [k])`."""
-    image_shape = list(model.image_shape)
-    d = int(np.prod(image_shape))
-    m = tf.size(missing)
-    k = tf.shape(x_zero)[0]
-    basis = tf.one_hot(missing, d, dtype=model.dtype)  # [m, D]: the basis images e_j
-    rows = tf.concat(
-        [tf.zeros([1, d], model.dtype), basis, tf.reshape(tf.cast(x_zero, model.dtype), [k, d])],
-        0,
-    )
-    r = 1 + m + k
-    batch_path = tuple(tf.broadcast_to(z[None], tf.concat([[r], tf.shape(z)], 0)) for z in path)
-    z = tf.reshape(model.latent(tf.reshape(rows, [r, *image_shape]), batch_path), [r, d])
-    z = tf.cast(z, linalg_dtype)
-    offset = z[0]  # z(0) = -W b
-    w_m = z[1 : 1 + m] - offset[None]  # [m, D]: row j is W e_j, the column of W at pixel j
-    z0 = z[1 + m :]  # [k, D]
-    gram = tf.matmul(w_m, w_m, transpose_b=True)  # Lambda_m = W_m^T W_m
-    chol = tf.linalg.cholesky(gram)
-    rhs = -tf.matmul(w_m, z0, transpose_b=True)  # [m, k]
-    mu = tf.transpose(tf.linalg.cholesky_solve(chol, rhs))  # [k, m]
-    z_hat = z0 + tf.matmul(mu, w_m)  # the latent of the conditional mode
-    # log |det W| from the zero image's density: log p_p(0) = log N(z(0)) + log |det W|
-    zero_path = tuple(zz[:1] for zz in batch_path)
-    lp0 = tf.cast(
-        model.component_log_prob(tf.zeros([1, *image_shape], model.dtype), zero_path)[0],
-        linalg_dtype,
-    )
-    log_det_w = lp0 + 0.5 * tf.reduce_sum(tf.square(offset)) + 0.5 * d * _LOG_2PI
-    log_full = -0.5 * tf.reduce_sum(tf.square(z_hat), -1) - 0.5 * d * _LOG_2PI + log_det_w
-    half_log_det = tf.reduce_sum(tf.math.log(tf.linalg.diag_part(chol)))
-    log_obs = log_full + 0.5 * tf.cast(m, linalg_dtype) * _LOG_2PI - half_log_det
-    return mu, chol, log_obs
+def _first_choice_layer(model):
+    """Index of the lowest layer with alternatives (the layers below are on every path)."""
+    for i, (k, _) in enumerate(model.layer_specs):
+        if k > 1:
+            return i
+    return len(model.layer_specs)
+
+
+def _lower_layers(model, images, stop):
+    """Images `[B, H, W, C]` through layers `0 .. stop - 1` (density direction, no choices):
+    the patch tensor `[B, Hp, Wp, D]`."""
+    h = Patchify(model.patch_size).forward(images)
+    for layer in model.layers[:stop]:
+        h = layer.inverse(h)
+    return h
+
+
+def _upper_layers(model, h, path, start):
+    """`h [B, Hp, Wp, D]` through layers `start ..` on one path (scalar / `[Hp, Wp]` choices)."""
+    b = tf.shape(h)[0]
+    for i in range(start, len(model.layers)):
+        k, _ = model.layer_specs[i]
+        layer = model.layers[i]
+        if k == 1:
+            h = layer.inverse(h)
+        else:
+            z = path[i]
+            h = layer.inverse(h, choice=tf.broadcast_to(z[None], tf.concat([[b], tf.shape(z)], 0)))
+    return h
 
 
 def _scatter_missing(x_zero_flat, missing, values):
@@ -505,13 +536,15 @@ class DeepGMMConditional(tfd.Distribution):
         m = tf.shape(self._means)[-1]
         pick = tf.random.stateless_categorical(self._logits, n, pick_seed, dtype=tf.int32)
         eps = tf.random.stateless_normal(tf.stack([num, m, n]), noise_seed, dtype=self._chol.dtype)
-        chol = tf.gather(self._chol, pick, axis=1, batch_dims=1)  # [N, n, m, m]
-        mean = tf.gather(self._means, pick, axis=1, batch_dims=1)  # [N, n, m]
-        # x_m = mu + L^{-T} eps has covariance (L L^T)^{-1}
-        noise = tf.linalg.triangular_solve(
-            chol, tf.transpose(eps, [0, 2, 1])[..., None], lower=True, adjoint=True
-        )[..., 0]
-        values = tf.transpose(mean + noise, [1, 0, 2])  # [n, N, m]
+        # x_m = mu_c + L_c^{-T} eps has covariance (L_c L_c^T)^{-1}: every candidate's solve
+        # with the same eps (C solves of n right-hand sides), then each sample takes its pick's
+        c = tf.shape(self._chol)[1]
+        rhs = tf.broadcast_to(eps[:, None], tf.stack([num, c, m, n]))
+        noise = tf.linalg.triangular_solve(self._chol, rhs, lower=True, adjoint=True)
+        every = self._means[..., None] + noise  # [N, C, m, n]
+        every = tf.transpose(every, [0, 3, 1, 2])  # [N, n, C, m]
+        values = tf.gather(every, pick, axis=2, batch_dims=2)  # [N, n, m]
+        values = tf.transpose(values, [1, 0, 2])  # [n, N, m]
         images = self._fill(tf.reshape(values, [n * num, m]))
         images = tf.reshape(images, [n, num, *self._image_shape])
         return images[:, 0] if self._unbatched else images
