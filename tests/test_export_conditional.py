@@ -110,8 +110,8 @@ def test_conditional_sample_loads_without_tfdgmm_and_matches_the_live_model(tmp_
         got = dict(np.load(tmp_path / name / "output.npz"))
         rtol = 1e-4 if model.dtype == tf.float32 else 1e-9
         assert got["sample"].dtype == np.float32 and got["sample"].shape == (3, *model.image_shape)
-        for key in ("sample", "mean"):
-            np.testing.assert_allclose(got[key], live[name][key], rtol=rtol, atol=rtol)
+        for key in ("sample", "mean"):  # float32 outputs
+            np.testing.assert_allclose(got[key], live[name][key], rtol=max(rtol, 1e-6), atol=1e-6)
         np.testing.assert_allclose(
             got["observed_log_prob"], live[name]["observed_log_prob"], rtol=rtol
         )
