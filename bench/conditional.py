@@ -80,7 +80,34 @@ def main():
 
         return estep
 
+    # the parts of one path's exact conditional (768 missing values): the basis images through
+    # every layer, the Gram matrix W_m^T W_m (model dtype) and its float64 Cholesky factor
+    m = int(np.sum(mask.numpy() == 0))
+    d = int(np.prod(model.image_shape))
+    basis = tf.reshape(tf.one_hot(tf.range(m + 1), d, dtype=model.dtype), [-1, *model.image_shape])
+    one_path, _ = model.best_path(x, restarts=1, seed=seed)
+    basis_path = tuple(tf.repeat(z, m + 1, axis=0) for z in one_path)
+    w_m = tf.random.stateless_normal([m, d], seed=seed, dtype=model.dtype)
+    gram = tf.cast(tf.matmul(w_m, w_m, transpose_b=True), tf.float64) + d * tf.eye(
+        m, dtype=tf.float64
+    )
+
+    @tf.function(autograph=False)
+    def part_push():
+        return model.latent(basis, basis_path)
+
+    @tf.function(autograph=False)
+    def part_gram():
+        return tf.matmul(w_m, w_m, transpose_b=True)
+
+    @tf.function(autograph=False)
+    def part_cholesky():
+        return tf.linalg.cholesky(gram)
+
     fns = {
+        "part_push_basis_all_layers": part_push,
+        "part_gram": part_gram,
+        "part_cholesky_float64": part_cholesky,
         "conditional": condition_fn(),  # defaults: 2 chains, 1 alternation: 4 candidates
         "conditional_1_path": condition_fn(restarts=1, iterations=0),  # the filled image's path
         "estep_1": estep_fn(1),

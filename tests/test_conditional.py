@@ -179,6 +179,8 @@ def test_search_candidates_are_exact_components_with_renormalised_weights():
         np.testing.assert_allclose(
             np.sort(got_w[n][np.isfinite(got_w[n])]), np.sort(want), atol=1e-8
         )
+    # repeated paths (factorised once, copied) occur here and count once
+    assert np.isinf(got_w).any()
     # hard EM: along each chain, the joint p(x_o, x_m, path) at the conditional mode never falls
     means_img = c.component_means.numpy()
     missing = ~(mask.reshape(-1) > 0.5)

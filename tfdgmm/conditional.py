@@ -231,7 +231,7 @@ def conditional(
     )
 
 
-def _path_groups(model, path, x_zero, missing, linalg_dtype):
+def _path_groups(model, path, x_zero, missing, linalg_dtype, compute=None):
     """Per path `g` of `path` (a batch `[G...]`), the Gaussian conditionals of the images
     `x_zero [G, k, H, W, C]` (or `[k, H, W, C]`, the same images for every path).
 
@@ -242,7 +242,8 @@ def _path_groups(model, path, x_zero, missing, linalg_dtype):
     images `e_j` (and the zero image) go through them once, for all paths. Each path then costs
     the rest of the push (`m + 1 + k` rows, one path at a time by `tf.map_fn`), the Gram matrix
     `W_m^T W_m` (in the model's dtype: `W_m` is no more accurate than that) and its Cholesky
-    factor (in `linalg_dtype`)."""
+    factor (in `linalg_dtype`). With `compute` (bool `[G]`), groups marked False are skipped
+    (their outputs are zeros: the caller copies them from an identical group)."""
     image_shape = list(model.image_shape)
     d = int(np.prod(image_shape))
     m = tf.size(missing)
@@ -265,8 +266,23 @@ def _path_groups(model, path, x_zero, missing, linalg_dtype):
     if not shared:
         low_x = tf.reshape(low_x, tf.concat([tf.shape(x_zero)[:2], tf.shape(low_x)[1:]], 0))
 
+    k = tf.shape(x_zero)[0] if shared else tf.shape(x_zero)[1]
+
     def one(args):
-        p, lx, ldw = args[:-2], args[-2], args[-1]
+        p, lx, ldw, do = args[:-3], args[-3], args[-2], args[-1]
+        if compute is None:
+            return conditional_of(p, lx, ldw)
+        return tf.cond(
+            do,
+            lambda: conditional_of(p, lx, ldw),
+            lambda: (
+                tf.zeros(tf.stack([k, m]), linalg_dtype),
+                tf.zeros(tf.stack([m, m]), linalg_dtype),
+                tf.zeros(tf.reshape(k, [1]), linalg_dtype),
+            ),
+        )
+
+    def conditional_of(p, lx, ldw):
         h = tf.concat([low_basis, low_x if shared else lx], 0)
         z = tf.reshape(_upper_layers(model, h, p, split), [-1, d])
         w_m = z[1 : 1 + m] - z[:1]  # [m, D]: row j is W e_j, the column of W at pixel j
@@ -282,7 +298,8 @@ def _path_groups(model, path, x_zero, missing, linalg_dtype):
         log_obs = log_full + 0.5 * tf.cast(m, linalg_dtype) * _LOG_2PI - half_log_det
         return mu, chol, log_obs
 
-    elems = tuple(path) + (tf.zeros([g]) if shared else low_x, log_det_w)
+    flags = tf.ones([g], tf.bool) if compute is None else compute
+    elems = tuple(path) + (tf.zeros([g]) if shared else low_x, log_det_w, flags)
     spec_v = tf.TensorSpec([None, None], linalg_dtype)
     mu, chol, log_obs = tf.map_fn(
         one,
@@ -354,13 +371,30 @@ def _search_candidates(
     path, _ = model.best_path(xt, restarts=1, seed=seeds[0], **first)
     again = {k: v for k, v in search.items() if k != "restart_passes"}
     visited = []
+    rows = tf.range(n * restarts)
     for t in range(iterations + 1):
-        mu, chol, log_obs, log_pi = _path_groups(
-            model, path, tf.reshape(xz, [-1, 1, *model.image_shape]), missing, linalg_dtype
+        # a path met before needs no new factorisation: the same path of the chain one
+        # iteration ago, or an earlier chain's path of the same image in this iteration
+        earlier = _first_equal_in_group(path, restarts)
+        same_as_before = (
+            _rows_equal(path, visited[-1][0]) if visited else tf.zeros_like(rows, tf.bool)
         )
-        visited.append((path, mu[:, 0], chol, log_obs[:, 0] + tf.cast(log_pi, linalg_dtype)))
+        compute = tf.logical_and(tf.equal(earlier, rows), tf.logical_not(same_as_before))
+        mu, chol, log_obs, log_pi = _path_groups(
+            model,
+            path,
+            tf.reshape(xz, [-1, 1, *model.image_shape]),
+            missing,
+            linalg_dtype,
+            compute=compute,
+        )
+        out = [mu[:, 0], chol, log_obs[:, 0] + tf.cast(log_pi, linalg_dtype)]
+        if visited:
+            out = [_select(same_as_before, old, new) for old, new in zip(visited[-1][1:], out)]
+        out = [tf.gather(v, earlier) for v in out]
+        visited.append((path, *out))
         if t < iterations:
-            xt = tf.reshape(_scatter_missing(xz, missing, mu[:, 0]), [-1, *model.image_shape])
+            xt = tf.reshape(_scatter_missing(xz, missing, out[0]), [-1, *model.image_shape])
             path, _ = model.best_path(
                 xt, init=path, restarts=0, init_passes=1, seed=seeds[t + 1], **again
             )
@@ -379,6 +413,33 @@ def _search_candidates(
         per_image([v[2] for v in visited]),
         per_image([v[3] for v in visited]),
     )
+
+
+def _flat_paths(path):
+    """`[B, F]` int32: every layer's choices of each row, side by side."""
+    return tf.concat([tf.reshape(tf.cast(z, tf.int32), [tf.shape(z)[0], -1]) for z in path], 1)
+
+
+def _rows_equal(a, b):
+    """bool `[B]`: row b of path `a` equals row b of path `b`."""
+    return tf.reduce_all(tf.equal(_flat_paths(a), _flat_paths(b)), axis=1)
+
+
+def _first_equal_in_group(path, group):
+    """int32 `[B]`: for row `b = n * group + r`, the first row of its group with the same path."""
+    flat = _flat_paths(path)
+    f = tf.shape(flat)[1]
+    g = tf.reshape(flat, tf.stack([-1, group, f]))
+    eq = tf.reduce_all(tf.equal(g[:, :, None], g[:, None, :]), axis=-1)  # [N, R, R]
+    first = tf.argmax(tf.cast(eq, tf.int32), axis=-1, output_type=tf.int32)  # [N, R]
+    base = tf.range(tf.shape(g)[0]) * group
+    return tf.reshape(first + base[:, None], [-1])
+
+
+def _select(flag, a, b):
+    """`a` where `flag` (bool `[B]`) else `b`, for tensors `[B, ...]`."""
+    shape = tf.concat([tf.shape(flag), tf.ones([tf.rank(a) - 1], tf.int32)], 0)
+    return tf.where(tf.reshape(flag, shape), a, b)
 
 
 def _duplicates(cand):
