@@ -7,6 +7,9 @@ tfdgmm sample RUN_DIR [--n 64] [--seed 0] [--out PNG]
 tfdgmm baseline [--data SPEC] [--out DIR] [--noise-seed 0] [--jitter J]
 tfdgmm export RUN_DIR OUT_DIR [--which best|latest] [--restarts 2] [--restart-passes 2]
               [--seed A B] [--overwrite]
+tfdgmm inpaint RUN_DIR [--mask center|left|right|top|bottom|random:P|FILE] [--n 16]
+               [--images 4] [--data SPEC] [--split test] [--seed 0] [--out PNG]
+tfdgmm score RUN_DIR [--data SPEC|PNG_DIR|NPZ] [--split test] [--limit N] [--out CSV]
 tfdgmm tune --config FILE --max-trials N [--tuner random|bayesian|hyperband] [--data SPEC]
             --out DIR [--space YAML] [--max-epochs E] [--factor 3] [--set KEY=VALUE ...]
 ```
@@ -213,6 +216,48 @@ def _parser() -> argparse.ArgumentParser:
     )
     x.add_argument("--overwrite", action="store_true", help="replace an existing SavedModel")
 
+    i = sub.add_parser(
+        "inpaint", help="fill in masked pixels: conditional mean and samples as a PNG grid"
+    )
+    i.add_argument("run_dir")
+    i.add_argument(
+        "--mask",
+        default="center",
+        help="center (a quarter of the pixels missing), left, right, top, bottom (that half "
+        "missing), random:P (each pixel missing with probability P) or a .png/.npy file "
+        "(white/1 = observed, black/0 = missing); default center",
+    )
+    i.add_argument(
+        "--n", type=_count(1), default=16, help="conditional samples per image (default 16)"
+    )
+    i.add_argument("--images", type=_count(1), default=4, help="images to inpaint (default 4)")
+    i.add_argument("--data", help="data spec, a folder of PNGs or a .npz (default: the run's data)")
+    i.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "validation", "test"],
+        help="split of a data spec to take the images from (default test)",
+    )
+    i.add_argument("--seed", type=int, default=0, help="seed of the search and the samples")
+    i.add_argument("--out", help="PNG path (default RUN_DIR/figures/inpaint-MASK.png)")
+
+    c = sub.add_parser("score", help="per-image bits/dim of images to a CSV")
+    c.add_argument("run_dir")
+    c.add_argument("--data", help="data spec, a folder of PNGs or a .npz (default: the run's data)")
+    c.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "validation", "test"],
+        help="split of a data spec to score (default test)",
+    )
+    c.add_argument("--limit", type=_count(1), help="score only the first N images")
+    c.add_argument("--restarts", type=_count(1), help="random restarts (default eval_restarts)")
+    c.add_argument("--batch-size", type=_count(1), help="images per search batch")
+    c.add_argument(
+        "--noise-seed", type=int, help="seed of the fixed dequantisation noise (default: the run's)"
+    )
+    c.add_argument("--out", help="CSV path (default RUN_DIR/scores.csv)")
+
     u = sub.add_parser("tune", help="keras-tuner hyperparameter search of EM-trained models")
     u.add_argument(
         "--config",
@@ -331,6 +376,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.seed,
                 args.location_method,
                 args.overwrite,
+            )
+        elif args.command == "inpaint":
+            print(
+                runs.inpaint_run(
+                    args.run_dir,
+                    args.mask,
+                    args.n,
+                    args.out,
+                    args.data,
+                    args.split,
+                    args.images,
+                    args.seed,
+                )
+            )
+        elif args.command == "score":
+            runs.score_run(
+                args.run_dir,
+                args.data,
+                args.out,
+                args.split,
+                args.limit,
+                args.restarts,
+                args.batch_size,
+                args.noise_seed,
             )
         elif args.command == "tune":
             runs.tune_run(

@@ -9,6 +9,7 @@ import tensorflow_probability as tfp
 
 from tfdgmm import architectures, path_priors, path_search
 from tfdgmm.bijectors import Patchify
+from tfdgmm.checks import check_float_images, check_seed
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
@@ -621,6 +622,15 @@ class DeepGMM(tfd.Distribution):
             1
         ]
 
+    def conditional(self, x, mask, **kwargs):
+        """The posterior over missing pixels given the observed ones (`mask`: 1 = observed):
+        a `tfdgmm.conditional.DeepGMMConditional` (`sample`, `mean`, `log_prob`), exact per
+        path and weighted across paths by the observed block's likelihood. See
+        `tfdgmm.conditional.conditional` for the arguments."""
+        from tfdgmm import conditional
+
+        return conditional.conditional(self, x, mask, **kwargs)
+
     # ------------------------------------------------------------------ sampling
 
     @_no_autograph
@@ -848,44 +858,6 @@ def _checked_choices(z, k, i):
     ]
     with tf.control_dependencies(checks):
         return tf.identity(z)
-
-
-def check_float_images(x, where="images"):
-    """Refuse integer images (numpy arrays or tensors of any integer dtype): the model is a
-    density of dequantised data on [-1, 1]; raw pixels would be silently scored ~1e7 nats off."""
-    dtype = getattr(x, "dtype", None)
-    if dtype is None:
-        return
-    try:
-        dtype = tf.as_dtype(dtype)
-    except TypeError:
-        return
-    if dtype.is_integer or dtype == tf.bool:
-        raise ValueError(
-            f"{where} are {dtype.name} (raw pixels?); expected dequantised float images on "
-            "[-1, 1]: tfdgmm.data.dequantize(pixels, np.random.default_rng(0).random("
-            "pixels.shape)) or split.dequantized(seed) of tfdgmm.data.load_cifar10"
-        )
-
-
-def check_seed(seed, where="seed"):
-    """A stateless seed: None, a Python int, or an int32 `[2]` tensor; a clear error otherwise."""
-    if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
-        return seed
-    try:
-        t = tf.convert_to_tensor(seed)
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"{where} must be an int or an int32 [2] tensor (a stateless seed); got {seed!r}"
-        ) from err
-    if not t.dtype.is_integer or (
-        t.shape.rank is not None and t.shape.as_list() not in ([], [2], [None])
-    ):
-        raise ValueError(
-            f"{where} must be an int or an int32 [2] tensor (a stateless seed); "
-            f"got {t.dtype.name} of shape {t.shape.as_list()}"
-        )
-    return seed
 
 
 def _ints(seq):

@@ -13,6 +13,8 @@ lower = m.log_prob_lower_bound(x)        # [16]: E-step search with fixed settin
 bpd = m.bits_per_dim(x)                  # [16]: the same lower bound in bits/dim
 path = m.best_path(x)                    # {"path_0": [16] or [16, Hp, Wp] int32, ...,
                                          #  "lower_bound": [16]}
+out = m.conditional_sample(x, mask, seed=[5, 6])  # mask float32 [H, W, C], 1 = observed
+                                         # {"sample", "mean": [16, H, W, C], "observed_log_prob"}
 ```
 
 A SavedModel keeps `tf.function` graphs and variables, not Python objects. The exported module
@@ -32,6 +34,14 @@ model's dtype, nats per image):
   per batch; the `'ranked'` per-location scheme ranks locations with a batch-mean Gram).
 * `log_prob_upper_bound(x)` -> `[N]`: the paper's approximate upper bound with the same search.
 * `log_prob(x)` -> `[N]` (exact): only for models with at most `exact_limit` paths.
+* `conditional_sample(x, mask, seed)`: inpainting (`tfdgmm.conditional`; not for gating
+  priors). `mask` float32 `[H, W, C]`, 1 = observed, 0 = missing (values are checked),
+  `seed` int32 `[2]` (stateless) -> `{"sample": float32 [N, H, W, C]` (one conditional sample
+  per image, observed pixels kept), `"mean"`: the conditional mean, `"observed_log_prob"`:
+  `[N]` `log sum_c pi_c p_c(x_o)` over the candidate paths}`. The live model's
+  `model.conditional(x, mask, seed=<search seed>, restarts=<restarts>,
+  search={restart_passes, location_method, location_options}).sample(seed=seed)`; for more
+  samples of one image, repeat it in `x` (the candidate search is then repeated too).
 * `metadata()` -> dict of string scalars; the same values are variables of the module:
   `image_shape` (int32 `[3]`), `patch_size`, `num_paths` (decimal string, exact),
   `log_num_paths`, `dtype`, `num_dims`, `bin_width`, `config` (architecture JSON),
@@ -201,6 +211,23 @@ class _ExportModule(tf.Module):
         def log_prob(x: tf.Tensor) -> tf.Tensor:
             return model.log_prob(tf.cast(x, dtype))
 
+        conditional_kwargs = {
+            "restarts": search_kwargs["restarts"],
+            "search": {
+                k: search_kwargs[k]
+                for k in ("restart_passes", "location_method", "location_options")
+                if search_kwargs.get(k) is not None
+            },
+        }
+
+        def conditional_sample(x: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> dict:
+            c = model.conditional(tf.cast(x, dtype), mask, seed=search_seed, **conditional_kwargs)
+            return {
+                "sample": tf.cast(c.sample(seed=seed), tf.float32),
+                "mean": tf.cast(c.mean(), tf.float32),
+                "observed_log_prob": c.observed_log_prob,
+            }
+
         def best_path(x: tf.Tensor) -> dict:
             path, joint = search_fn(x)
             out = {f"path_{i}": tf.cast(z, tf.int32) for i, z in enumerate(path)}
@@ -239,6 +266,13 @@ class _ExportModule(tf.Module):
         }
         if exact:
             bodies["log_prob"] = (_traced(log_prob, images), [images], "log_prob")
+        if not model.path_prior.is_conditional:  # no Gaussian conditionals with gating
+            mask_spec = tf.TensorSpec([h, w, c], tf.float32, name="mask")
+            bodies["conditional_sample"] = (
+                _traced(conditional_sample, images, mask_spec, seed_spec),
+                [images, mask_spec, seed_spec],
+                None,
+            )
         functions = list(bodies) + ["metadata"]
         for name, (body, specs, _) in bodies.items():
             if name != "sample":

@@ -11,7 +11,7 @@ nothing imports `tfdgmm.cli`.
 * `lock`: the exclusive lock of a run directory (`RunLock`, `RunLockedError`).
 * `errors`: one-line messages (a full disk says that `--resume` continues).
 * `train`: `train_run`; `gating`: `gate_run`; `commands`: evaluate, sample, baseline,
-  export, tune.
+  export, tune; `inpaint`: inpaint and score.
 
 Importing this package does not import TensorFlow (the modules import it where they need it).
 """
@@ -24,6 +24,7 @@ from tfdgmm.runs.config import DATA_DEFAULTS, apply_overrides, load_run_config, 
 from tfdgmm.runs.data import DataLoadError, load_data
 from tfdgmm.runs.errors import is_disk_full, one_line
 from tfdgmm.runs.gating import gate_run
+from tfdgmm.runs.inpaint import inpaint_run, score_run
 from tfdgmm.runs.lock import RunLock, RunLockedError
 from tfdgmm.runs.quiet import quiet_tensorflow
 from tfdgmm.runs.train import train_run
@@ -43,6 +44,8 @@ __all__ = [
     "baseline_run",
     "export_run",
     "tune_run",
+    "inpaint_run",
+    "score_run",
     "quiet_tensorflow",
     "RunLock",
     "RunLockedError",

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import tensorflow as tf
 
-from tfdgmm.deep_gmm import check_float_images
+from tfdgmm.checks import check_float_images
 from tfdgmm.training import checkpointing
 from tfdgmm.training.config import EMConfig, learning_rate_at, mstep_updates
 from tfdgmm.training.evaluation import EVAL_SEED_OFFSET, evaluate_bounds, search_record
