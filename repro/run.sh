@@ -53,7 +53,7 @@ train() {  # NAME CONFIG [--set ...]: train into $OUT/NAME, resuming an interrup
   [[ -d "$OUT/$name/checkpoints" ]] && resume="--resume"
   echo "== $name ($(date -u +%H:%M:%S))"
   # shellcheck disable=SC2086
-  $PY -m tfdgmm.cli train --config "configs/$config.yaml" --data "$DATA" --out "$OUT/$name" \
+  $PY -m tfdgmm train --config "configs/$config.yaml" --data "$DATA" --out "$OUT/$name" \
       $resume "$@" > "$OUT/$name.out" 2>&1 || { echo "!! $name failed: see $OUT/$name.out"; return 1; }
 }
 
@@ -66,10 +66,10 @@ lane_a() {  # Table 3; the gating configs train the intermediate-HC model, then 
 
 lane_b() {  # the Gaussian, Table 1, Table 2, the 2014 dense deep GMM
   if [[ ! -f "$OUT/gaussian/baseline.json" ]]; then
-    $PY -m tfdgmm.cli baseline --data "$DATA" --out "$OUT/gaussian" > "$OUT/gaussian.out" 2>&1
+    $PY -m tfdgmm baseline --data "$DATA" --out "$OUT/gaussian" > "$OUT/gaussian.out" 2>&1
   fi
   if [[ ! -f "$OUT/gaussian500/baseline.json" ]]; then  # the validation images of the runs
-    $PY -m tfdgmm.cli baseline --data "$DATA" --out "$OUT/gaussian500" --validation-limit 500 \
+    $PY -m tfdgmm baseline --data "$DATA" --out "$OUT/gaussian500" --validation-limit 500 \
         > "$OUT/gaussian500.out" 2>&1
   fi
   for k in 0 1 2 3 4; do train table1_hc$k table1_hc${k}_cpu $T1; done
@@ -137,7 +137,7 @@ final() {  # after both lanes: exact pixels against the JPEG copy; then the test
   n=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['test']['num_images'])" \
       "$OUT/test-selection.json")
   [[ -f "$OUT/gaussian-test/baseline.json" ]] || \
-    $PY -m tfdgmm.cli baseline --data "$DATA" --out "$OUT/gaussian-test" --test-limit "$n" \
+    $PY -m tfdgmm baseline --data "$DATA" --out "$OUT/gaussian-test" --test-limit "$n" \
         --validation-limit 500 > "$OUT/gaussian-test.out" 2>&1
 }
 
