@@ -589,13 +589,16 @@ class DeepGMM(tfd.Distribution):
         if static_n is not None and np.ndim(static_n) == 0 and int(static_n) < 0:
             raise ValueError(f"the number of samples must be >= 0; got {int(static_n)}")
         seed = tfp.random.sanitize_seed(check_seed(seed), salt="DeepGMM")
-        path_seed, z_seed = tfp.random.split_seed(seed, n=2)
-        z = tf.random.stateless_normal([n, *self._patch_shape], seed=z_seed, dtype=self.dtype)
+        path_seed, z_seed = path_priors.split_seed(seed, n=2)
+        # Philox (the CPU/GPU default) named explicitly: XLA-compiled sampling draws the same z
+        z = tf.random.stateless_normal(
+            [n, *self._patch_shape], seed=z_seed, dtype=self.dtype, alg="philox"
+        )
         if not self._path_prior.is_conditional:
             path = self._path_prior.sample(n, path_seed)
             return self._patchify.inverse(self._down(z, path)), path
         # gating: top-down, each layer's choice drawn given the partial sample above it
-        seeds = tfp.random.split_seed(path_seed, n=len(self._layers))
+        seeds = path_priors.split_seed(path_seed, n=len(self._layers))
         path = [None] * len(self._layers)
         h = z
         for i in reversed(range(len(self._layers))):
@@ -604,7 +607,7 @@ class DeepGMM(tfd.Distribution):
                 path[i] = tf.zeros([n], tf.int32)
             else:
                 logits = tf.reshape(self._path_prior.layer_logits(i, h), [-1, k])
-                draws = tf.random.stateless_categorical(logits, 1, seed=seeds[i], dtype=tf.int32)
+                draws = path_priors.stateless_categorical(logits, seeds[i])
                 path[i] = tf.reshape(draws, tf.concat([[n], _ints(shape)], 0))
             h = self._layers[i].forward(h, **_kw(self._choice(i, path[i], tf.shape(h)[:-3])))
         return self._patchify.inverse(h), tuple(path)

@@ -49,6 +49,9 @@ import math
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfdgmm.bijectors import precomposed
+from tfdgmm.path_priors import split_seed
+
 __all__ = ["best_path", "coordinate_ascent_pass", "random_path", "LOCATION_METHODS"]
 
 LOCATION_METHODS = ("auto", "gram", "ranked", "linearized", "brute_force")
@@ -56,7 +59,7 @@ LOCATION_METHODS = ("auto", "gram", "ranked", "linearized", "brute_force")
 
 def random_path(model, n, seed):
     """A uniformly random path for `n` datapoints from a stateless seed."""
-    seeds = tfp.random.split_seed(seed, n=max(len(model.layer_specs), 1))
+    seeds = split_seed(seed, n=max(len(model.layer_specs), 1))
     path = []
     for i, (k, shape) in enumerate(model.layer_specs):
         path.append(
@@ -66,6 +69,7 @@ def random_path(model, n, seed):
                 minval=0,
                 maxval=k,
                 dtype=tf.int32,
+                alg="philox",  # (named: XLA then draws the same paths)
             )
         )
     return tuple(path)
@@ -101,10 +105,39 @@ def best_path(
         )
     if init is None and restarts < 1:
         raise ValueError("best_path needs an initial path or at least one random restart")
+    with precomposed(model.layers):  # compose every block once for all the passes
+        return _best_path(
+            model,
+            x,
+            init,
+            restarts,
+            init_passes,
+            restart_passes,
+            seed,
+            location_method,
+            use_prior,
+            location_options,
+            restart_rows,
+        )
+
+
+def _best_path(
+    model,
+    x,
+    init,
+    restarts,
+    init_passes,
+    restart_passes,
+    seed,
+    location_method,
+    use_prior,
+    location_options,
+    restart_rows,
+):
     h0 = model._patchify.forward(x)
     n = tf.shape(h0)[0]
     seed = tfp.random.sanitize_seed(seed, salt="best_path")
-    seeds = tfp.random.split_seed(seed, n=max(restarts, 1) + 1)
+    seeds = split_seed(seed, n=max(restarts, 1) + 1)
     probe_seed = seeds[-1]
     starts = []
     if init is not None:
@@ -119,7 +152,7 @@ def best_path(
     best, best_score = None, None
     for path, passes in starts:
         for _ in range(passes):
-            probe_seed, pass_seed = tfp.random.split_seed(probe_seed, n=2)
+            probe_seed, pass_seed = split_seed(probe_seed, n=2)
             path = coordinate_ascent_pass(
                 model,
                 h0,
@@ -380,7 +413,7 @@ def _mean_local_gram(model, i, prob, y, path, probes, seed):
         tf.tile(z_, tf.concat([[probes], tf.ones([tf.rank(z_) - 1], tf.int32)], 0)) for z_ in path
     )
     v = tf.random.stateless_normal(
-        tf.concat([[probes * n], model.patch_shape], 0), seed=seed, dtype=model.dtype
+        tf.concat([[probes * n], model.patch_shape], 0), seed=seed, dtype=model.dtype, alg="philox"
     )
     with tf.GradientTape() as tape:
         tape.watch(y_rep)
@@ -402,7 +435,103 @@ def _predicted_gains(model, i, prob, y, cur, path, gram):
     return gain + prob.terms - tf.gather(prob.terms, cur, axis=2, batch_dims=2)[..., None], base
 
 
-def _ranked_update(model, i, h, path, use_prior, seed=None, top=None, iterations=1, probes=2):
+def _in_xla_context():
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _ranked_update(
+    model,
+    i,
+    h,
+    path,
+    use_prior,
+    seed=None,
+    top=None,
+    iterations=1,
+    probes=2,
+    threshold=None,
+    compact=True,
+):
+    """See `_ranked_steps` (no threshold: every datapoint visits its `top` best-ranked
+    locations) and `_thresholded_steps` (`threshold` set: only locations whose predicted gain
+    exceeds it)."""
+    if threshold is None:
+        return _ranked_steps(model, i, h, path, use_prior, seed, top, iterations, probes)
+    return _thresholded_steps(
+        model, i, h, path, use_prior, seed, top, iterations, probes, float(threshold), compact
+    )
+
+
+def _thresholded_steps(
+    model, i, h, path, use_prior, seed, top, iterations, probes, threshold, compact
+):
+    """Exact coordinate-ascent steps at the locations whose predicted gain exceeds `threshold`.
+
+    As `_ranked_steps`, but each datapoint visits only its locations (best-ranked first, at
+    most `top`, default all) whose predicted gain (quadratic model) is above `threshold`
+    nats. With `compact` (outside XLA), step `t` evaluates only the datapoints that have a
+    `t`-th such location (a gather of their rows), so the cost follows the number of
+    promising locations instead of `top` for every datapoint: a warm-started pass on a
+    trained model, where few locations change, costs a few evaluations per datapoint.
+    Every step is exact, so the objective never decreases.
+    """
+    prob = _LocationProblem(model, i, h, path, use_prior)
+    num_loc = prob.num_locations
+    top = num_loc if top is None else min(int(top), num_loc)
+    compact = compact and not _in_xla_context()
+    cur = prob.cur
+    y = prob.select(cur)
+    gram = _mean_local_gram(model, i, prob, y, path, probes, seed)
+    hp, wp, d = prob.shape
+    for _ in range(iterations):
+        gain, _ = _predicted_gains(model, i, prob, y, cur, path, gram)
+        best_gain = tf.reduce_max(gain, axis=-1)  # [N, L]
+        order = tf.argsort(best_gain, axis=1, direction="DESCENDING")
+        count = tf.minimum(
+            tf.reduce_sum(tf.cast(best_gain > threshold, tf.int32), axis=1), top
+        )  # [N]
+        steps = tf.reduce_max(tf.concat([count, [0]], 0))
+
+        def body(t, cur, y, order=order, count=count):
+            if compact:
+                rows = tf.cast(tf.where(count > t)[:, 0], tf.int32)  # [M] active datapoints
+            else:
+                rows = tf.range(prob.n)
+            loc = tf.gather(order[:, t], rows)  # [M]
+            cand = tf.gather(
+                tf.gather(prob.candidates, rows), loc, axis=1, batch_dims=1
+            )  # [M, K, d]
+            y_r, cur_r = tf.gather(y, rows), tf.gather(cur, rows)
+            mask = tf.one_hot(loc, num_loc, dtype=model.dtype)[:, None, :, None]  # [M,1,L,1]
+            trial = y_r[:, None] * (1.0 - mask) + cand[:, :, None] * mask  # [M, K, L, d]
+            alt = tf.range(prob.k)[None, :, None]
+            trial_choice = tf.where(mask[..., 0] > 0, alt, cur_r[:, None])
+            sub_path = tuple(tf.gather(p_, rows) for p_ in path)
+            score = model._score_above(
+                tf.reshape(trial, tf.concat([tf.shape(trial)[:2], [hp, wp, d]], 0)),
+                sub_path,
+                i,
+                tf.reshape(trial_choice, tf.concat([tf.shape(trial_choice)[:2], [hp, wp]], 0)),
+                use_prior,
+            ) + tf.gather(tf.gather(prob.terms, rows), loc, axis=1, batch_dims=1)
+            best = tf.argmax(score, axis=1, output_type=tf.int32)
+            if not compact:  # inactive datapoints keep their choice
+                keep = tf.gather(cur_r, loc, axis=1, batch_dims=1)
+                best = tf.where(count > t, best, keep)
+            idx = tf.stack([rows, loc], axis=1)
+            cur = tf.tensor_scatter_nd_update(cur, idx, best)
+            y = tf.tensor_scatter_nd_update(y, idx, tf.gather(cand, best, axis=1, batch_dims=1))
+            return t + 1, cur, y
+
+        _, cur, y = tf.while_loop(
+            lambda t, *_, steps=steps: t < steps, body, (tf.constant(0), cur, y)
+        )
+    return prob.done(cur, y)
+
+
+def _ranked_steps(model, i, h, path, use_prior, seed, top, iterations, probes):
     """Exact coordinate-ascent steps at the `top` locations the quadratic model ranks highest.
 
     The linearisation (one VJP, batch-mean local Gram) only *orders* the locations; every step

@@ -4,10 +4,20 @@ All act on a patch tensor event `[Hp, Wp, D]` (see `docs/DESIGN.md`), except
 `Patchify` (which makes it) and `Dense` (on the flattened event).
 """
 
+from tfdgmm.bijectors._bank import CHOICE_OPS, choice_ops, precomposed
 from tfdgmm.bijectors.block_diagonal import BlockDiagonal
 from tfdgmm.bijectors.dense import Dense
 from tfdgmm.bijectors.diagonal import Diagonal
 from tfdgmm.bijectors.half_convolution import HalfConvolution
 from tfdgmm.bijectors.patchify import Patchify
 
-__all__ = ["BlockDiagonal", "Dense", "Diagonal", "HalfConvolution", "Patchify"]
+__all__ = [
+    "BlockDiagonal",
+    "CHOICE_OPS",
+    "Dense",
+    "Diagonal",
+    "HalfConvolution",
+    "Patchify",
+    "choice_ops",
+    "precomposed",
+]
