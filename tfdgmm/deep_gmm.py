@@ -500,6 +500,7 @@ class DeepGMM(tfd.Distribution):
         location_method="auto",
         use_prior=True,
         location_options=None,
+        compose_once=True,
     ):
         """Hard E-step: the best path per image found by layer-wise coordinate ascent.
 
@@ -520,6 +521,8 @@ class DeepGMM(tfd.Distribution):
           location_options: dict for the per-location scheme, e.g. `{"top": 32}` for
             `'ranked'` (see `tfdgmm.path_search.coordinate_ascent_pass`).
           use_prior: maximise `log pi_p + log p_p(x)` (True) or `log p_p(x)` (False).
+          compose_once: compose every block once for the whole search (default) instead of
+            once per layer call.
 
         Returns:
           `(path, score)`: the path tuple and `log pi_p + log p_p(x)` (or `log p_p(x)` when
@@ -540,6 +543,7 @@ class DeepGMM(tfd.Distribution):
             location_method=location_method,
             use_prior=use_prior,
             location_options=location_options,
+            compose_once=compose_once,
         )
 
     @_no_autograph

@@ -46,15 +46,42 @@ g = -G^T z,   Q_l = (G^T G)_{ll}   (the local d x d Gram block).
 
 import math
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfdgmm.bijectors import precomposed
 from tfdgmm.path_priors import split_seed
 
-__all__ = ["best_path", "coordinate_ascent_pass", "random_path", "LOCATION_METHODS"]
+__all__ = [
+    "best_path",
+    "coordinate_ascent_pass",
+    "random_path",
+    "LOCATION_METHODS",
+    "SEARCH_SETTINGS",
+]
 
 LOCATION_METHODS = ("auto", "gram", "ranked", "linearized", "brute_force")
+
+# Named E-step settings (`best_path` / `DatasetSearch` keyword arguments). "classic": the
+# defaults before issue 15. "fast": the defaults since (see BENCHMARKS.md, "E-step: where the
+# time and the gains go"): on trained models the random restart almost never beats the warm
+# pass, so training E-steps search from the stored paths only; every block is composed once per
+# search; ranked steps skip locations whose linear bound proves that no alternative improves.
+SEARCH_SETTINGS = {
+    "classic": {
+        "restarts": 1,
+        "restart_passes": 2,
+        "location_options": {},
+        "compose_once": False,
+    },
+    "fast": {
+        "restarts": 0,
+        "restart_passes": 2,
+        "location_options": {"bound": True},
+        "compose_once": True,
+    },
+}
 
 
 def random_path(model, n, seed):
@@ -92,8 +119,13 @@ def best_path(
     use_prior=True,
     location_options=None,
     restart_rows=None,
+    compose_once=True,
 ):
     """See `DeepGMM.best_path`. `x` is `[N, H, W, C]` in the model's dtype.
+
+    `compose_once`: the layers' batch-independent parameter work (`W = P L U` of every block)
+    is done once for all the passes (`tfdgmm.bijectors.precomposed`); False: once per layer
+    call, as before issue 15 (for comparisons).
 
     `restart_rows=(global_n, offset)`: `x` is rows `[offset, offset + N)` of a batch of
     `global_n`; random restarts are drawn for the whole batch and sliced, so every datapoint
@@ -105,7 +137,7 @@ def best_path(
         )
     if init is None and restarts < 1:
         raise ValueError("best_path needs an initial path or at least one random restart")
-    with precomposed(model.layers):  # compose every block once for all the passes
+    with precomposed(model.layers if compose_once else []):  # every block composed once
         return _best_path(
             model,
             x,
@@ -422,17 +454,24 @@ def _mean_local_gram(model, i, prob, y, path, probes, seed):
     return tf.einsum("mld,mle->lde", u, u) / tf.cast(probes * n, model.dtype)
 
 
-def _predicted_gains(model, i, prob, y, cur, path, gram):
-    """Single-site gains `[N, L, K]` of the quadratic model around the current outputs `y`."""
+def _predicted_gains(model, i, prob, y, cur, path, gram, with_bound=False):
+    """Single-site gains `[N, L, K]` of the quadratic model around the current outputs `y`.
+
+    With `with_bound`, also the linear term alone, `g . delta + (change of the additive
+    terms)`: with a prior that adds up over locations, an upper bound of the exact single-site
+    gain at the current path (the exact gain subtracts `1/2 |G delta|^2 >= 0`).
+    """
     with tf.GradientTape() as tape:
         tape.watch(y)
         base = prob.exact(y, cur)
     g = tape.gradient(base, y)  # [N, L, d] = -G^T z (+ gating gradients)
     delta = prob.candidates - y[:, :, None]  # [N, L, K, d]
-    gain = tf.einsum("nlkd,nld->nlk", delta, g) - 0.5 * tf.reduce_sum(
-        delta * tf.einsum("nlkd,lde->nlke", delta, gram), -1
-    )
-    return gain + prob.terms - tf.gather(prob.terms, cur, axis=2, batch_dims=2)[..., None], base
+    terms = prob.terms - tf.gather(prob.terms, cur, axis=2, batch_dims=2)[..., None]
+    linear = tf.einsum("nlkd,nld->nlk", delta, g) + terms
+    gain = linear - 0.5 * tf.reduce_sum(delta * tf.einsum("nlkd,lde->nlke", delta, gram), -1)
+    if with_bound:
+        return gain, base, linear
+    return gain, base
 
 
 def _in_xla_context():
@@ -453,25 +492,30 @@ def _ranked_update(
     probes=2,
     threshold=None,
     compact=True,
+    bound=False,
 ):
     """See `_ranked_steps` (no threshold: every datapoint visits its `top` best-ranked
-    locations) and `_thresholded_steps` (`threshold` set: only locations whose predicted gain
-    exceeds it)."""
-    if threshold is None:
+    locations) and `_thresholded_steps` (`threshold` set, or `bound`: only locations whose
+    predicted gain, or with `bound` its linear upper bound, exceeds it)."""
+    if threshold is None and not bound:
         return _ranked_steps(model, i, h, path, use_prior, seed, top, iterations, probes)
+    threshold = 0.0 if threshold is None else float(threshold)
     return _thresholded_steps(
-        model, i, h, path, use_prior, seed, top, iterations, probes, float(threshold), compact
+        model, i, h, path, use_prior, seed, top, iterations, probes, threshold, compact, bound
     )
 
 
 def _thresholded_steps(
-    model, i, h, path, use_prior, seed, top, iterations, probes, threshold, compact
+    model, i, h, path, use_prior, seed, top, iterations, probes, threshold, compact, bound
 ):
     """Exact coordinate-ascent steps at the locations whose predicted gain exceeds `threshold`.
 
     As `_ranked_steps`, but each datapoint visits only its locations (best-ranked first, at
-    most `top`, default all) whose predicted gain (quadratic model) is above `threshold`
-    nats. With `compact` (outside XLA), step `t` evaluates only the datapoints that have a
+    most `top`, default as there) whose predicted gain (quadratic model) is above `threshold`
+    nats; with `bound`, whose *linear bound* is: the exact gain of a single change at the
+    current path is at most its linear term, so `bound=True, threshold=0` skips only
+    locations where no alternative can improve the path as it was when ranked.
+    With `compact` (outside XLA), step `t` evaluates only the datapoints that have a
     `t`-th such location (a gather of their rows), so the cost follows the number of
     promising locations instead of `top` for every datapoint: a warm-started pass on a
     trained model, where few locations change, costs a few evaluations per datapoint.
@@ -479,19 +523,20 @@ def _thresholded_steps(
     """
     prob = _LocationProblem(model, i, h, path, use_prior)
     num_loc = prob.num_locations
-    top = num_loc if top is None else min(int(top), num_loc)
+    top = max(num_loc // 2, min(num_loc, 16)) if top is None else min(int(top), num_loc)
     compact = compact and not _in_xla_context()
     cur = prob.cur
     y = prob.select(cur)
     gram = _mean_local_gram(model, i, prob, y, path, probes, seed)
     hp, wp, d = prob.shape
     for _ in range(iterations):
-        gain, _ = _predicted_gains(model, i, prob, y, cur, path, gram)
+        gain, _, linear = _predicted_gains(model, i, prob, y, cur, path, gram, with_bound=True)
         best_gain = tf.reduce_max(gain, axis=-1)  # [N, L]
-        order = tf.argsort(best_gain, axis=1, direction="DESCENDING")
-        count = tf.minimum(
-            tf.reduce_sum(tf.cast(best_gain > threshold, tf.int32), axis=1), top
-        )  # [N]
+        passes = (tf.reduce_max(linear, axis=-1) if bound else best_gain) > threshold
+        # the qualifying locations first, by predicted gain
+        key = tf.where(passes, best_gain, tf.constant(-np.inf, best_gain.dtype))
+        order = tf.argsort(key, axis=1, direction="DESCENDING")
+        count = tf.minimum(tf.reduce_sum(tf.cast(passes, tf.int32), axis=1), top)  # [N]
         steps = tf.reduce_max(tf.concat([count, [0]], 0))
 
         def body(t, cur, y, order=order, count=count):

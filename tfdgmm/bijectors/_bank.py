@@ -398,7 +398,7 @@ def precomposed(bijectors):
     cache = {}
     for b in bijectors:
         prep = getattr(b, "_precompose", None)
-        if prep is not None:
+        if prep is not None and not _holds(b):  # (an enclosing block's values are reused)
             for kind, value in prep().items():
                 cache[(id(b), kind)] = value
     _precomposed.append(
@@ -410,9 +410,7 @@ def precomposed(bijectors):
         _precomposed.pop()
 
 
-def cached(bijector, kind, make):
-    """The precomposed value `kind` of `bijector` if a `precomposed` block holds it, else
-    `make()`."""
+def _lookup(bijector, kind):
     for graph, cache in reversed(_precomposed):
         value = cache.get((id(bijector), kind))
         if value is None:
@@ -421,7 +419,22 @@ def cached(bijector, kind, make):
             return value
         if graph is not None and not tf.executing_eagerly() and _graph_reaches(graph):
             return value
-    return make()
+    return None
+
+
+def _holds(bijector):
+    return any(
+        key[0] == id(bijector) and _lookup(bijector, key[1]) is not None
+        for _, cache in _precomposed
+        for key in cache
+    )
+
+
+def cached(bijector, kind, make):
+    """The precomposed value `kind` of `bijector` if a `precomposed` block holds it, else
+    `make()`."""
+    value = _lookup(bijector, kind)
+    return make() if value is None else value
 
 
 # ----------------------------------------------------------------------------

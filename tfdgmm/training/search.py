@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfdgmm import path_search
+from tfdgmm.bijectors import precomposed
 
 __all__ = ["DatasetSearch", "fold_seed", "path_usage_entropy"]
 
@@ -52,6 +53,8 @@ class DatasetSearch(tf.Module):
       strategy: a `tf.distribute` strategy, or None: each batch is then split across the
         replicas (`tfdgmm.training.distribute.build_sharded_search`); create the search under
         `strategy.scope()`.
+      compose_once: compose every block (`W = P L U`) once per call of `run` (all its
+        batches), not once per layer call.
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class DatasetSearch(tf.Module):
         seed=0,
         name="search",
         strategy=None,
+        compose_once=True,
     ):
         super().__init__(name=name)
         self._model = model
@@ -88,6 +92,7 @@ class DatasetSearch(tf.Module):
         self.restart_passes = int(restart_passes)
         self.location_method = location_method
         self.location_options = dict(location_options or {})
+        self.compose_once = bool(compose_once)
         self.seed = int(seed)
         with self.name_scope:
             self.data = tf.Variable(x, trainable=False, name="data")
@@ -165,12 +170,14 @@ class DatasetSearch(tf.Module):
                     seed=fold_seed(step_seed, b),
                     location_method=self.location_method,
                     location_options=self.location_options or None,
+                    compose_once=self.compose_once,
                 )
                 upper = model.log_prob_upper_bound(x, path=path)
                 with tf.control_dependencies(self._store(idx, path, joint, upper)):
                     return [b + 1]
 
-            (b,) = tf.while_loop(lambda b: b < stop, body, [start], parallel_iterations=1)
+            with precomposed(model.layers if self.compose_once else []):
+                (b,) = tf.while_loop(lambda b: b < stop, body, [start], parallel_iterations=1)
             return b
 
         return search
