@@ -529,8 +529,9 @@ def _thresholded_steps(
     y = prob.select(cur)
     gram = _mean_local_gram(model, i, prob, y, path, probes, seed)
     hp, wp, d = prob.shape
+    k = prob.k
     for _ in range(iterations):
-        gain, _, linear = _predicted_gains(model, i, prob, y, cur, path, gram, with_bound=True)
+        gain, base, linear = _predicted_gains(model, i, prob, y, cur, path, gram, with_bound=True)
         best_gain = tf.reduce_max(gain, axis=-1)  # [N, L]
         passes = (tf.reduce_max(linear, axis=-1) if bound else best_gain) > threshold
         # the qualifying locations first, by predicted gain
@@ -539,7 +540,9 @@ def _thresholded_steps(
         count = tf.minimum(tf.reduce_sum(tf.cast(passes, tf.int32), axis=1), top)  # [N]
         steps = tf.reduce_max(tf.concat([count, [0]], 0))
 
-        def body(t, cur, y, order=order, count=count):
+        def body(t, cur, y, base, order=order, count=count):
+            # `base`: exact score (but the additive terms) of the current path, so only the
+            # K - 1 other alternatives at the location are evaluated.
             if compact:
                 rows = tf.cast(tf.where(count > t)[:, 0], tf.int32)  # [M] active datapoints
             else:
@@ -549,10 +552,12 @@ def _thresholded_steps(
                 tf.gather(prob.candidates, rows), loc, axis=1, batch_dims=1
             )  # [M, K, d]
             y_r, cur_r = tf.gather(y, rows), tf.gather(cur, rows)
+            now = tf.gather(cur_r, loc, axis=1, batch_dims=1)  # [M] current choice at loc
+            alt = (now[:, None] + 1 + tf.range(k - 1)[None]) % k  # [M, K-1] the others
+            other = tf.gather(cand, alt, axis=1, batch_dims=1)  # [M, K-1, d]
             mask = tf.one_hot(loc, num_loc, dtype=model.dtype)[:, None, :, None]  # [M,1,L,1]
-            trial = y_r[:, None] * (1.0 - mask) + cand[:, :, None] * mask  # [M, K, L, d]
-            alt = tf.range(prob.k)[None, :, None]
-            trial_choice = tf.where(mask[..., 0] > 0, alt, cur_r[:, None])
+            trial = y_r[:, None] * (1.0 - mask) + other[:, :, None] * mask  # [M, K-1, L, d]
+            trial_choice = tf.where(mask[..., 0] > 0, alt[..., None], cur_r[:, None])
             sub_path = tuple(tf.gather(p_, rows) for p_ in path)
             score = model._score_above(
                 tf.reshape(trial, tf.concat([tf.shape(trial)[:2], [hp, wp, d]], 0)),
@@ -560,18 +565,31 @@ def _thresholded_steps(
                 i,
                 tf.reshape(trial_choice, tf.concat([tf.shape(trial_choice)[:2], [hp, wp]], 0)),
                 use_prior,
-            ) + tf.gather(tf.gather(prob.terms, rows), loc, axis=1, batch_dims=1)
-            best = tf.argmax(score, axis=1, output_type=tf.int32)
+            )  # [M, K-1]
+            terms = tf.gather(tf.gather(prob.terms, rows), loc, axis=1, batch_dims=1)  # [M, K]
+            base_r = tf.gather(base, rows)
+            total = tf.concat(
+                [
+                    (base_r + tf.gather(terms, now, axis=1, batch_dims=1))[:, None],
+                    score + tf.gather(terms, alt, axis=1, batch_dims=1),
+                ],
+                axis=1,
+            )  # [M, K]: the current choice first
+            pick = tf.argmax(total, axis=1, output_type=tf.int32)
             if not compact:  # inactive datapoints keep their choice
-                keep = tf.gather(cur_r, loc, axis=1, batch_dims=1)
-                best = tf.where(count > t, best, keep)
+                pick = tf.where(count > t, pick, tf.zeros_like(pick))
+            best = tf.where(pick > 0, tf.gather(alt, tf.maximum(pick - 1, 0), batch_dims=1), now)
+            new_base = tf.where(
+                pick > 0, tf.gather(score, tf.maximum(pick - 1, 0), batch_dims=1), base_r
+            )
             idx = tf.stack([rows, loc], axis=1)
             cur = tf.tensor_scatter_nd_update(cur, idx, best)
             y = tf.tensor_scatter_nd_update(y, idx, tf.gather(cand, best, axis=1, batch_dims=1))
-            return t + 1, cur, y
+            base = tf.tensor_scatter_nd_update(base, rows[:, None], new_base)
+            return t + 1, cur, y, base
 
-        _, cur, y = tf.while_loop(
-            lambda t, *_, steps=steps: t < steps, body, (tf.constant(0), cur, y)
+        _, cur, y, _ = tf.while_loop(
+            lambda t, *_, steps=steps: t < steps, body, (tf.constant(0), cur, y, base)
         )
     return prob.done(cur, y)
 
