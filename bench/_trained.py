@@ -19,7 +19,8 @@ from tfdgmm.training.search import DatasetSearch
 
 
 def load(run_dir, checkpoint=None, data_spec=None):
-    """`(config, model, em_config, images [N, 32, 32, 3], paths tuple, checkpoint prefix)`."""
+    """`(config, model, em_config, images [N, 32, 32, 3], paths tuple, lower bounds [N],
+    checkpoint prefix)`."""
     config = load_run_config(os.path.join(run_dir, "config.yaml"))
     model = tfdgmm.DeepGMM.from_config(config["model"])
     em = EMConfig.from_dict(config["training"])
@@ -35,4 +36,4 @@ def load(run_dir, checkpoint=None, data_spec=None):
     search = DatasetSearch(model, x, batch_size=min(500, len(x)), name="train_search")
     status = tf.train.Checkpoint(model=model, train=search.checkpoint_items()).read(checkpoint)
     status.expect_partial()
-    return config, model, em, x, search.path(), checkpoint
+    return config, model, em, x, search.path(), search.lower.numpy(), checkpoint

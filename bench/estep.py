@@ -65,24 +65,21 @@ def git_commit():
         return "unknown"
 
 
-def search_for(model, x, paths, batch, settings, restarts=None, name="search"):
+def search_for(model, x, paths, lower, batch, settings, restarts=None, name="search"):
     s = DatasetSearch(
         model,
         x,
         batch_size=batch,
         init_passes=1,
-        restarts=settings["restarts"] if restarts is None else restarts,
-        restart_passes=settings["restart_passes"],
-        location_method=settings.get("location_method", "auto"),
-        location_options=settings["location_options"],
-        compose_once=settings["compose_once"],
         name=name,
+        **{**settings, **({} if restarts is None else {"restarts": restarts})},
     )
     start = [tf.constant(p) for p in paths]
 
     def run():
         for v, p in zip(s.paths, start):
             v.assign(p)
+        s.lower.assign(lower)  # (the stored bounds: these paths were searched)
         s.reset()
         t = time.perf_counter()
         s.run(step=1)
@@ -92,18 +89,20 @@ def search_for(model, x, paths, batch, settings, restarts=None, name="search"):
     return s, run
 
 
-def measure(model, x, paths, batch, settings, repeats, log):
+def measure(model, x, paths, lower, batch, settings, repeats, log):
     n = len(x)
-    full, run_full = search_for(model, x, paths, batch, settings, name="full")
+    full, run_full = search_for(model, x, paths, lower, batch, settings, name="full")
     t0 = time.perf_counter()
     run_full()  # trace + warm up
     log(f"    traced and ran once in {time.perf_counter() - t0:.1f} s")
     seconds = min(run_full() for _ in range(repeats))
     joint_full = float(np.mean(full.lower.numpy().astype(np.float64)))
-    if settings["restarts"] == 0:
-        joint_warm = joint_full
+    if settings["restarts"] == 0 or settings.get("restart_when") == "unsearched":
+        joint_warm = joint_full  # (searched paths: no restart)
     else:
-        warm, run_warm = search_for(model, x, paths, batch, settings, restarts=0, name="warm")
+        warm, run_warm = search_for(
+            model, x, paths, lower, batch, settings, restarts=0, name="warm"
+        )
         run_warm()
         joint_warm = float(np.mean(warm.lower.numpy().astype(np.float64)))
     return {
@@ -145,17 +144,16 @@ def main():
     for spec in args.run:
         name, _, where = spec.partition("=")
         run_dir, _, ckpt = where.partition("@")
-        _, model, em, x_all, paths_all, ckpt = load(run_dir, ckpt or None)
+        _, model, em, x_all, paths_all, lower_all, ckpt = load(run_dir, ckpt or None)
         n = min(args.images, len(x_all))
-        x = x_all[:n]
+        x, lower = x_all[:n], lower_all[:n]
         paths = [p[:n].numpy() for p in paths_all]
         log(f"{name}: {run_dir} ({ckpt}), {n} images, batch {args.batch}")
         row = {"name": name}
         for which, key in (("old", "classic"), ("new", "fast")):
             log(f"  {which} ({key}): {SEARCH_SETTINGS[key]}")
-            row[which] = measure(
-                model, x, paths, args.batch, SEARCH_SETTINGS[key], args.repeats, log
-            )
+            settings = SEARCH_SETTINGS[key]
+            row[which] = measure(model, x, paths, lower, args.batch, settings, args.repeats, log)
             log(f"    {row[which]}")
         rate, batch = mstep_rate(model, em, x_all, paths_all, args.mstep_updates, log)
         row["mstep_images_per_second"] = rate

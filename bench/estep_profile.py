@@ -51,7 +51,7 @@ def main():
     parser.add_argument("--json")
     args = parser.parse_args()
 
-    _, model, _, x, paths, ckpt = load(args.run_dir, args.checkpoint)
+    _, model, _, x, paths, _, ckpt = load(args.run_dir, args.checkpoint)
     n = args.images
     x = tf.constant(x[:n])
     init = tuple(p[:n] for p in paths)

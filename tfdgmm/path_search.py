@@ -63,21 +63,24 @@ __all__ = [
 
 LOCATION_METHODS = ("auto", "gram", "ranked", "linearized", "brute_force")
 
-# Named E-step settings (`best_path` / `DatasetSearch` keyword arguments). "classic": the
+# Named E-step settings (`tfdgmm.training.DatasetSearch` keyword arguments). "classic": the
 # defaults before issue 15. "fast": the defaults since (see BENCHMARKS.md, "E-step: where the
 # time and the gains go"): on trained models the random restart almost never beats the warm
-# pass, so training E-steps search from the stored paths only; every block is composed once per
-# search; ranked steps skip locations whose linear bound proves that no alternative improves.
+# pass, so only never-searched datapoints get it; every block is composed once per search;
+# ranked steps skip locations whose linear bound proves that no alternative improves, and
+# evaluate only the K - 1 other alternatives.
 SEARCH_SETTINGS = {
     "classic": {
         "restarts": 1,
         "restart_passes": 2,
+        "restart_when": "always",
         "location_options": {},
         "compose_once": False,
     },
     "fast": {
-        "restarts": 0,
+        "restarts": 1,
         "restart_passes": 2,
+        "restart_when": "unsearched",
         "location_options": {"bound": True},
         "compose_once": True,
     },
