@@ -496,20 +496,45 @@ def _ranked_update(
     threshold=None,
     compact=True,
     bound=False,
+    patience=None,
 ):
     """See `_ranked_steps` (no threshold: every datapoint visits its `top` best-ranked
     locations) and `_thresholded_steps` (`threshold` set, or `bound`: only locations whose
     predicted gain, or with `bound` its linear upper bound, exceeds it)."""
-    if threshold is None and not bound:
+    if threshold is None and not bound and patience is None:
         return _ranked_steps(model, i, h, path, use_prior, seed, top, iterations, probes)
-    threshold = 0.0 if threshold is None else float(threshold)
+    threshold = (0.0 if bound else -np.inf) if threshold is None else float(threshold)
     return _thresholded_steps(
-        model, i, h, path, use_prior, seed, top, iterations, probes, threshold, compact, bound
+        model,
+        i,
+        h,
+        path,
+        use_prior,
+        seed,
+        top,
+        iterations,
+        probes,
+        threshold,
+        compact,
+        bound,
+        patience,
     )
 
 
 def _thresholded_steps(
-    model, i, h, path, use_prior, seed, top, iterations, probes, threshold, compact, bound
+    model,
+    i,
+    h,
+    path,
+    use_prior,
+    seed,
+    top,
+    iterations,
+    probes,
+    threshold,
+    compact,
+    bound,
+    patience=None,
 ):
     """Exact coordinate-ascent steps at the locations whose predicted gain exceeds `threshold`.
 
@@ -522,6 +547,8 @@ def _thresholded_steps(
     `t`-th such location (a gather of their rows), so the cost follows the number of
     promising locations instead of `top` for every datapoint: a warm-started pass on a
     trained model, where few locations change, costs a few evaluations per datapoint.
+    With `patience`, a datapoint stops after that many visited locations in a row brought no
+    improvement (the ranking puts the likely changes first).
     Every step is exact, so the objective never decreases.
     """
     prob = _LocationProblem(model, i, h, path, use_prior)
@@ -543,11 +570,14 @@ def _thresholded_steps(
         count = tf.minimum(tf.reduce_sum(tf.cast(passes, tf.int32), axis=1), top)  # [N]
         steps = tf.reduce_max(tf.concat([count, [0]], 0))
 
-        def body(t, cur, y, base, order=order, count=count):
+        def body(t, cur, y, base, miss, order=order, count=count):
             # `base`: exact score (but the additive terms) of the current path, so only the
             # K - 1 other alternatives at the location are evaluated.
+            active = count > t
+            if patience is not None:
+                active &= miss < patience
             if compact:
-                rows = tf.cast(tf.where(count > t)[:, 0], tf.int32)  # [M] active datapoints
+                rows = tf.cast(tf.where(active)[:, 0], tf.int32)  # [M] active datapoints
             else:
                 rows = tf.range(prob.n)
             loc = tf.gather(order[:, t], rows)  # [M]
@@ -580,7 +610,7 @@ def _thresholded_steps(
             )  # [M, K]: the current choice first
             pick = tf.argmax(total, axis=1, output_type=tf.int32)
             if not compact:  # inactive datapoints keep their choice
-                pick = tf.where(count > t, pick, tf.zeros_like(pick))
+                pick = tf.where(active, pick, tf.zeros_like(pick))
             best = tf.where(pick > 0, tf.gather(alt, tf.maximum(pick - 1, 0), batch_dims=1), now)
             new_base = tf.where(
                 pick > 0, tf.gather(score, tf.maximum(pick - 1, 0), batch_dims=1), base_r
@@ -589,10 +619,14 @@ def _thresholded_steps(
             cur = tf.tensor_scatter_nd_update(cur, idx, best)
             y = tf.tensor_scatter_nd_update(y, idx, tf.gather(cand, best, axis=1, batch_dims=1))
             base = tf.tensor_scatter_nd_update(base, rows[:, None], new_base)
-            return t + 1, cur, y, base
+            miss_r = tf.where(pick > 0, 0, tf.gather(miss, rows) + 1)
+            miss = tf.tensor_scatter_nd_update(miss, rows[:, None], miss_r)
+            return t + 1, cur, y, base, miss
 
-        _, cur, y, _ = tf.while_loop(
-            lambda t, *_, steps=steps: t < steps, body, (tf.constant(0), cur, y, base)
+        _, cur, y, _, _ = tf.while_loop(
+            lambda t, *_, steps=steps: t < steps,
+            body,
+            (tf.constant(0), cur, y, base, tf.zeros([prob.n], tf.int32)),
         )
     return prob.done(cur, y)
 
