@@ -192,3 +192,45 @@ def test_thresholded_passes_never_lower_the_objective(compact):
         cur = path_search.objective(model, h0, path).numpy()
         assert np.all(cur >= prev - 1e-9), (cur - prev).min()
         prev = cur
+
+
+@pytest.mark.parametrize("options", [{"bound": True}, {"bound": True, "patience": 2}])
+def test_fast_search_never_returns_worse_than_its_warm_start(options):
+    model = make("unshared", seed=5)
+    x = data(model, 16, seed=9)
+    h0 = model._patchify.forward(x)
+    start = path_search.random_path(model, 16, tf.constant([4, 4]))
+    warm, _ = model.best_path(x, restarts=1, seed=tf.constant([1, 2]))  # a searched path
+    for init in (start, warm):
+        _, score = model.best_path(
+            x, init=init, restarts=0, seed=tf.constant([3, 3]), location_options=options
+        )
+        before = path_search.objective(model, h0, init).numpy()
+        assert np.all(score.numpy() >= before - 1e-9), (score.numpy() - before).min()
+
+
+def test_restarts_only_for_unsearched_datapoints():
+    from tfdgmm.training.search import DatasetSearch
+
+    model = make("unshared", seed=6)
+    x = data(model, 12, seed=2)
+    kw = {"batch_size": 6, "restarts": 1, "location_options": {"bound": True}}
+    fast = DatasetSearch(model, x, restart_when="unsearched", name="fast", **kw)
+    always = DatasetSearch(model, x, restart_when="always", name="always", **kw)
+    warm_only = DatasetSearch(model, x, **{**kw, "restarts": 0}, name="warm")
+    with pytest.raises(ValueError, match="restart_when"):
+        DatasetSearch(model, x, restart_when="sometimes")
+    # first E-step (never searched): the restarts run, as with 'always'
+    fast.run(step=0)
+    always.run(step=0)
+    np.testing.assert_array_equal(fast.lower.numpy(), always.lower.numpy())
+    # second E-step from the stored paths: no restart, as with restarts=0
+    for s in (fast, warm_only):
+        for v, p in zip(s.paths, always.paths):
+            v.assign(p)
+        s.lower.assign(always.lower)
+        s.reset()
+        s.run(step=1)
+    np.testing.assert_array_equal(fast.lower.numpy(), warm_only.lower.numpy())
+    for a, b in zip(fast.paths, warm_only.paths):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
