@@ -438,7 +438,7 @@ def _linearized_update(model, i, h, path, use_prior, seed=None, iterations=2, pr
     return prob.done(cur, y)
 
 
-def _mean_local_gram(model, i, prob, y, path, probes, seed):
+def _mean_local_gram(model, i, prob, y, path, probes, seed, return_probes=False):
     """Batch-mean local Gram blocks `E_n[(G_n^T G_n)_ll]`, `[L, d, d]`, from Gaussian probes:
     `E[u u^T] = G^T G` for `u = G^T v`, `v ~ N(0, I)` (one VJP per probe)."""
     n = prob.n
@@ -454,10 +454,15 @@ def _mean_local_gram(model, i, prob, y, path, probes, seed):
         tape.watch(y_rep)
         s = tf.reduce_sum(v * model._up(prob.image(y_rep), rep_path, i + 1))
     u = tape.gradient(s, y_rep)  # [P*N, L, d]
-    return tf.einsum("mld,mle->lde", u, u) / tf.cast(probes * n, model.dtype)
+    gram = tf.einsum("mld,mle->lde", u, u) / tf.cast(probes * n, model.dtype)
+    if return_probes:  # and each datapoint's own `u`s, [P, N, L, d]
+        return gram, tf.reshape(u, tf.concat([[probes, n], tf.shape(u)[1:]], 0))
+    return gram
 
 
-def _predicted_gains(model, i, prob, y, cur, path, gram, with_bound=False):
+def _predicted_gains(
+    model, i, prob, y, cur, path, gram, with_bound=False, probe_u=None, own_weight=0.0
+):
     """Single-site gains `[N, L, K]` of the quadratic model around the current outputs `y`.
 
     With `with_bound`, also the linear term alone, `g . delta + (change of the additive
@@ -471,7 +476,12 @@ def _predicted_gains(model, i, prob, y, cur, path, gram, with_bound=False):
     delta = prob.candidates - y[:, :, None]  # [N, L, K, d]
     terms = prob.terms - tf.gather(prob.terms, cur, axis=2, batch_dims=2)[..., None]
     linear = tf.einsum("nlkd,nld->nlk", delta, g) + terms
-    gain = linear - 0.5 * tf.reduce_sum(delta * tf.einsum("nlkd,lde->nlke", delta, gram), -1)
+    quad = tf.reduce_sum(delta * tf.einsum("nlkd,lde->nlke", delta, gram), -1)
+    if probe_u is not None and own_weight > 0:
+        # each datapoint's own estimate `mean_p (u_p . delta)^2` of `|G_n delta|^2`
+        own = tf.reduce_mean(tf.square(tf.einsum("pnld,nlkd->pnlk", probe_u, delta)), 0)
+        quad = (1.0 - own_weight) * quad + own_weight * own
+    gain = linear - 0.5 * quad
     if with_bound:
         return gain, base, linear
     return gain, base
@@ -497,11 +507,12 @@ def _ranked_update(
     compact=True,
     bound=False,
     patience=None,
+    own_weight=0.0,
 ):
     """See `_ranked_steps` (no threshold: every datapoint visits its `top` best-ranked
     locations) and `_thresholded_steps` (`threshold` set, or `bound`: only locations whose
     predicted gain, or with `bound` its linear upper bound, exceeds it)."""
-    if threshold is None and not bound and patience is None:
+    if threshold is None and not bound and patience is None and not own_weight:
         return _ranked_steps(model, i, h, path, use_prior, seed, top, iterations, probes)
     threshold = (0.0 if bound else -np.inf) if threshold is None else float(threshold)
     return _thresholded_steps(
@@ -518,6 +529,7 @@ def _ranked_update(
         compact,
         bound,
         patience,
+        float(own_weight),
     )
 
 
@@ -535,6 +547,7 @@ def _thresholded_steps(
     compact,
     bound,
     patience=None,
+    own_weight=0.0,
 ):
     """Exact coordinate-ascent steps at the locations whose predicted gain exceeds `threshold`.
 
@@ -548,7 +561,8 @@ def _thresholded_steps(
     promising locations instead of `top` for every datapoint: a warm-started pass on a
     trained model, where few locations change, costs a few evaluations per datapoint.
     With `patience`, a datapoint stops after that many visited locations in a row brought no
-    improvement (the ranking puts the likely changes first).
+    improvement (the ranking puts the likely changes first). `own_weight` in [0, 1] mixes each
+    datapoint's own probe estimate of its quadratic term into the batch mean's.
     Every step is exact, so the objective never decreases.
     """
     prob = _LocationProblem(model, i, h, path, use_prior)
@@ -557,11 +571,13 @@ def _thresholded_steps(
     compact = compact and not _in_xla_context()
     cur = prob.cur
     y = prob.select(cur)
-    gram = _mean_local_gram(model, i, prob, y, path, probes, seed)
+    gram, probe_u = _mean_local_gram(model, i, prob, y, path, probes, seed, return_probes=True)
     hp, wp, d = prob.shape
     k = prob.k
     for _ in range(iterations):
-        gain, base, linear = _predicted_gains(model, i, prob, y, cur, path, gram, with_bound=True)
+        gain, base, linear = _predicted_gains(
+            model, i, prob, y, cur, path, gram, True, probe_u, own_weight
+        )
         best_gain = tf.reduce_max(gain, axis=-1)  # [N, L]
         passes = (tf.reduce_max(linear, axis=-1) if bound else best_gain) > threshold
         # the qualifying locations first, by predicted gain
