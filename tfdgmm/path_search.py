@@ -224,9 +224,11 @@ def coordinate_ascent_pass(
     """One bottom-up pass of coordinate ascent over every choice variable.
 
     `location_options` go to the per-location scheme: `top`, `iterations`, `probes` for
-    `'ranked'` (default `top = max(L // 2, min(L, 16))`, 1 iteration, 2 probes)
-    and `iterations`, `probes` for
-    `'linearized'`.
+    `'ranked'` (default `top = max(L // 2, min(L, 16))`, 1 iteration, 2 probes), and its
+    filters (issue 15): `bound` (skip locations whose linear upper bound of the gain is not
+    positive), `threshold` (skip those whose predicted gain is not above it), `patience`,
+    `own_weight`, `compact` (see `_thresholded_steps`); `iterations`, `probes` for
+    `'linearized'` (which ignores the ranked-only options).
     """
     path = list(path)
     h = h0
@@ -260,8 +262,13 @@ def coordinate_ascent_pass(
                 "brute_force": _brute_force_update,
             }[method]
             options = dict(location_options or {}) if method in ("ranked", "linearized") else {}
+            if method == "linearized":  # (options only the ranked steps take)
+                options = {k: v for k, v in options.items() if k not in _RANKED_ONLY}
             path[i], h = update(model, i, h, path, use_prior, seed=seed, **options)
     return tuple(path)
+
+
+_RANKED_ONLY = ("top", "threshold", "compact", "bound", "patience", "own_weight")
 
 
 def _sample_layer_update(model, i, h, path, use_prior):

@@ -135,8 +135,10 @@ class EMConfig:
     of the warm pass; BENCHMARKS.md). `'always'`: every batch (the setting before)."""
     location_method: str = "auto"
     """Search method for per-location layers (see `tfdgmm.path_search.LOCATION_METHODS`)."""
-    location_options: dict = dataclasses.field(default_factory=dict)
-    """Options of the per-location search (e.g. `{"top": 32}` for `'ranked'`)."""
+    location_options: dict = dataclasses.field(default_factory=lambda: {"bound": True})
+    """Options of the per-location search (e.g. `{"top": 32}` for `'ranked'`). The default
+    (since issue 15) skips the locations whose linear bound proves that no alternative
+    improves the path; `{}` is the search before."""
     prior_pseudo_count: float = 1.0
     """Pseudo-count of the closed-form path-prior fit (factorized and table priors)."""
 
