@@ -50,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfdgmm.bijectors import precomposed
+from tfdgmm.bijectors import in_xla_context, precomposed
 from tfdgmm.path_priors import split_seed
 
 __all__ = [
@@ -494,12 +494,6 @@ def _predicted_gains(
     return gain, base
 
 
-def _in_xla_context():
-    from tensorflow.python.ops import control_flow_util
-
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-
-
 def _ranked_update(
     model,
     i,
@@ -575,7 +569,7 @@ def _thresholded_steps(
     prob = _LocationProblem(model, i, h, path, use_prior)
     num_loc = prob.num_locations
     top = max(num_loc // 2, min(num_loc, 16)) if top is None else min(int(top), num_loc)
-    compact = compact and not _in_xla_context()
+    compact = compact and not in_xla_context()
     cur = prob.cur
     y = prob.select(cur)
     gram, probe_u = _mean_local_gram(model, i, prob, y, path, probes, seed, return_probes=True)

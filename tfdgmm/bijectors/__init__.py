@@ -4,7 +4,7 @@ All act on a patch tensor event `[Hp, Wp, D]` (see `docs/DESIGN.md`), except
 `Patchify` (which makes it) and `Dense` (on the flattened event).
 """
 
-from tfdgmm.bijectors._bank import CHOICE_OPS, choice_ops, precomposed
+from tfdgmm.bijectors._bank import CHOICE_OPS, choice_ops, in_xla_context, precomposed
 from tfdgmm.bijectors.block_diagonal import BlockDiagonal
 from tfdgmm.bijectors.dense import Dense
 from tfdgmm.bijectors.diagonal import Diagonal
@@ -19,5 +19,6 @@ __all__ = [
     "HalfConvolution",
     "Patchify",
     "choice_ops",
+    "in_xla_context",
     "precomposed",
 ]

@@ -23,7 +23,11 @@ import os
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
-from tensorflow.python.ops import control_flow_util
+
+try:  # no public API tells whether a trace is XLA-compiled
+    from tensorflow.python.ops import control_flow_util
+except ImportError:  # pragma: no cover
+    control_flow_util = None
 from tensorflow_probability.python.internal import parameter_properties
 
 SELECTIONS = ("sample", "location")
@@ -340,6 +344,8 @@ def choice_ops(mode):
 
 def in_xla_context():
     """True while tracing a function compiled with `jit_compile=True` (or inside one)."""
+    if control_flow_util is None:  # (TensorFlow moved its internals: assume plain TF)
+        return False
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 

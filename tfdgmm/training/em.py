@@ -359,15 +359,16 @@ class EMTrainer:
         search = self.train_search if which == "train" else self.validation_search
         if search is None:
             raise ValueError(f"no {which} data")
-        saved = search.restarts
+        saved = search.restarts, search.restart_when
         search.restarts = cfg.eval_restarts if restarts is None else restarts
+        search.restart_when = "always"  # (the final bounds restart every datapoint)
         search._search_fn = None
         try:
             search.reset()
             start = time.monotonic()
             search.run(step=1_000_003)
         finally:
-            search.restarts = saved
+            search.restarts, search.restart_when = saved
             search._search_fn = None
             search.reset()
         return _bounds_dict(search, self.nats_to_bpd, time.monotonic() - start)
