@@ -1,36 +1,48 @@
-"""E-step benchmark: datapoints per second of one coordinate-ascent pass on the paper's
-Table-3 architecture (32x32x3, 4x4 patches, 3 HC, then 3 x (unshared BD with 4 blocks, 3 HC)),
-for the vectorised search (`auto`: exact shared-Gram for the top layer, linearised for the
-others) against the paper's brute force (every location tries every block by re-running the
-layers above), from the same starting paths. Also reports the objective each reaches.
+"""E-step benchmark (issue 15): the search settings before issue 15 against the new defaults,
+in one run, on the same trained model and the same images.
 
-Usage: python bench/estep.py [--batch 100] [--brute-batch 10] [--repeats 3]
+For every `--run NAME=RUN_DIR[@CHECKPOINT]` (a `tfdgmm train` run directory; the newest
+checkpoint of `RUN_DIR/checkpoints/` unless one is named), the first `--images` training images
+of the run (as the run saw them) are searched from the paths stored in the checkpoint (the
+start of the run's next E-step), exactly as training does (`DatasetSearch.run`: a
+`tf.while_loop` over batches), with
+
+* `old`: `tfdgmm.path_search.SEARCH_SETTINGS["classic"]` (1 warm pass, 1 random restart of 2
+  passes, ranked top-half steps, every block composed per layer call);
+* `new`: `SEARCH_SETTINGS["fast"]`, the defaults since issue 15.
+
+Reported per setting: images/s of the full schedule (best of `--repeats` timed runs after a
+warm-up, so tracing is excluded), the mean joint `log pi_p + log p_p(x)` after the warm pass
+alone and after the full schedule; per model the M-step rate (`EMTrainer`'s M-step graph,
+minibatches of the run's `batch_size`) and the E-step's cost in M-step updates. Writes
+`bench/results/estep.json` (the issue's format).
+
+Usage: python bench/estep.py --run table3_intermediate_L3=RUNS/t3 --run table2_L4_K4=RUNS/t2
+       [--images 500] [--batch 250] [--repeats 1] [--mstep-updates 50] [--out FILE]
 """
 
 import argparse
 import datetime
+import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from _trained import load  # noqa: E402
 
-import tfdgmm  # noqa: E402
-from tfdgmm import path_search  # noqa: E402
+from tfdgmm.path_search import SEARCH_SETTINGS  # noqa: E402
+from tfdgmm.training import EMTrainer  # noqa: E402
+from tfdgmm.training.search import DatasetSearch  # noqa: E402
 
-TABLE3 = {
-    "image_shape": [32, 32, 3],
-    "patch_size": 4,
-    "layers": [{"type": "half_convolution", "kernel_size": 5, "repeat": 3}]
-    + [
-        {"type": "block_diagonal", "alternatives": 4, "selection": "location"},
-        {"type": "half_convolution", "kernel_size": 5, "repeat": 3},
-    ]
-    * 3,
-}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cpu_name():
@@ -44,83 +56,131 @@ def cpu_name():
     return platform.processor() or "unknown"
 
 
-def best_time(fn, repeats):
-    fn()  # trace / warm up
-    times = []
-    for _ in range(repeats):
+def git_commit():
+    try:
+        return subprocess.check_output(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], text=True
+        ).strip()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def search_for(model, x, paths, lower, batch, settings, restarts=None, name="search"):
+    s = DatasetSearch(
+        model,
+        x,
+        batch_size=batch,
+        init_passes=1,
+        name=name,
+        **{**settings, **({} if restarts is None else {"restarts": restarts})},
+    )
+    start = [tf.constant(p) for p in paths]
+
+    def run():
+        for v, p in zip(s.paths, start):
+            v.assign(p)
+        s.lower.assign(lower)  # (the stored bounds: these paths were searched)
+        s.reset()
         t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        s.run(step=1)
+        s.lower.numpy()
+        return time.perf_counter() - t
+
+    return s, run
+
+
+def measure(model, x, paths, lower, batch, settings, repeats, log):
+    n = len(x)
+    full, run_full = search_for(model, x, paths, lower, batch, settings, name="full")
+    t0 = time.perf_counter()
+    run_full()  # trace + warm up
+    log(f"    traced and ran once in {time.perf_counter() - t0:.1f} s")
+    seconds = min(run_full() for _ in range(repeats))
+    joint_full = float(np.mean(full.lower.numpy().astype(np.float64)))
+    if settings["restarts"] == 0 or settings.get("restart_when") == "unsearched":
+        joint_warm = joint_full  # (searched paths: no restart)
+    else:
+        warm, run_warm = search_for(
+            model, x, paths, lower, batch, settings, restarts=0, name="warm"
+        )
+        run_warm()
+        joint_warm = float(np.mean(warm.lower.numpy().astype(np.float64)))
+    return {
+        "images_per_second": n / seconds,
+        "mean_joint_warm": joint_warm,
+        "mean_joint_full": joint_full,
+    }
+
+
+def mstep_rate(model, em, x, paths, updates, log):
+    em = em.replace(progress_interval_seconds=1e9)
+    with tempfile.TemporaryDirectory() as out:
+        trainer = EMTrainer(model, em, x, None, out, log=lambda s: None)
+        for v, p in zip(trainer.train_search.paths, paths):
+            v.assign(p)
+        mstep = trainer._build_mstep()
+        rest = (tf.constant(10**9, tf.int64), tf.constant(0, tf.int64))
+        mstep(tf.constant(2, tf.int64), *rest)[0].numpy()  # trace + warm up
+        t = time.perf_counter()
+        mstep(tf.constant(updates, tf.int64), *rest)[0].numpy()
+        seconds = time.perf_counter() - t
+    return updates * trainer.batch_size / seconds, trainer.batch_size
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--brute-batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--run", action="append", required=True, metavar="NAME=DIR[@CKPT]")
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=250)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--mstep-updates", type=int, default=50)
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "estep.json"))
     args = parser.parse_args()
 
-    model = tfdgmm.DeepGMM.from_config(TABLE3, seed=1)
-    rng = np.random.default_rng(0)
-    for v in model.trainable_variables:  # move off the initialisation (kernels start near 0)
-        v.assign_add(0.01 * rng.standard_normal(v.shape).astype(np.float32))
-    x_all = model.sample(args.batch, seed=tf.constant([1, 2]))
+    def log(msg):
+        print(msg, flush=True)
 
-    def make_pass(method):
-        @tf.function(jit_compile=False, reduce_retracing=True)
-        def one_pass(x, path, seed):
-            h0 = model.patchify(x)
-            new = path_search.coordinate_ascent_pass(model, h0, path, method, seed=seed)
-            return new, path_search.objective(model, h0, new)
-
-        return one_pass
-
-    # quality: every method from the same random start on the same images (brute-force batch)
-    n_q = args.brute_batch
-    xq = x_all[:n_q]
-    h0q = model.patchify(xq)
-    start_q = path_search.random_path(model, n_q, tf.constant([3, 4]))
-    before_q = path_search.objective(model, h0q, start_q)
-    methods = ["auto", "linearized", "brute_force"]
-    results = {}
-    for method in methods:
-        fn = make_pass(method)
-        # throughput at the full batch (brute force: only the small batch is affordable)
-        n = n_q if method == "brute_force" else args.batch
-        x = x_all[:n]
-        start = path_search.random_path(model, n, tf.constant([3, 4]))
-        out = {}
-
-        def run(fn=fn, x=x, start=start, out=out):
-            out["path"], out["score"] = fn(x, start, tf.constant([5, 6]))
-            out["score"].numpy()
-
-        t = best_time(run, 1 if method == "brute_force" else args.repeats)
-        _, score_q = fn(xq, start_q, tf.constant([5, 6]))
-        gain = float(tf.reduce_mean(score_q - before_q))
-        results[method] = (n / t, t, gain, n)
-
-    print(
-        f"# E-step benchmark, {datetime.date.today()}, {os.cpu_count()} cores, {cpu_name()}, "
-        f"TensorFlow {tf.__version__}"
-    )
-    print(
-        f"model: Table-3 (3 unshared BD layers x 4 blocks, 12 HC), {model.num_parameters():,}"
-        f" parameters, 4^{64 * 3} paths; one pass from a random start"
-    )
-    brute_gain = results["brute_force"][2]
-    for name, (ips, t, gain, n) in results.items():
-        print(
-            f"{name:12s} batch {n:4d}: {t:8.3f} s/pass, {ips:8.2f} images/s, "
-            f"objective gain on the {n_q} shared images {gain:8.1f} nats "
-            f"({100 * gain / brute_gain:5.1f}% of brute force)"
-        )
-    for name in methods[:-1]:
-        print(
-            f"speed-up of {name} over brute force: "
-            f"{results[name][0] / results['brute_force'][0]:.1f}x"
-        )
+    results = []
+    for spec in args.run:
+        name, _, where = spec.partition("=")
+        run_dir, _, ckpt = where.partition("@")
+        _, model, em, x_all, paths_all, lower_all, ckpt = load(run_dir, ckpt or None)
+        n = min(args.images, len(x_all))
+        x, lower = x_all[:n], lower_all[:n]
+        paths = [p[:n].numpy() for p in paths_all]
+        log(f"{name}: {run_dir} ({ckpt}), {n} images, batch {args.batch}")
+        row = {"name": name}
+        for which, key in (("old", "classic"), ("new", "fast")):
+            log(f"  {which} ({key}): {SEARCH_SETTINGS[key]}")
+            settings = SEARCH_SETTINGS[key]
+            row[which] = measure(model, x, paths, lower, args.batch, settings, args.repeats, log)
+            log(f"    {row[which]}")
+        rate, batch = mstep_rate(model, em, x_all, paths_all, args.mstep_updates, log)
+        row["mstep_images_per_second"] = rate
+        n_train = len(x_all)
+        for which in ("old", "new"):
+            r = row[which]
+            e_seconds = n_train / r["images_per_second"]
+            log(
+                f"  {which}: {r['images_per_second']:.1f} images/s; an E-step over the run's "
+                f"{n_train} training images costs {e_seconds / (batch / rate):.0f} M-step "
+                f"updates of {batch} ({rate / r['images_per_second']:.2f} M-step epochs)"
+            )
+        new, old = row["new"], row["old"]
+        speedup = new["images_per_second"] / old["images_per_second"]
+        delta = new["mean_joint_full"] - old["mean_joint_full"]
+        log(f"  speed-up {speedup:.2f}x, mean joint new - old {delta:+.3f} nats/image")
+        results.append(row)
+    out = {
+        "models": results,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git_commit(),
+        "machine": f"{os.cpu_count()} cores, {cpu_name()}, TensorFlow {tf.__version__}",
+    }
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    log(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

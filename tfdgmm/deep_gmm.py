@@ -545,6 +545,7 @@ class DeepGMM(tfd.Distribution):
         location_method="auto",
         use_prior=True,
         location_options=None,
+        compose_once=True,
     ):
         """Hard E-step: the best path per image found by layer-wise coordinate ascent.
 
@@ -565,6 +566,8 @@ class DeepGMM(tfd.Distribution):
           location_options: dict for the per-location scheme, e.g. `{"top": 32}` for
             `'ranked'` (see `tfdgmm.path_search.coordinate_ascent_pass`).
           use_prior: maximise `log pi_p + log p_p(x)` (True) or `log p_p(x)` (False).
+          compose_once: compose every block once for the whole search (default) instead of
+            once per layer call.
 
         Returns:
           `(path, score)`: the path tuple and `log pi_p + log p_p(x)` (or `log p_p(x)` when
@@ -585,6 +588,7 @@ class DeepGMM(tfd.Distribution):
             location_method=location_method,
             use_prior=use_prior,
             location_options=location_options,
+            compose_once=compose_once,
         )
 
     @_no_autograph
@@ -643,13 +647,16 @@ class DeepGMM(tfd.Distribution):
         if static_n is not None and np.ndim(static_n) == 0 and int(static_n) < 0:
             raise ValueError(f"the number of samples must be >= 0; got {int(static_n)}")
         seed = tfp.random.sanitize_seed(check_seed(seed), salt="DeepGMM")
-        path_seed, z_seed = tfp.random.split_seed(seed, n=2)
-        z = tf.random.stateless_normal([n, *self._patch_shape], seed=z_seed, dtype=self.dtype)
+        path_seed, z_seed = path_priors.split_seed(seed, n=2)
+        # Philox (the CPU/GPU default) named explicitly: XLA-compiled sampling draws the same z
+        z = tf.random.stateless_normal(
+            [n, *self._patch_shape], seed=z_seed, dtype=self.dtype, alg="philox"
+        )
         if not self._path_prior.is_conditional:
             path = self._path_prior.sample(n, path_seed)
             return self._patchify.inverse(self._down(z, path)), path
         # gating: top-down, each layer's choice drawn given the partial sample above it
-        seeds = tfp.random.split_seed(path_seed, n=len(self._layers))
+        seeds = path_priors.split_seed(path_seed, n=len(self._layers))
         path = [None] * len(self._layers)
         h = z
         for i in reversed(range(len(self._layers))):
@@ -658,7 +665,7 @@ class DeepGMM(tfd.Distribution):
                 path[i] = tf.zeros([n], tf.int32)
             else:
                 logits = tf.reshape(self._path_prior.layer_logits(i, h), [-1, k])
-                draws = tf.random.stateless_categorical(logits, 1, seed=seeds[i], dtype=tf.int32)
+                draws = path_priors.stateless_categorical(logits, seeds[i])
                 path[i] = tf.reshape(draws, tf.concat([[n], _ints(shape)], 0))
             h = self._layers[i].forward(h, **_kw(self._choice(i, path[i], tf.shape(h)[:-3])))
         return self._patchify.inverse(h), tuple(path)

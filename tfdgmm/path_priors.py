@@ -48,6 +48,29 @@ def _num_choice_variables(shape):
     return int(np.prod(shape)) if shape else 1
 
 
+def split_seed(seed, n=2):
+    """`tfp.random.split_seed(seed, n)` for a stateless `int32[2]` seed, with the same values,
+    but with the Philox generator named: XLA-compiled functions then derive the same seeds
+    (their default generator differs)."""
+    seed = tfp.random.sanitize_seed(seed)
+    seeds = tf.random.stateless_uniform(
+        [n, 2], seed=seed, minval=None, maxval=None, dtype=tf.int32, alg="philox"
+    )
+    return tf.unstack(seeds)
+
+
+def stateless_categorical(logits, seed):
+    """One draw per row of `logits` `[M, K]`, int32 `[M]`, by the Gumbel-max trick on Philox
+    uniforms: the same draws eagerly, in graphs and under XLA (`tf.random.stateless_categorical`
+    draws differently when compiled)."""
+    logits = tf.convert_to_tensor(logits)
+    tiny = np.finfo(logits.dtype.as_numpy_dtype).tiny
+    u = tf.random.stateless_uniform(
+        tf.shape(logits), seed=seed, minval=tiny, maxval=1.0, dtype=logits.dtype, alg="philox"
+    )
+    return tf.argmax(logits - tf.math.log(-tf.math.log(u)), axis=-1, output_type=tf.int32)
+
+
 class PathPrior(tf.Module):
     """Base class: a distribution over paths given the layers' `(K, choice_shape)` specs."""
 
@@ -79,7 +102,7 @@ class PathPrior(tf.Module):
 
     def sample(self, n, seed):
         """Independent per-layer draws from `layer_logits`; subclasses may override."""
-        seeds = tfp.random.split_seed(seed, n=max(len(self._layer_specs), 1))
+        seeds = split_seed(seed, n=max(len(self._layer_specs), 1))
         path = []
         for i, (k, shape) in enumerate(self._layer_specs):
             logits = tf.convert_to_tensor(self.layer_logits(i))  # [K] or [Hp, Wp, K]
@@ -87,9 +110,7 @@ class PathPrior(tf.Module):
                 path.append(tf.zeros([n] + list(shape), tf.int32))
                 continue
             flat = tf.reshape(logits, [-1, k])
-            draws = tf.random.stateless_categorical(
-                tf.tile(flat, [n, 1]), 1, seed=seeds[i], dtype=tf.int32
-            )
+            draws = stateless_categorical(tf.tile(flat, [n, 1]), seed=seeds[i])
             path.append(tf.reshape(draws, [n] + list(shape)))
         return tuple(path)
 
@@ -229,9 +250,8 @@ class TablePathPrior(PathPrior):
         return tf.gather(tf.nn.log_softmax(self.table), idx)
 
     def sample(self, n, seed):
-        flat = tf.random.stateless_categorical(
-            tf.nn.log_softmax(self.table)[None], n, seed=seed, dtype=tf.int32
-        )[0]
+        logits = tf.nn.log_softmax(self.table)[None]
+        flat = stateless_categorical(tf.tile(logits, [n, 1]), seed=seed)
         path = []
         for k, stride in zip(self._sizes, self._strides):
             path.append((flat // stride) % k)

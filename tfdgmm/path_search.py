@@ -46,17 +46,50 @@ g = -G^T z,   Q_l = (G^T G)_{ll}   (the local d x d Gram block).
 
 import math
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-__all__ = ["best_path", "coordinate_ascent_pass", "random_path", "LOCATION_METHODS"]
+from tfdgmm.bijectors import in_xla_context, precomposed
+from tfdgmm.path_priors import split_seed
+
+__all__ = [
+    "best_path",
+    "coordinate_ascent_pass",
+    "random_path",
+    "LOCATION_METHODS",
+    "SEARCH_SETTINGS",
+]
 
 LOCATION_METHODS = ("auto", "gram", "ranked", "linearized", "brute_force")
+
+# Named E-step settings (`tfdgmm.training.DatasetSearch` keyword arguments). "classic": the
+# defaults before issue 15. "fast": the defaults since (see BENCHMARKS.md, "E-step: where the
+# time and the gains go"): on trained models the random restart almost never beats the warm
+# pass, so only never-searched datapoints get it; every block is composed once per search;
+# ranked steps skip locations whose linear bound proves that no alternative improves, and
+# evaluate only the K - 1 other alternatives.
+SEARCH_SETTINGS = {
+    "classic": {
+        "restarts": 1,
+        "restart_passes": 2,
+        "restart_when": "always",
+        "location_options": {},
+        "compose_once": False,
+    },
+    "fast": {
+        "restarts": 1,
+        "restart_passes": 2,
+        "restart_when": "unsearched",
+        "location_options": {"bound": True},
+        "compose_once": True,
+    },
+}
 
 
 def random_path(model, n, seed):
     """A uniformly random path for `n` datapoints from a stateless seed."""
-    seeds = tfp.random.split_seed(seed, n=max(len(model.layer_specs), 1))
+    seeds = split_seed(seed, n=max(len(model.layer_specs), 1))
     path = []
     for i, (k, shape) in enumerate(model.layer_specs):
         path.append(
@@ -66,6 +99,7 @@ def random_path(model, n, seed):
                 minval=0,
                 maxval=k,
                 dtype=tf.int32,
+                alg="philox",  # (named: XLA then draws the same paths)
             )
         )
     return tuple(path)
@@ -88,8 +122,13 @@ def best_path(
     use_prior=True,
     location_options=None,
     restart_rows=None,
+    compose_once=True,
 ):
     """See `DeepGMM.best_path`. `x` is `[N, H, W, C]` in the model's dtype.
+
+    `compose_once`: the layers' batch-independent parameter work (`W = P L U` of every block)
+    is done once for all the passes (`tfdgmm.bijectors.precomposed`); False: once per layer
+    call, as before issue 15 (for comparisons).
 
     `restart_rows=(global_n, offset)`: `x` is rows `[offset, offset + N)` of a batch of
     `global_n`; random restarts are drawn for the whole batch and sliced, so every datapoint
@@ -101,10 +140,39 @@ def best_path(
         )
     if init is None and restarts < 1:
         raise ValueError("best_path needs an initial path or at least one random restart")
+    with precomposed(model.layers if compose_once else []):  # every block composed once
+        return _best_path(
+            model,
+            x,
+            init,
+            restarts,
+            init_passes,
+            restart_passes,
+            seed,
+            location_method,
+            use_prior,
+            location_options,
+            restart_rows,
+        )
+
+
+def _best_path(
+    model,
+    x,
+    init,
+    restarts,
+    init_passes,
+    restart_passes,
+    seed,
+    location_method,
+    use_prior,
+    location_options,
+    restart_rows,
+):
     h0 = model.patchify(x)
     n = tf.shape(h0)[0]
     seed = tfp.random.sanitize_seed(seed, salt="best_path")
-    seeds = tfp.random.split_seed(seed, n=max(restarts, 1) + 1)
+    seeds = split_seed(seed, n=max(restarts, 1) + 1)
     probe_seed = seeds[-1]
     starts = []
     if init is not None:
@@ -119,7 +187,7 @@ def best_path(
     best, best_score = None, None
     for path, passes in starts:
         for _ in range(passes):
-            probe_seed, pass_seed = tfp.random.split_seed(probe_seed, n=2)
+            probe_seed, pass_seed = split_seed(probe_seed, n=2)
             path = coordinate_ascent_pass(
                 model,
                 h0,
@@ -156,9 +224,11 @@ def coordinate_ascent_pass(
     """One bottom-up pass of coordinate ascent over every choice variable.
 
     `location_options` go to the per-location scheme: `top`, `iterations`, `probes` for
-    `'ranked'` (default `top = max(L // 2, min(L, 16))`, 1 iteration, 2 probes)
-    and `iterations`, `probes` for
-    `'linearized'`.
+    `'ranked'` (default `top = max(L // 2, min(L, 16))`, 1 iteration, 2 probes), and its
+    filters (issue 15): `bound` (skip locations whose linear upper bound of the gain is not
+    positive), `threshold` (skip those whose predicted gain is not above it), `patience`,
+    `own_weight`, `compact` (see `_thresholded_steps`); `iterations`, `probes` for
+    `'linearized'` (which ignores the ranked-only options).
     """
     path = list(path)
     h = h0
@@ -192,8 +262,13 @@ def coordinate_ascent_pass(
                 "brute_force": _brute_force_update,
             }[method]
             options = dict(location_options or {}) if method in ("ranked", "linearized") else {}
+            if method == "linearized":  # (options only the ranked steps take)
+                options = {k: v for k, v in options.items() if k not in _RANKED_ONLY}
             path[i], h = update(model, i, h, path, use_prior, seed=seed, **options)
     return tuple(path)
+
+
+_RANKED_ONLY = ("top", "threshold", "compact", "bound", "patience", "own_weight")
 
 
 def _sample_layer_update(model, i, h, path, use_prior):
@@ -370,7 +445,7 @@ def _linearized_update(model, i, h, path, use_prior, seed=None, iterations=2, pr
     return prob.done(cur, y)
 
 
-def _mean_local_gram(model, i, prob, y, path, probes, seed):
+def _mean_local_gram(model, i, prob, y, path, probes, seed, return_probes=False):
     """Batch-mean local Gram blocks `E_n[(G_n^T G_n)_ll]`, `[L, d, d]`, from Gaussian probes:
     `E[u u^T] = G^T G` for `u = G^T v`, `v ~ N(0, I)` (one VJP per probe)."""
     n = prob.n
@@ -380,29 +455,200 @@ def _mean_local_gram(model, i, prob, y, path, probes, seed):
         tf.tile(z_, tf.concat([[probes], tf.ones([tf.rank(z_) - 1], tf.int32)], 0)) for z_ in path
     )
     v = tf.random.stateless_normal(
-        tf.concat([[probes * n], model.patch_shape], 0), seed=seed, dtype=model.dtype
+        tf.concat([[probes * n], model.patch_shape], 0), seed=seed, dtype=model.dtype, alg="philox"
     )
     with tf.GradientTape() as tape:
         tape.watch(y_rep)
         s = tf.reduce_sum(v * model.up(prob.image(y_rep), rep_path, i + 1))
     u = tape.gradient(s, y_rep)  # [P*N, L, d]
-    return tf.einsum("mld,mle->lde", u, u) / tf.cast(probes * n, model.dtype)
+    gram = tf.einsum("mld,mle->lde", u, u) / tf.cast(probes * n, model.dtype)
+    if return_probes:  # and each datapoint's own `u`s, [P, N, L, d]
+        return gram, tf.reshape(u, tf.concat([[probes, n], tf.shape(u)[1:]], 0))
+    return gram
 
 
-def _predicted_gains(model, i, prob, y, cur, path, gram):
-    """Single-site gains `[N, L, K]` of the quadratic model around the current outputs `y`."""
+def _predicted_gains(
+    model, i, prob, y, cur, path, gram, with_bound=False, probe_u=None, own_weight=0.0
+):
+    """Single-site gains `[N, L, K]` of the quadratic model around the current outputs `y`.
+
+    With `with_bound`, also the linear term alone, `g . delta + (change of the additive
+    terms)`: with a prior that adds up over locations, an upper bound of the exact single-site
+    gain at the current path (the exact gain subtracts `1/2 |G delta|^2 >= 0`).
+    """
     with tf.GradientTape() as tape:
         tape.watch(y)
         base = prob.exact(y, cur)
     g = tape.gradient(base, y)  # [N, L, d] = -G^T z (+ gating gradients)
     delta = prob.candidates - y[:, :, None]  # [N, L, K, d]
-    gain = tf.einsum("nlkd,nld->nlk", delta, g) - 0.5 * tf.reduce_sum(
-        delta * tf.einsum("nlkd,lde->nlke", delta, gram), -1
+    terms = prob.terms - tf.gather(prob.terms, cur, axis=2, batch_dims=2)[..., None]
+    linear = tf.einsum("nlkd,nld->nlk", delta, g) + terms
+    quad = tf.reduce_sum(delta * tf.einsum("nlkd,lde->nlke", delta, gram), -1)
+    if probe_u is not None and own_weight > 0:
+        # each datapoint's own estimate `mean_p (u_p . delta)^2` of `|G_n delta|^2`
+        own = tf.reduce_mean(tf.square(tf.einsum("pnld,nlkd->pnlk", probe_u, delta)), 0)
+        quad = (1.0 - own_weight) * quad + own_weight * own
+    gain = linear - 0.5 * quad
+    if with_bound:
+        return gain, base, linear
+    return gain, base
+
+
+def _ranked_update(
+    model,
+    i,
+    h,
+    path,
+    use_prior,
+    seed=None,
+    top=None,
+    iterations=1,
+    probes=2,
+    threshold=None,
+    compact=True,
+    bound=False,
+    patience=None,
+    own_weight=0.0,
+):
+    """See `_ranked_steps` (no threshold: every datapoint visits its `top` best-ranked
+    locations) and `_thresholded_steps` (`threshold` set, or `bound`: only locations whose
+    predicted gain, or with `bound` its linear upper bound, exceeds it)."""
+    if threshold is None and not bound and patience is None and not own_weight:
+        return _ranked_steps(model, i, h, path, use_prior, seed, top, iterations, probes)
+    threshold = (0.0 if bound else -np.inf) if threshold is None else float(threshold)
+    return _thresholded_steps(
+        model,
+        i,
+        h,
+        path,
+        use_prior,
+        seed,
+        top,
+        iterations,
+        probes,
+        threshold,
+        compact,
+        bound,
+        patience,
+        float(own_weight),
     )
-    return gain + prob.terms - tf.gather(prob.terms, cur, axis=2, batch_dims=2)[..., None], base
 
 
-def _ranked_update(model, i, h, path, use_prior, seed=None, top=None, iterations=1, probes=2):
+def _thresholded_steps(
+    model,
+    i,
+    h,
+    path,
+    use_prior,
+    seed,
+    top,
+    iterations,
+    probes,
+    threshold,
+    compact,
+    bound,
+    patience=None,
+    own_weight=0.0,
+):
+    """Exact coordinate-ascent steps at the locations whose predicted gain exceeds `threshold`.
+
+    As `_ranked_steps`, but each datapoint visits only its locations (best-ranked first, at
+    most `top`, default as there) whose predicted gain (quadratic model) is above `threshold`
+    nats; with `bound`, whose *linear bound* is: the exact gain of a single change at the
+    current path is at most its linear term, so `bound=True, threshold=0` skips only
+    locations where no alternative can improve the path as it was when ranked.
+    With `compact` (outside XLA), step `t` evaluates only the datapoints that have a
+    `t`-th such location (a gather of their rows), so the cost follows the number of
+    promising locations instead of `top` for every datapoint: a warm-started pass on a
+    trained model, where few locations change, costs a few evaluations per datapoint.
+    With `patience`, a datapoint stops after that many visited locations in a row brought no
+    improvement (the ranking puts the likely changes first). `own_weight` in [0, 1] mixes each
+    datapoint's own probe estimate of its quadratic term into the batch mean's.
+    Every step is exact, so the objective never decreases.
+    """
+    prob = _LocationProblem(model, i, h, path, use_prior)
+    num_loc = prob.num_locations
+    top = max(num_loc // 2, min(num_loc, 16)) if top is None else min(int(top), num_loc)
+    compact = compact and not in_xla_context()
+    cur = prob.cur
+    y = prob.select(cur)
+    gram, probe_u = _mean_local_gram(model, i, prob, y, path, probes, seed, return_probes=True)
+    hp, wp, d = prob.shape
+    k = prob.k
+    for _ in range(iterations):
+        gain, base, linear = _predicted_gains(
+            model, i, prob, y, cur, path, gram, True, probe_u, own_weight
+        )
+        best_gain = tf.reduce_max(gain, axis=-1)  # [N, L]
+        passes = (tf.reduce_max(linear, axis=-1) if bound else best_gain) > threshold
+        # the qualifying locations first, by predicted gain
+        key = tf.where(passes, best_gain, tf.constant(-np.inf, best_gain.dtype))
+        order = tf.argsort(key, axis=1, direction="DESCENDING")
+        count = tf.minimum(tf.reduce_sum(tf.cast(passes, tf.int32), axis=1), top)  # [N]
+        steps = tf.reduce_max(tf.concat([count, [0]], 0))
+
+        def body(t, cur, y, base, miss, order=order, count=count):
+            # `base`: exact score (but the additive terms) of the current path, so only the
+            # K - 1 other alternatives at the location are evaluated.
+            active = count > t
+            if patience is not None:
+                active &= miss < patience
+            if compact:
+                rows = tf.cast(tf.where(active)[:, 0], tf.int32)  # [M] active datapoints
+            else:
+                rows = tf.range(prob.n)
+            loc = tf.gather(order[:, t], rows)  # [M]
+            cand = tf.gather(
+                tf.gather(prob.candidates, rows), loc, axis=1, batch_dims=1
+            )  # [M, K, d]
+            y_r, cur_r = tf.gather(y, rows), tf.gather(cur, rows)
+            now = tf.gather(cur_r, loc, axis=1, batch_dims=1)  # [M] current choice at loc
+            alt = (now[:, None] + 1 + tf.range(k - 1)[None]) % k  # [M, K-1] the others
+            other = tf.gather(cand, alt, axis=1, batch_dims=1)  # [M, K-1, d]
+            mask = tf.one_hot(loc, num_loc, dtype=model.dtype)[:, None, :, None]  # [M,1,L,1]
+            trial = y_r[:, None] * (1.0 - mask) + other[:, :, None] * mask  # [M, K-1, L, d]
+            trial_choice = tf.where(mask[..., 0] > 0, alt[..., None], cur_r[:, None])
+            sub_path = tuple(tf.gather(p_, rows) for p_ in path)
+            score = model.score_above(
+                tf.reshape(trial, tf.concat([tf.shape(trial)[:2], [hp, wp, d]], 0)),
+                sub_path,
+                i,
+                tf.reshape(trial_choice, tf.concat([tf.shape(trial_choice)[:2], [hp, wp]], 0)),
+                use_prior,
+            )  # [M, K-1]
+            terms = tf.gather(tf.gather(prob.terms, rows), loc, axis=1, batch_dims=1)  # [M, K]
+            base_r = tf.gather(base, rows)
+            total = tf.concat(
+                [
+                    (base_r + tf.gather(terms, now, axis=1, batch_dims=1))[:, None],
+                    score + tf.gather(terms, alt, axis=1, batch_dims=1),
+                ],
+                axis=1,
+            )  # [M, K]: the current choice first
+            pick = tf.argmax(total, axis=1, output_type=tf.int32)
+            if not compact:  # inactive datapoints keep their choice
+                pick = tf.where(active, pick, tf.zeros_like(pick))
+            best = tf.where(pick > 0, tf.gather(alt, tf.maximum(pick - 1, 0), batch_dims=1), now)
+            new_base = tf.where(
+                pick > 0, tf.gather(score, tf.maximum(pick - 1, 0), batch_dims=1), base_r
+            )
+            idx = tf.stack([rows, loc], axis=1)
+            cur = tf.tensor_scatter_nd_update(cur, idx, best)
+            y = tf.tensor_scatter_nd_update(y, idx, tf.gather(cand, best, axis=1, batch_dims=1))
+            base = tf.tensor_scatter_nd_update(base, rows[:, None], new_base)
+            miss_r = tf.where(pick > 0, 0, tf.gather(miss, rows) + 1)
+            miss = tf.tensor_scatter_nd_update(miss, rows[:, None], miss_r)
+            return t + 1, cur, y, base, miss
+
+        _, cur, y, _, _ = tf.while_loop(
+            lambda t, *_, steps=steps: t < steps,
+            body,
+            (tf.constant(0), cur, y, base, tf.zeros([prob.n], tf.int32)),
+        )
+    return prob.done(cur, y)
+
+
+def _ranked_steps(model, i, h, path, use_prior, seed, top, iterations, probes):
     """Exact coordinate-ascent steps at the `top` locations the quadratic model ranks highest.
 
     The linearisation (one VJP, batch-mean local Gram) only *orders* the locations; every step

@@ -7,6 +7,7 @@ All act on a patch tensor event `[Hp, Wp, D]` (see `docs/DESIGN.md`), except
 """
 
 from tfdgmm.bijectors import registry
+from tfdgmm.bijectors._bank import CHOICE_OPS, choice_ops, in_xla_context, precomposed
 from tfdgmm.bijectors.base import BankBijector, WithChoice
 from tfdgmm.bijectors.block_diagonal import BlockDiagonal
 from tfdgmm.bijectors.dense import Dense
@@ -17,10 +18,14 @@ from tfdgmm.bijectors.patchify import Patchify
 __all__ = [
     "BankBijector",
     "BlockDiagonal",
+    "CHOICE_OPS",
     "Dense",
     "Diagonal",
     "HalfConvolution",
     "Patchify",
-    "WithChoice",
+    "choice_ops",
+    "in_xla_context",
+    "precomposed",
     "registry",
+    "WithChoice",
 ]

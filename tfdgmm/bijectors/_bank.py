@@ -19,10 +19,16 @@ Per-location parameters carry `(Hp, Wp)` right after the leading `K` axis.
 The public base class of every transform, `BankBijector`, is in `tfdgmm.bijectors.base`.
 """
 
+import contextlib
 import os
 
 import numpy as np
 import tensorflow as tf
+
+try:  # no public API tells whether a trace is XLA-compiled
+    from tensorflow.python.ops import control_flow_util
+except ImportError:  # pragma: no cover
+    control_flow_util = None
 from tensorflow_probability.python.internal import parameter_properties
 
 SELECTIONS = ("sample", "location")
@@ -317,19 +323,125 @@ def batch_form_layout(x, event_rank, num_alternatives, name="bank"):
     return "aligned", tf.reshape(x, concat_shape([-1, k], event)), out_batch
 
 
+CHOICE_OPS = ("auto", "partition", "select")
+_choice_ops = [os.environ.get("TFDGMM_CHOICE_OPS", "auto")]
+
+
+@contextlib.contextmanager
+def choice_ops(mode):
+    """Within the block, how a choice picks alternatives (see `partition_apply`):
+    `'partition'` (`tf.dynamic_partition`, one dense op per alternative on its own rows),
+    `'select'` (every alternative on all rows, then a gather: `K` times the flops, but static
+    shapes, so XLA compiles it) or `'auto'` (`'select'` inside an XLA-compiled function,
+    `'partition'` elsewhere; the default, also set by `TFDGMM_CHOICE_OPS`)."""
+    if mode not in CHOICE_OPS:
+        raise ValueError(f"choice ops must be one of {CHOICE_OPS}; got {mode!r}")
+    _choice_ops.append(mode)
+    try:
+        yield
+    finally:
+        _choice_ops.pop()
+
+
+def in_xla_context():
+    """True while tracing a function compiled with `jit_compile=True` (or inside one)."""
+    if control_flow_util is None:  # (TensorFlow moved its internals: assume plain TF)
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def use_select():
+    """Whether choices are applied by `'select'` (static shapes) here; see `choice_ops`."""
+    mode = _choice_ops[-1]
+    if mode == "auto":
+        return in_xla_context()
+    return mode == "select"
+
+
 def partition_apply(x, choice, num_alternatives, fn):
     """`y[i] = fn(k, x[i])` for `k = choice[i]`: one call of `fn` per group.
 
     Uses `tf.dynamic_partition` / `tf.dynamic_stitch` so that each alternative
     is applied to its own samples with one dense op (no per-sample copies of
-    parameters).
+    parameters). Under XLA (or `choice_ops('select')`), whose shapes must be static, every
+    alternative is applied to all rows and each row's result is gathered instead.
     """
     k = num_alternatives
     if k == 1:
         return fn(0, x)
+    if use_select():
+        ys = tf.stack([fn(j, x) for j in range(k)], axis=1)  # [N, K, ...]
+        return tf.gather(ys, choice, axis=1, batch_dims=1)
     parts = tf.dynamic_partition(x, choice, k)
     idx = tf.dynamic_partition(tf.range(tf.shape(x)[0]), choice, k)
     return tf.dynamic_stitch(idx, [fn(j, parts[j]) for j in range(k)])
+
+
+# ----------------------------------------------------------------------------
+# Parameters composed once for many calls (e.g. a whole E-step).
+# ----------------------------------------------------------------------------
+
+_precomposed = []  # stack of (graph, {(id(bijector), kind): value})
+
+
+def _graph_reaches(graph):
+    g = tf.compat.v1.get_default_graph()
+    while g is not None:
+        if g is graph:
+            return True
+        g = getattr(g, "outer_graph", None)
+    return False
+
+
+@contextlib.contextmanager
+def precomposed(bijectors):
+    """Within the block, the bijectors' batch-independent parameter work (e.g. `W = P L U`
+    for every block) is done once, here, and reused by every call, instead of once per call.
+
+    Parameters must not change inside the block (an E-step: they do not). Only bijectors
+    with a `_precompose()` method take part; the values are used only in the graph (or
+    eager context) that made them and in functions nested in it (`tf.while_loop` bodies).
+    """
+    cache = {}
+    for b in bijectors:
+        prep = getattr(b, "_precompose", None)
+        if prep is not None and not _holds(b):  # (an enclosing block's values are reused)
+            for kind, value in prep().items():
+                cache[(id(b), kind)] = value
+    _precomposed.append(
+        (tf.compat.v1.get_default_graph() if not tf.executing_eagerly() else None, cache)
+    )
+    try:
+        yield
+    finally:
+        _precomposed.pop()
+
+
+def _lookup(bijector, kind):
+    for graph, cache in reversed(_precomposed):
+        value = cache.get((id(bijector), kind))
+        if value is None:
+            continue
+        if graph is None and tf.executing_eagerly():
+            return value
+        if graph is not None and not tf.executing_eagerly() and _graph_reaches(graph):
+            return value
+    return None
+
+
+def _holds(bijector):
+    return any(
+        key[0] == id(bijector) and _lookup(bijector, key[1]) is not None
+        for _, cache in _precomposed
+        for key in cache
+    )
+
+
+def cached(bijector, kind, make):
+    """The precomposed value `kind` of `bijector` if a `precomposed` block holds it, else
+    `make()`."""
+    value = _lookup(bijector, kind)
+    return make() if value is None else value
 
 
 # ----------------------------------------------------------------------------

@@ -290,14 +290,22 @@ class BlockDiagonal(BankBijector):
             out.append(tf.reshape(t, [k, -1] + tail))
         return out
 
-    def _inverse(self, y, choice=None):
-        y = self._check_input(y, "input to inverse")
-        choice = self._choice(choice, y)
+    def _density_params(self):
+        """`(W^T, -W shift)` as `[K, Lg, d, d]`, `[K, Lg, d]` (the inverse's GEMM operands)."""
         shift = None if self._shift is None else tf.convert_to_tensor(self._shift)
         mats_t, bias = _bank.lu_density_params(
             tf.convert_to_tensor(self._lower_upper), tf.convert_to_tensor(self._permutation), shift
         )
-        mats_t, bias = self._lg_params(mats_t, bias)
+        return tuple(self._lg_params(mats_t, bias))
+
+    def _precompose(self):
+        """Batch-independent work of `inverse`, for `_bank.precomposed` (e.g. per E-step)."""
+        return {"density": self._density_params()}
+
+    def _inverse(self, y, choice=None):
+        y = self._check_input(y, "input to inverse")
+        choice = self._choice(choice, y)
+        mats_t, bias = _bank.cached(self, "density", self._density_params)
         return _bank.bank_linear(
             y, _bank.MatmulOp(mats_t), bias, choice, self._selection, self.name
         )

@@ -317,19 +317,31 @@ def build_sharded_search(search: DatasetSearch, strategy: Strategy) -> Callable:
         start = lo + off
         x = tf.slice(search.data, [start, 0, 0, 0], [per, *image_shape])
         init = tuple(tf.gather(v, tf.range(start, start + per)) for v in search.paths)
-        path, joint = sharded_best_path(
-            model,
-            x,
-            init,
-            b,
-            off,
-            restarts=search.restarts,
-            init_passes=search.init_passes,
-            restart_passes=search.restart_passes,
-            seed=batch_seed,
-            location_method=search.location_method,
-            location_options=search.location_options or None,
-        )
+
+        def search_with(restarts: int) -> tuple:
+            return sharded_best_path(
+                model,
+                x,
+                init,
+                b,
+                off,
+                restarts=restarts,
+                init_passes=search.init_passes,
+                restart_passes=search.restart_passes,
+                seed=batch_seed,
+                location_method=search.location_method,
+                location_options=search.location_options or None,
+            )
+
+        if search.restart_when == "always" or search.restarts == 0:
+            path, joint = search_with(search.restarts)
+        else:  # the same decision on every replica: from the whole global batch
+            lower = tf.gather(search.lower, tf.range(lo, lo + b))
+            path, joint = tf.cond(
+                tf.reduce_any(tf.logical_not(tf.math.is_finite(lower))),
+                lambda: search_with(search.restarts),
+                lambda: search_with(0),
+            )
         upper = model.log_prob_upper_bound(x, path=path)
         # all-gather in replica context (strategy.gather on MirroredStrategy over logical CPU
         # devices returned one replica's rows in TF 2.21: measured, not assumed)

@@ -206,6 +206,7 @@ class EMTrainer:
             init_passes=cfg.estep_init_passes,
             restarts=cfg.estep_restarts,
             restart_passes=cfg.estep_restart_passes,
+            restart_when=cfg.estep_restart_when,
             location_method=cfg.location_method,
             location_options=cfg.location_options,
             seed=cfg.seed,
@@ -222,6 +223,7 @@ class EMTrainer:
                 init_passes=cfg.estep_init_passes,
                 restarts=cfg.estep_restarts,
                 restart_passes=cfg.estep_restart_passes,
+                restart_when=cfg.estep_restart_when,
                 location_method=cfg.location_method,
                 location_options=cfg.location_options,
                 seed=cfg.seed + 7919,
@@ -396,15 +398,16 @@ class EMTrainer:
         search = self.train_search if which == "train" else self.validation_search
         if search is None:
             raise ValueError(f"no {which} data")
-        saved = search.restarts
+        saved = search.restarts, search.restart_when
         search.restarts = cfg.eval_restarts if restarts is None else restarts
+        search.restart_when = "always"  # (the final bounds restart every datapoint)
         search.clear_traced()
         try:
             search.reset()
             start = time.monotonic()
             search.run(step=1_000_003)
         finally:
-            search.restarts = saved
+            search.restarts, search.restart_when = saved
             search.clear_traced()
             search.reset()
         return search_record(search, self.nats_to_bpd, time.monotonic() - start)

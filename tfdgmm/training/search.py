@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfdgmm import path_search
+from tfdgmm.bijectors import precomposed
 from tfdgmm.training.distribute import build_sharded_search
 from tfdgmm.training.seeds import fold_seed
 
@@ -51,6 +52,11 @@ class DatasetSearch(tf.Module):
       strategy: a `tf.distribute` strategy, or None: each batch is then split across the
         replicas (`tfdgmm.training.distribute.build_sharded_search`); create the search under
         `strategy.scope()`.
+      compose_once: compose every block (`W = P L U`) once per call of `run` (all its
+        batches), not once per layer call.
+      restart_when: `'always'`: every batch gets the random restarts; `'unsearched'`: only
+        batches holding a datapoint whose stored path was never searched (its lower bound is
+        not finite), e.g. the first E-step; the others search from their stored paths alone.
     """
 
     def __init__(
@@ -66,6 +72,8 @@ class DatasetSearch(tf.Module):
         seed: int = 0,
         name: str = "search",
         strategy: Strategy | None = None,
+        compose_once: bool = True,
+        restart_when: str = "always",
     ) -> None:
         super().__init__(name=name)
         self._model = model
@@ -87,6 +95,12 @@ class DatasetSearch(tf.Module):
         self.restart_passes = int(restart_passes)
         self.location_method = location_method
         self.location_options = dict(location_options or {})
+        self.compose_once = bool(compose_once)
+        if restart_when not in ("always", "unsearched"):
+            raise ValueError(
+                f"{name}: restart_when must be 'always' or 'unsearched'; got {restart_when!r}"
+            )
+        self.restart_when = restart_when
         self.seed = int(seed)
         with self.name_scope:
             self.data = tf.Variable(x, trainable=False, name="data")
@@ -166,21 +180,35 @@ class DatasetSearch(tf.Module):
             def body(b: tf.Tensor) -> list[tf.Tensor]:
                 lo, idx = self.window(b)
                 x, init = self._batch(lo)
-                path, joint = model.best_path(
-                    x,
-                    init=init,
-                    restarts=self.restarts,
-                    init_passes=self.init_passes,
-                    restart_passes=self.restart_passes,
-                    seed=fold_seed(step_seed, b),
-                    location_method=self.location_method,
-                    location_options=self.location_options or None,
-                )
+
+                def search_with(restarts: int) -> tuple:
+                    return model.best_path(
+                        x,
+                        init=init,
+                        restarts=restarts,
+                        init_passes=self.init_passes,
+                        restart_passes=self.restart_passes,
+                        seed=fold_seed(step_seed, b),
+                        location_method=self.location_method,
+                        location_options=self.location_options or None,
+                        compose_once=self.compose_once,
+                    )
+
+                if self.restart_when == "always" or self.restarts == 0:
+                    path, joint = search_with(self.restarts)
+                else:
+                    unsearched = tf.reduce_any(
+                        tf.logical_not(tf.math.is_finite(tf.gather(self.lower, idx)))
+                    )
+                    path, joint = tf.cond(
+                        unsearched, lambda: search_with(self.restarts), lambda: search_with(0)
+                    )
                 upper = model.log_prob_upper_bound(x, path=path)
                 with tf.control_dependencies(self.store(idx, path, joint, upper)):
                     return [b + 1]
 
-            (b,) = tf.while_loop(lambda b: b < stop, body, [start], parallel_iterations=1)
+            with precomposed(model.layers if self.compose_once else []):
+                (b,) = tf.while_loop(lambda b: b < stop, body, [start], parallel_iterations=1)
             return b
 
         return search
