@@ -129,25 +129,29 @@ CPU_TRAINING = dict(
 )
 CPU_DATA = {"train_limit": 4_000, "validation_limit": 1_000, "test_limit": 2_000}
 
-# Deeper stacks of block-diagonal layers take the CPU rate divided by depth beyond 4 layers.
-# Adam moves every entry of every layer by about the learning rate, and the layers of a stack
-# compose, so the whole stack's change per update grows with its depth. Measured on 2026-11-30
-# (BENCHMARKS.md, "Why table2_L8_K4_cpu rolled back"): with the half-convolutions frozen, Adam at
-# 3e-3 on 8 shared BD layers x 4 lost 340 nats/image of training loss between updates 40 and 160
-# of the first M-step (on 4 layers: 62, recovered within 100 updates), and at 1.5e-3 = 3e-3 x 4/8
-# it improved steadily; the half-convolutions' K-FAC steps alone (BD frozen) were steady.
-CPU_REFERENCE_DEPTH = 4
+# Stacks with many block matrices take a lower CPU rate: 3e-3 x 16 / (layers x alternatives) when
+# that product is above 16 (4 layers x 4 alternatives, the largest stack measured stable at
+# 3e-3). Adam moves every entry of every block by about the learning rate whatever the scale or
+# noise of its gradient: the layers of a stack compose, and with K alternatives each block sees
+# 1/K of the images, so both depth and K make the same rate more damaging. Measured with the
+# half-convolutions frozen, first M-step, training loss (BENCHMARKS.md, "Why table2_L8_K4_cpu
+# rolled back" and "Table-2 models with 8 alternatives per layer"):
+#   8 layers x 4 at 3e-3: -340 nats/image (updates 40-160); at 1.5e-3 steady gains;
+#   5 layers x 8 at 2.4e-3: -290 by update 200, then images at 10^6 nats; at 1.2e-3 steady gains;
+#   4 layers x 4 at 3e-3: -62, recovered (never rolled back). The half-convolutions' K-FAC steps
+# alone were steady in every case.
+CPU_REFERENCE_BLOCKS = 16
 
 
 def cpu_learning_rate(arch):
-    """The `_cpu` configs' rate for a model: 3e-3, times 4 / (block-diagonal or dense layers)
-    when there are more than 4 of them."""
-    depth = sum(
-        int(layer.get("repeat", 1))
+    """The `_cpu` configs' rate for a model: 3e-3, times 16 / (layers x alternatives) summed over
+    its block-diagonal (or dense) layers when that sum is above 16."""
+    blocks = sum(
+        int(layer.get("repeat", 1)) * int(layer.get("alternatives", 1))
         for layer in arch["layers"]
         if layer["type"] in ("block_diagonal", "dense")
     )
-    rate = CPU_TRAINING["learning_rate"] * min(1.0, CPU_REFERENCE_DEPTH / max(depth, 1))
+    rate = CPU_TRAINING["learning_rate"] * min(1.0, CPU_REFERENCE_BLOCKS / max(blocks, 1))
     return float(f"{rate:.4g}")
 
 

@@ -1,4 +1,4 @@
-"""The `_cpu` configs' learning rate against the depth rule of configs/make_configs.py."""
+"""The `_cpu` configs' learning rate against the block-count rule of configs/make_configs.py."""
 
 import glob
 import importlib.util
@@ -19,9 +19,9 @@ def _make_configs():
     return module
 
 
-def _depth(cfg):
+def _blocks(cfg):
     return sum(
-        int(layer.get("repeat", 1))
+        int(layer.get("repeat", 1)) * int(layer.get("alternatives", 1))
         for layer in cfg["model"]["layers"]
         if layer["type"] in ("block_diagonal", "dense")
     )
@@ -32,12 +32,16 @@ def _depth(cfg):
     [
         ("table1_hc3_cpu", 3e-3),
         ("table2_L4_K4_cpu", 3e-3),
-        ("table2_L5_K8_cpu", 2.4e-3),
+        ("table2_L5_K4_cpu", 2.4e-3),
+        ("table2_L5_K8_cpu", 1.2e-3),
         ("table2_L8_K4_cpu", 1.5e-3),
+        ("table2_L1_K16_cpu", 3e-3),
+        ("table2_L1_K32_cpu", 1.5e-3),
+        ("table3_intermediate_L4_cpu", 3e-3),
         ("table3_intermediate_L5_cpu", 2.4e-3),
     ],
 )
-def test_deep_block_diagonal_stacks_take_a_rate_divided_by_depth(name, rate):
+def test_stacks_of_many_blocks_take_a_lower_rate(name, rate):
     with open(os.path.join(ROOT, "configs", f"{name}.yaml")) as f:
         cfg = yaml.safe_load(f)
     assert cfg["training"]["learning_rate"] == pytest.approx(rate, rel=1e-3)
@@ -51,7 +55,7 @@ def test_every_cpu_config_follows_the_rule_and_full_configs_keep_the_papers_rate
     for path in cpu:
         with open(path) as f:
             cfg = yaml.safe_load(f)
-        expected = 3e-3 * min(1.0, 4 / _depth(cfg))
+        expected = 3e-3 * min(1.0, 16 / _blocks(cfg))
         assert cfg["training"]["learning_rate"] == pytest.approx(expected, rel=1e-3), path
         assert module.cpu_learning_rate(cfg["model"]) == pytest.approx(expected, rel=1e-3)
         with open(path.replace("_cpu.yaml", ".yaml")) as f:
