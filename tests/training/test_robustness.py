@@ -297,3 +297,24 @@ def test_an_iteration_below_the_initial_model_is_never_best(synthetic, make_mode
     assert any("restored the initial model" in line for line in lines)
     restored = float(tf.reduce_mean(trainer.model.log_prob_lower_bound(x_train)))
     assert restored > history[0]["train_lower_bound"] + 100
+
+
+def test_a_rollback_with_jit_compile_rebuilds_the_m_step(synthetic, make_model, tmp_path):
+    """With `jit_compile`, a rollback drops the compiled M-step (the restore invalidates it); the
+    M-step loop rebuilds it instead of calling None (it used to raise a TypeError)."""
+    x_train, x_val = _data(synthetic)
+    events = []
+
+    def inject(trainer, event, info):
+        if event == "mstep" and info["em_iteration"] == 0 and not events and info["update"] >= 14:
+            v = trainer.model.trainable_variables[0]
+            v.assign(tf.fill(v.shape, np.float32(np.nan)))
+            events.append("nan parameters")
+
+    cfg = CONFIG.replace(em_iterations=1, checkpoint_interval_seconds=3600, jit_compile=True)
+    trainer = EMTrainer(
+        make_model(seed=1), cfg, x_train, x_val, str(tmp_path), hooks=[inject], log=lambda _: None
+    )
+    history = trainer.fit()
+    assert events == ["nan parameters"] and int(trainer.state.rollbacks.numpy()) == 1
+    assert len(history) == 1 and np.isfinite(history[0]["train_lower_bound"])

@@ -531,11 +531,7 @@ class EMTrainer:
         cfg = self.config
         total = mstep_updates(cfg, t)
         meter = self._rates["mstep"]
-        if self._mstep_fn is None:
-            self._mstep_fn = (
-                self._build_mstep() if self.strategy is None else self._build_distributed_mstep()
-            )
-            meter.skip_next()  # its first call traces it
+        self._ensure_mstep_fn()
         u = int(self.state.mstep_update.numpy())
         if u == 0:
             lr0 = learning_rate_at(cfg, t, 0, total, float(self.state.lr_scale.numpy()))
@@ -565,7 +561,7 @@ class EMTrainer:
             if u < total:
                 n = guard.chunk_size(u, self._chunk(meter, 5, total - u))
                 start = time.monotonic()
-                done, ok, loss_sum = self._mstep_fn(
+                done, ok, loss_sum = self._ensure_mstep_fn()(
                     tf.constant(n, tf.int64), tf.constant(total, tf.int64), tf.constant(t, tf.int64)
                 )
                 done, ok, loss_sum = int(done), bool(ok), float(loss_sum)
@@ -731,6 +727,16 @@ class EMTrainer:
             self.state.finished.assign(1)
         self._call_hooks("iteration", {"em_iteration": t, "record": record})
         self._save()
+
+    def _ensure_mstep_fn(self) -> Callable:
+        """The M-step's `tf.function`, built on first use and again after a rollback dropped it
+        (with `jit_compile`, a restore invalidates the compiled function)."""
+        if self._mstep_fn is None:
+            self._mstep_fn = (
+                self._build_mstep() if self.strategy is None else self._build_distributed_mstep()
+            )
+            self._rates["mstep"].skip_next()  # its first call traces it
+        return self._mstep_fn
 
     def _slow_gain(self, history: list) -> str | None:
         """The converged-run message when the last EM iteration's validation gain per 1,000
