@@ -1,4 +1,5 @@
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -22,3 +23,8 @@ def shared_data_dir():
     if not os.path.isdir(path):
         pytest.skip(f"shared data not found at {path}")
     return path
+
+
+# Test helper modules beside the tests (`small_models`) import by name under
+# `--import-mode=importlib`, which does not put this directory on `sys.path` itself.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
