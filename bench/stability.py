@@ -16,6 +16,16 @@ are the same EM.
 
 `--lane I --lanes N` runs every N-th config from the I-th (two lanes on two cores). Results are
 merged into `--out` by config name (and `--set` overrides), so lanes and reruns add up.
+
+A config whose `model`, `training` and `data` sections equal an earlier config's (the gating
+configs of Table 3 against their `intermediate` twins: their `gating:` block with
+`between_steps: 0` acts after EM, and this script never reads it) trains exactly the same EM, so
+it is not run twice: its row shows the twin's run, named. The check is on the loaded configs, so
+a gating config that ever trains differently is run again.
+
+`--report` prints the BENCHMARKS.md table from `--out`: per config, its learning rate now and the
+newest run at that rate (the rate a run had is read from its record, or else from the config at
+the run's commit plus its `--set` overrides).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import fcntl
 import glob
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +57,41 @@ def _first_estep_bound(lines):
         if "E-step done: training lower bound" in line:
             return float(line.split("training lower bound")[1].split()[0])
     return None
+
+
+def em_sections(name: str, overrides=(), commit_id: str | None = None) -> dict:
+    """The sections of config `name` that decide its EM: model, training, data (at `commit_id`)."""
+    path = os.path.join(ROOT, "configs", f"{name}.yaml")
+    if commit_id is not None:  # the config as it was at that commit
+        text = subprocess.check_output(
+            ["git", "-C", ROOT, "show", f"{commit_id}:configs/{name}.yaml"], text=True
+        )
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            f.write(text)
+        try:
+            cfg = load_run_config(f.name, list(overrides))
+        finally:
+            os.remove(f.name)
+    else:
+        cfg = load_run_config(path, list(overrides))
+    return {k: cfg[k] for k in ("model", "training", "data")}
+
+
+def same_em_as(name: str, names: list[str], overrides=()) -> str | None:
+    """The config in `names` that runs `name`'s EM for it, if another one does.
+
+    Configs with equal `em_sections` train the same EM. Of such a group, the one that runs is
+    the first by (has an enabled `gating:` block, name): the plain deep GMM, not its gated twin.
+    """
+    mine = em_sections(name, overrides)
+    group = [other for other in names if em_sections(other, overrides) == mine]
+    runner = min(group, key=lambda other: (_gated(other), other))
+    return None if runner == name else runner
+
+
+def _gated(name: str) -> bool:
+    cfg = load_run_config(os.path.join(ROOT, "configs", f"{name}.yaml"))
+    return bool(cfg.get("gating", {}).get("enabled"))
 
 
 def run_config(name, data_spec, overrides):
@@ -72,6 +118,7 @@ def run_config(name, data_spec, overrides):
         return {
             "config": name,
             "overrides": list(overrides),
+            "learning_rate": cfg["training"]["learning_rate"],
             "rollbacks": rollbacks,
             "gave_up": gave_up,
             "updates": sum(r["updates"] for r in history),
@@ -83,6 +130,7 @@ def run_config(name, data_spec, overrides):
     return {
         "config": name,
         "overrides": list(overrides),
+        "learning_rate": cfg["training"]["learning_rate"],
         "rollbacks": rollbacks,
         "updates": sum(r["updates"] for r in history),
         "start_train_lower_bound": history[0]["estep_lower_bound"],
@@ -90,6 +138,73 @@ def run_config(name, data_spec, overrides):
         "rollback_messages": [line for line in lines if "rolled back" in line],
         "seconds": time.monotonic() - start,
     }
+
+
+def all_cpu_configs() -> list[str]:
+    return sorted(
+        os.path.basename(f)[:-5] for f in glob.glob(os.path.join(ROOT, "configs", "*_cpu.yaml"))
+    )
+
+
+def _commit_time(commit_id: str) -> int:
+    return int(
+        subprocess.check_output(["git", "-C", ROOT, "show", "-s", "--format=%ct", commit_id])
+    )
+
+
+def _record_rate(record: dict) -> float:
+    if "learning_rate" in record:
+        return float(record["learning_rate"])
+    sections = em_sections(record["config"], record["overrides"], record["commit"])
+    return float(sections["training"]["learning_rate"])
+
+
+def report(results: dict) -> str:
+    """The BENCHMARKS.md table: every `_cpu` config, its rate now and its newest run at it."""
+    names = all_cpu_configs()
+    rows, ran, clean = [], 0, 0
+    rows.append(
+        "| config | learning rate now | run at commit | rollbacks "
+        "| train LB start -> M-step 1 -> M-step 2 | seconds |"
+    )
+    rows.append("| --- | --- | --- | --- | --- | --- |")
+    for name in names:
+        rate = float(em_sections(name)["training"]["learning_rate"])
+        twin = same_em_as(name, names)
+        group = {name, twin or name}
+        runs = [r for r in results.values() if r["config"] in group and "commit" in r]
+        runs.sort(key=lambda r: _commit_time(r["commit"]))
+        now = [r for r in runs if abs(_record_rate(r) - rate) <= 1e-12 * rate]
+        record = (now or runs or [None])[-1]
+        if record is None:
+            rows.append(f"| `{name}` | {rate:g} | not run | | | |")
+            continue
+        at = f"`{record['commit']}`"
+        if record["config"] != name:
+            at += f" (as `{record['config']}`: the same EM)"
+        if not now:
+            at += f" at {_record_rate(record):g}"
+        else:
+            ran += 1
+            clean += record["rollbacks"] == 0
+        if "gave_up" in record:
+            bounds = f"gave up after {record['updates']} updates"
+        else:
+            bounds = " -> ".join(
+                f"{v:,.1f}"
+                for v in [record["start_train_lower_bound"], *record["train_lower_bound"]]
+            )
+        rows.append(
+            f"| `{name}` | {rate:g} | {at} | {record['rollbacks']} | {bounds} "
+            f"| {record['seconds']:.0f} |"
+            if record.get("seconds") is not None
+            else f"| `{name}` | {rate:g} | {at} | {record['rollbacks']} | {bounds} | |"
+        )
+    head = (
+        f"**{ran} of the {len(names)} configs have run at their current rate, "
+        f"{clean} of them with 0 rollbacks.**"
+    )
+    return head + "\n\n" + "\n".join(rows)
 
 
 def main(argv=None):
@@ -100,12 +215,19 @@ def main(argv=None):
     p.add_argument("--lanes", type=int, default=1)
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "stability.json"))
+    p.add_argument("--report", action="store_true", help="print the BENCHMARKS.md table")
     args = p.parse_args(argv)
-    names = args.configs or sorted(
-        os.path.basename(f)[:-5] for f in glob.glob(os.path.join(ROOT, "configs", "*_cpu.yaml"))
-    )
-    names = names[args.lane :: args.lanes]
+    if args.report:
+        with open(args.out) as f:
+            print(report(json.load(f)))
+        return 0
+    everything = all_cpu_configs()
+    names = (args.configs or everything)[args.lane :: args.lanes]
     for name in names:
+        twin = same_em_as(name, everything, args.overrides)
+        if twin is not None:
+            print(f"{name}: the same EM as {twin} (see its row); not run twice", flush=True)
+            continue
         record = run_config(name, args.data, args.overrides)
         record.update(commit=commit(), machine=machine())
         if "gave_up" in record:
