@@ -10,7 +10,7 @@ import tensorflow as tf
 import tfdgmm
 from tfdgmm.training import EMConfig, EMTrainer
 from tfdgmm.training.init import initialize_from_data
-from tfdgmm.training.preconditioning import HalfConvolutionKFAC
+from tfdgmm.training.preconditioning import HalfConvolutionKFAC, patch_gram
 
 # 8x8x3 images, 2x2 patches: a 4 x 4 x 12 patch tensor. Two half-convolutions (update 'second'
 # then 'first'), one with 2 per-sample alternatives, then a shared block-diagonal layer.
@@ -38,6 +38,38 @@ def _model_and_data(n=64):
         tf.constant(rng.integers(0, 2, n), tf.int32),
     )
     return model, x, path
+
+
+@pytest.mark.parametrize(
+    "shape, kh, kw",
+    [
+        ((3, 8, 8, 24), 5, 5),  # the paper's kernels on the 8 x 8 patch grid
+        ((2, 4, 6, 3), 3, 3),  # H != W
+        ((2, 5, 4, 2), 4, 2),  # even windows: SAME pads (k - 1) // 2 before
+        ((2, 3, 3, 2), 7, 5),  # a window larger than the grid
+        ((4, 6, 5, 1), 1, 3),
+    ],
+)
+def test_patch_gram_is_the_gram_of_the_extracted_patches(shape, kh, kw):
+    x = tf.constant(np.random.default_rng(sum(shape)).standard_normal(shape))
+    p = tf.image.extract_patches(x, [1, kh, kw, 1], [1, 1, 1, 1], [1, 1, 1, 1], "SAME")
+    p = tf.reshape(p, [-1, kh * kw * shape[-1]])
+    want = tf.matmul(p, p, transpose_a=True).numpy()
+    got = patch_gram(x, kh, kw).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-10 * np.abs(want).max())
+
+
+def test_the_factor_a_is_the_patch_covariance_of_the_conditioning_halves():
+    model, x, path = _model_and_data()
+    kfac = HalfConvolutionKFAC(model, damping=1e-3)
+    kfac.update(x, path)
+    for j, (p, _) in enumerate(kfac.kernel_gradient_factors(x, path)):
+        a = tf.matmul(p, p, transpose_a=True) / tf.cast(tf.shape(p)[0], p.dtype)
+        n = int(a.shape[0])
+        damped = a + (1e-3 * tf.reduce_mean(tf.linalg.diag_part(a)) + 1e-12) * tf.eye(n)
+        np.testing.assert_allclose(
+            (kfac.a_inverse[j] @ damped).numpy(), np.eye(n), atol=2e-3, err_msg=f"layer {j}"
+        )
 
 
 def test_factors_reproduce_the_kernel_gradient():
