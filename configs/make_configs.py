@@ -143,15 +143,30 @@ CPU_DATA = {"train_limit": 4_000, "validation_limit": 1_000, "test_limit": 2_000
 CPU_REFERENCE_BLOCKS = 16
 
 
-def cpu_learning_rate(arch):
-    """The `_cpu` configs' rate for a model: 3e-3, times 16 / (layers x alternatives) summed over
-    its block-diagonal (or dense) layers when that sum is above 16."""
-    blocks = sum(
-        int(layer.get("repeat", 1)) * int(layer.get("alternatives", 1))
+# A dense layer counts as this many blocks. Its rows are 3,072 entries long against a block's
+# 48, and Adam's step moves every entry of a row by about the learning rate, so one update moves
+# its outputs further. Measured (bench/stability.py, first 2,000 updates of dense_L1_K2_cpu):
+# 3e-3 (weight 1) rolled back once (train LB 9,225.5 after 2,000 updates); 7.5e-4 (weight 32)
+# and 3.75e-4 (weight 64, the full ratio of row lengths) ran with 0 rollbacks, to 9,203.1 and
+# 9,090.2: the largest clean rate is kept.
+DENSE_BLOCKS = 32
+
+
+def cpu_blocks(arch):
+    """`sum(layers x alternatives)` over the block-diagonal layers, a dense layer counting as
+    `DENSE_BLOCKS` blocks."""
+    weight = {"block_diagonal": 1, "dense": DENSE_BLOCKS}
+    return sum(
+        int(layer.get("repeat", 1)) * int(layer.get("alternatives", 1)) * weight[layer["type"]]
         for layer in arch["layers"]
-        if layer["type"] in ("block_diagonal", "dense")
+        if layer["type"] in weight
     )
-    rate = CPU_TRAINING["learning_rate"] * min(1.0, CPU_REFERENCE_BLOCKS / max(blocks, 1))
+
+
+def cpu_learning_rate(arch):
+    """The `_cpu` configs' rate for a model: 3e-3, times 16 / `cpu_blocks(arch)` when that sum
+    is above 16."""
+    rate = CPU_TRAINING["learning_rate"] * min(1.0, CPU_REFERENCE_BLOCKS / max(cpu_blocks(arch), 1))
     return float(f"{rate:.4g}")
 
 
