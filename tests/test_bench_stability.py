@@ -1,18 +1,10 @@
 """The stability sweep runs each EM once: configs grouped by equal model/training/data sections."""
 
-import importlib.util
-import os
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from repo_scripts import load_script
 
 
 def _stability():
-    spec = importlib.util.spec_from_file_location(
-        "bench_stability", os.path.join(ROOT, "bench", "stability.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/stability.py")
 
 
 def test_gating_configs_run_as_their_intermediate_twins_and_nothing_else_is_merged():

@@ -1,22 +1,15 @@
 """The `_cpu` configs' learning rate against the block-count rule of configs/make_configs.py."""
 
 import glob
-import importlib.util
 import os
 
 import pytest
 import yaml
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from repo_scripts import ROOT, load_script
 
 
 def _make_configs():
-    spec = importlib.util.spec_from_file_location(
-        "make_configs", os.path.join(ROOT, "configs", "make_configs.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("configs/make_configs.py")
 
 
 def _blocks(cfg):
