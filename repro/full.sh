@@ -10,6 +10,7 @@
 #   bash repro/full.sh lane_b        # Table 3: bottom L3, intermediate L2/L3, gated L2/L3
 #   bash repro/full.sh park NAME     # copy a running run's newest checkpoint under repro/inflight/
 #   bash repro/full.sh unpark NAME   # put it back (another machine, a new session), then resume
+#   bash repro/full.sh collect       # copy every finished run's results under repro/results/full/
 #   bash repro/full.sh final         # exact-pixel evaluation, then Table 4: the test split, once
 #
 # Every run resumes where it stopped (`--resume` when its checkpoints exist), so a lane can be
@@ -72,6 +73,20 @@ unpark() {  # NAME: restore a parked run into $OUT/NAME; `lane_*` then resumes i
   [[ -d "$src/checkpoints" ]] || { echo "nothing parked under $src" >&2; return 1; }
   mkdir -p "$dst" && cp -r "$src"/. "$dst/"
   echo "restored $name into $dst"
+}
+
+collect() {  # the small files of every finished run (and the Gaussian), to commit as they end
+  local dst=${RESULTS:-repro/results/full} d name
+  for d in "$OUT"/*/; do
+    name=$(basename "$d")
+    [[ -f "$d/metrics.json" || -f "$d/baseline.json" ]] || continue
+    mkdir -p "$dst/$name"
+    cp "$d"/*.json "$dst/$name/"
+    for f in config.yaml command.txt train.log figures/training_curve.png; do
+      [[ -f "$d/$f" ]] && cp "$d/$f" "$dst/$name/"
+    done
+    echo "collected $name into $dst/$name"
+  done
 }
 
 final() {  # after both lanes: exact pixels, then the best validation model on the test split
