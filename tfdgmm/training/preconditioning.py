@@ -49,13 +49,14 @@ are kept in variables, so a checkpoint holds them.
 
 **Cost.** `A` is not formed as `p^T p` from the `[N H W, kh kw D_a]` patch matrix (for 500
 images on the 8 x 8 patch grid with a 5 x 5 kernel and `D_a = 24`: a 32,000 x 600 matrix, 23
-GFLOP per layer, which made the refreshes 40% of a Table-1 M-step). Its `(d1, d2)` block,
-for window offsets `d1, d2`, is `sum_{u in R(d1)} x(u) x(u + d2 - d1)^T`, a sum of the
-*lagged products* `x(u) x(u + delta)^T` over the rectangle `R(d1)` of grid positions `u` for
-which `u - d1` is a grid position too (SAME zero padding). There are only
-`(2 kh - 1)(2 kw - 1)` lags and `kh kw` rectangles, so `patch_gram` computes the per-position
-lagged products once per lag (`N H W D_a^2` each), sums them over the rectangles, and
-gathers the blocks: 3 GFLOP instead of 23 here, the same matrix to rounding.
+GFLOP per layer, which made the refreshes about 40% of an M-step). Its block for window
+offsets `(d_i, d_j)` is a sum of the *lagged products* `x(v + d_i - d_j) x(v)^T` over a
+rectangle of grid positions `v` (those for which `v - d_j` is on the grid: SAME zero padding).
+There are only `(2 kh - 1)(2 kw - 1)` lags and `kh kw` rectangles, so `patch_gram` cuts the
+grid into the cells between the rectangles' edges, gets each cell's products at every lag from
+one convolution (the cell's values as the filter, the datapoints as the contracted channels:
+3 GFLOP in all here), sums the cells of each rectangle and gathers the blocks. It is the same
+matrix to rounding, 3.3x faster (BENCHMARKS.md, "The K-FAC refresh").
 """
 
 from __future__ import annotations
