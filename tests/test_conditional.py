@@ -4,11 +4,11 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from small_models import HC, IMAGE
 
 import tfdgmm
 
-IMAGE = [4, 4, 3]  # patch 2 -> patch tensor [2, 2, 12]
-HC = {"type": "half_convolution", "kernel_size": 3}
+# as `small_models.SMALL_CONFIGS`, with the dense model ending at its dense layer
 CONFIGS = {
     "shared_bd": [
         HC,
