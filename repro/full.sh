@@ -7,7 +7,8 @@
 # gains less than 5 nats/image per 1,000 updates (training.early_stopping_min_gain_per_1000_updates).
 #
 #   bash repro/full.sh lane_a        # the Gaussian, Table 1 (5 models), Table 2 (L1-L4 x 4, L1 x 32)
-#   bash repro/full.sh lane_b        # Table 3: bottom L3, intermediate L2/L3, gated L2/L3
+#   bash repro/full.sh lane_b        # Table 3: bottom L3, intermediate L2/L3, gated L2/L3 (the
+#                                    # gated ones resume their ungated twin's finished EM: `gated`)
 #   bash repro/full.sh park NAME     # copy a running run's newest checkpoint under repro/inflight/
 #   bash repro/full.sh unpark NAME   # put it back (another machine, a new session), then resume
 #   bash repro/full.sh collect       # copy every finished run's results under repro/results/full/
@@ -46,11 +47,30 @@ lane_a() {
   train table2_L1_K32
 }
 
+gated() {  # FROM NAME: a gated config whose EM is FROM's (equal model, training and data
+  # sections; gating is fitted after EM): copy FROM's finished run, resume it with NAME's config.
+  # The resumed session runs no EM (tests/runs/test_gating.py) and fits the gating networks.
+  local from=$1 name=$2
+  if [[ ! -d "$OUT/$name/checkpoints" ]]; then
+    [[ -f "$OUT/$from/metrics.json" ]] || { echo "!! $name: $from has not finished"; return 1; }
+    $PY - "$from" "$name" <<'PY' || return 1
+import sys, yaml
+a, b = (yaml.safe_load(open(f"configs/{n}.yaml")) for n in sys.argv[1:])
+differ = [k for k in ("model", "training", "data") if a[k] != b[k]]
+sys.exit(f"!! {sys.argv[2]} does not train {sys.argv[1]}'s EM: {differ} differ" if differ else 0)
+PY
+    rm -rf "$OUT/$name.tmp" && cp -r "$OUT/$from" "$OUT/$name.tmp"
+    rm -f "$OUT/$name.tmp/metrics.json" && mv "$OUT/$name.tmp" "$OUT/$name"
+    echo "== $name: EM copied from $from"
+  fi
+  train "$name"
+}
+
 lane_b() {
   train table3_intermediate_L3
-  train table3_gating_L3
+  gated table3_intermediate_L3 table3_gating_L3
   train table3_intermediate_L2
-  train table3_gating_L2
+  gated table3_intermediate_L2 table3_gating_L2
   train table3_bottom_L3
 }
 
