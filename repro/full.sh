@@ -6,7 +6,8 @@
 # stopping early after 3 EM iterations without a better validation bound or once an iteration
 # gains less than 5 nats/image per 1,000 updates (training.early_stopping_min_gain_per_1000_updates).
 #
-#   bash repro/full.sh lane_a        # the Gaussian, Table 1 (5 models), Table 2 (L1-L4 x 4, L1 x 32)
+#   bash repro/full.sh lane_a        # the Gaussian, Table 1 (5 models), Table 2 (L1-L4 x 4, L1 x 32,
+#                                    # L8 x 4)
 #   bash repro/full.sh lane_b        # Table 3: bottom L3, intermediate L2/L3, gated L2/L3 (the
 #                                    # gated ones resume their ungated twin's finished EM: `gated`)
 #   bash repro/full.sh park NAME     # copy a running run's newest checkpoint under repro/inflight/
@@ -45,6 +46,7 @@ lane_a() {
   for k in 3 4 2 1 0; do train table1_hc$k; done
   for l in 1 2 3 4; do train table2_L${l}_K4; done
   train table2_L1_K32
+  train table2_L8_K4  # not in the list, but its question "does 8 x 4 beat 1 x 32?" needs it
 }
 
 gated() {  # FROM NAME: a gated config whose EM is FROM's (equal model, training and data
@@ -105,6 +107,10 @@ collect() {  # the small files of every finished run (and the Gaussian), to comm
     for f in config.yaml command.txt train.log figures/training_curve.png; do
       [[ -f "$d/$f" ]] && cp "$d/$f" "$dst/$name/"
     done
+    if [[ -f "$d/gated/metrics.json" ]]; then  # the gating networks fitted after EM
+      mkdir -p "$dst/$name/gated"
+      cp "$d/gated/metrics.json" "$d/gated/config.yaml" "$dst/$name/gated/"
+    fi
     echo "collected $name into $dst/$name"
   done
 }

@@ -661,6 +661,11 @@ def main(argv=None):
         section_exact(runs, names),
         section_figures(runs, args.figures),
     ]
+    # the full-budget section (`repro/report_full.py`) stays first, as it is
+    old = open(args.out).read() if os.path.exists(args.out) else ""
+    begin, end = "<!-- full-budget:begin -->", "<!-- full-budget:end -->"
+    if begin in old and end in old:
+        parts.insert(1, begin + old.split(begin, 1)[1].split(end, 1)[0] + end)
     with open(args.out, "w") as f:
         f.write("\n\n".join(p.strip() for p in parts if p) + "\n")
     print(f"wrote {args.out}")

@@ -534,10 +534,16 @@ class EMTrainer:
         self._ensure_mstep_fn()
         u = int(self.state.mstep_update.numpy())
         if u == 0:
-            lr0 = learning_rate_at(cfg, t, 0, total, float(self.state.lr_scale.numpy()))
+            scale = float(self.state.lr_scale.numpy())
+            lr0 = learning_rate_at(cfg, t, 0, total, scale)
+            warm = min(cfg.lr_warmup_updates, total)
+            if not (t == 0 or cfg.lr_warmup_every_mstep):
+                warm = 0
+            peak = learning_rate_at(cfg, t, warm - 1, total, scale) if warm > 1 else lr0
+            rate = f"{lr0:.2e}" if peak == lr0 else f"{lr0:.2e} warming up to {peak:.2e}"
             self.log(
                 f"[EM {t + 1}/{cfg.em_iterations}] M-step: {total} updates of "
-                f"{self.batch_size} images, learning rate {lr0:.2e}"
+                f"{self.batch_size} images, learning rate {rate}"
             )
         start_stage = time.monotonic()
         # The divergence and NaN guard (tfdgmm.training.guards) checks at the end of every
