@@ -113,12 +113,17 @@ collect() {  # the small files of every finished run (and the Gaussian), to comm
     fi
     echo "collected $name into $dst/$name"
   done
+  for f in "$OUT"/*.json; do  # the Gaussian on exact pixels, the test selection
+    [[ -f "$f" ]] && cp "$f" "$dst/" && echo "collected $(basename "$f")"
+  done
 }
 
 final() {  # after both lanes: exact pixels, then the best validation model on the test split
   local runs=()
   for d in "$OUT"/table*; do [[ -f "$d/metrics.json" ]] && runs+=("$d"); done
-  (( ${#runs[@]} )) && $PY repro/exact_subset.py --n 1017 "${runs[@]}"
+  local g=()
+  [[ -f "$OUT/gaussian-exact-subset.json" ]] || g=(--gaussian "$OUT/gaussian-exact-subset.json")
+  (( ${#runs[@]} )) && $PY repro/exact_subset.py --n 1017 "${g[@]}" "${runs[@]}"
   $PY repro/test_once.py --runs "$OUT"
 }
 
