@@ -149,7 +149,12 @@ def test_sample_best_path_and_bounds_compile_with_xla_and_equal_eager(name):
         path, score = model.best_path(x, restarts=1, seed=tf.constant([5, 6]))
         warm, warm_score = model.best_path(x, init=path, restarts=0, seed=tf.constant([7, 8]))
         upper = model.log_prob_upper_bound(x, path=warm)
-        return path, score, warm, warm_score, upper
+        # adaptive extra passes from a random start (under XLA: every row, masked)
+        start = path_search.random_path(model, 8, tf.constant([2, 9]))
+        extra, extra_score = model.best_path(
+            x, init=start, restarts=0, seed=tf.constant([1, 8]), extra_passes=2
+        )
+        return path, score, warm, warm_score, upper, extra, extra_score
 
     ref = search(x)
     got = tf.function(search, jit_compile=True)(x)
@@ -234,3 +239,52 @@ def test_restarts_only_for_unsearched_datapoints():
     np.testing.assert_array_equal(fast.lower.numpy(), warm_only.lower.numpy())
     for a, b in zip(fast.paths, warm_only.paths):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_extra_passes_search_on_where_the_last_pass_still_gained():
+    model = make("unshared", seed=7)
+    x = data(model, 24, seed=5)
+    h0 = model._patchify.forward(x)
+    start = path_search.random_path(model, 24, tf.constant([6, 1]))
+    kw = {"init": start, "restarts": 0, "seed": tf.constant([2, 2])}
+    one, one_score = model.best_path(x, **kw)
+    # a gain threshold no pass reaches: the extra passes change nothing
+    same, same_score = model.best_path(x, extra_passes=2, extra_pass_gain=np.inf, **kw)
+    for a, b in zip(same, one):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(same_score, one_score, rtol=1e-12)
+    # no threshold: every datapoint gets every pass, i.e. init_passes = 3 (same seeds)
+    every, every_score = model.best_path(x, extra_passes=2, extra_pass_gain=-np.inf, **kw)
+    three, three_score = path_search.best_path(
+        model, x, init=start, restarts=0, init_passes=3, seed=tf.constant([2, 2])
+    )
+    for a, b in zip(every, three):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(every_score, three_score, rtol=1e-12)
+    # in between: never below one pass, above it where a datapoint was searched again, and
+    # the reported score is the path's objective
+    mid, mid_score = model.best_path(x, extra_passes=2, extra_pass_gain=1.0, **kw)
+    assert np.all(mid_score.numpy() >= one_score.numpy() - 1e-9)
+    assert np.any(mid_score.numpy() > one_score.numpy() + 1e-6)
+    np.testing.assert_allclose(mid_score, path_search.objective(model, h0, mid), rtol=1e-12)
+    from tfdgmm.training import EMConfig
+
+    with pytest.raises(ValueError, match="extra_passes"):
+        EMConfig(estep_extra_passes=-1)
+
+
+def test_a_search_stores_the_upper_bound_of_the_paths_it_found():
+    # uniform prior: the upper bound is the found joint + log(num paths), not recomputed
+    from tfdgmm.training.search import DatasetSearch
+
+    model = make("unshared", seed=8)
+    x = data(model, 12, seed=4)
+    s = DatasetSearch(model, x, batch_size=6, extra_passes=1)
+    s.run(step=0)
+    path = s.path()
+    np.testing.assert_allclose(
+        s.upper.numpy(), model.log_prob_upper_bound(x, path=path).numpy(), rtol=1e-10
+    )
+    np.testing.assert_allclose(
+        s.lower.numpy(), model.log_prob_lower_bound(x, path=path).numpy(), rtol=1e-10
+    )

@@ -45,11 +45,62 @@ def test_gram_search_equals_brute_force_coordinate_ascent():
     for a, b in zip(gram, brute):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="single alternative"):
-        bad = make(SMALL_CONFIGS["mixed"])
+        # (two layers with choices above the first: no exact Gram)
+        bad = make([LOCAL_TOP_MODELS["stacked"][k] for k in (1, 2, 2)])
         path_search.coordinate_ascent_pass(
             bad,
             bad.patchify(data(bad)),
             path_search.random_path(bad, 6, tf.constant([1, 1])),
+            "gram",
+        )
+
+
+LOCAL_TOP_MODELS = {
+    # Table 3's "intermediate HC" shape: the middle per-location layer under half-convolutions
+    # and one per-location top layer
+    "hc_between": [
+        HC,
+        {"type": "block_diagonal", "alternatives": 3, "selection": "location"},
+        HC,
+        HC,
+        {"type": "block_diagonal", "alternatives": 2, "selection": "location"},
+    ],
+    # "bottom HC only": per-location layers stacked directly, a fixed local layer on top
+    "stacked": [
+        HC,
+        {"type": "block_diagonal", "alternatives": 2, "selection": "location"},
+        {"type": "block_diagonal", "alternatives": 3, "selection": "location"},
+        {"type": "diagonal"},
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOCAL_TOP_MODELS))
+def test_gram_search_with_one_local_choice_layer_above_equals_brute_force(name):
+    # one per-location layer above: the per-datapoint Gram comes from per-alternative tables,
+    # and the scheme is exact coordinate ascent (every layer of the pass, not just the top one)
+    model = make(LOCAL_TOP_MODELS[name], seed=7)
+    x = data(model, n=24, seed=2)
+    h0 = model.patchify(x)
+    start = path_search.random_path(model, 24, tf.constant([5, 3]))
+    assert path_search._local_top_layer(model, 1) is not None
+    gram = path_search.coordinate_ascent_pass(model, h0, start, "gram")
+    auto = path_search.coordinate_ascent_pass(model, h0, start, "auto")
+    brute = path_search.coordinate_ascent_pass(model, h0, start, "brute_force")
+    changed = 0
+    for a, b, c, s0 in zip(gram, brute, auto, start):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(c, b)
+        changed += int(np.sum(np.asarray(a) != np.asarray(s0)))
+    assert changed > 0  # the pass did move choices, so the equality says something
+    # two choice layers above: no exact tables; 'auto' ranks, 'gram' refuses
+    deep = make(LOCAL_TOP_MODELS["stacked"][:3] + LOCAL_TOP_MODELS["stacked"][2:3], seed=1)
+    assert path_search._local_top_layer(deep, 1) is None
+    with pytest.raises(ValueError, match="exactly one to have a choice"):
+        path_search.coordinate_ascent_pass(
+            deep,
+            deep.patchify(data(deep, n=4)),
+            path_search.random_path(deep, 4, tf.constant([1, 1])),
             "gram",
         )
 

@@ -546,6 +546,8 @@ class DeepGMM(tfd.Distribution):
         use_prior=True,
         location_options=None,
         compose_once=True,
+        extra_passes=0,
+        extra_pass_gain=1.0,
     ):
         """Hard E-step: the best path per image found by layer-wise coordinate ascent.
 
@@ -568,6 +570,9 @@ class DeepGMM(tfd.Distribution):
           use_prior: maximise `log pi_p + log p_p(x)` (True) or `log p_p(x)` (False).
           compose_once: compose every block once for the whole search (default) instead of
             once per layer call.
+          extra_passes: after the `init_passes` from `init`, up to this many more passes, each
+            for the datapoints whose previous pass raised their objective by more than
+            `extra_pass_gain` nats (default 0: none).
 
         Returns:
           `(path, score)`: the path tuple and `log pi_p + log p_p(x)` (or `log p_p(x)` when
@@ -589,6 +594,8 @@ class DeepGMM(tfd.Distribution):
             use_prior=use_prior,
             location_options=location_options,
             compose_once=compose_once,
+            extra_passes=extra_passes,
+            extra_pass_gain=extra_pass_gain,
         )
 
     @_no_autograph
@@ -602,16 +609,21 @@ class DeepGMM(tfd.Distribution):
         return self.best_path(x, **search_kwargs)[1]
 
     @_no_autograph
-    def log_prob_upper_bound(self, x, path=None, **search_kwargs):
+    def log_prob_upper_bound(self, x, path=None, joint=None, **search_kwargs):
         """The paper's approximate upper bound `max_p log p_p(x) >= log p(x)`, `[N]`.
 
         `p(x) = sum_p pi_p p_p(x) <= max_p p_p(x)`. It is *approximate* because the search
         may miss the best component. With a uniform prior the best component is the best
-        joint path, so this is `lower bound + log(num_paths)`. Otherwise the search for the
-        best component starts from the lower bound's path (`path`, or a fresh `best_path`),
-        so it is never below that path's component.
+        joint path, so this is `lower bound + log(num_paths)` (with `joint`, the path's known
+        `log pi_p + log p_p(x)` from `best_path`, nothing is recomputed). Otherwise the search
+        for the best component starts from the lower bound's path (`path`, or a fresh
+        `best_path`), so it is never below that path's component.
         """
         if isinstance(self._path_prior, path_priors.UniformPathPrior):
+            if joint is not None and path is not None:
+                return tf.convert_to_tensor(joint, self.dtype) + tf.constant(
+                    self.log_num_paths, self.dtype
+                )
             return self.log_prob_lower_bound(x, path=path, **search_kwargs) + tf.constant(
                 self.log_num_paths, self.dtype
             )

@@ -30,7 +30,13 @@ g = -G^T z,   Q_l = (G^T G)_{ll}   (the local d x d Gram block).
   accepted change `z <- z + G_l delta`, so the result equals brute-force coordinate ascent in the
   same order, at the cost of `O(L d^2 + L d * L d)` multiply-adds per datapoint and layer
   instead of `L K` network evaluations.
-* `'ranked'` (default when a layer above has a choice, so that `G` depends on the datapoint):
+* `'gram'` also when exactly one layer above has a choice, per location, and it and every
+  layer above it are local (block-diagonal or diagonal banks; the layer under Table 3's top
+  layer): `G` then depends on the datapoint only through that layer's choices, and its local
+  blocks are sums of per-alternative tables (`_local_gram_update`); exact, with no evaluation of
+  the layers above. `'auto'` takes it; `'auto-shared'` (the default before 2026-12-01) takes
+  `'gram'` only with a shared `G`.
+* `'ranked'` (default when more layers above have choices, so that `G` depends on the datapoint):
   the linear term comes from one vector-Jacobian product for all locations at once and the
   quadratic term from the batch-mean local Gram `E_n[(G_n^T G_n)_{ll}]`, estimated without bias
   from Gaussian probes (`E[G^T v v^T G] = G^T G`, one extra VJP per probe). This quadratic
@@ -44,13 +50,14 @@ g = -G^T z,   Q_l = (G^T G)_{ll}   (the local d x d Gram block).
 * `'brute_force'`: the paper's exact coordinate ascent, location by location; for checks.
 """
 
+import contextlib
 import math
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfdgmm.bijectors import in_xla_context, precomposed
+from tfdgmm.bijectors import BlockDiagonal, Diagonal, in_xla_context, precomposed
 from tfdgmm.path_priors import split_seed
 
 __all__ = [
@@ -61,28 +68,43 @@ __all__ = [
     "SEARCH_SETTINGS",
 ]
 
-LOCATION_METHODS = ("auto", "gram", "ranked", "linearized", "brute_force")
+LOCATION_METHODS = ("auto", "auto-shared", "gram", "ranked", "linearized", "brute_force")
 
-# Named E-step settings (`tfdgmm.training.DatasetSearch` keyword arguments). "classic": the
-# defaults before issue 15. "fast": the defaults since (see BENCHMARKS.md, "E-step: where the
-# time and the gains go"): on trained models the random restart almost never beats the warm
-# pass, so only never-searched datapoints get it; every block is composed once per search;
-# ranked steps skip locations whose linear bound proves that no alternative improves, and
-# evaluate only the K - 1 other alternatives.
+# Named E-step settings (`tfdgmm.training.DatasetSearch` keyword arguments), see BENCHMARKS.md.
+# "classic": the defaults before issue 15 (1 warm pass, a random restart of 2 passes for every
+# batch, ranked top-half steps, exact Gram steps only where no layer above has a choice).
+# "fast" (2026-11-30): the restart only for never-searched datapoints, every block composed once
+# per search, ranked steps skip locations whose linear bound proves that no alternative
+# improves and evaluate only the K - 1 others. "adaptive" (the `EMConfig` defaults since
+# 2026-12-01): exact Gram steps wherever a single local choice layer lies above, ranked steps
+# only where the predicted gain is positive, and up to 2 more passes for the datapoints whose
+# last pass gained more than 20 nats (stale paths after a long M-step need them).
 SEARCH_SETTINGS = {
     "classic": {
+        "location_method": "auto-shared",
         "restarts": 1,
         "restart_passes": 2,
         "restart_when": "always",
         "location_options": {},
         "compose_once": False,
     },
-    "fast": {
+    "fast": {  # (2026-11-30)
+        "location_method": "auto-shared",
         "restarts": 1,
         "restart_passes": 2,
         "restart_when": "unsearched",
         "location_options": {"bound": True},
         "compose_once": True,
+    },
+    "adaptive": {  # the `EMConfig` defaults since 2026-12-01
+        "location_method": "auto",
+        "restarts": 1,
+        "restart_passes": 2,
+        "restart_when": "unsearched",
+        "location_options": {"threshold": 0.0},
+        "compose_once": True,
+        "extra_passes": 2,
+        "extra_pass_gain": 20.0,
     },
 }
 
@@ -123,8 +145,17 @@ def best_path(
     location_options=None,
     restart_rows=None,
     compose_once=True,
+    extra_passes=0,
+    extra_pass_gain=1.0,
 ):
     """See `DeepGMM.best_path`. `x` is `[N, H, W, C]` in the model's dtype.
+
+    `extra_passes`, `extra_pass_gain`: after the `init_passes` from `init`, up to
+    `extra_passes` more passes, each for the datapoints whose previous pass raised their
+    objective by more than `extra_pass_gain` nats (a datapoint whose pass changed nothing is at
+    a fixed point of the exact steps; one that gained little is near one). The work follows
+    how far the stored paths are from a local optimum: after a long M-step the paths are
+    stale and one pass leaves much behind (BENCHMARKS.md, issue 15).
 
     `compose_once`: the layers' batch-independent parameter work (`W = P L U` of every block)
     is done once for all the passes (`tfdgmm.bijectors.precomposed`); False: once per layer
@@ -140,7 +171,8 @@ def best_path(
         )
     if init is None and restarts < 1:
         raise ValueError("best_path needs an initial path or at least one random restart")
-    with precomposed(model.layers if compose_once else []):  # every block composed once
+    # every block composed once, and the exact Gram steps' constants computed once
+    with precomposed(model.layers if compose_once else []), gram_constants(model, compose_once):
         return _best_path(
             model,
             x,
@@ -153,6 +185,8 @@ def best_path(
             use_prior,
             location_options,
             restart_rows,
+            extra_passes,
+            extra_pass_gain,
         )
 
 
@@ -168,6 +202,8 @@ def _best_path(
     use_prior,
     location_options,
     restart_rows,
+    extra_passes=0,
+    extra_pass_gain=1.0,
 ):
     h0 = model.patchify(x)
     n = tf.shape(h0)[0]
@@ -185,9 +221,13 @@ def _best_path(
             full = random_path(model, global_n, seeds[r])
             starts.append((tuple(z[offset : offset + n] for z in full), restart_passes))
     best, best_score = None, None
-    for path, passes in starts:
+    for number, (path, passes) in enumerate(starts):
+        more = extra_passes if (number == 0 and init is not None) else 0
+        if more:
+            score = objective(model, h0, path, use_prior)
         for _ in range(passes):
             probe_seed, pass_seed = split_seed(probe_seed, n=2)
+            before = score if more else None
             path = coordinate_ascent_pass(
                 model,
                 h0,
@@ -197,13 +237,64 @@ def _best_path(
                 seed=pass_seed,
                 location_options=location_options,
             )
-        score = objective(model, h0, path, use_prior)
+            if more:
+                score = objective(model, h0, path, use_prior)
+        if more:
+            gain = score - before
+            for _ in range(more):
+                probe_seed, pass_seed = split_seed(probe_seed, n=2)
+                path, score, gain = _pass_where(
+                    model,
+                    h0,
+                    path,
+                    score,
+                    gain > extra_pass_gain,
+                    location_method,
+                    use_prior,
+                    pass_seed,
+                    location_options,
+                )
+        else:
+            score = objective(model, h0, path, use_prior)
         if best is None:
             best, best_score = path, score
         else:
             best = keep_better(best, best_score, path, score)
             best_score = tf.maximum(best_score, score)
     return best, best_score
+
+
+def _pass_where(model, h0, path, score, active, method, use_prior, seed, options):
+    """One more pass for the datapoints where `active` (`[N]` bool): `(path, score, gain)`
+    with the others unchanged (gain 0). Outside XLA only their rows are searched; under XLA
+    (static shapes) every row is, and only the active rows' results are kept."""
+    if in_xla_context():
+        new = coordinate_ascent_pass(model, h0, path, method, use_prior, seed, options)
+        new_score = objective(model, h0, new, use_prior)
+        new = tuple(tf.where(_expand(active, p), q, p) for p, q in zip(path, new))
+        new_score = tf.where(active, new_score, score)
+        return new, new_score, new_score - score
+    rows = tf.cast(tf.where(active)[:, 0], tf.int32)
+
+    def search():
+        sub = tuple(tf.gather(p, rows) for p in path)
+        h_sub = tf.gather(h0, rows)
+        new = coordinate_ascent_pass(model, h_sub, sub, method, use_prior, seed, options)
+        return new, objective(model, h_sub, new, use_prior)
+
+    def nothing():
+        return tuple(tf.gather(p, rows) for p in path), tf.gather(score, rows)
+
+    new_sub, score_sub = tf.cond(tf.size(rows) > 0, search, nothing)
+    idx = rows[:, None]
+    new = tuple(tf.tensor_scatter_nd_update(p, idx, q) for p, q in zip(path, new_sub))
+    new_score = tf.tensor_scatter_nd_update(score, idx, score_sub)
+    return new, new_score, new_score - score
+
+
+def _expand(mask, like):
+    """`mask [N]` broadcastable against `like [N, ...]`."""
+    return tf.reshape(mask, tf.concat([tf.shape(mask), tf.ones([tf.rank(like) - 1], tf.int32)], 0))
 
 
 def keep_better(path_a, score_a, path_b, score_b):
@@ -241,14 +332,18 @@ def coordinate_ascent_pass(
         else:
             method = location_method
             above_fixed = all(kk == 1 for kk, _ in model.layer_specs[i + 1 :])
+            local_top = not above_fixed and _local_top_layer(model, i) is not None
             separable = not (use_prior and model.path_prior.is_conditional)
-            if method == "auto":
-                method = "gram" if above_fixed and separable else "ranked"
-            if method == "gram" and not above_fixed:
+            if method in ("auto", "auto-shared"):
+                exact = above_fixed or (local_top and method == "auto")
+                method = "gram" if exact and separable else "ranked"
+            if method == "gram" and not (above_fixed or local_top):
                 raise ValueError(
                     f"location_method='gram' needs every layer above layer {i} to have a "
-                    "single alternative (the Gram matrix is then shared by all datapoints); "
-                    "use 'ranked', 'linearized' or 'brute_force'"
+                    "single alternative (the Gram matrix is then shared by all datapoints), "
+                    "or exactly one to have a choice, per location, with it and every layer "
+                    "above it local (block-diagonal or diagonal); use 'ranked', 'linearized' "
+                    "or 'brute_force'"
                 )
             if method == "gram" and not separable:
                 raise ValueError(
@@ -256,7 +351,7 @@ def coordinate_ascent_pass(
                     "networks do not. Use 'ranked', 'linearized' or 'brute_force'"
                 )
             update = {
-                "gram": _gram_update,
+                "gram": _local_gram_update if local_top else _gram_update,
                 "ranked": _ranked_update,
                 "linearized": _linearized_update,
                 "brute_force": _brute_force_update,
@@ -268,6 +363,7 @@ def coordinate_ascent_pass(
     return tuple(path)
 
 
+_LOCAL_BANKS = (BlockDiagonal, Diagonal)
 _RANKED_ONLY = ("top", "threshold", "compact", "bound", "patience", "own_weight")
 
 
@@ -345,12 +441,7 @@ def _gram_update(model, i, h, path, use_prior, seed=None):
     hp, wp, d = prob.shape
     num_loc = prob.num_locations
     ld = num_loc * d
-    dtype = model.dtype
-    # Jacobian of the (data-independent) affine map above: rows G e_j for each basis vector.
-    basis = tf.concat([tf.zeros([1, ld], dtype), tf.eye(ld, dtype=dtype)], 0)
-    cols = tf.reshape(model.up(tf.reshape(basis, [ld + 1, hp, wp, d]), path, i + 1), [ld + 1, ld])
-    gt = tf.reshape(cols[1:] - cols[:1], [num_loc, d, ld])  # gt[l] = (G[:, block l])^T
-    gram = tf.einsum("lde,lfe->ldf", gt, gt)  # [L, d, d] local Gram blocks
+    gt, gram = _constants(model, i, _shared_gram_constants)
     y = prob.select(prob.cur)  # [N, L, d]
     z = tf.reshape(model.up(prob.image(y), path, i + 1), [prob.n, ld])
     cands = tf.transpose(prob.candidates, [1, 0, 2, 3])  # [L, N, K, d]
@@ -375,6 +466,198 @@ def _gram_update(model, i, h, path, use_prior, seed=None):
 
     _, cur, y, _ = tf.while_loop(
         lambda loc, *_: loc < num_loc, body, (tf.constant(0), prob.cur, y, z)
+    )
+    return prob.done(cur, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Constants of the exact Gram steps: they depend on the parameters only (not on the batch), so
+# a search computes them once (`gram_constants`, entered with `compose_once`) instead of at
+# every layer call; without the block they are computed where they are used.
+
+_gram_cache = []  # stack of (graph or None, {(id(model), layer): constants})
+
+
+@contextlib.contextmanager
+def gram_constants(model, enabled=True):
+    """Within the block, the constants of every per-location layer's exact Gram step (the map
+    of the layers above, and for `_local_gram_update` its per-alternative tables) are computed
+    once, here, and reused by every pass and batch. Parameters must not change inside the
+    block (an E-step: they do not); values are used only in the graph that made them and in
+    functions nested in it."""
+    cache = {}
+    if enabled:
+        specs = model.layer_specs
+        for i, (k, shape) in enumerate(specs):
+            if k == 1 or not shape:
+                continue
+            if all(kk == 1 for kk, _ in specs[i + 1 :]):
+                cache[(id(model), i)] = _shared_gram_constants(model, i)
+            elif _local_top_layer(model, i) is not None:
+                cache[(id(model), i)] = _local_gram_constants(model, i)
+    graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+    _gram_cache.append((graph, cache))
+    try:
+        yield
+    finally:
+        _gram_cache.pop()
+
+
+def _constants(model, i, make):
+    for graph, cache in reversed(_gram_cache):
+        value = cache.get((id(model), i))
+        if value is None:
+            continue
+        if graph is None and tf.executing_eagerly():
+            return value
+        if graph is not None and not tf.executing_eagerly() and _graph_reaches(graph):
+            return value
+    return make(model, i)
+
+
+def _graph_reaches(graph):
+    """True when the current graph is `graph` or nested in it (the rule of `precomposed`)."""
+    g = tf.compat.v1.get_default_graph()
+    while g is not None:
+        if g is graph:
+            return True
+        g = getattr(g, "outer_graph", None)
+    return False
+
+
+def _basis_images(model, n_dims):
+    """`[n_dims + 1, n_dims]`: a zero row, then the unit basis (pushed through layers, the
+    rows give an affine map's offset and, minus the offset, its rows)."""
+    return tf.concat([tf.zeros([1, n_dims], model.dtype), tf.eye(n_dims, dtype=model.dtype)], 0)
+
+
+def _shared_gram_constants(model, i):
+    """`(gt [L, d, L d], gram [L, d, d])`: the transposed column blocks of the (data-independent)
+    linear map above layer `i` (every layer above has one alternative), and its local Gram
+    blocks."""
+    hp, wp, d = model.patch_shape
+    num_loc, ld = hp * wp, hp * wp * d
+    basis = tf.reshape(_basis_images(model, ld), [ld + 1, hp, wp, d])
+    no_path = [None] * len(model.layers)  # (only layers with one alternative are applied)
+    cols = tf.reshape(model.up(basis, no_path, i + 1), [ld + 1, ld])
+    gt = tf.reshape(cols[1:] - cols[:1], [num_loc, d, ld])  # gt[l] = (G[:, block l])^T
+    return gt, tf.einsum("lde,lfe->ldf", gt, gt)
+
+
+def _local_gram_constants(model, i):
+    """The constants of `_local_gram_update` for layer `i` (see there): `(H [L, d, L, d],
+    offset [L d], T [L, Kj L, d d], R [L, Kj L d, d], Rb [L, Kj L, d])`."""
+    j = _local_top_layer(model, i)
+    hp, wp, d = model.patch_shape
+    num_loc, ld = hp * wp, hp * wp * d
+    kj = model.layer_specs[j][0]
+    no_path = [None] * len(model.layers)
+    # H: rows H e_r of the fixed affine map of layers i+1 .. j-1, and its offset
+    basis = tf.reshape(_basis_images(model, ld), [ld + 1, hp, wp, d])
+    cols = tf.reshape(model.up(basis, no_path, i + 1, j), [ld + 1, ld])
+    offset = cols[0]
+    hmat = tf.reshape(cols[1:] - cols[:1], [num_loc, d, num_loc, d])  # [l, k, q, m]
+    # W_{q,c}: layers j.. on the patch basis, placed at every location at once (the maps are
+    # local), with alternative c everywhere
+    patch_basis = tf.broadcast_to(_basis_images(model, d)[:, None, None], [d + 1, hp, wp, d])
+    mats, biases = [], []
+    for c in range(kj):
+        path_c = list(no_path)
+        path_c[j] = tf.fill([d + 1, hp, wp], c)
+        out = tf.reshape(model.up(patch_basis, path_c, j), [d + 1, num_loc, d])
+        biases.append(out[0])  # [L, d]
+        mats.append(tf.transpose(out[1:] - out[:1], [1, 0, 2]))  # [L, d(in), d(out)]
+    mats, biases = tf.stack(mats), tf.stack(biases)  # [Kj, L, d, d], [Kj, L, d]
+    grams = tf.einsum("cqkm,cqlm->cqkl", mats, mats)  # M_{q,c} = W W^T
+    # T[l, c, q] = H_lq M_{q,c} H_lq^T, rows ordered (c, q): G_nl = onehot_n @ T[l]
+    quad = tf.einsum("pkqm,cqmn,plqn->pcqkl", hmat, grams, hmat)
+    quad = tf.reshape(quad, [num_loc, kj * num_loc, d * d])
+    # R[l] with rows (c, q, m): H_l w = (onehot-masked v) @ R[l] + onehot_n @ Rb[l]
+    lin = tf.einsum("lkqm,cqmn->lcqnk", hmat, grams)
+    lin = tf.reshape(lin, [num_loc, kj * ld, d])
+    w_bias = tf.einsum("cqm,cqkm->cqk", biases, mats)  # b W^T, [Kj, L, d]
+    lin_bias = tf.reshape(tf.einsum("lkqm,cqm->lcqk", hmat, w_bias), [num_loc, kj * num_loc, d])
+    return hmat, offset, quad, lin, lin_bias
+
+
+def _local_top_layer(model, i):
+    """`j` when the per-datapoint Gram of layer `i`'s outputs can be assembled exactly from
+    per-alternative tables (`_local_gram_update`): exactly one layer above `i` has a choice,
+    `j`, with per-location choices, and `j` and every layer above it are local (a bank of
+    per-location maps: block-diagonal or diagonal). Else None."""
+    specs = model.layer_specs
+    chosen = [m for m in range(i + 1, len(specs)) if specs[m][0] > 1]
+    if len(chosen) != 1 or not specs[chosen[0]][1]:
+        return None
+    j = chosen[0]
+    if not all(isinstance(model.layers[m], _LOCAL_BANKS) for m in range(j, len(specs))):
+        return None
+    return j
+
+
+def _local_gram_update(model, i, h, path, use_prior, seed=None):
+    """Exact sequential coordinate ascent when one local per-location layer `j` lies above.
+
+    With `H` the (fixed, affine) map of the layers between `i` and `j`, and `W_{q,c}` the
+    `d x d` map of layers `j..` at location `q` with alternative `c` (local: no mixing across
+    locations), the top output of datapoint `n` is `z_q = (H y + h)_q W_{q,c_nq} + b_{q,c_nq}`.
+    A change `delta` at location `l` moves it by `(delta H_l)_q W_{q,c_nq}`, so the objective
+    changes by exactly
+
+    ```none
+    Delta = -delta . (H_l w) - 1/2 delta G_nl delta^T + (change of ildj and log-prior at l),
+    w_q = z_q W_{q,c_nq}^T,   G_nl = sum_q H_lq M_{q,c_nq} H_lq^T,   M_{q,c} = W_{q,c} W_{q,c}^T,
+    ```
+
+    and `G_nl` is a sum over `q` of the tables `T[l, c, q] = H_lq M_{q,c} H_lq^T`, one row of
+    which each datapoint picks per `q` (a one-hot matmul). Locations are visited in order and
+    `w` follows every accepted change, so the result equals brute-force coordinate ascent in the
+    same order (as `'gram'` when no layer above has a choice), with no evaluation of the layers
+    above. Cost per datapoint: `O(L * (L K_j d^2 + 2 L d^2))` multiply-adds per pass of the
+    layer, plus `O(L^2 K_j d^3)` per call for the tables.
+    """
+    j = _local_top_layer(model, i)
+    prob = _LocationProblem(model, i, h, path, use_prior)
+    hp, wp, d = prob.shape
+    num_loc = prob.num_locations
+    ld = num_loc * d
+    dtype = model.dtype
+    kj = model.layer_specs[j][0]
+    hmat, offset, quad, lin, lin_bias = _constants(model, i, _local_gram_constants)
+    onehot = tf.one_hot(tf.reshape(path[j], [prob.n, num_loc]), kj, axis=1, dtype=dtype)
+    onehot_flat = tf.reshape(onehot, [prob.n, kj * num_loc])  # [N, (c, q)]
+    y = prob.select(prob.cur)  # [N, L, d]
+    h_rows = tf.reshape(hmat, [num_loc, d, ld])  # H_l, [L, d, L d]
+    v = tf.reshape(y, [prob.n, ld]) @ tf.reshape(h_rows, [ld, ld]) + offset  # layer j's input
+    # v masked by each datapoint's alternative at each location, [N, (c, q, m)]
+    masked = tf.reshape(onehot[..., None] * tf.reshape(v, [-1, 1, num_loc, d]), [-1, kj * ld])
+    r_bias = tf.einsum("nj,ljk->nlk", onehot_flat, lin_bias)  # [N, L, d]
+    cands = tf.transpose(prob.candidates, [1, 0, 2, 3])  # [L, N, K, d]
+    terms = tf.transpose(prob.terms, [1, 0, 2])  # [L, N, K]
+
+    def body(loc, cur, y, masked):
+        cand = cands[loc]  # [N, K, d]
+        delta = cand - tf.gather(y, loc, axis=1)[:, None]
+        r = masked @ lin[loc] + r_bias[:, loc]  # [N, d] = H_l w
+        gram = tf.reshape(onehot_flat @ quad[loc], [-1, d, d])  # [N, d, d] = G_nl
+        gain = -tf.einsum("nkd,nd->nk", delta, r) - 0.5 * tf.reduce_sum(
+            delta * tf.einsum("nkd,nde->nke", delta, gram), -1
+        )
+        t = terms[loc]
+        gain += t - tf.gather(t, tf.gather(cur, loc, axis=1), axis=1, batch_dims=1)[:, None]
+        best = tf.argmax(gain, axis=1, output_type=tf.int32)
+        step = tf.gather(delta, best, axis=1, batch_dims=1) @ h_rows[loc]  # [N, L d]
+        masked += tf.reshape(
+            onehot[..., None] * tf.reshape(step, [-1, 1, num_loc, d]), [-1, kj * ld]
+        )
+        return (
+            loc + 1,
+            *_set_location(loc, num_loc, cur, y, best, tf.gather(cand, best, axis=1, batch_dims=1)),
+            masked,
+        )
+
+    _, cur, y, _ = tf.while_loop(
+        lambda loc, *_: loc < num_loc, body, (tf.constant(0), prob.cur, y, masked)
     )
     return prob.done(cur, y)
 

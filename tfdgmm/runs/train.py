@@ -47,8 +47,9 @@ def model_summary(model: DeepGMM) -> dict:
     }
 
 
-#: `training` keys that `--resume` may change (the schedule; recorded in metrics.json): the
-#: model and data sections, and every other training key, must match the saved config.
+#: `training` keys that `--resume` may change (the schedule, and how the E-step searches;
+#: recorded in metrics.json): the model and data sections, and every other training key, must
+#: match the saved config.
 SCHEDULE_KEYS = (
     "em_iterations",
     "learning_rate",
@@ -66,6 +67,14 @@ SCHEDULE_KEYS = (
     "checkpoint_interval_seconds",
     "progress_interval_seconds",
     "eval_restarts",
+    "estep_init_passes",
+    "estep_restarts",
+    "estep_restart_passes",
+    "estep_restart_when",
+    "estep_extra_passes",
+    "estep_extra_pass_gain",
+    "location_method",
+    "location_options",
 )
 
 

@@ -139,12 +139,20 @@ class EMConfig:
     E-step); later E-steps search from the stored paths alone (on trained models the restart
     beat the warm pass for 1% of the images, by 0.07 nats/image on average, at twice the cost
     of the warm pass; BENCHMARKS.md). `'always'`: every batch (the setting before)."""
+    estep_extra_passes: int = 2
+    """After the `estep_init_passes` from the stored paths, up to this many more passes, each
+    for the datapoints whose previous pass raised their joint by more than
+    `estep_extra_pass_gain` nats (since 2026-12-01: after a long M-step one pass leaves 10-20
+    nats/image behind; BENCHMARKS.md, "E-step, exact Gram steps and adaptive passes")."""
+    estep_extra_pass_gain: float = 20.0
     location_method: str = "auto"
     """Search method for per-location layers (see `tfdgmm.path_search.LOCATION_METHODS`)."""
-    location_options: dict = dataclasses.field(default_factory=lambda: {"bound": True})
+    location_options: dict = dataclasses.field(default_factory=lambda: {"threshold": 0.0})
     """Options of the per-location search (e.g. `{"top": 32}` for `'ranked'`). The default
-    (since issue 15) skips the locations whose linear bound proves that no alternative
-    improves the path; `{}` is the search before."""
+    (since 2026-12-01) visits only the locations whose predicted gain is positive (the extra
+    passes make up for what that misses); `{"bound": True}` skips only the locations whose
+    linear bound proves that no alternative improves (the default of 2026-11-30), `{}` is
+    the search before issue 15."""
     prior_pseudo_count: float = 1.0
     """Pseudo-count of the closed-form path-prior fit (factorized and table priors)."""
 
@@ -280,6 +288,8 @@ class EMConfig:
             raise ValueError(
                 f"location_method must be one of {LOCATION_METHODS}; got {self.location_method!r}"
             )
+        if self.estep_extra_passes < 0:
+            raise ValueError(f"estep_extra_passes must be >= 0; got {self.estep_extra_passes}")
         if self.estep_restart_when not in ("always", "unsearched"):
             raise ValueError(
                 "estep_restart_when must be 'always' or 'unsearched'; got "

@@ -281,6 +281,8 @@ def sharded_best_path(
     location_method: str = "auto",
     use_prior: bool = True,
     location_options: dict | None = None,
+    extra_passes: int = 0,
+    extra_pass_gain: float = 1.0,
 ) -> tuple[tuple[tf.Tensor, ...], tf.Tensor]:
     """`tfdgmm.path_search.best_path` on rows `[offset, offset + n)` of a global batch of
     `global_n`: the same algorithm and seeds, with the random restarts drawn for the global
@@ -301,6 +303,8 @@ def sharded_best_path(
         use_prior=use_prior,
         location_options=location_options,
         restart_rows=(global_n, offset),
+        extra_passes=extra_passes,
+        extra_pass_gain=extra_pass_gain,
     )
 
 
@@ -331,6 +335,8 @@ def build_sharded_search(search: DatasetSearch, strategy: Strategy) -> Callable:
                 seed=batch_seed,
                 location_method=search.location_method,
                 location_options=search.location_options or None,
+                extra_passes=search.extra_passes,
+                extra_pass_gain=search.extra_pass_gain,
             )
 
         if search.restart_when == "always" or search.restarts == 0:
@@ -342,7 +348,7 @@ def build_sharded_search(search: DatasetSearch, strategy: Strategy) -> Callable:
                 lambda: search_with(search.restarts),
                 lambda: search_with(0),
             )
-        upper = model.log_prob_upper_bound(x, path=path)
+        upper = model.log_prob_upper_bound(x, path=path, joint=joint)
         # all-gather in replica context (strategy.gather on MirroredStrategy over logical CPU
         # devices returned one replica's rows in TF 2.21: measured, not assumed)
         return tf.distribute.get_replica_context().all_gather((tuple(path), joint, upper), axis=0)

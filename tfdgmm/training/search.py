@@ -57,6 +57,8 @@ class DatasetSearch(tf.Module):
       restart_when: `'always'`: every batch gets the random restarts; `'unsearched'`: only
         batches holding a datapoint whose stored path was never searched (its lower bound is
         not finite), e.g. the first E-step; the others search from their stored paths alone.
+      extra_passes, extra_pass_gain: more passes from the stored paths for the datapoints
+        whose last pass still gained more than `extra_pass_gain` nats (`DeepGMM.best_path`).
     """
 
     def __init__(
@@ -74,6 +76,8 @@ class DatasetSearch(tf.Module):
         strategy: Strategy | None = None,
         compose_once: bool = True,
         restart_when: str = "always",
+        extra_passes: int = 0,
+        extra_pass_gain: float = 1.0,
     ) -> None:
         super().__init__(name=name)
         self._model = model
@@ -96,6 +100,10 @@ class DatasetSearch(tf.Module):
         self.location_method = location_method
         self.location_options = dict(location_options or {})
         self.compose_once = bool(compose_once)
+        if int(extra_passes) < 0:
+            raise ValueError(f"{name}: extra_passes must be >= 0; got {extra_passes}")
+        self.extra_passes = int(extra_passes)
+        self.extra_pass_gain = float(extra_pass_gain)
         if restart_when not in ("always", "unsearched"):
             raise ValueError(
                 f"{name}: restart_when must be 'always' or 'unsearched'; got {restart_when!r}"
@@ -192,6 +200,8 @@ class DatasetSearch(tf.Module):
                         location_method=self.location_method,
                         location_options=self.location_options or None,
                         compose_once=self.compose_once,
+                        extra_passes=self.extra_passes,
+                        extra_pass_gain=self.extra_pass_gain,
                     )
 
                 if self.restart_when == "always" or self.restarts == 0:
@@ -203,11 +213,14 @@ class DatasetSearch(tf.Module):
                     path, joint = tf.cond(
                         unsearched, lambda: search_with(self.restarts), lambda: search_with(0)
                     )
-                upper = model.log_prob_upper_bound(x, path=path)
+                upper = model.log_prob_upper_bound(x, path=path, joint=joint)
                 with tf.control_dependencies(self.store(idx, path, joint, upper)):
                     return [b + 1]
 
-            with precomposed(model.layers if self.compose_once else []):
+            with (
+                precomposed(model.layers if self.compose_once else []),
+                path_search.gram_constants(model, self.compose_once),
+            ):
                 (b,) = tf.while_loop(lambda b: b < stop, body, [start], parallel_iterations=1)
             return b
 
