@@ -9,7 +9,10 @@ start of the run's next E-step), exactly as training does (`DatasetSearch.run`: 
 
 * `old`: `tfdgmm.path_search.SEARCH_SETTINGS["classic"]` (1 warm pass, 1 random restart of 2
   passes, ranked top-half steps, every block composed per layer call);
-* `new`: `SEARCH_SETTINGS["fast"]`, the defaults since issue 15.
+* `new`: `SEARCH_SETTINGS["adaptive"]`, the `EMConfig` defaults since 2026-12-01 (exact Gram
+  steps under one local choice layer, ranked steps at positive predicted gain, up to 2 extra
+  passes where the last pass gained > 20 nats);
+* `fast`: `SEARCH_SETTINGS["fast"]`, the defaults of 2026-11-30 (reported as `fast`).
 
 Reported per setting: images/s of the full schedule (best of `--repeats` timed runs after a
 warm-up, so tracing is excluded), the mean joint `log pi_p + log p_p(x)` after the warm pass
@@ -150,7 +153,7 @@ def main():
         paths = [p[:n].numpy() for p in paths_all]
         log(f"{name}: {run_dir} ({ckpt}), {n} images, batch {args.batch}")
         row = {"name": name}
-        for which, key in (("old", "classic"), ("new", "fast")):
+        for which, key in (("old", "classic"), ("new", "adaptive"), ("fast", "fast")):
             log(f"  {which} ({key}): {SEARCH_SETTINGS[key]}")
             settings = SEARCH_SETTINGS[key]
             row[which] = measure(model, x, paths, lower, args.batch, settings, args.repeats, log)
@@ -158,7 +161,7 @@ def main():
         rate, batch = mstep_rate(model, em, x_all, paths_all, args.mstep_updates, log)
         row["mstep_images_per_second"] = rate
         n_train = len(x_all)
-        for which in ("old", "new"):
+        for which in ("old", "new", "fast"):
             r = row[which]
             e_seconds = n_train / r["images_per_second"]
             log(
