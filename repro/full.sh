@@ -76,7 +76,8 @@ lane_b() {
   train table3_bottom_L3
 }
 
-park() {  # NAME: the run's config, metrics so far and newest checkpoint, small enough to commit
+park() {  # NAME: the run's config, metrics so far and newest checkpoint (gzipped), small enough
+  # to commit
   local name=$1 src="$OUT/$1" dst="$PARK/$1"
   [[ -d "$src/checkpoints" ]] || { echo "no checkpoints under $src" >&2; return 1; }
   rm -rf "$dst.tmp" && mkdir -p "$dst.tmp/checkpoints"
@@ -85,6 +86,7 @@ park() {  # NAME: the run's config, metrics so far and newest checkpoint, small 
       "$src/checkpoints")
   cp "$src/checkpoints/checkpoint" "$dst.tmp/checkpoints/"
   cp "$latest".* "$dst.tmp/checkpoints/"
+  gzip -1 "$dst.tmp/checkpoints/"*.data-*  # (stored paths are small integers: 53 MB -> 6 MB)
   cp "$src"/*.yaml "$src"/*.json "$dst.tmp/" 2>/dev/null || true
   rm -rf "$dst" && mv "$dst.tmp" "$dst"
   echo "parked $name at $(basename "$latest") in $dst: commit it, and remove it once the run is done"
@@ -94,6 +96,7 @@ unpark() {  # NAME: restore a parked run into $OUT/NAME; `lane_*` then resumes i
   local name=$1 src="$PARK/$1" dst="$OUT/$1"
   [[ -d "$src/checkpoints" ]] || { echo "nothing parked under $src" >&2; return 1; }
   mkdir -p "$dst" && cp -r "$src"/. "$dst/"
+  gunzip -f "$dst/checkpoints/"*.gz 2>/dev/null || true
   echo "restored $name into $dst"
 }
 
@@ -120,7 +123,10 @@ collect() {  # the small files of every finished run (and the Gaussian), to comm
 
 final() {  # after both lanes: exact pixels, then the best validation model on the test split
   local runs=()
-  for d in "$OUT"/table*; do [[ -f "$d/metrics.json" ]] && runs+=("$d"); done
+  # runs scored on exact pixels already (Table 1's; their checkpoints may be gone) are skipped
+  for d in "$OUT"/table*; do
+    [[ -f "$d/metrics.json" && ! -f "$d/exact-subset.json" ]] && runs+=("$d")
+  done
   local g=()
   [[ -f "$OUT/gaussian-exact-subset.json" ]] || g=(--gaussian "$OUT/gaussian-exact-subset.json")
   (( ${#runs[@]} )) && $PY repro/exact_subset.py --n 1017 "${g[@]}" "${runs[@]}"
