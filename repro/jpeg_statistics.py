@@ -19,8 +19,9 @@ split (1,017 images). Models, each fitted on each copy:
 
 (Measured: 4,068 images are too few for the full Gaussian: on both copies it scores below
 `patch8`, so the pairs speak to the patch models only, and the locality cost below comes from
-the protocol's 40,000 images, JPEG copy only.) `full - patch4` is the "locality cost": what a model that only sees 4 x 4 patches must win back
-(through half-convolutions and mixtures) to beat the full Gaussian. The paper's trained 0 HC
+the protocol's 40,000 images, JPEG copy only.) `full - patch4` is the "locality cost": what
+a model that only sees 4 x 4 patches must win back (through half-convolutions and mixtures) to
+beat the full Gaussian. The paper's trained 0 HC
 model sits 1,160 nats below its Gaussian on the original data (3,829 against 4,989).
 
 Also, for the JPEG copy on the full protocol (40,000 training images, the 10,000 validation
