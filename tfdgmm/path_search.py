@@ -59,6 +59,7 @@ import tensorflow_probability as tfp
 
 from tfdgmm.bijectors import BlockDiagonal, Diagonal, in_xla_context, precomposed
 from tfdgmm.path_priors import split_seed
+from tfdgmm.scoped import ScopedValues
 
 __all__ = [
     "best_path",
@@ -475,7 +476,7 @@ def _gram_update(model, i, h, path, use_prior, seed=None):
 # a search computes them once (`gram_constants`, entered with `compose_once`) instead of at
 # every layer call; without the block they are computed where they are used.
 
-_gram_cache = []  # stack of (graph or None, {(id(model), layer): constants})
+_gram_cache = ScopedValues()  # {(id(model), layer): constants} per `gram_constants` block
 
 
 @contextlib.contextmanager
@@ -495,34 +496,13 @@ def gram_constants(model, enabled=True):
                 cache[(id(model), i)] = _shared_gram_constants(model, i)
             elif _local_top_layer(model, i) is not None:
                 cache[(id(model), i)] = _local_gram_constants(model, i)
-    graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
-    _gram_cache.append((graph, cache))
-    try:
+    with _gram_cache.scope(cache):
         yield
-    finally:
-        _gram_cache.pop()
 
 
 def _constants(model, i, make):
-    for graph, cache in reversed(_gram_cache):
-        value = cache.get((id(model), i))
-        if value is None:
-            continue
-        if graph is None and tf.executing_eagerly():
-            return value
-        if graph is not None and not tf.executing_eagerly() and _graph_reaches(graph):
-            return value
-    return make(model, i)
-
-
-def _graph_reaches(graph):
-    """True when the current graph is `graph` or nested in it (the rule of `precomposed`)."""
-    g = tf.compat.v1.get_default_graph()
-    while g is not None:
-        if g is graph:
-            return True
-        g = getattr(g, "outer_graph", None)
-    return False
+    value = _gram_cache.lookup((id(model), i))
+    return make(model, i) if value is None else value
 
 
 def _basis_images(model, n_dims):

@@ -31,6 +31,8 @@ except ImportError:  # pragma: no cover
     control_flow_util = None
 from tensorflow_probability.python.internal import parameter_properties
 
+from tfdgmm.scoped import ScopedValues
+
 SELECTIONS = ("sample", "location")
 
 
@@ -381,16 +383,7 @@ def partition_apply(x, choice, num_alternatives, fn):
 # Parameters composed once for many calls (e.g. a whole E-step).
 # ----------------------------------------------------------------------------
 
-_precomposed = []  # stack of (graph, {(id(bijector), kind): value})
-
-
-def _graph_reaches(graph):
-    g = tf.compat.v1.get_default_graph()
-    while g is not None:
-        if g is graph:
-            return True
-        g = getattr(g, "outer_graph", None)
-    return False
+_precomposed = ScopedValues()  # {(id(bijector), kind): value} per `precomposed` block
 
 
 @contextlib.contextmanager
@@ -408,32 +401,18 @@ def precomposed(bijectors):
         if prep is not None and not _holds(b):  # (an enclosing block's values are reused)
             for kind, value in prep().items():
                 cache[(id(b), kind)] = value
-    _precomposed.append(
-        (tf.compat.v1.get_default_graph() if not tf.executing_eagerly() else None, cache)
-    )
-    try:
+    with _precomposed.scope(cache):
         yield
-    finally:
-        _precomposed.pop()
 
 
 def _lookup(bijector, kind):
-    for graph, cache in reversed(_precomposed):
-        value = cache.get((id(bijector), kind))
-        if value is None:
-            continue
-        if graph is None and tf.executing_eagerly():
-            return value
-        if graph is not None and not tf.executing_eagerly() and _graph_reaches(graph):
-            return value
-    return None
+    return _precomposed.lookup((id(bijector), kind))
 
 
 def _holds(bijector):
     return any(
         key[0] == id(bijector) and _lookup(bijector, key[1]) is not None
-        for _, cache in _precomposed
-        for key in cache
+        for key in _precomposed.keys()
     )
 
 
