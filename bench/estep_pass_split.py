@@ -77,6 +77,41 @@ def main():
             flush=True,
         )
 
+    # each per-location layer's step alone (the private steps of `path_search`: a benchmark)
+    hs = [model.patchify(x)]
+    for i in range(len(model.layers) - 1):
+        hs.append(model.up(hs[-1], init, i, i + 1))
+    path = list(init)
+    seed = tf.constant([1, 2])
+    for i, (k, shape) in enumerate(model.layer_specs):
+        if k == 1 or not shape:
+            continue
+        h = hs[i]
+        if all(kk == 1 for kk, _ in model.layer_specs[i + 1 :]):
+            steps = {
+                "exact Gram step (top)": lambda i=i, h=h: path_search._gram_update(
+                    model, i, h, path, True
+                )
+            }
+        elif path_search._local_top_layer(model, i) is not None:
+            steps = {
+                "exact local-Gram step": lambda i=i, h=h: path_search._local_gram_update(
+                    model, i, h, path, True
+                )
+            }
+        else:
+            steps = {
+                f"ranked step (threshold 0, {top})": (
+                    lambda i=i, h=h, t=t: path_search._ranked_update(
+                        model, i, h, path, True, seed=seed, threshold=0.0, top=t
+                    )
+                )
+                for top, t in (("default top", None), ("top 0: no candidate evaluation", 0))
+            }
+        for name, fn in steps.items():
+            _, seconds = timed(name, composed(fn))
+            print(f"layer {i}, {name}: {seconds:.3f} s ({seconds / forward:.0f} forwards)")
+
 
 if __name__ == "__main__":
     main()
