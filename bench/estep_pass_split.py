@@ -36,7 +36,7 @@ def main():
     init = tuple(tf.constant(p[:n].numpy()) for p in paths_all)
     print(f"{run_dir} ({ckpt}), {n} images", flush=True)
 
-    def timed(name, fn):
+    def timed(fn):
         f = tf.function(fn)
         out = f()  # trace + warm up
         times = []
@@ -54,7 +54,7 @@ def main():
         return call
 
     _, forward = timed(
-        "forward", composed(lambda: path_search.objective(model, model.patchify(x), init, True))
+        composed(lambda: path_search.objective(model, model.patchify(x), init, True))
     )
     print(f"one forward: {forward:.3f} s per {n} images", flush=True)
     for name, options in (
@@ -63,7 +63,6 @@ def main():
         ("one pass, fast steps (bound)", {"bound": True}),
     ):
         path, seconds = timed(
-            name,
             composed(
                 lambda o=options: path_search.coordinate_ascent_pass(
                     model, model.patchify(x), init, "auto", True, tf.constant([1, 2]), o
@@ -109,7 +108,7 @@ def main():
                 for top, t in (("default top", None), ("top 0: no candidate evaluation", 0))
             }
         for name, fn in steps.items():
-            _, seconds = timed(name, composed(fn))
+            _, seconds = timed(composed(fn))
             print(f"layer {i}, {name}: {seconds:.3f} s ({seconds / forward:.0f} forwards)")
 
 

@@ -29,7 +29,6 @@ def test_a_graph_scope_reaches_nested_functions_but_not_other_graphs():
     @tf.function
     def outer():
         with values.scope({"w": tf.constant(3.0) * 1.0}):
-            seen["eager_inside_graph_scope"] = None
             body = tf.function(lambda: values.lookup("w") + 0.0)
             out = body()  # a function nested in the graph that made the value
             with tf.init_scope():  # eager: the graph's tensor is out of reach
