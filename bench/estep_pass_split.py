@@ -1,7 +1,8 @@
 """Where one pass of the E-step goes (issue 15): on a trained run's stored paths, the time of
 one forward (the joint of given paths), of one coordinate-ascent pass with the `adaptive` steps
-(`threshold: 0`), of the same pass without candidate evaluation at the ranked layers (`top: 0`)
-and of one pass with the `fast` steps (`bound`), each inside a `tf.function` with the blocks and
+(`threshold: 0`), of the same pass without candidate evaluation at the ranked layers (`top: 0`),
+of one pass with the `fast` steps (`bound`) and of one with one alternative per visited location
+(`alternatives: 1`), each inside a `tf.function` with the blocks and
 the exact Gram steps' constants composed in the call; best of `--repeats` after a warm-up.
 
 Usage: python bench/estep_pass_split.py RUN_DIR[@CKPT] [--images 250] [--repeats 3]
@@ -61,6 +62,7 @@ def main():
         ("one pass, adaptive steps (threshold 0)", {"threshold": 0.0}),
         ("... without candidate evaluation (top 0)", {"threshold": 0.0, "top": 0}),
         ("one pass, fast steps (bound)", {"bound": True}),
+        ("one pass, adaptive, 1 alternative per visit", {"threshold": 0.0, "alternatives": 1}),
     ):
         path, seconds = timed(
             composed(
@@ -107,6 +109,11 @@ def main():
                 )
                 for top, t in (("default top", None), ("top 0: no candidate evaluation", 0))
             }
+            steps["ranked step (threshold 0, 1 alternative per visit)"] = (
+                lambda i=i, h=h: path_search._ranked_update(
+                    model, i, h, path, True, seed=seed, threshold=0.0, alternatives=1
+                )
+            )
         for name, fn in steps.items():
             _, seconds = timed(composed(fn))
             print(f"layer {i}, {name}: {seconds:.3f} s ({seconds / forward:.0f} forwards)")

@@ -199,6 +199,31 @@ def test_thresholded_passes_never_lower_the_objective(compact):
         prev = cur
 
 
+def test_fewer_alternatives_per_visit():
+    # layer 1 of "unshared" is a ranked layer with K = 3 (a choice layer above it)
+    model = make("unshared", seed=7)
+    x = data(model, 24, seed=5)
+    h0 = model._patchify.forward(x)
+    start = path_search.random_path(model, 24, tf.constant([5, 1]))
+    # all K - 1 others, taken in predicted order: the same steps as the default pass
+    ref = _pass(model, h0, start, threshold=0.0)
+    for compact in (True, False):
+        got = _pass(model, h0, start, threshold=0.0, alternatives=2, compact=compact)
+        for a, b in zip(got, ref):
+            np.testing.assert_array_equal(a, b)
+    # one alternative per visit: never lowers the objective, and it does move
+    path, prev = start, path_search.objective(model, h0, start).numpy()
+    first = prev
+    for _ in range(3):
+        path = _pass(model, h0, path, threshold=0.0, alternatives=1)
+        cur = path_search.objective(model, h0, path).numpy()
+        assert np.all(cur >= prev - 1e-9), (cur - prev).min()
+        prev = cur
+    assert prev.mean() > first.mean() + 1.0
+    with pytest.raises(ValueError, match="alternatives must be at least 1"):
+        _pass(model, h0, start, threshold=0.0, alternatives=0)
+
+
 @pytest.mark.parametrize("options", [{"bound": True}, {"bound": True, "patience": 2}])
 def test_fast_search_never_returns_worse_than_its_warm_start(options):
     model = make("unshared", seed=5)

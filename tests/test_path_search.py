@@ -105,6 +105,22 @@ def test_gram_search_with_one_local_choice_layer_above_equals_brute_force(name):
         )
 
 
+def test_local_gram_step_under_xla_equals_eager():
+    # under XLA every row takes the update of `w` (no compaction): same choices
+    model = make(LOCAL_TOP_MODELS["hc_between"], seed=3)
+    h0 = model.patchify(data(model, n=16, seed=6))
+    start = path_search.random_path(model, 16, tf.constant([2, 8]))
+
+    def search(h0):
+        return path_search.coordinate_ascent_pass(model, h0, start, "gram")
+
+    eager = search(h0)
+    xla = tf.function(search, jit_compile=True)(h0)
+    assert any(np.any(np.asarray(a) != np.asarray(s0)) for a, s0 in zip(eager, start))
+    for a, b in zip(xla, eager):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("method", ["ranked", "linearized"])
 def test_approximate_location_search_close_to_brute_force(method):
     model = make(SMALL_CONFIGS["mixed"], seed=6)

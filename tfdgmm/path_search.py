@@ -319,7 +319,7 @@ def coordinate_ascent_pass(
     `'ranked'` (default `top = max(L // 2, min(L, 16))`, 1 iteration, 2 probes), and its
     filters (issue 15): `bound` (skip locations whose linear upper bound of the gain is not
     positive), `threshold` (skip those whose predicted gain is not above it), `patience`,
-    `own_weight`, `compact` (see `_thresholded_steps`); `iterations`, `probes` for
+    `own_weight`, `alternatives`, `compact` (see `_thresholded_steps`); `iterations`, `probes` for
     `'linearized'` (which ignores the ranked-only options).
     """
     path = list(path)
@@ -365,7 +365,15 @@ def coordinate_ascent_pass(
 
 
 _LOCAL_BANKS = (BlockDiagonal, Diagonal)
-_RANKED_ONLY = ("top", "threshold", "compact", "bound", "patience", "own_weight")
+_RANKED_ONLY = (
+    "top",
+    "threshold",
+    "compact",
+    "bound",
+    "patience",
+    "own_weight",
+    "alternatives",
+)
 
 
 def _sample_layer_update(model, i, h, path, use_prior):
@@ -526,7 +534,7 @@ def _shared_gram_constants(model, i):
 
 def _local_gram_constants(model, i):
     """The constants of `_local_gram_update` for layer `i` (see there): `(H [L, d, L, d],
-    offset [L d], T [L, Kj L, d d], R [L, Kj L d, d], Rb [L, Kj L, d])`."""
+    offset [L d], T [L, Kj L, d d], M [Kj, L, d, d], bW [Kj, L, d])`."""
     j = _local_top_layer(model, i)
     hp, wp, d = model.patch_shape
     num_loc, ld = hp * wp, hp * wp * d
@@ -552,12 +560,15 @@ def _local_gram_constants(model, i):
     # T[l, c, q] = H_lq M_{q,c} H_lq^T, rows ordered (c, q): G_nl = onehot_n @ T[l]
     quad = tf.einsum("pkqm,cqmn,plqn->pcqkl", hmat, grams, hmat)
     quad = tf.reshape(quad, [num_loc, kj * num_loc, d * d])
-    # R[l] with rows (c, q, m): H_l w = (onehot-masked v) @ R[l] + onehot_n @ Rb[l]
-    lin = tf.einsum("lkqm,cqmn->lcqnk", hmat, grams)
-    lin = tf.reshape(lin, [num_loc, kj * ld, d])
     w_bias = tf.einsum("cqm,cqkm->cqk", biases, mats)  # b W^T, [Kj, L, d]
-    lin_bias = tf.reshape(tf.einsum("lkqm,cqm->lcqk", hmat, w_bias), [num_loc, kj * num_loc, d])
-    return hmat, offset, quad, lin, lin_bias
+    return hmat, offset, quad, grams, w_bias
+
+
+def _apply_local(onehot, v, mats):
+    """`out[n, q] = v[n, q] @ mats[c_nq, q]` for one-hot choices `onehot [N, Kj, L]`, `v [N, L,
+    d]`, `mats [Kj, L, d, e]`: every alternative, then the chosen one (no per-datapoint gather
+    of the matrices)."""
+    return tf.einsum("ncq,ncqk->nqk", onehot, tf.einsum("nqm,cqmk->ncqk", v, mats))
 
 
 def _local_top_layer(model, i):
@@ -591,10 +602,13 @@ def _local_gram_update(model, i, h, path, use_prior, seed=None):
 
     and `G_nl` is a sum over `q` of the tables `T[l, c, q] = H_lq M_{q,c} H_lq^T`, one row of
     which each datapoint picks per `q` (a one-hot matmul). Locations are visited in order and
-    `w` follows every accepted change, so the result equals brute-force coordinate ascent in the
-    same order (as `'gram'` when no layer above has a choice), with no evaluation of the layers
-    above. Cost per datapoint: `O(L * (L K_j d^2 + 2 L d^2))` multiply-adds per pass of the
-    layer, plus `O(L^2 K_j d^3)` per call for the tables.
+    `w` follows every accepted change (`w += M (delta H_l)`, for the datapoints whose choice
+    changed), so the result equals brute-force coordinate ascent in the same order (as `'gram'`
+    when no layer above has a choice), with no evaluation of the layers above. Cost per
+    datapoint and location: `L K_j d^2` multiply-adds for `G_nl`, `L d^2` for `H_l w`, and
+    `(K_j + 1) L d^2` more where the choice changed; plus `O(L^2 K_j d^3)` per search for the
+    tables. (Until 2026-12-01 `H_l w` was formed from the one-hot-masked input of layer `j`,
+    `K_j` times the multiply-adds, most of them by zero.)
     """
     j = _local_top_layer(model, i)
     prob = _LocationProblem(model, i, h, path, use_prior)
@@ -603,41 +617,48 @@ def _local_gram_update(model, i, h, path, use_prior, seed=None):
     ld = num_loc * d
     dtype = model.dtype
     kj = model.layer_specs[j][0]
-    hmat, offset, quad, lin, lin_bias = _constants(model, i, _local_gram_constants)
+    compact = not in_xla_context()
+    hmat, offset, quad, grams, w_bias = _constants(model, i, _local_gram_constants)
     onehot = tf.one_hot(tf.reshape(path[j], [prob.n, num_loc]), kj, axis=1, dtype=dtype)
     onehot_flat = tf.reshape(onehot, [prob.n, kj * num_loc])  # [N, (c, q)]
     y = prob.select(prob.cur)  # [N, L, d]
     h_rows = tf.reshape(hmat, [num_loc, d, ld])  # H_l, [L, d, L d]
-    v = tf.reshape(y, [prob.n, ld]) @ tf.reshape(h_rows, [ld, ld]) + offset  # layer j's input
-    # v masked by each datapoint's alternative at each location, [N, (c, q, m)]
-    masked = tf.reshape(onehot[..., None] * tf.reshape(v, [-1, 1, num_loc, d]), [-1, kj * ld])
-    r_bias = tf.einsum("nj,ljk->nlk", onehot_flat, lin_bias)  # [N, L, d]
+    v = tf.reshape(
+        tf.reshape(y, [prob.n, ld]) @ tf.reshape(h_rows, [ld, ld]) + offset, [-1, num_loc, d]
+    )
+    # w = z W^T at the top, per datapoint: M_{q,c} v_q + b_{q,c} W_{q,c}^T, [N, L, d]
+    w = _apply_local(onehot, v, grams) + tf.einsum("ncq,cqk->nqk", onehot, w_bias)
     cands = tf.transpose(prob.candidates, [1, 0, 2, 3])  # [L, N, K, d]
     terms = tf.transpose(prob.terms, [1, 0, 2])  # [L, N, K]
 
-    def body(loc, cur, y, masked):
+    def body(loc, cur, y, w):
         cand = cands[loc]  # [N, K, d]
         delta = cand - tf.gather(y, loc, axis=1)[:, None]
-        r = masked @ lin[loc] + r_bias[:, loc]  # [N, d] = H_l w
+        r = tf.matmul(tf.reshape(w, [-1, ld]), h_rows[loc], transpose_b=True)  # [N, d] = H_l w
         gram = tf.reshape(onehot_flat @ quad[loc], [-1, d, d])  # [N, d, d] = G_nl
         gain = -tf.einsum("nkd,nd->nk", delta, r) - 0.5 * tf.reduce_sum(
             delta * tf.einsum("nkd,nde->nke", delta, gram), -1
         )
         t = terms[loc]
-        gain += t - tf.gather(t, tf.gather(cur, loc, axis=1), axis=1, batch_dims=1)[:, None]
+        now = tf.gather(cur, loc, axis=1)
+        gain += t - tf.gather(t, now, axis=1, batch_dims=1)[:, None]
         best = tf.argmax(gain, axis=1, output_type=tf.int32)
-        step = tf.gather(delta, best, axis=1, batch_dims=1) @ h_rows[loc]  # [N, L d]
-        masked += tf.reshape(
-            onehot[..., None] * tf.reshape(step, [-1, 1, num_loc, d]), [-1, kj * ld]
+        # w follows the accepted changes: w += M (delta H_loc), only for the rows that changed
+        # (outside XLA; under XLA every row, with delta = 0 where nothing changed)
+        rows = tf.cast(tf.where(best != now)[:, 0], tf.int32) if compact else tf.range(prob.n)
+        step = tf.gather(tf.gather(delta, rows), tf.gather(best, rows), axis=1, batch_dims=1)
+        step = tf.reshape(step @ h_rows[loc], [-1, num_loc, d])  # [M, L, d]
+        w = tf.tensor_scatter_nd_add(
+            w, rows[:, None], _apply_local(tf.gather(onehot, rows), step, grams)
         )
         return (
             loc + 1,
             *_set_location(loc, num_loc, cur, y, best, tf.gather(cand, best, axis=1, batch_dims=1)),
-            masked,
+            w,
         )
 
     _, cur, y, _ = tf.while_loop(
-        lambda loc, *_: loc < num_loc, body, (tf.constant(0), prob.cur, y, masked)
+        lambda loc, *_: loc < num_loc, body, (tf.constant(0), prob.cur, y, w)
     )
     return prob.done(cur, y)
 
@@ -772,11 +793,18 @@ def _ranked_update(
     bound=False,
     patience=None,
     own_weight=0.0,
+    alternatives=None,
 ):
     """See `_ranked_steps` (no threshold: every datapoint visits its `top` best-ranked
     locations) and `_thresholded_steps` (`threshold` set, or `bound`: only locations whose
     predicted gain, or with `bound` its linear upper bound, exceeds it)."""
-    if threshold is None and not bound and patience is None and not own_weight:
+    if (
+        threshold is None
+        and not bound
+        and patience is None
+        and not own_weight
+        and alternatives is None
+    ):
         return _ranked_steps(model, i, h, path, use_prior, seed, top, iterations, probes)
     threshold = (0.0 if bound else -np.inf) if threshold is None else float(threshold)
     return _thresholded_steps(
@@ -794,6 +822,7 @@ def _ranked_update(
         bound,
         patience,
         float(own_weight),
+        alternatives,
     )
 
 
@@ -812,6 +841,7 @@ def _thresholded_steps(
     bound,
     patience=None,
     own_weight=0.0,
+    alternatives=None,
 ):
     """Exact coordinate-ascent steps at the locations whose predicted gain exceeds `threshold`.
 
@@ -827,7 +857,10 @@ def _thresholded_steps(
     With `patience`, a datapoint stops after that many visited locations in a row brought no
     improvement (the ranking puts the likely changes first). `own_weight` in [0, 1] mixes each
     datapoint's own probe estimate of its quadratic term into the batch mean's.
-    Every step is exact, so the objective never decreases.
+    `alternatives` (at least 1; default, or more than K - 1: K - 1): at a visited location
+    only that many of the other alternatives are evaluated, those with the highest predicted
+    gain (the step is then exact among them, not among all K).
+    Every step compares exact scores with the current one, so the objective never decreases.
     """
     prob = _LocationProblem(model, i, h, path, use_prior)
     num_loc = prob.num_locations
@@ -838,6 +871,9 @@ def _thresholded_steps(
     gram, probe_u = _mean_local_gram(model, i, prob, y, path, probes, seed, return_probes=True)
     hp, wp, d = prob.shape
     k = prob.k
+    if alternatives is not None and int(alternatives) < 1:
+        raise ValueError(f"alternatives must be at least 1; got {alternatives}")
+    n_alt = k - 1 if alternatives is None else min(int(alternatives), k - 1)
     for _ in range(iterations):
         gain, base, linear = _predicted_gains(
             model, i, prob, y, cur, path, gram, True, probe_u, own_weight
@@ -850,7 +886,7 @@ def _thresholded_steps(
         count = tf.minimum(tf.reduce_sum(tf.cast(passes, tf.int32), axis=1), top)  # [N]
         steps = tf.reduce_max(tf.concat([count, [0]], 0))
 
-        def body(t, cur, y, base, miss, order=order, count=count):
+        def body(t, cur, y, base, miss, order=order, count=count, gain=gain):
             # `base`: exact score (but the additive terms) of the current path, so only the
             # K - 1 other alternatives at the location are evaluated.
             active = count > t
@@ -866,7 +902,16 @@ def _thresholded_steps(
             )  # [M, K, d]
             y_r, cur_r = tf.gather(y, rows), tf.gather(cur, rows)
             now = tf.gather(cur_r, loc, axis=1, batch_dims=1)  # [M] current choice at loc
-            alt = (now[:, None] + 1 + tf.range(k - 1)[None]) % k  # [M, K-1] the others
+            if alternatives is None:
+                alt = (now[:, None] + 1 + tf.range(k - 1)[None]) % k  # [M, K-1] the others
+            else:  # the `n_alt` others with the highest predicted gain
+                pred = tf.gather(tf.gather(gain, rows), loc, axis=1, batch_dims=1)  # [M, K]
+                pred = tf.where(
+                    tf.one_hot(now, k, on_value=True, off_value=False),
+                    tf.constant(-np.inf, pred.dtype),
+                    pred,
+                )
+                alt = tf.math.top_k(pred, n_alt).indices  # [M, n_alt]
             other = tf.gather(cand, alt, axis=1, batch_dims=1)  # [M, K-1, d]
             mask = tf.one_hot(loc, num_loc, dtype=model.dtype)[:, None, :, None]  # [M,1,L,1]
             trial = y_r[:, None] * (1.0 - mask) + other[:, :, None] * mask  # [M, K-1, L, d]
