@@ -109,8 +109,8 @@ def main():
                 )
                 for top, t in (("default top", None), ("top 0: no candidate evaluation", 0))
             }
-            steps["ranked step (threshold 0, 1 alternative per visit)"] = (
-                lambda i=i, h=h: path_search._ranked_update(
+            steps["ranked step (threshold 0, 1 alternative per visit)"] = lambda i=i, h=h: (
+                path_search._ranked_update(
                     model, i, h, path, True, seed=seed, threshold=0.0, alternatives=1
                 )
             )
