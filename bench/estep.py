@@ -21,7 +21,11 @@ minibatches of the run's `batch_size`) and the E-step's cost in M-step updates. 
 `bench/results/estep.json` (the issue's format).
 
 Usage: python bench/estep.py --run table3_intermediate_L3=RUNS/t3 --run table2_L4_K4=RUNS/t2
-       [--images 500] [--batch 250] [--repeats 1] [--mstep-updates 50] [--out FILE]
+       [--images 500] [--skip 0] [--batch 250] [--repeats 1] [--mstep-updates 50] [--out FILE]
+
+`--skip S` takes training images `S ... S + images - 1` instead of the first ones: a checkpoint
+written inside an E-step holds paths searched by that E-step for its first batches and the
+previous E-step's paths for the rest.
 """
 
 import argparse
@@ -134,6 +138,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run", action="append", required=True, metavar="NAME=DIR[@CKPT]")
     parser.add_argument("--images", type=int, default=500)
+    parser.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        help="start at this training image (e.g. past the batches a checkpoint taken inside an "
+        "E-step has searched already, for the stale paths of the E-step's start)",
+    )
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--mstep-updates", type=int, default=50)
@@ -148,11 +159,12 @@ def main():
         name, _, where = spec.partition("=")
         run_dir, _, ckpt = where.partition("@")
         _, model, em, x_all, paths_all, lower_all, ckpt = load(run_dir, ckpt or None)
-        n = min(args.images, len(x_all))
-        x, lower = x_all[:n], lower_all[:n]
-        paths = [p[:n].numpy() for p in paths_all]
-        log(f"{name}: {run_dir} ({ckpt}), {n} images, batch {args.batch}")
-        row = {"name": name}
+        lo = min(args.skip, len(x_all))
+        n = min(args.images, len(x_all) - lo)
+        x, lower = x_all[lo : lo + n], lower_all[lo : lo + n]
+        paths = [p[lo : lo + n].numpy() for p in paths_all]
+        log(f"{name}: {run_dir} ({ckpt}), images {lo}-{lo + n - 1}, batch {args.batch}")
+        row = {"name": name, "images": n, "skip": lo}
         for which, key in (("old", "classic"), ("new", "adaptive"), ("fast", "fast")):
             log(f"  {which} ({key}): {SEARCH_SETTINGS[key]}")
             settings = SEARCH_SETTINGS[key]

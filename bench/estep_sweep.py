@@ -41,6 +41,13 @@ def main():
     parser.add_argument("run", metavar="RUN_DIR[@CKPT]")
     parser.add_argument("variants", nargs="+")
     parser.add_argument("--images", type=int, default=500)
+    parser.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        help="start at this training image (e.g. past the batches a checkpoint taken inside an "
+        "E-step has searched already, for the stale paths of the E-step's start)",
+    )
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", help="append the rows to this JSON-lines file")
@@ -49,10 +56,11 @@ def main():
 
     run_dir, _, ckpt = args.run.partition("@")
     _, model, _, x_all, paths_all, lower_all, ckpt = load(run_dir, ckpt or None)
-    n = min(args.images, len(x_all))
-    x, lower = x_all[:n], lower_all[:n]
-    paths = [p[:n].numpy() for p in paths_all]
-    print(f"{run_dir} ({ckpt}), {n} images, batch {args.batch}", flush=True)
+    lo = min(args.skip, len(x_all))
+    n = min(args.images, len(x_all) - lo)
+    x, lower = x_all[lo : lo + n], lower_all[lo : lo + n]
+    paths = [p[lo : lo + n].numpy() for p in paths_all]
+    print(f"{run_dir} ({ckpt}), images {lo}-{lo + n - 1}, batch {args.batch}", flush=True)
     first = None
     for name, settings in variants:
         r = measure(model, x, paths, lower, args.batch, settings, args.repeats, print)
@@ -65,6 +73,7 @@ def main():
             "speed_vs_first": r["images_per_second"] / first["images_per_second"],
             "run": args.run,
             "images": n,
+            "skip": lo,
             "batch": args.batch,
             "commit": git_commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
