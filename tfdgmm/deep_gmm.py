@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfdgmm import architectures, path_priors, path_search
+from tfdgmm import architectures, local_paths, path_priors, path_search
 from tfdgmm.bijectors import Patchify
 from tfdgmm.checks import check_float_images, check_seed
 
@@ -45,8 +45,12 @@ class DeepGMM(tfd.Distribution):
     ```
 
     The number of paths is exponential in depth (`4^(64*3)` for the paper's Table-3 model), so
-    paths are never materialised: `log_prob` is exact only up to `exact_limit` paths; beyond
-    that use `log_prob_lower_bound` (`max_p log pi_p p_p(x)`, found by the E-step search
+    paths are never materialised: `log_prob` is exact up to `exact_limit` paths, and beyond that
+    when the choices are independent across locations (`tfdgmm.local_paths`: every choice in a
+    top stack of per-location block-diagonal or diagonal layers, uniform or factorized prior,
+    as in Table 2's models; the mixture then factorises over locations, with at most
+    `exact_limit` choice combinations per location; `has_exact_log_prob`). Otherwise use
+    `log_prob_lower_bound` (`max_p log pi_p p_p(x)`, found by the E-step search
     `best_path`) and `log_prob_upper_bound` (the paper's approximate upper bound).
 
     Args:
@@ -56,7 +60,8 @@ class DeepGMM(tfd.Distribution):
       patch_size: `r`; `H` and `W` must be divisible by it.
       path_prior: `'uniform'`, `'factorized'`, `'table'`, `'gating'` (or a dict such as
         `{"kind": "gating", "hidden": 32}`), or a `tfdgmm.path_priors.PathPrior`.
-      exact_limit: the largest path count for which `log_prob` enumerates every path.
+      exact_limit: the largest path count for which `log_prob` enumerates every path (and the
+        largest per-location combination count for the factorised form).
       validate_args: check inputs (shape, NaN) at run time.
 
     #### Examples
@@ -217,6 +222,15 @@ class DeepGMM(tfd.Distribution):
     @property
     def exact_limit(self):
         return self._exact_limit
+
+    @property
+    def has_exact_log_prob(self):
+        """Whether `log_prob` is exact and tractable: at most `exact_limit` paths, or choices
+        independent across locations with at most `exact_limit` combinations per location."""
+        if self.num_paths <= self._exact_limit:
+            return True
+        stack = local_paths.local_stack(self)
+        return stack is not None and stack.combinations <= self._exact_limit
 
     @property
     def num_dims(self):
@@ -486,6 +500,9 @@ class DeepGMM(tfd.Distribution):
 
     @_no_autograph
     def _log_prob(self, x):
+        if self.num_paths > self._exact_limit and self.has_exact_log_prob:
+            x, lead = self.prepare_images(x)  # the mixture factorises over locations
+            return tf.reshape(local_paths.local_log_prob(self, self.patchify(x)), lead)
         self._require_enumerable("log_prob")
         x, lead = self.prepare_images(x)
         h = self.patchify(x)[:, None]  # [N, P=1, Hp, Wp, D]

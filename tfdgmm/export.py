@@ -33,7 +33,8 @@ model's dtype, nats per image):
   model, the search of one image may depend on the rest of its batch (random starts are drawn
   per batch; the `'ranked'` per-location scheme ranks locations with a batch-mean Gram).
 * `log_prob_upper_bound(x)` -> `[N]`: the paper's approximate upper bound with the same search.
-* `log_prob(x)` -> `[N]` (exact): only for models with at most `exact_limit` paths.
+* `log_prob(x)` -> `[N]` (exact): only for models with `has_exact_log_prob` (at most
+  `exact_limit` paths, or choices independent across locations: `tfdgmm.local_paths`).
 * `conditional_sample(x, mask, seed)`: inpainting (`tfdgmm.conditional`; not for gating
   priors). `mask` float32 `[H, W, C]`, 1 = observed, 0 = missing (values are checked),
   `seed` int32 `[2]` (stateless) -> `{"sample": float32 [N, H, W, C]` (one conditional sample
@@ -192,7 +193,7 @@ class _ExportModule(tf.Module):
         dtype = model.dtype
         h, w, c = model.image_shape
         images = tf.TensorSpec([None, h, w, c], tf.float32, name="x")
-        exact = model.num_paths <= model.exact_limit
+        exact = model.has_exact_log_prob
         uniform = _is_uniform(model)
         search_kwargs = dict(settings)
         search_seed = tf.constant(search_kwargs.pop("seed"), tf.int32)

@@ -48,6 +48,15 @@ g = -G^T z,   Q_l = (G^T G)_{ll}   (the local d x d Gram block).
   style); the best change at the top `L, L/2, ..., 1` locations is evaluated exactly and the
   best of those and the current path is kept (also monotone, cheaper, less thorough).
 * `'brute_force'`: the paper's exact coordinate ascent, location by location; for checks.
+
+**Choices independent across locations** (every choice in a top stack of per-location
+block-diagonal or diagonal layers, a prior that adds up over locations: Table 2's models):
+the objective is a sum over locations of terms that each depend on that location's choices
+only, so the best path is a per-location argmax over the `prod_j K_j` combinations
+(`tfdgmm.local_paths`). `'enumerate'` takes it (and raises when it does not apply); `'auto'`
+takes it when there are at most `local_paths.MAX_COMBINATIONS` combinations, in place of the
+whole search (warm start, passes and restarts): the result is the global maximum, so it is
+never below what coordinate ascent from any start finds.
 """
 
 import contextlib
@@ -57,6 +66,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfdgmm import local_paths
 from tfdgmm.bijectors import BlockDiagonal, Diagonal, in_xla_context, precomposed
 from tfdgmm.path_priors import split_seed
 from tfdgmm.scoped import ScopedValues
@@ -69,7 +79,15 @@ __all__ = [
     "SEARCH_SETTINGS",
 ]
 
-LOCATION_METHODS = ("auto", "auto-shared", "gram", "ranked", "linearized", "brute_force")
+LOCATION_METHODS = (
+    "auto",
+    "auto-shared",
+    "enumerate",
+    "gram",
+    "ranked",
+    "linearized",
+    "brute_force",
+)
 
 # Named E-step settings (`tfdgmm.training.DatasetSearch` keyword arguments), see BENCHMARKS.md.
 # "classic": the defaults before issue 15 (1 warm pass, a random restart of 2 passes for every
@@ -170,6 +188,13 @@ def best_path(
         raise ValueError(
             f"location_method must be one of {LOCATION_METHODS}; got {location_method!r}"
         )
+    if location_method in ("auto", "enumerate"):
+        stack = local_paths.local_stack(model, use_prior)
+        if location_method == "enumerate" or (
+            stack is not None and stack.combinations <= local_paths.MAX_COMBINATIONS
+        ):  # the exact global maximum: no start, pass or restart can beat it
+            with precomposed(model.layers if compose_once else []):
+                return local_paths.best_local_path(model, model.patchify(x), use_prior)
     if init is None and restarts < 1:
         raise ValueError("best_path needs an initial path or at least one random restart")
     # every block composed once, and the exact Gram steps' constants computed once
@@ -331,7 +356,7 @@ def coordinate_ascent_pass(
         elif not shape:
             path[i], h = _sample_layer_update(model, i, h, path, use_prior)
         else:
-            method = location_method
+            method = "auto" if location_method == "enumerate" else location_method
             above_fixed = all(kk == 1 for kk, _ in model.layer_specs[i + 1 :])
             local_top = not above_fixed and _local_top_layer(model, i) is not None
             separable = not (use_prior and model.path_prior.is_conditional)
