@@ -98,6 +98,9 @@ LOCATION_METHODS = (
 # 2026-12-01): exact Gram steps wherever a single local choice layer lies above, ranked steps
 # only where the predicted gain is positive, and up to 2 more passes for the datapoints whose
 # last pass gained more than 20 nats (stale paths after a long M-step need them).
+# "adaptive1" (the `EMConfig` defaults since 2026-12-02): "adaptive" whose ranked steps evaluate
+# only the best-predicted other alternative at a visited location (`alternatives: 1`): 1.25-1.35
+# times as fast at the same or a better joint on every state measured (BENCHMARKS.md).
 SEARCH_SETTINGS = {
     "classic": {
         "location_method": "auto-shared",
@@ -115,12 +118,22 @@ SEARCH_SETTINGS = {
         "location_options": {"bound": True},
         "compose_once": True,
     },
-    "adaptive": {  # the `EMConfig` defaults since 2026-12-01
+    "adaptive": {  # the `EMConfig` defaults from 2026-12-01 to 2026-12-02
         "location_method": "auto",
         "restarts": 1,
         "restart_passes": 2,
         "restart_when": "unsearched",
         "location_options": {"threshold": 0.0},
+        "compose_once": True,
+        "extra_passes": 2,
+        "extra_pass_gain": 20.0,
+    },
+    "adaptive1": {  # the `EMConfig` defaults since 2026-12-02
+        "location_method": "auto",
+        "restarts": 1,
+        "restart_passes": 2,
+        "restart_when": "unsearched",
+        "location_options": {"threshold": 0.0, "alternatives": 1},
         "compose_once": True,
         "extra_passes": 2,
         "extra_pass_gain": 20.0,

@@ -147,10 +147,15 @@ class EMConfig:
     estep_extra_pass_gain: float = 20.0
     location_method: str = "auto"
     """Search method for per-location layers (see `tfdgmm.path_search.LOCATION_METHODS`)."""
-    location_options: dict = dataclasses.field(default_factory=lambda: {"threshold": 0.0})
+    location_options: dict = dataclasses.field(
+        default_factory=lambda: {"threshold": 0.0, "alternatives": 1}
+    )
     """Options of the per-location search (e.g. `{"top": 32}` for `'ranked'`). The default
     (since 2026-12-01) visits only the locations whose predicted gain is positive (the extra
-    passes make up for what that misses); `{"bound": True}` skips only the locations whose
+    passes make up for what that misses), and there (since 2026-12-02) evaluates only the
+    best-predicted other alternative (`path_search.SEARCH_SETTINGS["adaptive1"]`: 1.25-1.35
+    times as fast at the same joint; BENCHMARKS.md); `{"threshold": 0.0}` is the default of
+    2026-12-01, `{"bound": True}` skips only the locations whose
     linear bound proves that no alternative improves (the default of 2026-11-30), `{}` is
     the search before issue 15."""
     prior_pseudo_count: float = 1.0
