@@ -20,7 +20,11 @@ validation lower bound of each run's best model by **the same fresh search for e
 method `auto`, `{"threshold": 0.0}`, the evaluation seed of `tfdgmm evaluate`).
 
 Usage: python bench/estep_training.py classic=RUNS/classic adaptive1=RUNS/adaptive1 ...
-       [--restarts 2] [--out bench/results/estep_training.json]
+       [--restarts 2] [--reuse EARLIER.json ...] [--out bench/results/estep_training.json]
+
+`--reuse` takes the common-search validation bounds of runs already measured (same name, run
+directory, checkpoint and restarts) from earlier outputs of this script, so that runs finishing
+at different times can be measured as they finish and reported together.
 """
 
 import argparse
@@ -51,7 +55,22 @@ SEARCH_KEYS = (
 )
 
 
-def run_record(name, run_dir, restarts):
+def earlier_common(paths, name, run_dir, ckpt, restarts):
+    for path in paths:
+        with open(path) as f:
+            earlier = json.load(f)
+        for r in earlier["runs"]:
+            same = (r["name"], r["run_dir"], r["checkpoint"]) == (
+                name,
+                os.path.abspath(run_dir),
+                ckpt,
+            )
+            if same and earlier["restarts"] == restarts:
+                return r["common_validation"]
+    return None
+
+
+def run_record(name, run_dir, restarts, reuse=()):
     with open(os.path.join(run_dir, "metrics.json")) as f:
         metrics = json.load(f)
     iterations = []
@@ -73,20 +92,9 @@ def run_record(name, run_dir, restarts):
     u = sum(i["updates"] for i in iterations)
     config, model, ckpt = run_model(run_dir)
     em = EMConfig.from_dict(config["training"])
-    splits = load_data(config["data"])
-    val = splits.validation
-    common = evaluate_bounds(
-        model,
-        dequantized(val, config["data"]),
-        batch_size=em.estep_batch_size,
-        restarts=restarts,
-        location_method="auto",
-        location_options={"threshold": 0.0},
-        seed=em.seed + EVAL_SEED_OFFSET,
-        nats_to_bpd=bpd_fn(val.num_dims),
-        log=print,
-        label=f"{name} validation",
-    )
+    common = earlier_common(reuse, name, run_dir, ckpt, restarts)
+    if common is None:
+        common = common_validation(name, config, model, em, restarts)
     return {
         "name": name,
         "run_dir": os.path.abspath(run_dir),
@@ -103,10 +111,27 @@ def run_record(name, run_dir, restarts):
     }
 
 
+def common_validation(name, config, model, em, restarts):
+    val = load_data(config["data"]).validation
+    return evaluate_bounds(
+        model,
+        dequantized(val, config["data"]),
+        batch_size=em.estep_batch_size,
+        restarts=restarts,
+        location_method="auto",
+        location_options={"threshold": 0.0},
+        seed=em.seed + EVAL_SEED_OFFSET,
+        nats_to_bpd=bpd_fn(val.num_dims),
+        log=print,
+        label=f"{name} validation",
+    )
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", metavar="NAME=RUN_DIR")
     p.add_argument("--restarts", type=int, default=2)
+    p.add_argument("--reuse", nargs="*", default=[], metavar="EARLIER.json")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "estep_training.json"))
     args = p.parse_args(argv)
     records = []
@@ -114,7 +139,7 @@ def main(argv=None):
         name, sep, run_dir = spec.partition("=")
         if not sep:
             p.error(f"expected NAME=RUN_DIR, got {spec!r}")
-        r = run_record(name, run_dir, args.restarts)
+        r = run_record(name, run_dir, args.restarts, args.reuse)
         records.append(r)
         print(
             f"{name}: E-steps {r['total_estep_seconds']:.0f} s = "
