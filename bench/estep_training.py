@@ -17,7 +17,9 @@ their E-step settings (`training.location_method`, `location_options`, `estep_re
 and, so that the models are compared by one yardstick rather than each by its own search, the
 validation lower bound of each run's best model by **the same fresh search for every run**
 (`tfdgmm.training.evaluate_bounds` from random paths with `--restarts` restarts, location
-method `auto`, `{"threshold": 0.0}`, the evaluation seed of `tfdgmm evaluate`).
+method `auto`, `{"threshold": 0.0}`, the evaluation seed of `tfdgmm evaluate`). Both are lower
+bounds of their models; the fresh search can be much weaker than a run's own refined paths
+(BENCHMARKS.md, 2026-12-02: 23-43 nats/image), so read the two together.
 
 Usage: python bench/estep_training.py classic=RUNS/classic adaptive1=RUNS/adaptive1 ...
        [--restarts 2] [--reuse EARLIER.json ...] [--out bench/results/estep_training.json]
@@ -32,13 +34,12 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from estep import cpu_name  # noqa: E402
+from estep import cpu_name, git_commit  # noqa: E402
 
 from tfdgmm.runs.commands import run_model  # noqa: E402
 from tfdgmm.runs.data import bpd_fn, dequantized, load_data  # noqa: E402
@@ -154,14 +155,11 @@ def main(argv=None):
             r["common_validation"]["lower_bound_nats"]
             - base["common_validation"]["lower_bound_nats"]
         )
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
     out = {
         "runs": records,
         "restarts": args.restarts,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": commit,
+        "commit": git_commit(),
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.python_version()}",
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
