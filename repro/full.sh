@@ -12,6 +12,7 @@
 #                                    # gated ones resume their ungated twin's finished EM: `gated`)
 #   bash repro/full.sh park NAME     # copy a running run's newest checkpoint under repro/inflight/
 #   bash repro/full.sh unpark NAME   # put it back (another machine, a new session), then resume
+#   bash repro/full.sh budget        # MiB of diffs this session has committed (cap: 256 MiB)
 #   bash repro/full.sh collect       # copy every finished run's results under repro/results/full/
 #   bash repro/full.sh final         # exact-pixel evaluation, then Table 4: the test split, once
 #
@@ -76,8 +77,28 @@ lane_b() {
   train table3_bottom_L3
 }
 
-park() {  # NAME: the run's config, metrics so far and newest checkpoint (gzipped), small enough
-  # to commit
+# A submission may carry at most 256 MiB of diffs, counted as text: a parked checkpoint that
+# replaces another counts twice (the old file out, the new one in: 84 MiB for both runs of
+# 2026-12-02), so three parks of both runs fill a session's budget and a fourth gets the whole
+# submission refused (stop 28, 2026-12-02/08: its work was lost). `park` therefore counts what
+# the session has committed since PARK_BASE (default: the newest commit older than 3 hours,
+# i.e. before this session) plus what this park adds, and refuses past PARK_BUDGET_MIB.
+PARK_BUDGET_MIB=${PARK_BUDGET_MIB:-200}
+
+session_base() {
+  if [[ -n "${PARK_BASE:-}" ]]; then echo "$PARK_BASE"; return; fi
+  git rev-list -1 --before="3 hours ago" HEAD
+}
+
+budget() {  # the text diff (MiB) committed since PARK_BASE: what counts toward the 256 MiB cap
+  local base bytes
+  base=$(session_base)
+  bytes=$(git log -p --text --format= "$base..HEAD" | wc -c)
+  echo "$((bytes / 1048576)) MiB of diffs since ${base:0:9} (cap 256 MiB; park refuses past ${PARK_BUDGET_MIB})"
+}
+
+park() {  # NAME: the run's config, log, metrics so far and newest checkpoint (gzipped), small
+  # enough to commit; refused when committing it would take the session past PARK_BUDGET_MIB
   local name=$1 src="$OUT/$1" dst="$PARK/$1"
   [[ -d "$src/checkpoints" ]] || { echo "no checkpoints under $src" >&2; return 1; }
   rm -rf "$dst.tmp" && mkdir -p "$dst.tmp/checkpoints"
@@ -87,9 +108,22 @@ park() {  # NAME: the run's config, metrics so far and newest checkpoint (gzippe
   cp "$src/checkpoints/checkpoint" "$dst.tmp/checkpoints/"
   cp "$latest".* "$dst.tmp/checkpoints/"
   gzip -1 "$dst.tmp/checkpoints/"*.data-*  # (stored paths are small integers: 53 MB -> 6 MB)
-  cp "$src"/*.yaml "$src"/*.json "$dst.tmp/" 2>/dev/null || true
+  cp "$src"/*.yaml "$src"/*.json "$src"/train.log "$dst.tmp/" 2>/dev/null || true
+  local base committed old new total
+  base=$(session_base)
+  committed=$(git log -p --text --format= "$base..HEAD" | wc -c)
+  old=$(git ls-files -z "$dst" | xargs -0r cat -- 2>/dev/null | wc -c)  # the committed park: out
+  new=$(cat "$dst.tmp"/checkpoints/* | wc -c)                           # this one: in
+  total=$(( (committed + old + new) / 1048576 ))
+  if (( total > PARK_BUDGET_MIB )); then
+    rm -rf "$dst.tmp"
+    echo "!! not parking $name: the session's diffs would reach $total MiB (> $PARK_BUDGET_MIB;" \
+         "the cap is 256). Park it in the next session; stop the lane only after that." >&2
+    return 1
+  fi
   rm -rf "$dst" && mv "$dst.tmp" "$dst"
-  echo "parked $name at $(basename "$latest") in $dst: commit it, and remove it once the run is done"
+  echo "parked $name at $(basename "$latest") in $dst (session diffs: about $total MiB once" \
+       "committed): commit it, and remove it once the run is done"
 }
 
 unpark() {  # NAME: restore a parked run into $OUT/NAME; `lane_*` then resumes it
