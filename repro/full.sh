@@ -97,24 +97,41 @@ budget() {  # the text diff (MiB) committed since PARK_BASE: what counts toward 
   echo "$((bytes / 1048576)) MiB of diffs since ${base:0:9} (cap 256 MiB; park refuses past ${PARK_BUDGET_MIB})"
 }
 
-park() {  # NAME: the run's config, log, metrics so far and newest checkpoint (gzipped), small
-  # enough to commit; refused when committing it would take the session past PARK_BUDGET_MIB
+park() {  # NAME: the run's config, log, metrics so far, newest checkpoint (gzipped) and best model
+  # (best/: the model with the best validation bound so far, which the run keeps at the end),
+  # small enough to commit; refused when committing it would take the session past
+  # PARK_BUDGET_MIB. Files equal to the ones parked before cost nothing (gzip -n is
+  # deterministic), so an unchanged best/ is free.
   local name=$1 src="$OUT/$1" dst="$PARK/$1"
   [[ -d "$src/checkpoints" ]] || { echo "no checkpoints under $src" >&2; return 1; }
   rm -rf "$dst.tmp" && mkdir -p "$dst.tmp/checkpoints"
-  local latest
+  local latest best
   latest=$($PY -c "import sys,tensorflow as tf; print(tf.train.latest_checkpoint(sys.argv[1]))" \
-      "$src/checkpoints")
+      "$src/checkpoints" 2>/dev/null)
   cp "$src/checkpoints/checkpoint" "$dst.tmp/checkpoints/"
   cp "$latest".* "$dst.tmp/checkpoints/"
-  gzip -1 "$dst.tmp/checkpoints/"*.data-*  # (stored paths are small integers: 53 MB -> 6 MB)
+  gzip -1 -n "$dst.tmp/checkpoints/"*.data-*  # (stored paths are small integers: 53 MB -> 6 MB)
+  if [[ -f "$src/best/checkpoint" ]]; then
+    best=$($PY -c "import sys,tensorflow as tf; print(tf.train.latest_checkpoint(sys.argv[1]))" \
+        "$src/best" 2>/dev/null)
+    mkdir -p "$dst.tmp/best" && cp "$src/best/checkpoint" "$best".* "$dst.tmp/best/"
+  fi
   cp "$src"/*.yaml "$src"/*.json "$src"/train.log "$dst.tmp/" 2>/dev/null || true
-  local base committed old new total
+  local base committed cost=0 f rel total
   base=$(session_base)
   committed=$(git log -p --text --format= "$base..HEAD" | wc -c)
-  old=$(git ls-files -z "$dst" | xargs -0r cat -- 2>/dev/null | wc -c)  # the committed park: out
-  new=$(cat "$dst.tmp"/checkpoints/* | wc -c)                           # this one: in
-  total=$(( (committed + old + new) / 1048576 ))
+  while IFS= read -r -d '' f; do  # what this park adds, and what it takes out of the last one
+    rel=${f#"$dst.tmp/"}
+    [[ -f "$dst/$rel" ]] && cmp -s "$f" "$dst/$rel" && continue
+    cost=$((cost + $(stat -c %s "$f") + $( [[ -f "$dst/$rel" ]] && stat -c %s "$dst/$rel" || echo 0)))
+  done < <(find "$dst.tmp" -type f -print0)
+  if [[ -d "$dst" ]]; then
+    while IFS= read -r -d '' f; do
+      rel=${f#"$dst/"}
+      [[ -f "$dst.tmp/$rel" ]] || cost=$((cost + $(stat -c %s "$f")))
+    done < <(find "$dst" -type f -print0)
+  fi
+  total=$(( (committed + cost) / 1048576 ))
   if (( total > PARK_BUDGET_MIB )); then
     rm -rf "$dst.tmp"
     echo "!! not parking $name: the session's diffs would reach $total MiB (> $PARK_BUDGET_MIB;" \
@@ -122,8 +139,9 @@ park() {  # NAME: the run's config, log, metrics so far and newest checkpoint (g
     return 1
   fi
   rm -rf "$dst" && mv "$dst.tmp" "$dst"
-  echo "parked $name at $(basename "$latest") in $dst (session diffs: about $total MiB once" \
-       "committed): commit it, and remove it once the run is done"
+  echo "parked $name at $(basename "$latest")${best:+ (best: $(basename "$best"))} in $dst" \
+       "(session diffs: about $total MiB once committed): commit it, and remove it once the" \
+       "run is done"
 }
 
 unpark() {  # NAME: restore a parked run into $OUT/NAME; `lane_*` then resumes it

@@ -1,5 +1,8 @@
 """Never lose work: resume after a crash gives the same result; NaN rollback."""
 
+import dataclasses
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -92,6 +95,47 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(synthetic, make_mo
     fresh = make_model(seed=7)
     load_model_weights(fresh, out)
     for a, b in zip(fresh.variables, third.model.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_a_run_resumed_without_its_best_model_keeps_the_model_it_reports(
+    synthetic, make_model, tmp_path
+):
+    """A run moved without `best/` (its best model, saved after every improving EM iteration):
+    the resume says so, and the best iteration is chosen again among the iterations still to
+    come, so the model at the end is the one `best_em_iteration` names. A resume with `best/`
+    in place says nothing."""
+    import shutil
+
+    x_train, x_val = _data(synthetic)
+    out = str(tmp_path / "run")
+    quiet = dict(log=lambda s: None)
+    # (only a first best counts: without the reset, EM iteration 2 could never be the best)
+    config = dataclasses.replace(CONFIG, early_stopping_min_delta=1e9)
+    for crash in (("mstep", 0, "update", 15), ("mstep", 1, "update", 5)):
+        trainer = EMTrainer(
+            make_model(seed=1), config, x_train, x_val, out, hooks=[_crash_at(*crash)], **quiet
+        )
+        with pytest.raises(TrainingInterrupted):
+            trainer.fit(resume=crash[1] > 0)
+    assert int(trainer.state.best_iteration.numpy()) == 0  # EM iteration 1 was the best so far
+    lines = []
+    shutil.copytree(out, str(tmp_path / "copy"))
+    EMTrainer(
+        make_model(seed=1), config, x_train, x_val, str(tmp_path / "copy"), log=lines.append
+    ).fit(resume=True)
+    assert not [line for line in lines if "holds no model" in line]
+
+    shutil.rmtree(os.path.join(out, "best"))
+    lines = []
+    resumed = EMTrainer(make_model(seed=1), config, x_train, x_val, out, log=lines.append)
+    history = resumed.fit(resume=True)
+    warnings = [line for line in lines if "holds no model" in line]
+    assert len(warnings) == 1 and "EM iteration 1" in warnings[0], lines
+    assert history[-1]["best"] and int(resumed.state.best_iteration.numpy()) == 1
+    fresh = make_model(seed=7)
+    load_model_weights(fresh, out)
+    for a, b in zip(fresh.variables, resumed.model.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 

@@ -303,6 +303,7 @@ class EMTrainer:
                     f"{_STAGE_NAMES[int(self.state.stage.numpy())]}, "
                     f"update {int(self.state.mstep_update.numpy())}"
                 )
+                self._check_best_model()
         elif self.keeper.latest is not None:
             raise FileExistsError(
                 f"{self.out_dir} already holds checkpoints ({self.keeper.latest}); resume with "
@@ -351,6 +352,27 @@ class EMTrainer:
         if self.write_dir != self.out_dir:
             self.close()
         return self.history
+
+    def _check_best_model(self) -> None:
+        """On resume: a run past its first E-step has a best model in `best/` (the initial
+        model, until an EM iteration beats it). When that directory is gone (a run moved
+        without it), the state's record of the best iteration is reset, so that the model
+        kept at the end and the best iteration reported are the same one: the best of the
+        iterations still to come."""
+        past_first_estep = self.em_iteration > 0 or int(self.state.stage.numpy()) != ESTEP
+        if self.keeper.best is not None or not past_first_estep:
+            return
+        lost = int(self.state.best_iteration.numpy())
+        what = "the initial model" if lost < 0 else f"the model of EM iteration {lost + 1}"
+        self.log(
+            f"WARNING: {os.path.join(self.out_dir, checkpointing.BEST_DIR)} holds no model, but "
+            f"this run is past its first E-step: the best model so far ({what}, validation "
+            f"lower bound {float(self.state.best_validation.numpy()):.2f} nats) is lost. The "
+            "run goes on; the best of the EM iterations still to come will be kept. (Move "
+            "best/ along with checkpoints/.)"
+        )
+        self.state.best_validation.assign(-np.inf)
+        self.state.best_iteration.assign(-1)
 
     def _restore_for_resume(self) -> str | None:
         """The latest checkpoint of the run: the chief's (every worker restores it; a
