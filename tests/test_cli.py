@@ -104,6 +104,17 @@ def test_train_evaluate_sample_end_to_end(small_npz, tmp_path, capsys, monkeypat
     with open(os.path.join(out, "evaluation-validation.json")) as f:
         ev = json.load(f)
     assert ev["splits"]["validation"]["num_images"] == 40
+    # a thorough search: starts at the stored paths of the nearest training images, and rounds
+    thorough = str(tmp_path / "thorough.json")
+    argv = ["evaluate", out, "--restarts", "1", "--donors", "2", "--rounds", "2", "--out", thorough]
+    assert cli.main(argv) == 0
+    with open(thorough) as f:
+        deep = json.load(f)["splits"]["validation"]
+    assert deep["search"]["starts"] == 2 and 3 <= len(deep["search"]["trace"]) <= 5
+    assert deep["lower_bound_nats"] >= ev["splits"]["validation"]["lower_bound_nats"] - 1e-6
+    assert "donors: the stored paths of the 2 nearest of 120 training images" in (
+        capsys.readouterr().out
+    )
 
     png = str(tmp_path / "s.png")
     assert cli.main(["sample", out, "--n", "4", "--seed", "1", "--out", png]) == 0

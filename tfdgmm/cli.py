@@ -3,6 +3,7 @@
 ```none
 tfdgmm train --config FILE [--data SPEC] --out DIR [--resume] [--set KEY=VALUE ...]
 tfdgmm evaluate RUN_DIR [--split validation|test|train|all] [--data SPEC] [--restarts N]
+                [--donors K] [--rounds R]
 tfdgmm sample RUN_DIR [--n 64] [--seed 0] [--out PNG]
 tfdgmm baseline [--data SPEC] [--out DIR] [--noise-seed 0] [--jitter J]
 tfdgmm export RUN_DIR OUT_DIR [--which best|latest] [--restarts 2] [--restart-passes 2]
@@ -145,6 +146,19 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--out", help="where to write the results (default RUN_DIR/evaluation-SPLIT.json)"
     )
+    e.add_argument(
+        "--donors",
+        type=_count(0),
+        default=0,
+        help="more starts per image: the stored paths of its K nearest training images (default 0)",
+    )
+    e.add_argument(
+        "--rounds",
+        type=_count(0),
+        default=0,
+        help="then up to R warm rounds while a round gains --round-tol nats/image (default 0)",
+    )
+    e.add_argument("--round-tol", type=float, default=0.5, help="(default 0.5 nats/image)")
 
     s = sub.add_parser("sample", help="a PNG grid of samples from a trained run")
     s.add_argument("run_dir")
@@ -352,6 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.restarts,
                 args.batch_size,
                 out_path=args.out,
+                donors=args.donors,
+                rounds=args.rounds,
+                round_tol=args.round_tol,
             )
         elif args.command == "sample":
             print(runs.sample_run(args.run_dir, args.n, args.seed, args.out))

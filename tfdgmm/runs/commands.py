@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from tfdgmm import layout
 from tfdgmm.runs.config import DATA_DEFAULTS, apply_overrides, load_run_config
 from tfdgmm.runs.data import DataLoadError, bpd_fn, dequantized, load_data, train_images
@@ -20,6 +22,7 @@ __all__ = [
     "check_run_dir",
     "run_model",
     "evaluate_run",
+    "stored_training_paths",
     "sample_run",
     "baseline_run",
     "export_run",
@@ -57,29 +60,48 @@ def evaluate_run(
     batch_size: int | None = None,
     log: Log = print,
     out_path: PathLike | None = None,
+    donors: int = 0,
+    rounds: int = 0,
+    round_tol: float = 0.5,
 ) -> dict:
     """Bounds of a trained run on one or all splits, by a fresh search; writes
-    `RUN_DIR/evaluation-SPLIT.json` (or `out_path`) and returns the results."""
-    from tfdgmm.training import EVAL_SEED_OFFSET, EMConfig, evaluate_bounds
+    `RUN_DIR/evaluation-SPLIT.json` (or `out_path`) and returns the results.
+
+    A more thorough search (for a split with no stored paths, scored like one whose paths were
+    refined through training; `tfdgmm.training.evaluate_bounds`): `donors` more starts per
+    image, the stored training paths of its nearest training images (from the run's latest
+    checkpoint), then up to `rounds` warm rounds while a round gains `round_tol` nats/image;
+    both with the run's E-step extra passes."""
+    from tfdgmm.training import EVAL_SEED_OFFSET, EMConfig, donor_starts, evaluate_bounds
 
     if restarts is not None and int(restarts) < 0:
         raise ValueError(f"restarts must be >= 0; got {restarts}")
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch size must be >= 1; got {batch_size}")
+    if int(donors) < 0 or int(rounds) < 0:
+        raise ValueError(f"donors and rounds must be >= 0; got {donors} and {rounds}")
 
     config, model, ckpt = run_model(run_dir)
     em = EMConfig.from_dict(config["training"])
     splits = load_data(config["data"], data_spec)
     names = ["train", "validation", "test"] if split == "all" else [split]
     out = {"checkpoint": ckpt, "data": splits.source, "splits": {}}
+    donor_images, donor_paths = (None, None)
+    if donors:
+        donor_images, donor_paths = stored_training_paths(run_dir, model, config, splits)
+        log(
+            f"donors: the stored paths of the {donors} nearest of {len(donor_images)} "
+            "training images"
+        )
     for name in names:
         s = getattr(splits, name)
         if s is None:
             raise DataLoadError(f"{splits.source} has no {name} split")
         log(f"evaluating {name} ({len(s)} images) with {ckpt}")
+        x = dequantized(s, config["data"])
         r = evaluate_bounds(
             model,
-            dequantized(s, config["data"]),
+            x,
             batch_size=batch_size or em.estep_batch_size,
             restarts=em.eval_restarts if restarts is None else restarts,
             location_method=em.location_method,
@@ -88,6 +110,11 @@ def evaluate_run(
             nats_to_bpd=bpd_fn(s.num_dims),
             log=log,
             label=name,
+            starts=donor_starts(x, donor_images, donor_paths, k=int(donors)) if donors else (),
+            rounds=int(rounds),
+            round_tol=float(round_tol),
+            extra_passes=em.estep_extra_passes,
+            extra_pass_gain=em.estep_extra_pass_gain,
         )
         out["splits"][name] = r
         log(
@@ -106,6 +133,36 @@ def evaluate_run(
         ) from err
     log(f"results: {path}")
     return out
+
+
+def stored_training_paths(
+    run_dir: PathLike, model: DeepGMM, config: Config, splits
+) -> tuple[np.ndarray, tuple]:
+    """`(training images [N, H, W, C], their stored paths)` of a run: the images as its E-steps
+    saw them (fixed dequantization noise; with per-iteration noise, iteration 0's) and the paths
+    in its latest training checkpoint."""
+    import tensorflow as tf
+
+    from tfdgmm.training.search import DatasetSearch
+
+    x = train_images(splits.train, config["data"])
+    x = np.asarray(x(0) if callable(x) else x, np.float32)
+    prefix = tf.train.latest_checkpoint(os.path.join(run_dir, layout.CHECKPOINTS))
+    if prefix is None:
+        raise FileNotFoundError(
+            f"{run_dir}/{layout.CHECKPOINTS} has no checkpoint: no stored training paths to "
+            "start from (evaluate without donors)"
+        )
+    search = DatasetSearch(model, x, batch_size=min(500, len(x)), name="train_search")
+    try:
+        tf.train.Checkpoint(train=search.checkpoint_items()).read(prefix).expect_partial()
+        paths = search.path()
+    except Exception as err:  # (a checkpoint of other data: the shapes differ)
+        raise ValueError(
+            f"{prefix}: cannot read the stored training paths for {len(x)} images: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    return x, paths
 
 
 def sample_run(run_dir: PathLike, n: int = 64, seed: int = 0, out: PathLike | None = None) -> str:

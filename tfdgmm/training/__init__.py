@@ -5,7 +5,8 @@
 * `EMTrainer(model, config, train, validation, out_dir)`: `.fit(resume=False)`,
   `.evaluate(x)`, `.refine('train' | 'validation')`, `.history`.
 * `DatasetSearch`: a dataset with its per-datapoint paths and bounds, and the E-step over it.
-* `evaluate_bounds(model, x)`: lower and upper bounds of a model on images by a fresh search;
+* `evaluate_bounds(model, x)`: lower and upper bounds of a model on images by a fresh search
+  (more thorough with `starts`, e.g. `donor_starts`, and `rounds`);
   `bounds_record`, the one record of bounds; `EVAL_SEED_OFFSET` (`training/evaluation.py`).
 * `guards.DivergenceGuard`: the M-step's divergence and NaN guard (when to roll back).
 * `load_model_weights(model, run_dir)`: the best (or latest) weights of a run.
@@ -19,7 +20,12 @@ from __future__ import annotations
 from tfdgmm.training.checkpointing import load_model_weights
 from tfdgmm.training.config import EMConfig, learning_rate_at, mstep_updates
 from tfdgmm.training.em import EMTrainer, TrainingInterrupted
-from tfdgmm.training.evaluation import EVAL_SEED_OFFSET, bounds_record, evaluate_bounds
+from tfdgmm.training.evaluation import (
+    EVAL_SEED_OFFSET,
+    bounds_record,
+    donor_starts,
+    evaluate_bounds,
+)
 from tfdgmm.training.search import DatasetSearch, path_usage_entropy
 
 __all__ = [
@@ -29,6 +35,7 @@ __all__ = [
     "EMTrainer",
     "TrainingInterrupted",
     "bounds_record",
+    "donor_starts",
     "evaluate_bounds",
     "learning_rate_at",
     "load_model_weights",

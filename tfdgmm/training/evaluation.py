@@ -14,17 +14,19 @@ paths), `gating.gated_search_bounds` (with a gating prior).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
+
+import tensorflow as tf
 
 from tfdgmm.training.search import DatasetSearch
 from tfdgmm.training.summaries import RateMeter, format_duration
 
 if TYPE_CHECKING:
     from tfdgmm.deep_gmm import DeepGMM
-    from tfdgmm.types import Images, Log, NatsToBpd
+    from tfdgmm.types import ChoicePath, Images, Log, NatsToBpd
 
-__all__ = ["EVAL_SEED_OFFSET", "bounds_record", "evaluate_bounds"]
+__all__ = ["EVAL_SEED_OFFSET", "bounds_record", "donor_starts", "evaluate_bounds"]
 
 #: Evaluation searches of a run use the seed `training.seed + EVAL_SEED_OFFSET`.
 EVAL_SEED_OFFSET = 104729
@@ -70,39 +72,142 @@ def evaluate_bounds(
     nats_to_bpd: NatsToBpd | None = None,
     log: Log | None = None,
     label: str = "data",
+    starts: Sequence[ChoicePath] = (),
+    rounds: int = 0,
+    round_tol: float = 0.5,
+    extra_passes: int = 0,
+    extra_pass_gain: float = 20.0,
 ) -> dict:
     """Lower and (approximate) upper bounds of `model` on images `x` by a fresh E-step.
 
     Every datapoint starts from a random path (1 pass), then `restarts` random restarts
-    (2 passes each); the best path is kept. Returns `{num_images, lower_bound_nats,
-    upper_bound_nats, (lower|upper)_bound_bits_per_dim, seconds}` (means per image).
+    (2 passes each); the best path is kept. Then, for a more thorough search (a split with no
+    stored paths scored like one whose paths were refined through training):
+
+    * `starts`: more initial paths for `x` (each a path tuple, e.g. `donor_starts`: the
+      stored paths of the nearest training images); each gets 1 pass plus up to
+      `extra_passes` more where a pass gained over `extra_pass_gain` nats, and the best path
+      per datapoint is kept;
+    * `rounds`: then up to this many warm rounds (1 pass + the extra passes, from the kept
+      paths) while a round raises the mean bound by at least `round_tol` nats/image.
+
+    Every step keeps each datapoint's best path, so the bound never goes down along the way.
+    Returns `{num_images, lower_bound_nats, upper_bound_nats, (lower|upper)_bound_bits_per_dim,
+    seconds}` (means per image), plus `search: {restarts, starts, trace}` when `starts` or
+    `rounds` are used (`trace`: the mean lower bound after the fresh search, after each start,
+    and after each round).
     """
     start = time.monotonic()
-    search = DatasetSearch(
-        model,
-        x,
+    settings = dict(
         batch_size=batch_size,
         init_passes=1,
-        restarts=restarts,
         restart_passes=2,
         location_method=location_method,
         location_options=location_options,
         seed=seed,
-        name="evaluation",
     )
+    search = DatasetSearch(model, x, restarts=restarts, name="evaluation", **settings)
+    _run(search, 0, log, f"evaluating {label}")
+    trace = [search.mean_bounds()[0]]
+    for number, init in enumerate(starts):
+        other = DatasetSearch(
+            model,
+            x,
+            restarts=0,
+            extra_passes=extra_passes,
+            extra_pass_gain=extra_pass_gain,
+            name="evaluation_start",
+            **settings,
+        )
+        for v, p in zip(other.paths, model.check_path(init)):
+            v.assign(p)
+        _run(other, number + 1, log, f"evaluating {label} (start {number + 1}/{len(starts)})")
+        _keep_better(search, other)
+        trace.append(search.mean_bounds()[0])
+    if rounds:
+        search.restarts, search.extra_passes = 0, int(extra_passes)
+        search.extra_pass_gain = float(extra_pass_gain)
+        search.clear_traced()
+        for r in range(int(rounds)):
+            search.reset()
+            _run(search, 1_000 + r, log, f"evaluating {label} (round {r + 1})")
+            trace.append(search.mean_bounds()[0])
+            if trace[-1] - trace[-2] < round_tol:
+                break
+    out = search_record(search, nats_to_bpd, time.monotonic() - start)
+    if starts or rounds:
+        out["search"] = {"restarts": int(restarts), "starts": len(starts), "trace": trace}
+    return out
+
+
+def _run(search: DatasetSearch, step: int, log: Log | None, what: str) -> None:
+    """`search.run(step)` over every batch, with a progress line every 15 s."""
     meter = RateMeter()
     last = time.monotonic()
     while not search.done:
         remaining = search.num_batches - int(search.position.numpy())
         n = 1 if meter.rate is None else max(1, min(remaining, int(meter.rate * 15)))
         t0 = time.monotonic()
-        search.run(step=0, max_batches=n)
+        search.run(step=step, max_batches=n)
         meter.update(n, time.monotonic() - t0)
         if log is not None and time.monotonic() - last > 15 and not search.done:
             last = time.monotonic()
             pos = int(search.position.numpy())
             log(
-                f"evaluating {label}: {pos}/{search.num_batches} batches, ETA "
+                f"{what}: {pos}/{search.num_batches} batches, ETA "
                 f"{format_duration(meter.eta(search.num_batches - pos))}"
             )
-    return search_record(search, nats_to_bpd, time.monotonic() - start)
+
+
+def _keep_better(search: DatasetSearch, other: DatasetSearch) -> None:
+    """Per datapoint, `other`'s path and bounds where its lower bound is higher."""
+    better = other.lower > search.lower
+    for v, w in zip(search.paths, other.paths):
+        mask = tf.reshape(better, [-1] + [1] * (len(v.shape) - 1))
+        v.assign(tf.where(mask, w, v))
+    search.lower.assign(tf.where(better, other.lower, search.lower))
+    search.upper.assign(tf.where(better, other.upper, search.upper))
+
+
+def donor_starts(
+    x: Images, donor_images: Images, donor_paths: ChoicePath, k: int = 1, chunk: int = 1000
+) -> list[tuple[tf.Tensor, ...]]:
+    """`k` initial paths for images `x`: the paths `donor_paths` (one per donor image, e.g. a
+    run's stored training paths) of each image's `k` nearest donor images, nearest first.
+
+    Nearness is the Euclidean distance between the images average-pooled to at most 8 x 8
+    pixels (coarse structure; the pooled images are compared in chunks of `chunk` rows)."""
+    x = tf.cast(tf.convert_to_tensor(x), tf.float32)
+    donors = tf.cast(tf.convert_to_tensor(donor_images), tf.float32)
+    if x.shape.rank != 4 or donors.shape.rank != 4 or x.shape[1:] != donors.shape[1:]:
+        raise ValueError(
+            f"donor_starts: images {x.shape} and donor images {donors.shape} must be "
+            "[N, H, W, C] of the same H, W, C"
+        )
+    num_donors = int(donors.shape[0])
+    if any(int(p.shape[0]) != num_donors for p in donor_paths):
+        raise ValueError(
+            f"donor_starts: {num_donors} donor images but paths for "
+            f"{[int(p.shape[0]) for p in donor_paths]}"
+        )
+    if not 1 <= int(k) <= num_donors:
+        raise ValueError(f"donor_starts: k must be in [1, {num_donors}]; got {k}")
+    a, b = _pooled(x), _pooled(donors)
+    b_sq = tf.reduce_sum(b * b, axis=1)
+    nearest = []
+    for lo in range(0, int(a.shape[0]), int(chunk)):
+        part = a[lo : lo + int(chunk)]
+        dist = b_sq[None] - 2.0 * tf.matmul(part, b, transpose_b=True)  # (+ |a|^2: same order)
+        nearest.append(tf.math.top_k(-dist, k=int(k)).indices)
+    idx = tf.concat(nearest, axis=0)  # [N, k]
+    return [tuple(tf.gather(p, idx[:, j]) for p in donor_paths) for j in range(int(k))]
+
+
+def _pooled(x: tf.Tensor) -> tf.Tensor:
+    """`[N, H, W, C]` -> `[N, h * w * C]`, average-pooled by the largest factor that divides H
+    and W and leaves at least 8 pixels (1 for images of 8 pixels or fewer)."""
+    h, w = int(x.shape[1]), int(x.shape[2])
+    f = max([f for f in range(1, min(h, w) + 1) if h % f == 0 and w % f == 0 and h // f >= 8] + [1])
+    if f > 1:
+        x = tf.nn.avg_pool2d(x, ksize=f, strides=f, padding="VALID")
+    return tf.reshape(x, [tf.shape(x)[0], -1])
