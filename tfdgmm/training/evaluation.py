@@ -109,31 +109,33 @@ def evaluate_bounds(
     search = DatasetSearch(model, x, restarts=restarts, name="evaluation", **settings)
     _run(search, 0, log, f"evaluating {label}")
     trace = [search.mean_bounds()[0]]
-    for number, init in enumerate(starts):
-        other = DatasetSearch(
+    if starts or rounds:  # (one more traced search for all the starts and rounds)
+        warm = DatasetSearch(
             model,
             x,
             restarts=0,
             extra_passes=extra_passes,
             extra_pass_gain=extra_pass_gain,
-            name="evaluation_start",
+            name="evaluation_warm",
             **settings,
         )
-        for v, p in zip(other.paths, model.check_path(init)):
-            v.assign(p)
-        _run(other, number + 1, log, f"evaluating {label} (start {number + 1}/{len(starts)})")
-        _keep_better(search, other)
-        trace.append(search.mean_bounds()[0])
-    if rounds:
-        search.restarts, search.extra_passes = 0, int(extra_passes)
-        search.extra_pass_gain = float(extra_pass_gain)
-        search.clear_traced()
-        for r in range(int(rounds)):
-            search.reset()
-            _run(search, 1_000 + r, log, f"evaluating {label} (round {r + 1})")
+        for number, init in enumerate(starts):
+            for v, p in zip(warm.paths, model.check_path(init)):
+                v.assign(p)
+            warm.reset()
+            _run(warm, number + 1, log, f"evaluating {label} (start {number + 1}/{len(starts)})")
+            _keep_better(search, warm)
             trace.append(search.mean_bounds()[0])
-            if trace[-1] - trace[-2] < round_tol:
-                break
+        if rounds:
+            for v, w in zip(warm.paths, search.paths):
+                v.assign(w)
+            for r in range(int(rounds)):
+                warm.reset()
+                _run(warm, 1_000 + r, log, f"evaluating {label} (round {r + 1})")
+                trace.append(warm.mean_bounds()[0])
+                if trace[-1] - trace[-2] < round_tol:
+                    break
+            search = warm
     out = search_record(search, nats_to_bpd, time.monotonic() - start)
     if starts or rounds:
         out["search"] = {"restarts": int(restarts), "starts": len(starts), "trace": trace}
