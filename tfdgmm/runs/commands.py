@@ -140,7 +140,7 @@ def stored_training_paths(
 ) -> tuple[np.ndarray, tuple]:
     """`(training images [N, H, W, C], their stored paths)` of a run: the images as its E-steps
     saw them (fixed dequantization noise; with per-iteration noise, iteration 0's) and the paths
-    in its latest training checkpoint."""
+    in its latest training checkpoint (for `RUN/gated`, which has none, `RUN`'s)."""
     import tensorflow as tf
 
     from tfdgmm.training.search import DatasetSearch
@@ -148,6 +148,10 @@ def stored_training_paths(
     x = train_images(splits.train, config["data"])
     x = np.asarray(x(0) if callable(x) else x, np.float32)
     prefix = tf.train.latest_checkpoint(os.path.join(run_dir, layout.CHECKPOINTS))
+    parent = os.path.dirname(os.path.abspath(run_dir))
+    if prefix is None and os.path.isfile(os.path.join(parent, layout.CONFIG)):
+        # a gated model (RUN/gated: best/ only) searches the paths of the EM run it was fitted on
+        prefix = tf.train.latest_checkpoint(os.path.join(parent, layout.CHECKPOINTS))
     if prefix is None:
         raise FileNotFoundError(
             f"{run_dir}/{layout.CHECKPOINTS} has no checkpoint: no stored training paths to "
