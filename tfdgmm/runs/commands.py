@@ -15,6 +15,7 @@ from tfdgmm.runs.io import dump_json
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from tfdgmm.data import Splits
     from tfdgmm.deep_gmm import DeepGMM
     from tfdgmm.types import Config, Log, PathLike, Seed
 
@@ -136,7 +137,7 @@ def evaluate_run(
 
 
 def stored_training_paths(
-    run_dir: PathLike, model: DeepGMM, config: Config, splits
+    run_dir: PathLike, model: DeepGMM, config: Config, splits: Splits
 ) -> tuple[np.ndarray, tuple]:
     """`(training images [N, H, W, C], their stored paths)` of a run: the images as its E-steps
     saw them (fixed dequantization noise; with per-iteration noise, iteration 0's) and the paths
