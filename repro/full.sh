@@ -17,7 +17,12 @@
 #   bash repro/full.sh final         # exact-pixel evaluation, then Table 4: the test split, once
 #
 # Every run resumes where it stopped (`--resume` when its checkpoints exist), so a lane can be
-# stopped and restarted at any time. Lanes run side by side, one core each.
+# stopped and restarted at any time; a run whose results are collected under repro/results/full/
+# is done on any machine. Lanes run side by side, one core each. On a new machine: `make setup`,
+# `unpark` each parked run, then start both lanes (OUT and PARK as before), e.g.
+#   OUT=/work/full_runs PARK=$PWD/repro/inflight nice -n 10 bash repro/full.sh lane_a &
+# A gated run needs its ungated twin's run directory: park the twin when it finishes unless the
+# gated run is fitted in the same session.
 # Results: runs/full/NAME/{metrics.json,train.log,figures/}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,9 +35,14 @@ export TF_NUM_INTEROP_THREADS=${TF_NUM_INTEROP_THREADS:-1}
 export TF_CPP_MIN_LOG_LEVEL=2
 mkdir -p "$OUT"
 
-train() {  # NAME [--set ...]: train configs/NAME.yaml into $OUT/NAME, resuming if interrupted
+RESULTS=${RESULTS:-repro/results/full}
+
+train() {  # NAME [--set ...]: train configs/NAME.yaml into $OUT/NAME, resuming if interrupted;
+  # a run whose results are collected ($RESULTS/NAME, committed) is done on any machine
   local name=$1; shift
-  if [[ -f "$OUT/$name/metrics.json" ]]; then echo "== $name: done"; return; fi
+  if [[ -f "$OUT/$name/metrics.json" || -f "$RESULTS/$name/metrics.json" ]]; then
+    echo "== $name: done"; return
+  fi
   local resume=""
   [[ -d "$OUT/$name/checkpoints" ]] && resume="--resume"
   echo "== $name ($(date -u +%FT%TZ))"
@@ -42,7 +52,7 @@ train() {  # NAME [--set ...]: train configs/NAME.yaml into $OUT/NAME, resuming 
 }
 
 lane_a() {
-  [[ -f "$OUT/gaussian/baseline.json" ]] || \
+  [[ -f "$OUT/gaussian/baseline.json" || -f "$RESULTS/gaussian/baseline.json" ]] || \
     $PY -m tfdgmm baseline --data "$DATA" --out "$OUT/gaussian" > "$OUT/gaussian.out" 2>&1
   for k in 3 4 2 1 0; do train table1_hc$k; done
   for l in 1 2 3 4; do train table2_L${l}_K4; done
@@ -55,7 +65,15 @@ gated() {  # FROM NAME: a gated config whose EM is FROM's (equal model, training
   # The resumed session runs no EM (tests/runs/test_gating.py) and fits the gating networks.
   local from=$1 name=$2
   if [[ ! -d "$OUT/$name/checkpoints" ]]; then
-    [[ -f "$OUT/$from/metrics.json" ]] || { echo "!! $name: $from has not finished"; return 1; }
+    if [[ ! -f "$OUT/$from/metrics.json" ]]; then
+      if [[ -f "$RESULTS/$from/metrics.json" ]]; then  # finished on another machine
+        echo "!! $name: $from finished, but its run directory is not here (park it before a" \
+             "machine change, and unpark it, to fit the gating networks)"
+      else
+        echo "!! $name: $from has not finished"
+      fi
+      return 1
+    fi
     $PY - "$from" "$name" <<'PY' || return 1
 import sys, yaml
 a, b = (yaml.safe_load(open(f"configs/{n}.yaml")) for n in sys.argv[1:])
@@ -153,7 +171,7 @@ unpark() {  # NAME: restore a parked run into $OUT/NAME; `lane_*` then resumes i
 }
 
 collect() {  # the small files of every finished run (and the Gaussian), to commit as they end
-  local dst=${RESULTS:-repro/results/full} d name
+  local dst=$RESULTS d name
   for d in "$OUT"/*/; do
     name=$(basename "$d")
     [[ -f "$d/metrics.json" || -f "$d/baseline.json" ]] || continue
