@@ -13,7 +13,8 @@ model (the best `log pi_p + log p_p(x)` over the paths each search visited):
 * `fresh+rounds`: then warm rounds (1 pass + the extra passes) until one gains < `--tol`;
 * `restartsR+rounds`: R random restarts instead, then the rounds;
 * `donorsK+rounds`: the fresh search, plus starts at the stored training paths of the K nearest
-  training images (`tfdgmm.training.donor_starts`), then the rounds.
+  training images (`tfdgmm.training.donor_starts`), then the rounds;
+* `restartsR+donorsK+rounds`: both.
 
     python bench/eval_search.py RUN_DIR [--images 500] [--donors 1,4] [--restarts 8]
 
@@ -94,6 +95,7 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("--donors", default="1,4")
     ap.add_argument("--restarts", default="8")
+    ap.add_argument("--combos", default="8:4", help="R:K pairs: R restarts and K donors")
     ap.add_argument("--tol", type=float, default=0.5)
     ap.add_argument("--max-rounds", type=int, default=8)
     ap.add_argument("--out", default=OUT)
@@ -123,6 +125,9 @@ def main(argv=None):
     plans = [("fresh", em.eval_restarts, 0, 0), ("fresh+rounds", em.eval_restarts, 0, 1)]
     plans += [(f"restarts{r}+rounds", r, 0, 1) for r in _ints(args.restarts)]
     plans += [(f"donors{k}+rounds", em.eval_restarts, k, 1) for k in _ints(args.donors)]
+    for combo in filter(None, args.combos.split(",")):
+        r, k = map(int, combo.split(":"))
+        plans.append((f"restarts{r}+donors{k}+rounds", r, k, 1))
     for name, restarts, k, with_rounds in plans:
         r = evaluate_bounds(
             model,
