@@ -38,11 +38,12 @@ def test_the_test_split_is_scored_once_by_the_thorough_search(tmp_path, capsys):
     best = max(vals, key=vals.get)
 
     script = load_script("repro/test_once.py")
-    assert script.main(["--runs", str(runs_dir), "--donors", "2", "--rounds", "2"]) == 0
+    argv = ["--runs", str(runs_dir), "--restarts", "1", "--donors", "2", "--rounds", "2"]
+    assert script.main(argv) == 0
     with open(runs_dir / "test-selection.json") as f:
         sel = json.load(f)
     assert sel["run"] == best and sel["validation_lower_bound"] == vals[best]
-    assert sel["search"] == {"donors": 2, "rounds": 2}
+    assert sel["search"] == {"restarts": 1, "donors": 2, "rounds": 2}
     assert sel["test"]["num_images"] == 30 and sel["test"]["search"]["starts"] == 2
     same = sel["validation_same_search"]
     assert same["num_images"] == 40 and same["search"]["starts"] == 2
