@@ -23,8 +23,8 @@ import sys
 from tfdgmm import runs
 
 #: The thorough search (BENCHMARKS.md, "Held-out bounds"): 8 random restarts, 4 donor starts, up
-#: to 8 warm rounds: the one setting measured at or above a run's own validation paths both at
-#: EM iteration 2 (+5.2 nats/image) and at the end of a 4-iteration run (+1.9).
+#: to 8 warm rounds: above a run's own validation search at the end of a 4-iteration run (+1.9
+#: nats/image; 8 restarts alone +0.06, 4 donors alone -3.1); at EM 2 each part alone was above.
 RESTARTS, DONORS, ROUNDS = 8, 4, 8
 
 
