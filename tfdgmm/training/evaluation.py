@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
+from tfdgmm.path_search import keep_better
 from tfdgmm.training.search import DatasetSearch
 from tfdgmm.training.summaries import RateMeter, format_duration
 
@@ -164,9 +165,9 @@ def _run(search: DatasetSearch, step: int, log: Log | None, what: str) -> None:
 def _keep_better(search: DatasetSearch, other: DatasetSearch) -> None:
     """Per datapoint, `other`'s path and bounds where its lower bound is higher."""
     better = other.lower > search.lower
-    for v, w in zip(search.paths, other.paths):
-        mask = tf.reshape(better, [-1] + [1] * (len(v.shape) - 1))
-        v.assign(tf.where(mask, w, v))
+    paths = keep_better(search.path(), search.lower, other.path(), other.lower)
+    for v, p in zip(search.paths, paths):
+        v.assign(p)
     search.lower.assign(tf.where(better, other.lower, search.lower))
     search.upper.assign(tf.where(better, other.upper, search.upper))
 
@@ -209,7 +210,10 @@ def _pooled(x: tf.Tensor) -> tf.Tensor:
     """`[N, H, W, C]` -> `[N, h * w * C]`, average-pooled by the largest factor that divides H
     and W and leaves at least 8 pixels (1 for images of 8 pixels or fewer)."""
     h, w = int(x.shape[1]), int(x.shape[2])
-    f = max([f for f in range(1, min(h, w) + 1) if h % f == 0 and w % f == 0 and h // f >= 8] + [1])
+    f = max(
+        [f for f in range(1, min(h, w) + 1) if h % f == 0 and w % f == 0 and min(h, w) // f >= 8]
+        + [1]
+    )
     if f > 1:
         x = tf.nn.avg_pool2d(x, ksize=f, strides=f, padding="VALID")
     return tf.reshape(x, [tf.shape(x)[0], -1])
